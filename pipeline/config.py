@@ -1,0 +1,215 @@
+"""The job config: a YAML file validated by pydantic, with ``--set key=value`` overrides.
+
+Every section is strict (unknown keys are errors) so a typo never silently falls back to a
+default. Problems surface as one :class:`UserError` line naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(Strict):
+    """Where real images come from. ``digits`` ships with scikit-learn; ``imagefolder`` is
+    a directory with ``train/<class>/*`` and ``test/<class>/*``."""
+
+    kind: Literal["digits", "imagefolder"]
+    path: str | None = None
+    train_dir: str = "train"
+    test_dir: str = "test"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: int = 0
+    pad: int | None = Field(None, ge=0, description="random-crop padding; default per source")
+    flip: bool | None = Field(None, description="horizontal flips; default per source")
+
+    @model_validator(mode="after")
+    def _path_for_folders(self) -> SourceConfig:
+        if self.kind == "imagefolder" and not self.path:
+            raise ValueError("source.kind 'imagefolder' needs source.path")
+        return self
+
+
+class ModelConfig(Strict):
+    arch: str
+    arch_kwargs: dict[str, Any] = {}
+
+
+class TrainConfig(Strict):
+    steps: int = Field(gt=0)
+    batch_size: int = Field(128, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    cutmix: float = Field(0.0, ge=0, le=1, description="probability of CutMix per ERM batch")
+    eval_every: int = Field(0, ge=0, description="steps between evaluations; 0 = at the end")
+    num_workers: int = Field(1, ge=0)
+    shuffle_buffer: int = Field(2000, ge=1)
+
+
+class TeachersConfig(Strict):
+    model: ModelConfig
+    members: int = Field(4, ge=1)
+    train: TrainConfig
+    checkpoints: list[str] | None = Field(
+        None, description="existing checkpoint files to use instead of training the ensemble"
+    )
+
+
+class SamplerConfig(Strict):
+    kind: Literal["views", "mix"]
+    views: int = Field(8, ge=1, description="views: images per real sample (view 0 = the image)")
+    augment: bool = Field(True, description="mix: standard augmentation of each partner first")
+
+
+class SetConfig(Strict):
+    sampler: SamplerConfig
+    samples: int | None = Field(None, gt=0, description="mix: samples to draw; views: derived")
+    samples_per_shard: int = Field(1024, gt=0)
+
+    @model_validator(mode="after")
+    def _samples_for_random_sets(self) -> SetConfig:
+        if self.sampler.kind == "mix" and self.samples is None:
+            raise ValueError("a 'mix' set needs samples")
+        return self
+
+
+class TeacherStageConfig(Strict):
+    """Resources of the teacher actor pool. Fractional ``num_cpus`` leaves room for the read and
+    write stages on small machines."""
+
+    batch_size: int = Field(512, gt=0)
+    actors: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    threads: int = Field(1, ge=1, description="torch threads per actor (fixed for determinism)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class RayConfig(Strict):
+    address: str | None = None
+    num_cpus: int | None = Field(None, gt=0)
+    stall_timeout_s: float = Field(600.0, gt=0)
+
+
+class KDConfig(Strict):
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.0, ge=0, description="weight of CE on samples that carry a real label")
+
+
+class StudentConfig(Strict):
+    model: ModelConfig
+    objective: Literal["erm", "kd"]
+    sets: dict[str, float] = {}
+    kd: KDConfig = KDConfig()
+    train: TrainConfig
+
+    @model_validator(mode="after")
+    def _sets_for_kd(self) -> StudentConfig:
+        if self.objective == "kd":
+            if not self.sets:
+                raise ValueError("a 'kd' student needs sets: {name: weight}")
+            if any(w < 0 for w in self.sets.values()) or sum(self.sets.values()) <= 0:
+                raise ValueError("set weights must be >= 0 and sum to more than 0")
+        return self
+
+
+class ReportConfig(Strict):
+    baseline: str = "kd"
+    compare: list[str] = []
+
+
+class Config(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    seed: int = 0
+    source: SourceConfig
+    teachers: TeachersConfig
+    teacher_stage: TeacherStageConfig = TeacherStageConfig()
+    ray: RayConfig = RayConfig()
+    sets: dict[str, SetConfig] = {}
+    students: dict[str, StudentConfig] = {}
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        for name in self.sets:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"set name {name!r} must be letters, digits, '_' or '-'")
+        for student_name, student in self.students.items():
+            for set_name in student.sets:
+                if set_name not in self.sets:
+                    raise ValueError(
+                        f"students.{student_name}.sets names {set_name!r}, not one of {sorted(self.sets)}"
+                    )
+        for name in [self.report.baseline, *self.report.compare] if self.report.compare else []:
+            if name not in self.students:
+                raise ValueError(f"report names student {name!r}, not one of {sorted(self.students)}")
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override; the value is parsed as YAML (``3``, ``true``)."""
+    path, sep, text = assignment.partition("=")
+    if not sep or not path:
+        raise UserError(f"--set {assignment!r}: expected key=value, e.g. --set teachers.members=2")
+    keys = path.split(".")
+    node: Any = raw
+    for depth, key in enumerate(keys[:-1]):
+        if not isinstance(node, dict):
+            raise UserError(f"--set {path}: {'.'.join(keys[:depth])} is not a section")
+        node = node.setdefault(key, {})
+    if not isinstance(node, dict):
+        raise UserError(f"--set {path}: {'.'.join(keys[:-1])} is not a section")
+    try:
+        node[keys[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise UserError(f"--set {path}: value {text!r} is not valid YAML ({err.problem})") from err
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        given = item.get("input")
+        shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+        parts.append(f"{where}: {message}{shown}")
+    return "; ".join(parts)
+
+
+def parse_config(raw: dict[str, Any], origin: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(f"{origin}: {describe_validation_error(err)}") from err
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config {path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"config {path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(raw, dict):
+        raise UserError(f"config {path}: expected a mapping at the top level")
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    return parse_config(raw, origin=f"config {path}")

@@ -1,0 +1,310 @@
+"""The shard contract: the one module that writes and reads transfer sets.
+
+A transfer set is a directory::
+
+    index.json          written last; readers trust it, never a glob
+    manifest.parquet    one row per sample (key, shard, sampler, params, label, Ĥ, ...)
+    shards/shard-000000.tar ...
+
+Each sample in a tar has one key without dots (``000012-000345`` = shard 12, index 345) and the
+members ``<key>.png`` (uint8 image), ``<key>.json`` (metadata with the replay parameters),
+``<key>.logp.npy`` (float16 temperature-free log-probabilities of the ensemble mean) and, when
+the sample is a real image with a label, ``<key>.cls``. Members are sorted and carry a fixed
+mtime and owner, so the same samples always give the same bytes. Nothing here uses pickle:
+shards decode with plain ``webdataset`` in secure mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+FORMAT_VERSION = 1
+INDEX_NAME = "index.json"
+MANIFEST_NAME = "manifest.parquet"
+SHARDS_DIR = "shards"
+TMP_MARKER = ".tmp-"
+LOGP_FIELD = "logp.npy"
+LOGP_DTYPE = np.float16
+# float16 cannot hold -inf; log-probabilities below this carry no information anyway.
+LOGP_FLOOR = -1e4
+
+MANIFEST_COLUMNS = (
+    "key", "shard", "index", "sampler", "lam", "label", "entropy", "disagreement",
+    "teacher_argmax", "params",
+)
+
+
+class FormatError(ValueError):
+    """A shard, index or manifest that does not follow this contract."""
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:06d}.tar"
+
+
+def shard_path(set_dir: str | Path, shard: int) -> Path:
+    return Path(set_dir) / SHARDS_DIR / shard_name(shard)
+
+
+def sample_key(shard: int, index: int) -> str:
+    return f"{shard:06d}-{index:06d}"
+
+
+def parse_key(key: str) -> tuple[int, int]:
+    shard, index = key.split("-")
+    return int(shard), int(index)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One record of a shard. ``meta`` holds everything the manifest row needs."""
+
+    key: str
+    image: np.ndarray  # uint8, HWC
+    logp: np.ndarray  # log p̄ over classes, temperature-free
+    meta: dict[str, Any]
+    label: int | None = None
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise FormatError(f"image must be uint8 HWC with 1 or 3 channels, got {image.dtype} {image.shape}")
+    pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+    out = io.BytesIO()
+    pil.save(out, format="PNG", compress_level=6)
+    return out.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as pil:
+        array = np.asarray(pil)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)
+    return out.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def quantize_logp(logp: np.ndarray) -> np.ndarray:
+    return np.maximum(np.asarray(logp, dtype=np.float32), LOGP_FLOOR).astype(LOGP_DTYPE)
+
+
+def encode_sample(sample: Sample) -> dict[str, bytes]:
+    """The tar members of one sample, by field name (``png``, ``json``, ``logp.npy``, ``cls``)."""
+    if "." in sample.key:
+        raise FormatError(f"sample key {sample.key!r} contains a dot")
+    fields = {
+        "png": encode_png(sample.image),
+        "json": encode_json(sample.meta),
+        LOGP_FIELD: encode_npy(quantize_logp(sample.logp)),
+    }
+    if sample.label is not None and sample.label >= 0:
+        fields["cls"] = str(int(sample.label)).encode("ascii")
+    return fields
+
+
+def decode_fields(fields: dict[str, bytes]) -> dict[str, Any]:
+    """Decode one sample's raw members without pickle: image, meta, logp, label (-1 if none)."""
+    missing = {"png", "json", LOGP_FIELD} - fields.keys()
+    if missing:
+        raise FormatError(f"sample is missing members {sorted(missing)}")
+    return {
+        "image": decode_png(fields["png"]),
+        "meta": json.loads(fields["json"]),
+        "logp": decode_npy(fields[LOGP_FIELD]),
+        "label": int(fields["cls"]) if "cls" in fields else -1,
+    }
+
+
+# ---------------------------------------------------------------- tars
+
+
+def tar_bytes(samples: Sequence[Sample]) -> bytes:
+    """Deterministic tar bytes: samples by key, members by name, mtime 0, owner root."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in sorted(samples, key=lambda s: s.key):
+            for field, data in sorted(encode_sample(sample).items()):
+                info = tarfile.TarInfo(f"{sample.key}.{field}")
+                info.size = len(data)
+                info.mtime = 0
+                info.mode = 0o444
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def iter_tar(data_or_path: bytes | str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group a tar's members by key, in file order. Raises FormatError on a damaged tar."""
+    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else open(data_or_path, "rb")
+    current: str | None = None
+    fields: dict[str, bytes] = {}
+    try:
+        with source, tarfile.open(fileobj=source, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, field = member.name.partition(".")
+                if not field:
+                    raise FormatError(f"member {member.name!r} has no field extension")
+                if key != current:
+                    if current is not None:
+                        yield current, fields
+                    current, fields = key, {}
+                handle = tar.extractfile(member)
+                if handle is None:
+                    raise FormatError(f"member {member.name!r} cannot be read")
+                fields[field] = handle.read()
+                if len(fields[field]) != member.size:
+                    raise FormatError(f"member {member.name!r} is truncated")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise FormatError(f"damaged tar: {err}") from err
+    if current is not None:
+        yield current, fields
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- commits
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``path`` exactly once: temp name → fsync → rename. Readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{TMP_MARKER}{uuid.uuid4().hex}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def committed_shards(set_dir: str | Path) -> dict[int, Path]:
+    """Shards whose rename happened: exactly the complete ones (temp files are ignored)."""
+    shards_dir = Path(set_dir) / SHARDS_DIR
+    found: dict[int, Path] = {}
+    if shards_dir.is_dir():
+        for path in shards_dir.iterdir():
+            name = path.name
+            if name.startswith("shard-") and name.endswith(".tar") and TMP_MARKER not in name:
+                found[int(name[len("shard-"):-len(".tar")])] = path
+    return found
+
+
+def remove_stale_temps(set_dir: str | Path) -> int:
+    """Delete temp files left by a killed writer; returns how many."""
+    removed = 0
+    for parent in (Path(set_dir), Path(set_dir) / SHARDS_DIR):
+        if parent.is_dir():
+            for path in parent.iterdir():
+                if TMP_MARKER in path.name:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+    return removed
+
+
+# ---------------------------------------------------------------- index and manifest
+
+
+def write_index(set_dir: str | Path, index: dict[str, Any]) -> None:
+    data = json.dumps({"format": FORMAT_VERSION, **index}, indent=1, sort_keys=True).encode()
+    atomic_write(Path(set_dir) / INDEX_NAME, data)
+
+
+def read_index(set_dir: str | Path) -> dict[str, Any] | None:
+    """The set's index, or None when the set was never completed."""
+    path = Path(set_dir) / INDEX_NAME
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise FormatError(f"{path}: unreadable index ({err})") from err
+    if index.get("format") != FORMAT_VERSION:
+        raise FormatError(f"{path}: format {index.get('format')!r}, this version reads {FORMAT_VERSION}")
+    return index
+
+
+def manifest_row(meta: dict[str, Any]) -> dict[str, Any]:
+    """A sample's manifest row, derived from its stored metadata (the tar is the source of truth)."""
+    params = meta.get("params", {})
+    lam = params.get("lam")
+    return {
+        "key": meta["key"],
+        "shard": int(meta["shard"]),
+        "index": int(meta["index"]),
+        "sampler": meta["sampler"],
+        "lam": float("nan") if lam is None else float(lam),
+        "label": int(meta.get("label", -1)),
+        "entropy": float(meta["entropy"]),
+        "disagreement": float(meta["disagreement"]),
+        "teacher_argmax": int(meta["teacher_argmax"]),
+        "params": json.dumps(params, sort_keys=True),
+    }
+
+
+def write_manifest(set_dir: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ordered = sorted(rows, key=lambda row: row["key"])
+    table = pa.table({name: [row[name] for row in ordered] for name in MANIFEST_COLUMNS})
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    atomic_write(Path(set_dir) / MANIFEST_NAME, out.getvalue())
+
+
+def read_manifest(set_dir: str | Path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(Path(set_dir) / MANIFEST_NAME)
+
+
+def shard_urls(set_dir: str | Path, index: dict[str, Any] | None = None) -> list[str]:
+    """Paths of the set's shards as listed in its index (never a glob)."""
+    index = index if index is not None else read_index(set_dir)
+    if index is None:
+        raise FormatError(f"{set_dir}: no {INDEX_NAME}; the set is incomplete (run generate again)")
+    return [str(Path(set_dir) / SHARDS_DIR / shard["name"]) for shard in index["shards"]]

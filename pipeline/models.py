@@ -1,0 +1,211 @@
+"""Model registry and the self-describing checkpoint format.
+
+A checkpoint is a plain dict of tensors and primitives, loaded with ``weights_only=True``::
+
+    {format, arch, arch_kwargs, task, num_classes, input: {size, channels, mean, std},
+     state_dict, train: {...}}
+
+``arch`` is a registry name, ``torchvision:<name>``, or ``module:factory``. A checkpoint may
+only name a ``module:factory`` that the user's config also names: a checkpoint is data, and data
+must not choose which code runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import UserError
+
+CHECKPOINT_FORMAT = "transferset-checkpoint/1"
+
+
+class TinyCNN(nn.Module):
+    """Two conv blocks and a linear head: a fast model for small images (digits, tests)."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16, hidden: int = 0) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
+        features = 2 * width * 4
+        self.head = (
+            nn.Sequential(nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+            if hidden
+            else nn.Linear(features, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """The CIFAR ResNet of He et al. (depth 6n+2: 8, 14, 20, 32, 56), three stages."""
+
+    def __init__(self, in_channels: int, num_classes: int, depth: int = 20, width: int = 16) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        blocks = (depth - 2) // 6
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
+        layers: list[nn.Module] = []
+        cin = width
+        for stage, cout in enumerate((width, 2 * width, 4 * width)):
+            for block in range(blocks):
+                layers.append(BasicBlock(cin, cout, stride=2 if stage and not block else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(self.stem(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "tiny_cnn": TinyCNN,
+    "resnet_cifar": CifarResNet,
+}
+
+
+def resolve_factory(arch: str, allowed_factories: Iterable[str] = ()) -> Callable[..., nn.Module]:
+    """Find the constructor for ``arch``; ``module:factory`` only when the config named it."""
+    if arch in REGISTRY:
+        return REGISTRY[arch]
+    if arch.startswith("torchvision:"):
+        import torchvision.models
+
+        factory = getattr(torchvision.models, arch.split(":", 1)[1], None)
+        if factory is None:
+            raise UserError(f"model arch {arch!r}: torchvision has no such model")
+
+        def build_torchvision(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
+            if in_channels != 3:
+                raise UserError(f"model arch {arch!r} expects 3-channel images, the data has {in_channels}")
+            return factory(num_classes=num_classes, weights=None, **kwargs)
+
+        return build_torchvision
+    if ":" in arch:
+        if arch not in set(allowed_factories):
+            raise UserError(f"model arch {arch!r}: code named by a checkpoint must also be named in the config")
+        module_name, _, attr = arch.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise UserError(f"model arch {arch!r}: cannot import ({err})") from err
+    raise UserError(f"model arch {arch!r}: not in the registry {sorted(REGISTRY)}, nor torchvision:NAME or module:factory")
+
+
+def build_model(
+    arch: str, in_channels: int, num_classes: int, arch_kwargs: dict[str, Any] | None = None,
+    allowed_factories: Iterable[str] = (),
+) -> nn.Module:
+    factory = resolve_factory(arch, allowed_factories)
+    try:
+        return factory(in_channels=in_channels, num_classes=num_classes, **(arch_kwargs or {}))
+    except TypeError as err:
+        raise UserError(f"model arch {arch!r}: bad arch_kwargs {arch_kwargs} ({err})") from err
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def input_spec(height: int, width: int, channels: int, mean: list[float], std: list[float]) -> dict[str, Any]:
+    """The input contract a model was trained with: the stage resizes and normalizes to it."""
+    return {"size": [height, width], "channels": channels, "mean": list(mean), "std": list(std)}
+
+
+def save_checkpoint(
+    path: str | Path, model: nn.Module, *, arch: str, arch_kwargs: dict[str, Any], num_classes: int,
+    input: dict[str, Any], train: dict[str, Any] | None = None, task: str = "classify",
+) -> str:
+    """Write a self-describing checkpoint atomically; returns its sha256."""
+    from pipeline.format import atomic_write
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {
+        "format": CHECKPOINT_FORMAT, "arch": arch, "arch_kwargs": dict(arch_kwargs), "task": task,
+        "num_classes": int(num_classes), "input": input, "state_dict": state, "train": dict(train or {}),
+    }
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    atomic_write(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``) and check its header."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path}: file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged or unsafe file
+        raise UserError(f"checkpoint {path}: cannot be loaded safely ({str(err).splitlines()[0]})") from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"checkpoint {path}: not a transferset checkpoint (format {CHECKPOINT_FORMAT})")
+    return payload
+
+
+def load_model(
+    path: str | Path, *, task: str = "classify", num_classes: int | None = None,
+    allowed_factories: Iterable[str] = (),
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model a checkpoint describes, after checking it fits the job."""
+    payload = read_checkpoint(path)
+    if payload["task"] != task:
+        raise UserError(f"checkpoint {path}: task is {payload['task']!r}, this job needs {task!r}")
+    if num_classes is not None and payload["num_classes"] != num_classes:
+        raise UserError(
+            f"checkpoint {path}: {payload['num_classes']} classes, the data has {num_classes}"
+        )
+    model = build_model(
+        payload["arch"], payload["input"]["channels"], payload["num_classes"], payload["arch_kwargs"],
+        allowed_factories,
+    )
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    if missing or unexpected:
+        raise UserError(f"checkpoint {path}: weights do not fit arch {payload['arch']!r} "
+                        f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    model.eval()
+    return model, payload
