@@ -6,6 +6,7 @@ default. Problems surface as one :class:`UserError` line naming the field.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -154,7 +155,8 @@ class Config(Strict):
                     raise ValueError(
                         f"students.{student_name}.sets names {set_name!r}, not one of {sorted(self.sets)}"
                     )
-        for name in [self.report.baseline, *self.report.compare] if self.report.compare else []:
+        named = [self.report.baseline, *self.report.compare] if self.report.compare else []
+        for name in named:
             if name not in self.students:
                 raise ValueError(f"report names student {name!r}, not one of {sorted(self.students)}")
         return self
@@ -210,6 +212,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise UserError(f"config {path}: not valid YAML ({str(err).splitlines()[0]})") from err
     if not isinstance(raw, dict):
         raise UserError(f"config {path}: expected a mapping at the top level")
+    # YAML anchors alias one dict in several places; unshare them so an override touches one.
+    raw = json.loads(json.dumps(raw, default=str))
     for assignment in overrides or []:
         apply_override(raw, assignment)
     return parse_config(raw, origin=f"config {path}")

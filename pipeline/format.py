@@ -160,9 +160,23 @@ def tar_bytes(samples: Sequence[Sample]) -> bytes:
     return out.getvalue()
 
 
+def _has_end_marker(source) -> bool:
+    """A complete tar ends with two zero blocks; a cut at a member boundary loses them."""
+    size = source.seek(0, io.SEEK_END)
+    if size < 1024 or size % 512:
+        return False
+    source.seek(size - 1024)
+    tail = source.read(1024)
+    source.seek(0)
+    return tail == bytes(1024)
+
+
 def iter_tar(data_or_path: bytes | str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Group a tar's members by key, in file order. Raises FormatError on a damaged tar."""
     source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else open(data_or_path, "rb")
+    if not _has_end_marker(source):
+        source.close()
+        raise FormatError("damaged tar: truncated (no end-of-archive marker)")
     current: str | None = None
     fields: dict[str, bytes] = {}
     try:

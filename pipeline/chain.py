@@ -1,0 +1,173 @@
+"""The chain of a job: teachers → transfer sets → students → report, each step reused when done.
+
+Output layout under ``OUT``::
+
+    teachers/member-<m>/model.pt     sets/<name>/     students/<name>/     report.json
+
+A finished step leaves a ``spec.json`` describing what it was made from; a rerun whose spec is
+unchanged reuses the step's output instead of redoing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import Config
+from pipeline.errors import UserError
+from pipeline.format import atomic_write, read_index
+from stages.sources import Source, load_source
+
+Progress = Callable[[str], None]
+SPEC_NAME = "spec.json"
+
+
+def derive_seed(seed: int, *parts: int | str) -> int:
+    """A stable 31-bit seed for a named part of the job (teacher member m, student s, ...)."""
+    words = [seed] + [int(hashlib.sha256(p.encode()).hexdigest()[:8], 16) if isinstance(p, str) else p for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _reusable(out_dir: Path, spec: dict[str, Any], artifact: str) -> bool:
+    spec_path = out_dir / SPEC_NAME
+    return (out_dir / artifact).is_file() and spec_path.is_file() and json.loads(spec_path.read_text()) == spec
+
+
+def _mark_done(out_dir: Path, spec: dict[str, Any]) -> None:
+    atomic_write(out_dir / SPEC_NAME, json.dumps(spec, sort_keys=True, indent=1).encode())
+
+
+# ---------------------------------------------------------------- teachers
+
+
+def teacher_paths(cfg: Config, out: Path) -> list[Path]:
+    """Checkpoints of the ensemble: the config's own files, or the members this job trains."""
+    if cfg.teachers.checkpoints:
+        return [Path(p) for p in cfg.teachers.checkpoints]
+    return [out / "teachers" / f"member-{m}" / "model.pt" for m in range(cfg.teachers.members)]
+
+
+def require_teachers(cfg: Config, out: Path) -> list[Path]:
+    paths = teacher_paths(cfg, out)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(
+            f"teachers: {len(missing)} checkpoint(s) missing ({missing[0]}); "
+            f"train them with `transferset train CONFIG --teachers` or set teachers.checkpoints"
+        )
+    return paths
+
+
+def train_teachers(cfg: Config, out: Path, train: Source, test: Source, progress: Progress) -> list[Path]:
+    from student.train import train_model
+
+    if cfg.teachers.checkpoints:
+        return require_teachers(cfg, out)
+    paths = teacher_paths(cfg, out)
+    for member, path in enumerate(paths):
+        member_dir = path.parent
+        seed = derive_seed(cfg.seed, "teacher", member)
+        spec = {"model": cfg.teachers.model.model_dump(), "train": cfg.teachers.train.model_dump(),
+                "source": cfg.source.model_dump(), "seed": seed}
+        if _reusable(member_dir, spec, "model.pt"):
+            progress(f"teacher {member}: reused {path}")
+            continue
+        progress(f"teacher {member}: training {cfg.teachers.model.arch} for {cfg.teachers.train.steps} steps")
+        result = train_model(
+            name=f"teacher-{member}", model_cfg=cfg.teachers.model, train_cfg=cfg.teachers.train,
+            objective="erm", kd_cfg=None, sets=[], train_source=train, test_source=test,
+            out_dir=member_dir, seed=seed, progress=progress,
+        )
+        progress(f"teacher {member}: accuracy {result['accuracy']:.4f}")
+        _mark_done(member_dir, spec)
+    return paths
+
+
+# ---------------------------------------------------------------- sets
+
+
+def set_dir(out: Path, name: str) -> Path:
+    return out / "sets" / name
+
+
+def generate_sets(cfg: Config, out: Path, teachers: list[Path], progress: Progress,
+                  names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    from pipeline.driver import generate_set
+
+    results = {}
+    for name in names or list(cfg.sets):
+        progress(f"set {name}: generating into {set_dir(out, name)}")
+        results[name] = generate_set(
+            set_name=name, set_cfg=cfg.sets[name], source_cfg=cfg.source, seed=cfg.seed,
+            teacher_paths=teachers, out_dir=set_dir(out, name), stage_cfg=cfg.teacher_stage,
+            ray_cfg=cfg.ray, progress=progress,
+        )
+        made = results[name]
+        progress(f"set {name}: {made['shards_made']} of {made['shards_total']} shards made, "
+                 f"{made['samples']} samples, {made['rejected']} rejected")
+    return results
+
+
+# ---------------------------------------------------------------- students
+
+
+def student_sets(cfg: Config, out: Path, name: str) -> list[tuple[str, float]]:
+    sets = []
+    for set_name, weight in cfg.students[name].sets.items():
+        directory = set_dir(out, set_name)
+        if read_index(directory) is None:
+            raise UserError(f"students.{name}.sets: set {set_name!r} is not generated yet at {directory}; "
+                            f"run `transferset generate CONFIG` first")
+        sets.append((str(directory), weight))
+    return sets
+
+
+def train_student(cfg: Config, out: Path, name: str, train: Source, test: Source,
+                  progress: Progress) -> dict[str, Any]:
+    from student.train import train_model
+
+    if name not in cfg.students:
+        raise UserError(f"--student {name!r}: not one of {sorted(cfg.students)}")
+    student = cfg.students[name]
+    sets = student_sets(cfg, out, name) if student.objective == "kd" else []
+    out_dir = out / "students" / name
+    seed = derive_seed(cfg.seed, "student", name)
+    spec = {"student": student.model_dump(), "source": cfg.source.model_dump(), "seed": seed,
+            "sets": {Path(d).name: read_index(d)["fingerprint"] for d, _ in sets}}
+    if _reusable(out_dir, spec, "result.json"):
+        progress(f"student {name}: reused {out_dir}")
+        return json.loads((out_dir / "result.json").read_text())
+    progress(f"student {name}: training {student.model.arch} ({student.objective}) for {student.train.steps} steps")
+    result = train_model(
+        name=name, model_cfg=student.model, train_cfg=student.train, objective=student.objective,
+        kd_cfg=student.kd, sets=sets, train_source=train, test_source=test, out_dir=out_dir,
+        seed=seed, progress=progress,
+    )
+    _mark_done(out_dir, spec)
+    progress(f"student {name}: accuracy {result['accuracy']:.4f}")
+    return result
+
+
+# ---------------------------------------------------------------- the whole job
+
+
+def load_splits(cfg: Config) -> tuple[Source, Source]:
+    return load_source(cfg.source, "train"), load_source(cfg.source, "test")
+
+
+def run_job(cfg: Config, out: Path, progress: Progress) -> dict[str, Any]:
+    """The full chain; returns the report (also written to ``OUT/report.json``)."""
+    from pipeline.report import build_report
+
+    train, test = load_splits(cfg)
+    teachers = train_teachers(cfg, out, train, test, progress)
+    generate_sets(cfg, out, teachers, progress)
+    students = {name: train_student(cfg, out, name, train, test, progress) for name in cfg.students}
+    report = build_report(cfg, teachers, students, test)
+    atomic_write(out / "report.json", json.dumps(report, indent=1).encode())
+    return report

@@ -1,0 +1,130 @@
+"""``transferset`` command line: run, generate, train, verify.
+
+Bad input ends with one ``error: ...`` line on stderr and exit code 2; ``verify`` exits 1 when a
+set has problems. Progress lines go to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.config import Config, load_config
+from pipeline.errors import UserError
+from pipeline.format import FormatError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+OutOption = Annotated[Optional[Path], typer.Option("--out", help="output directory (default runs/<config name>)")]
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="override a config value: key.path=value")]
+AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")]
+
+
+def progress(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+def _setup(config: Path, out: Path | None, overrides: list[str] | None, address: str | None) -> tuple[Config, Path]:
+    cfg = load_config(config, overrides)
+    if address:
+        cfg.ray.address = address
+    return cfg, out or Path("runs") / cfg.name
+
+
+@app.command()
+def run(config: Path, out: OutOption = None, set_: SetOption = None, address: AddressOption = None) -> None:
+    """The whole chain: teachers → transfer sets → students → report."""
+    from pipeline.chain import run_job
+    from pipeline.report import format_table
+
+    cfg, out_dir = _setup(config, out, set_, address)
+    started = time.perf_counter()
+    report = run_job(cfg, out_dir, progress)
+    print(format_table(report))
+    print(f"report: {out_dir / 'report.json'} ({time.perf_counter() - started:.0f} s)")
+
+
+@app.command()
+def generate(config: Path, out: OutOption = None, set_: SetOption = None, address: AddressOption = None,
+             only: Annotated[Optional[list[str]], typer.Option("--only", help="generate only these sets")] = None) -> None:
+    """Only the transfer sets (the teachers must exist)."""
+    from pipeline.chain import generate_sets, require_teachers
+
+    cfg, out_dir = _setup(config, out, set_, address)
+    unknown = [name for name in only or [] if name not in cfg.sets]
+    if unknown:
+        raise UserError(f"--only {unknown[0]!r}: not one of the config's sets {sorted(cfg.sets)}")
+    results = generate_sets(cfg, out_dir, require_teachers(cfg, out_dir), progress, names=only or None)
+    for name, result in results.items():
+        print(json.dumps({"set": name, **{k: result[k] for k in ("shards_made", "shards_total", "samples", "rejected")}}))
+
+
+@app.command()
+def train(config: Path, student: Annotated[Optional[str], typer.Option("--student", help="student to train")] = None,
+          teachers: Annotated[bool, typer.Option("--teachers", help="train the teacher ensemble")] = False,
+          out: OutOption = None, set_: SetOption = None) -> None:
+    """Train one student from existing transfer sets (or, with --teachers, the ensemble)."""
+    from pipeline.chain import load_splits, train_student, train_teachers
+
+    cfg, out_dir = _setup(config, out, set_, None)
+    if teachers == (student is not None):
+        raise UserError("train: give exactly one of --student NAME or --teachers")
+    train_split, test_split = load_splits(cfg)
+    if teachers:
+        for path in train_teachers(cfg, out_dir, train_split, test_split, progress):
+            print(path)
+        return
+    result = train_student(cfg, out_dir, student, train_split, test_split, progress)
+    print(json.dumps(result))
+
+
+@app.command()
+def verify(set_dir: Path) -> None:
+    """Check a transfer set: checksums, counts, every record decodes. Exit 1 on any problem."""
+    from pipeline.verify import verify_set
+
+    if not set_dir.is_dir():
+        raise UserError(f"verify: {set_dir} is not a directory")
+    problems = verify_set(set_dir)
+    for problem in problems:
+        print(f"problem: {problem}")
+    if problems:
+        print(f"{set_dir}: {len(problems)} problem(s)")
+        raise typer.Exit(1)
+    print(f"{set_dir}: OK")
+
+
+def main() -> None:
+    """Console entry point: one-line errors with exit 2 for bad input, no traceback."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        app(standalone_mode=False)
+    except (UserError, FormatError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as err:  # click's usage errors arrive here in non-standalone mode
+        from click.exceptions import ClickException
+
+        if isinstance(err, ClickException):
+            print(f"error: {err.format_message()}", file=sys.stderr)
+            sys.exit(err.exit_code)
+        raise
+    finally:
+        if "ray" in sys.modules:
+            from pipeline.driver import shutdown_ray
+
+            shutdown_ray()
+
+
+if __name__ == "__main__":
+    main()

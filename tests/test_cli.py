@@ -1,0 +1,122 @@
+"""The CLI end to end on digits: the whole chain on a tiny budget, reruns, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+TINY = [
+    "teachers.members=2", "teachers.train.steps=80", "teacher_stage.batch_size=256",
+    "sets.real.sampler.views=2", "sets.real.samples_per_shard=512",
+    "sets.mix.samples=1536", "sets.mix.samples_per_shard=512",
+    *(f"students.{s}.train.steps=40" for s in ("erm", "kd", "xcl_mix")),
+    *(f"students.{s}.train.num_workers=0" for s in ("erm", "kd", "xcl_mix")),
+]
+
+
+def transferset(*args, check=True):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-3000:]}")
+    return result
+
+
+def with_overrides(overrides):
+    return [arg for value in overrides for arg in ("--set", value)]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick")
+    result = transferset("run", QUICKSTART, "--out", out, *with_overrides(TINY))
+    return out, result
+
+
+def test_run_writes_layout_report_and_table(finished_run):
+    out, result = finished_run
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["students"]) == {"erm", "kd", "xcl_mix"}
+    assert 0.0 <= report["teacher"]["accuracy"] <= 1.0
+    assert len(report["teacher"]["members"]) == 2
+    for name, student in report["students"].items():
+        stored = json.loads((out / "students" / name / "result.json").read_text())
+        assert stored["accuracy"] == student["accuracy"], "the report must show what the run measured"
+        assert student["steps"] == 40
+    kd, xcl, teacher = (report["students"]["kd"]["accuracy"], report["students"]["xcl_mix"]["accuracy"],
+                        report["teacher"]["accuracy"])
+    expected = None if teacher <= kd else 1 - (teacher - xcl) / (teacher - kd)
+    assert report["gap_reduction"]["xcl_mix_vs_kd"] == pytest.approx(expected) if expected is not None \
+        else report["gap_reduction"]["xcl_mix_vs_kd"] is None
+    assert "xcl_mix" in result.stdout and "teacher" in result.stdout
+    for sub in ("teachers/member-0/model.pt", "sets/real/index.json", "sets/mix/manifest.parquet"):
+        assert (out / sub).is_file(), sub
+
+
+def test_verify_accepts_generated_sets(finished_run):
+    out, _ = finished_run
+    for name in ("real", "mix"):
+        result = transferset("verify", out / "sets" / name)
+        assert result.stdout.strip().endswith("OK")
+
+
+def test_generate_on_complete_sets_makes_nothing(finished_run):
+    out, _ = finished_run
+    before = {p: p.read_bytes() for p in sorted((out / "sets").rglob("*")) if p.is_file()}
+    result = transferset("generate", QUICKSTART, "--out", out, *with_overrides(TINY))
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {row["set"]: row["shards_made"] for row in rows} == {"real": 0, "mix": 0}
+    after = {p: p.read_bytes() for p in sorted((out / "sets").rglob("*")) if p.is_file()}
+    assert before == after
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["teachers.membrs=3"], ["teachers.membrs", "Extra inputs"]),
+        (["students.kd.train.steps=many"], ["students.kd.train.steps", "integer"]),
+        (["teachers.checkpoints=[/nonexistent/model.pt]"], ["/nonexistent/model.pt", "missing"]),
+    ],
+)
+def test_bad_config_exits_2_and_leaves_sets_untouched(finished_run, overrides, needles):
+    out, _ = finished_run
+    before = {p: p.read_bytes() for p in sorted((out / "sets").rglob("*")) if p.is_file()}
+    result = transferset("generate", QUICKSTART, "--out", out, *with_overrides(TINY + overrides), check=False)
+    assert_one_line_error(result, *needles)
+    after = {p: p.read_bytes() for p in sorted((out / "sets").rglob("*")) if p.is_file()}
+    assert before == after
+
+
+def test_teacher_of_the_wrong_task_exits_2(finished_run, tmp_path):
+    from pipeline.models import build_model, input_spec, save_checkpoint
+
+    out, _ = finished_run
+    wrong = tmp_path / "regress.pt"
+    save_checkpoint(wrong, build_model("tiny_cnn", 1, 10, {"width": 4}), arch="tiny_cnn",
+                    arch_kwargs={"width": 4}, num_classes=10, input=input_spec(8, 8, 1, [0.0], [1.0]),
+                    task="regress")
+    before = {p: p.read_bytes() for p in sorted((out / "sets").rglob("*")) if p.is_file()}
+    result = transferset("generate", QUICKSTART, "--out", out,
+                         *with_overrides(TINY + [f"teachers.checkpoints=[{wrong}]"]), check=False)
+    assert_one_line_error(result, str(wrong), "regress")
+    after = {p: p.read_bytes() for p in sorted((out / "sets").rglob("*")) if p.is_file()}
+    assert before == after
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    assert_one_line_error(transferset("run", tmp_path / "none.yaml", check=False), "file not found")

@@ -1,0 +1,54 @@
+"""Model registry and self-describing checkpoints (weights_only loading, safety checks)."""
+
+import argparse
+
+import pytest
+import torch
+
+from pipeline.errors import UserError
+from pipeline.models import build_model, input_spec, load_model, read_checkpoint, save_checkpoint
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), [("tiny_cnn", {"width": 4}), ("resnet_cifar", {"depth": 8, "width": 4})])
+def test_registry_models_give_logits(arch, kwargs):
+    model = build_model(arch, 3, 7, kwargs)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_checkpoint_roundtrip_restores_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", 1, 10, {"width": 4}).eval()
+    spec = input_spec(8, 8, 1, [0.3], [0.4])
+    sha = save_checkpoint(tmp_path / "m.pt", model, arch="tiny_cnn", arch_kwargs={"width": 4},
+                          num_classes=10, input=spec)
+    assert len(sha) == 64
+    loaded, payload = load_model(tmp_path / "m.pt", num_classes=10)
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.equal(model(x), loaded(x))
+    assert payload["input"] == spec
+
+
+def test_wrong_task_and_class_count_are_user_errors(tmp_path):
+    model = build_model("tiny_cnn", 1, 10, {"width": 4})
+    save_checkpoint(tmp_path / "r.pt", model, arch="tiny_cnn", arch_kwargs={"width": 4}, num_classes=10,
+                    input=input_spec(8, 8, 1, [0.0], [1.0]), task="regress")
+    with pytest.raises(UserError, match="task is 'regress'"):
+        load_model(tmp_path / "r.pt")
+    save_checkpoint(tmp_path / "c.pt", model, arch="tiny_cnn", arch_kwargs={"width": 4}, num_classes=10,
+                    input=input_spec(8, 8, 1, [0.0], [1.0]))
+    with pytest.raises(UserError, match="10 classes, the data has 100"):
+        load_model(tmp_path / "c.pt", num_classes=100)
+
+
+def test_checkpoint_cannot_choose_code_the_config_did_not_name(tmp_path):
+    model = build_model("tiny_cnn", 1, 10, {"width": 4})
+    save_checkpoint(tmp_path / "evil.pt", model, arch="os:system", arch_kwargs={}, num_classes=10,
+                    input=input_spec(8, 8, 1, [0.0], [1.0]))
+    with pytest.raises(UserError, match="must also be named in the config"):
+        load_model(tmp_path / "evil.pt")
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    torch.save({"format": "transferset-checkpoint/1", "obj": argparse.Namespace(x=1)}, tmp_path / "p.pt")
+    with pytest.raises(UserError, match="cannot be loaded safely"):
+        read_checkpoint(tmp_path / "p.pt")
