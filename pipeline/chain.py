@@ -97,18 +97,18 @@ def set_dir(out: Path, name: str) -> Path:
 
 def generate_sets(cfg: Config, out: Path, teachers: list[Path], progress: Progress,
                   names: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    from pipeline.driver import generate_set
+    """Plan every set first (all input checked, nothing written), then make them one by one."""
+    from pipeline.driver import execute
+    from pipeline.plan import plan_set
 
+    plans = [plan_set(set_name=name, set_cfg=cfg.sets[name], source_cfg=cfg.source, seed=cfg.seed,
+                      teacher_paths=list(teachers), out_dir=set_dir(out, name), stage_cfg=cfg.teacher_stage)
+             for name in names or list(cfg.sets)]
     results = {}
-    for name in names or list(cfg.sets):
-        progress(f"set {name}: generating into {set_dir(out, name)}")
-        results[name] = generate_set(
-            set_name=name, set_cfg=cfg.sets[name], source_cfg=cfg.source, seed=cfg.seed,
-            teacher_paths=teachers, out_dir=set_dir(out, name), stage_cfg=cfg.teacher_stage,
-            ray_cfg=cfg.ray, progress=progress,
-        )
-        made = results[name]
-        progress(f"set {name}: {made['shards_made']} of {made['shards_total']} shards made, "
+    for plan in plans:
+        progress(f"set {plan.name}: generating into {plan.out_dir}")
+        results[plan.name] = made = execute(plan, cfg.ray, progress)
+        progress(f"set {plan.name}: {made['shards_made']} of {made['shards_total']} shards made, "
                  f"{made['samples']} samples, {made['rejected']} rejected")
     return results
 

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,9 +21,11 @@ from pipeline.format import FormatError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
-OutOption = Annotated[Optional[Path], typer.Option("--out", help="output directory (default runs/<config name>)")]
-SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="override a config value: key.path=value")]
-AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")]
+OutOption = Annotated[Path | None, typer.Option("--out", help="output directory (default runs/<config name>)")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a config value: key.path=value")]
+AddressOption = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+]
 
 
 def progress(line: str) -> None:
@@ -52,7 +54,7 @@ def run(config: Path, out: OutOption = None, set_: SetOption = None, address: Ad
 
 @app.command()
 def generate(config: Path, out: OutOption = None, set_: SetOption = None, address: AddressOption = None,
-             only: Annotated[Optional[list[str]], typer.Option("--only", help="generate only these sets")] = None) -> None:
+             only: Annotated[list[str] | None, typer.Option("--only", help="generate only these sets")] = None) -> None:
     """Only the transfer sets (the teachers must exist)."""
     from pipeline.chain import generate_sets, require_teachers
 
@@ -62,11 +64,12 @@ def generate(config: Path, out: OutOption = None, set_: SetOption = None, addres
         raise UserError(f"--only {unknown[0]!r}: not one of the config's sets {sorted(cfg.sets)}")
     results = generate_sets(cfg, out_dir, require_teachers(cfg, out_dir), progress, names=only or None)
     for name, result in results.items():
-        print(json.dumps({"set": name, **{k: result[k] for k in ("shards_made", "shards_total", "samples", "rejected")}}))
+        shown = {k: result[k] for k in ("shards_made", "shards_total", "samples", "rejected", "samples_per_s")}
+        print(json.dumps({"set": name, **shown}))
 
 
 @app.command()
-def train(config: Path, student: Annotated[Optional[str], typer.Option("--student", help="student to train")] = None,
+def train(config: Path, student: Annotated[str | None, typer.Option("--student", help="student to train")] = None,
           teachers: Annotated[bool, typer.Option("--teachers", help="train the teacher ensemble")] = False,
           out: OutOption = None, set_: SetOption = None) -> None:
     """Train one student from existing transfer sets (or, with --teachers, the ensemble)."""

@@ -126,7 +126,8 @@ def resolve_factory(arch: str, allowed_factories: Iterable[str] = ()) -> Callabl
             return getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as err:
             raise UserError(f"model arch {arch!r}: cannot import ({err})") from err
-    raise UserError(f"model arch {arch!r}: not in the registry {sorted(REGISTRY)}, nor torchvision:NAME or module:factory")
+    raise UserError(f"model arch {arch!r}: not in the registry {sorted(REGISTRY)}, "
+                    "nor torchvision:NAME or module:factory")
 
 
 def build_model(

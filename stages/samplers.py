@@ -14,7 +14,6 @@ import numpy as np
 from pipeline.config import SamplerConfig
 from stages.sources import Source
 
-
 # The set-level stream (e.g. the views order); shard indices never reach this value.
 SET_STREAM = 0xFFFFFFFF
 

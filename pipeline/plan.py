@@ -1,0 +1,232 @@
+"""Plan and finish a transfer set: everything around the Ray graph that needs no Ray.
+
+:func:`plan_set` checks a set's inputs (source, teacher checkpoints, output directory) and
+decides what exists already; it writes nothing, so a job can plan all its sets first and refuse
+bad input before touching any of them. :func:`start` claims the directory, :func:`resume`
+finds the committed shards a killed run left, and :func:`finish` writes ``manifest.parquet``
+and then ``index.json`` last.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import format as fmt
+from pipeline.config import SetConfig, SourceConfig, TeacherStageConfig
+from pipeline.errors import UserError
+from pipeline.fingerprint import set_fingerprint
+from stages.samplers import set_size
+from stages.sources import load_source
+from stages.writer import summary_from_tar
+
+MARKER_NAME = "_fingerprint"
+
+
+@dataclass
+class SetPlan:
+    """One set's resolved inputs: what to make, where, from which teachers."""
+
+    name: str
+    out_dir: Path
+    set_cfg: SetConfig
+    source_cfg: SourceConfig
+    seed: int
+    teacher_paths: list[str]
+    teachers: list[dict[str, Any]]  # index entries: path, sha256, arch
+    stage_cfg: TeacherStageConfig
+    classes: list[str]
+    image_shape: tuple[int, int, int]
+    total: int
+    fingerprint: str
+    index: dict[str, Any] | None  # the existing index (same fingerprint), if any
+    summaries: dict[int, dict[str, Any]] = field(default_factory=dict)  # shard → summary, once known
+
+    @property
+    def shards(self) -> int:
+        return math.ceil(self.total / self.set_cfg.samples_per_shard)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def planned(self, shard: int) -> int:
+        """Samples drawn for ``shard`` (the last shard may be short)."""
+        spp = self.set_cfg.samples_per_shard
+        return min(spp, self.total - shard * spp)
+
+    def complete(self) -> bool:
+        """The index lists exactly this plan's shards, on disk with the listed sizes (a cheap
+        check; ``transferset verify`` hashes everything)."""
+        if self.index is None or self.index.get("totals", {}).get("planned") != self.total:
+            return False
+        listed = listed_shards(self.index)
+        if [s["name"] for s in listed] != [fmt.shard_name(i) for i in range(self.shards)]:
+            return False
+        for entry in listed:
+            path = self.out_dir / fmt.SHARDS_DIR / entry["name"]
+            if not path.is_file() or path.stat().st_size != entry.get("bytes"):
+                return False
+        return True
+
+
+# ---------------------------------------------------------------- checks (write nothing)
+
+
+def check_out_dir(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The existing index (same fingerprint), or None; refuses anything else."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a directory; choose another --out")
+    try:
+        index = fmt.read_index(out_dir)
+    except fmt.FormatError as err:
+        raise UserError(f"{err}; choose another --out or delete it") from err
+    if index is not None:
+        found = index.get("fingerprint")
+        if found != fingerprint:
+            raise UserError(f"{out_dir} holds set with fingerprint {found}, this config gives {fingerprint}; "
+                            "choose another --out or delete it")
+        return index
+    marker = out_dir / MARKER_NAME
+    if marker.is_file():
+        found = marker.read_text().strip()
+        if found != fingerprint:
+            raise UserError(f"{out_dir} holds an unfinished set with fingerprint {found}, this config gives "
+                            f"{fingerprint}; choose another --out or delete it")
+    elif out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if fmt.TMP_MARKER not in p.name
+                         and not (p.name == fmt.SHARDS_DIR and p.is_dir() and not any(p.iterdir())))
+        if foreign:
+            raise UserError(f"{out_dir} is not empty and holds no transfer set (found {foreign[:3]}); "
+                            "choose another --out or delete it")
+    return None
+
+
+def check_teachers(paths: list[str], num_classes: int, channels: int) -> list[dict[str, Any]]:
+    """Check every checkpoint fits the job (task, classes, channels); their index entries."""
+    from pipeline.models import load_model
+
+    if not paths:
+        raise UserError("teachers: no checkpoints given")
+    entries = []
+    for path in paths:
+        _, payload = load_model(path, task="classify", num_classes=num_classes)
+        wanted = int(payload["input"]["channels"])
+        if wanted != channels and not (channels == 1 and wanted == 3):
+            raise UserError(f"checkpoint {path}: expects {wanted}-channel images, the source has {channels}")
+        entries.append({"path": str(path), "sha256": fmt.sha256_file(path), "arch": payload["arch"]})
+    return entries
+
+
+def plan_set(*, set_name: str, set_cfg: SetConfig, source_cfg: SourceConfig, seed: int,
+             teacher_paths: list[str | Path], out_dir: Path, stage_cfg: TeacherStageConfig) -> SetPlan:
+    """Validate one set's inputs and read what its directory holds. Writes nothing."""
+    if stage_cfg.device == "cuda" and not stage_cfg.num_gpus:
+        raise UserError("teacher_stage.device is 'cuda' but teacher_stage.num_gpus is 0, so Ray gives the "
+                        "teacher actors no GPU; set teacher_stage.num_gpus (e.g. 1) or device 'auto'")
+    source = load_source(source_cfg, "train")
+    paths = [str(p) for p in teacher_paths]
+    teachers = check_teachers(paths, source.num_classes, source.shape[2])
+    fingerprint = set_fingerprint(set_cfg, source, [t["sha256"] for t in teachers], seed)
+    out_dir = Path(out_dir)
+    return SetPlan(
+        name=set_name, out_dir=out_dir, set_cfg=set_cfg, source_cfg=source_cfg, seed=seed,
+        teacher_paths=paths, teachers=teachers, stage_cfg=stage_cfg, classes=list(source.classes),
+        image_shape=source.shape, total=set_size(set_cfg.sampler, source, set_cfg.samples),
+        fingerprint=fingerprint, index=check_out_dir(out_dir, fingerprint),
+    )
+
+
+# ---------------------------------------------------------------- resume
+
+
+def listed_shards(index: dict[str, Any] | None) -> list[dict[str, Any]]:
+    shards = (index or {}).get("shards")
+    return [e for e in shards if isinstance(e, dict) and "name" in e] if isinstance(shards, list) else []
+
+
+def start(plan: SetPlan) -> None:
+    """Claim the directory for this fingerprint (so a killed run resumes and a foreign config is
+    refused) and drop temp files a killed writer left."""
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    fmt.atomic_write(plan.out_dir / MARKER_NAME, (plan.fingerprint + "\n").encode())
+    fmt.remove_stale_temps(plan.out_dir)
+
+
+def resume(plan: SetPlan, progress: Callable[[str], None]) -> list[int]:
+    """Fill ``plan.summaries`` with committed shards that fit the plan; return the missing ones.
+
+    A shard is reused when it is intact, still has the sha256 the index recorded (if listed),
+    and its last sample index is the planned last one, so a short final shard of a smaller
+    earlier run is remade (a full shard is the same either way).
+    """
+    indexed = {entry["name"]: str(entry.get("sha256")) for entry in listed_shards(plan.index)}
+    for shard, path in sorted(fmt.committed_shards(plan.out_dir).items()):
+        if shard >= plan.shards:
+            continue  # past the end of a smaller set: removed by finish() once the index is written
+        try:
+            summary = summary_from_tar(path, plan.planned(shard))
+        except fmt.FormatError as err:
+            progress(f"{path.name}: damaged ({err}); remaking it")
+            continue
+        if path.name in indexed and indexed[path.name] != summary["sha256"]:
+            progress(f"{path.name}: changed since it was indexed; remaking it")
+            continue
+        last = max((row["index"] for row in summary["rows"]), default=-1) + 1
+        if last == plan.planned(shard):
+            plan.summaries[shard] = summary
+    return [i for i in range(plan.shards) if i not in plan.summaries]
+
+
+# ---------------------------------------------------------------- commit
+
+
+def statistics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    entropy = np.asarray([r["entropy"] for r in rows], dtype=np.float64)
+    disagreement = np.asarray([r["disagreement"] for r in rows], dtype=np.float64)
+    per_sampler: dict[str, int] = {}
+    for row in rows:
+        per_sampler[row["sampler"]] = per_sampler.get(row["sampler"], 0) + 1
+    return {
+        "entropy_mean": float(entropy.mean()) if len(rows) else 0.0,
+        "entropy_std": float(entropy.std()) if len(rows) else 0.0,
+        "disagreement_mean": float(disagreement.mean()) if len(rows) else 0.0,
+        "per_sampler": per_sampler,
+    }
+
+
+def finish(plan: SetPlan) -> dict[str, int]:
+    """Write the manifest, then ``index.json`` last; returns the totals."""
+    if sorted(plan.summaries) != list(range(plan.shards)):
+        lost = sorted(set(range(plan.shards)) - set(plan.summaries))
+        raise RuntimeError(f"{plan.name}: the pipeline finished without shards {lost[:10]}")
+    ordered = [plan.summaries[i] for i in range(plan.shards)]
+    rows = [row for summary in ordered for row in summary["rows"]]
+    totals = {"samples": sum(s["samples"] for s in ordered), "shards": plan.shards,
+              "rejected": sum(s["rejected"] for s in ordered), "planned": plan.total}
+    height, width, channels = plan.image_shape
+    fmt.write_manifest(plan.out_dir, rows)
+    fmt.write_index(plan.out_dir, {
+        "fingerprint": plan.fingerprint,
+        "name": plan.name,
+        "task": "classify",
+        "classes": plan.classes,
+        "num_classes": plan.num_classes,
+        "image": {"height": height, "width": width, "channels": channels, "encoding": "png"},
+        "target": {"kind": "logp", "dtype": "float16", "temperature_free": True},
+        "teachers": plan.teachers,
+        "config": {"set": plan.set_cfg.model_dump(mode="json"), "source": plan.source_cfg.model_dump(mode="json"),
+                   "seed": plan.seed},
+        "shards": [{k: s[k] for k in ("name", "samples", "bytes", "sha256")} for s in ordered],
+        "totals": totals,
+        "statistics": statistics(rows),
+    })
+    for shard, path in fmt.committed_shards(plan.out_dir).items():
+        if shard >= plan.shards:  # the index no longer lists them
+            path.unlink(missing_ok=True)
+    return totals

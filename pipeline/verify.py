@@ -1,0 +1,122 @@
+"""Check a transfer set against the shard contract, reporting problems instead of raising.
+
+A set is trusted through its ``index.json``; this re-reads everything the index promises (shard
+sizes and hashes, every record, the manifest) so a damaged or half-copied set is caught before a
+student trains on it. Every problem names the shard file (or index/manifest) it was found in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import format as fmt
+
+# float16 log-probabilities: exp() of each entry is within ~1e-3 relative, summed over C classes.
+LOGP_SUM_TOLERANCE = 1e-2
+
+
+def _check_record(
+    name: str, shard: int, key: str, fields: dict[str, bytes], index: dict[str, Any]
+) -> list[str]:
+    where = f"{name}: sample {key}"
+    try:
+        record = fmt.decode_fields(fields)
+    except Exception as err:  # noqa: BLE001 — any decoder error is a finding, not a crash
+        return [f"{where}: cannot decode ({type(err).__name__}: {err})"]
+    problems = []
+    try:
+        key_shard, _ = fmt.parse_key(key)
+    except ValueError:
+        return [f"{where}: malformed key"]
+    if key_shard != shard:
+        problems.append(f"{where}: key prefix says shard {key_shard}")
+    meta, logp, image = record["meta"], record["logp"], record["image"]
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        problems.append(f"{where}: metadata key is {meta.get('key') if isinstance(meta, dict) else meta!r}")
+        return problems
+    classes = index.get("num_classes")
+    if logp.dtype != fmt.LOGP_DTYPE or logp.ndim != 1 or (classes is not None and logp.shape[0] != classes):
+        problems.append(f"{where}: logp is {logp.dtype} {logp.shape}, expected float16 ({classes},)")
+    else:
+        total = float(np.exp(logp.astype(np.float64)).sum())
+        if not abs(total - 1.0) < LOGP_SUM_TOLERANCE:
+            problems.append(f"{where}: exp(logp) sums to {total:.4f}")
+    entropy = meta.get("entropy")
+    if not isinstance(entropy, int | float) or not 0.0 <= entropy <= 1.0:
+        problems.append(f"{where}: entropy {entropy!r} outside [0, 1]")
+    spec = index.get("image", {})
+    expected = (spec.get("height"), spec.get("width"), spec.get("channels"))
+    if None not in expected and tuple(image.shape) != expected:
+        problems.append(f"{where}: image {tuple(image.shape)}, index says {expected}")
+    if int(meta.get("label", -1)) != record["label"]:
+        problems.append(f"{where}: .cls label {record['label']} differs from metadata {meta.get('label')}")
+    return problems
+
+
+def _check_shard(set_dir: Path, entry: dict[str, Any], index: dict[str, Any],
+                 seen: dict[str, str]) -> list[str]:
+    name = str(entry.get("name", ""))
+    if fmt.TMP_MARKER in name:
+        return [f"index lists temp file {name}"]
+    if not (name.startswith("shard-") and name.endswith(".tar") and name[6:-4].isdigit()):
+        return [f"index lists {name!r}, not a shard name"]
+    path = set_dir / fmt.SHARDS_DIR / name
+    if not path.is_file():
+        return [f"{name}: listed in the index but missing"]
+    problems = []
+    if path.stat().st_size != entry.get("bytes"):
+        problems.append(f"{name}: {path.stat().st_size} bytes, index says {entry.get('bytes')}")
+    if fmt.sha256_file(path) != entry.get("sha256"):
+        problems.append(f"{name}: sha256 differs from the index")
+    shard = int(name[6:-4])
+    count = 0
+    try:
+        for key, fields in fmt.iter_tar(path):
+            count += 1
+            if key in seen:
+                problems.append(f"{name}: sample {key} also in {seen[key]}")
+            seen[key] = name
+            problems += _check_record(name, shard, key, fields, index)
+    except fmt.FormatError as err:
+        problems.append(f"{name}: {err}")
+        return problems
+    if count != entry.get("samples"):
+        problems.append(f"{name}: {count} samples, index says {entry.get('samples')}")
+    return problems
+
+
+def verify_set(set_dir: str | Path) -> list[str]:
+    """Problems found in the set at ``set_dir`` (empty list = the set is sound)."""
+    set_dir = Path(set_dir)
+    try:
+        index = fmt.read_index(set_dir)
+    except fmt.FormatError as err:
+        return [str(err)]
+    if index is None:
+        return [f"{set_dir}: no {fmt.INDEX_NAME} (the set is incomplete; run generate again)"]
+    listed = index.get("shards")
+    if not isinstance(listed, list):
+        return [f"{fmt.INDEX_NAME}: no shard list"]
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for entry in listed:
+        problems += _check_shard(set_dir, entry if isinstance(entry, dict) else {}, index, seen)
+    totals = index.get("totals", {})
+    if totals.get("samples") != sum(e.get("samples", 0) for e in listed if isinstance(e, dict)):
+        problems.append(f"{fmt.INDEX_NAME}: totals.samples {totals.get('samples')} differs from its shards")
+    try:
+        keys = fmt.read_manifest(set_dir).column("key").to_pylist()
+    except Exception as err:  # noqa: BLE001 — missing or unreadable parquet
+        problems.append(f"{fmt.MANIFEST_NAME}: unreadable ({type(err).__name__}: {err})")
+    else:
+        if len(keys) != len(seen) or set(keys) != set(seen):
+            problems.append(f"{fmt.MANIFEST_NAME}: {len(keys)} rows / {len(set(keys))} keys, "
+                            f"the shards hold {len(seen)} samples; key sets differ")
+    names = {e.get("name") for e in listed if isinstance(e, dict)}
+    for path in sorted(fmt.committed_shards(set_dir).values()):
+        if path.name not in names:
+            problems.append(f"{path.name}: on disk but not listed in {fmt.INDEX_NAME}")
+    return problems

@@ -1,0 +1,134 @@
+"""Training batches: the real split in memory (ERM) and streamed transfer sets (KD).
+
+Both kinds of batch carry uint8 NCHW images; :func:`normalize` turns them into model inputs on
+the device, per the checkpoint's input contract, so the loaders never need to know the model.
+All randomness comes from explicit seeds, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import UserError
+from pipeline.models import input_spec
+from stages.sources import Source
+from student.stream import TransferLoader, open_transfer_sets
+
+__all__ = [
+    "TransferLoader", "derive_seed", "normalize", "real_batches", "source_input_spec", "transfer_loader",
+]
+
+_STATS_CHUNK = 4096
+
+
+def derive_seed(seed: int, stream: int) -> int:
+    """A seed for one of a run's random streams (model init, data order, CutMix, ...).
+
+    Seeding two generators with the same number gives the same sequence twice; deriving each
+    from ``(seed, stream)`` keeps the streams independent.
+    """
+    state = np.random.SeedSequence([seed % 2**64, stream % 2**64]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))  # 63 bits: valid for torch.Generator.manual_seed
+
+
+# ---------------------------------------------------------------- real images
+
+
+def crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Standard augmentation of uint8 NHWC images → uint8 NCHW, in one vectorised gather.
+
+    Random crop with ``pad`` zero padding (offsets in [0, 2·pad], as ``stages.samplers.draw_aug``)
+    and, if ``flip``, a horizontal flip with probability 1/2.
+    """
+    n, height, width, _ = images.shape
+    if pad:
+        images = F.pad(images, (0, 0, pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = dy[:, None] + torch.arange(height)
+    cols = dx[:, None] + torch.arange(width)
+    if flip:
+        flips = torch.randint(0, 2, (n,), generator=generator).bool()
+        cols = torch.where(flips[:, None], cols.flip(1), cols)
+    out = images[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def real_batches(
+    source: Source, batch_size: int, seed: int, augment: bool = True
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless ``(uint8 NCHW images, int64 labels)`` batches of the real split.
+
+    Epochs are seeded permutations (every image once per epoch, batches run across epoch
+    boundaries); augmentation follows the source's ``pad`` and ``flip``.
+    """
+    if len(source) == 0:
+        raise UserError(f"source {source.name}: the training split has no images")
+    images = torch.from_numpy(np.ascontiguousarray(source.images()))
+    labels = torch.from_numpy(np.asarray(source.labels, dtype=np.int64))
+    generator = torch.Generator().manual_seed(seed)
+    pad, flip = (source.pad, source.flip) if augment else (0, False)
+    order = torch.empty(0, dtype=torch.int64)
+    while True:
+        while len(order) < batch_size:
+            order = torch.cat([order, torch.randperm(len(labels), generator=generator)])
+        chosen, order = order[:batch_size], order[batch_size:]
+        yield crop_flip(images[chosen], pad, flip, generator), labels[chosen]
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+def normalize(images_uint8: torch.Tensor, input_spec: dict[str, Any]) -> torch.Tensor:
+    """uint8 NCHW → float NCHW: ``/255``, then ``(x − mean) / std`` per channel."""
+    x = images_uint8.float().div_(255.0)
+    mean = torch.tensor(input_spec["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(input_spec["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def source_input_spec(source: Source) -> dict[str, Any]:
+    """The input contract for models trained on ``source``: its size and per-channel mean/std.
+
+    Computed in float64 over chunks (a large split never sits in memory as floats). A constant
+    channel gets std 1 so that normalising never divides by zero.
+    """
+    height, width, channels = source.shape
+    total = np.zeros(channels)
+    squares = np.zeros(channels)
+    count = 0
+    for start in range(0, len(source), _STATS_CHUNK):
+        chunk = source.images(np.arange(start, min(start + _STATS_CHUNK, len(source))))
+        pixels = chunk.reshape(-1, channels).astype(np.float64) / 255.0
+        total += pixels.sum(axis=0)
+        squares += np.square(pixels).sum(axis=0)
+        count += len(pixels)
+    if count == 0:
+        raise UserError(f"source {source.name}: no images to compute the input statistics from")
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    std = np.where(std > 1e-6, std, 1.0)
+    return input_spec(height, width, channels, [float(m) for m in mean], [float(s) for s in std])
+
+
+# ---------------------------------------------------------------- transfer sets
+
+
+def transfer_loader(
+    sets: list[tuple[str, float]], batch_size: int, seed: int, num_workers: int = 0,
+    shuffle_buffer: int = 2000,
+) -> TransferLoader:
+    """Endless batches ``{"image": uint8 NCHW, "logp": float32 (N, C), "label": int64 (N,)}``
+    streamed from weighted transfer sets (see :mod:`student.stream`).
+
+    Sets are checked (index, shard files, sizes, classes) here, before training starts; damage
+    found while streaming raises :class:`UserError` naming the shard.
+    """
+    opened = open_transfer_sets(sets)
+    return TransferLoader(opened, batch_size=batch_size, seed=seed, num_workers=num_workers,
+                          shuffle_buffer=shuffle_buffer)

@@ -1,0 +1,78 @@
+"""Shared fixtures: one Ray for the whole session (it costs ~6 s to start) and tiny teachers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+def build_teachers(directory: Path, members: int = 2, steps: int = 30, width: int = 4,
+                   task: str = "classify") -> list[Path]:
+    """Tiny CNN checkpoints, each trained a few SGD steps on digits (seeded, so reproducible)."""
+    import torch
+
+    from pipeline.config import SourceConfig
+    from pipeline.models import TinyCNN, input_spec, save_checkpoint
+    from stages.sources import load_source
+
+    source = load_source(SourceConfig(kind="digits"), "train")
+    x = (torch.from_numpy(source.images()).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
+    y = torch.from_numpy(source.labels)
+    paths = []
+    for member in range(members):
+        torch.manual_seed(member)
+        model = TinyCNN(1, 10, width=width)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(steps):
+            batch = torch.randint(0, len(y), (64,))
+            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        path = directory / f"{task}-{member}.pt"
+        save_checkpoint(path, model.eval(), arch="tiny_cnn", arch_kwargs={"width": width}, num_classes=10,
+                        input=input_spec(8, 8, 1, [0.5], [0.25]), task=task)
+        paths.append(path)
+    return paths
+
+
+def generate_set_in(out: Path, set_cfg: Any, teachers: list[Path], seed: int = 0,
+                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """generate_set on digits with the test resources (2 CPUs, one 0.5-CPU teacher actor)."""
+    from pipeline.config import RayConfig, SourceConfig, TeacherStageConfig
+    from pipeline.driver import generate_set
+
+    return generate_set(
+        set_name=set_cfg.sampler.kind, set_cfg=set_cfg, source_cfg=SourceConfig(kind="digits"), seed=seed,
+        teacher_paths=teachers, out_dir=out, stage_cfg=TeacherStageConfig(batch_size=128),
+        ray_cfg=RayConfig(num_cpus=2), progress=progress or (lambda _: None),
+    )
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` by relative path: equal snapshots = byte-identical trees."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def teachers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return build_teachers(tmp_path_factory.mktemp("teachers"))
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """An embedded 2-CPU Ray shared by every Ray test (generate_set reuses an initialised Ray)."""
+    from pipeline.config import RayConfig
+    from pipeline.driver import ensure_ray, shutdown_ray
+
+    ensure_ray(RayConfig(address=None, num_cpus=2))
+    yield
+    shutdown_ray()

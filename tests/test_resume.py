@@ -1,0 +1,125 @@
+"""Exactly-once under a hard kill: a generate run SIGKILLed mid-way (with its Ray) resumes by
+making only the missing shards, and ends byte-identical to a run that was never killed.
+Damaged shards are named by verify_set and remade by the next generate."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import generate_set_in, snapshot
+
+from pipeline import format as fmt
+from pipeline.config import SamplerConfig, SetConfig
+from pipeline.verify import verify_set
+
+SHARDS, PER_SHARD = 40, 32
+SET = SetConfig(sampler=SamplerConfig(kind="mix"), samples=SHARDS * PER_SHARD, samples_per_shard=PER_SHARD)
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from pipeline.config import RayConfig, SetConfig, SourceConfig, TeacherStageConfig
+    from pipeline.driver import generate_set
+    args = json.loads(sys.argv[1])
+    generate_set(set_name="mix", set_cfg=SetConfig.model_validate(args["set"]),
+                 source_cfg=SourceConfig(kind="digits"), seed=0, teacher_paths=args["teachers"],
+                 out_dir=Path(args["out"]), stage_cfg=TeacherStageConfig(batch_size=128),
+                 ray_cfg=RayConfig(num_cpus=2), progress=lambda m: print(m, flush=True))
+""")
+
+
+def session_members(sid: int) -> list[int]:
+    """Processes in session ``sid`` (the killed run and every Ray process it started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the run's process group, then anything else left in the session it started."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while (left := session_members(proc.pid)) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    assert not session_members(proc.pid), "processes of the killed run survived"
+
+
+@pytest.fixture(scope="module")
+def clean(ray_session, teachers, tmp_path_factory) -> Path:
+    """The reference: the same set made by one uninterrupted run."""
+    out = tmp_path_factory.mktemp("clean") / "set"
+    assert generate_set_in(out, SET, teachers)["shards_made"] == SHARDS
+    return out
+
+
+def test_killed_run_resumes_exactly_once(clean, teachers, tmp_path) -> None:
+    out = tmp_path / "set"
+    script = tmp_path / "run_generate.py"
+    script.write_text(SCRIPT)
+    args = json.dumps({"set": SET.model_dump(mode="json"), "teachers": [str(p) for p in teachers],
+                       "out": str(out)})
+    with open(tmp_path / "run.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(script), args], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        deadline = time.monotonic() + 120
+        while len(fmt.committed_shards(out)) < 2:
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no shards committed in 120 s"
+            time.sleep(0.02)
+    finally:
+        kill_session(proc)
+    survived = set(fmt.committed_shards(out))
+    assert 2 <= len(survived) < SHARDS and fmt.read_index(out) is None
+
+    result = generate_set_in(out, SET, teachers)
+    assert result["shards_made"] == SHARDS - len(survived)
+    assert snapshot(out) == snapshot(clean)  # every shard, the manifest and the index; no temp files
+    index = fmt.read_index(out)
+    assert [s["name"] for s in index["shards"]] == [fmt.shard_name(i) for i in range(SHARDS)]
+    expected = [fmt.sample_key(s, i) for s in range(SHARDS) for i in range(PER_SHARD)]
+    assert fmt.read_manifest(out).column("key").to_pylist() == expected
+    assert [key for url in fmt.shard_urls(out) for key, _ in fmt.iter_tar(url)] == expected
+    assert not [p for p in out.rglob("*") if fmt.TMP_MARKER in p.name]
+    assert verify_set(out) == []
+
+
+def test_damaged_shards_are_named_and_remade(clean, teachers, tmp_path) -> None:
+    damaged = tmp_path / "set"
+    shutil.copytree(clean, damaged)
+    shards = damaged / fmt.SHARDS_DIR
+    cut = shards / fmt.shard_name(3)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    flipped = shards / fmt.shard_name(5)
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    shutil.copy(shards / fmt.shard_name(0), shards / fmt.shard_name(99))
+    problems = verify_set(damaged)
+    for name in (fmt.shard_name(3), fmt.shard_name(5), fmt.shard_name(99)):
+        assert any(p.startswith(name) for p in problems), (name, problems)
+
+    assert generate_set_in(damaged, SET, teachers)["shards_made"] == 2
+    assert snapshot(damaged) == snapshot(clean)
+    assert verify_set(damaged) == []
