@@ -7,7 +7,6 @@ set has problems. Progress lines go to stderr, results to stdout.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -104,8 +103,11 @@ def verify(set_dir: Path) -> None:
 
 
 def main() -> None:
-    """Console entry point: one-line errors with exit 2 for bad input, no traceback."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    """Console entry point: one-line errors with exit 2 for bad input, no traceback.
+
+    RAY_AUTH_MODE is left alone here: the driver disables token auth only for the embedded
+    local Ray it starts itself, never for a cluster the user connects to.
+    """
     try:
         app(standalone_mode=False)
     except (UserError, FormatError) as err:
