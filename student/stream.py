@@ -299,3 +299,13 @@ class TransferLoader:
             self.skipped += item["skipped"]
             for b in range(len(item["label"])):
                 yield {name: item[name][b] for name in FIELDS}
+
+
+def transfer_loader(sets: list[tuple[str, float]], batch_size: int, seed: int, num_workers: int = 0,
+                    shuffle_buffer: int = 2000, epoch_steps: int = 1000, **plan: Any) -> TransferLoader:
+    """Open and check ``(set directory, weight)`` pairs, and stream them (see :class:`StreamPlan`)."""
+    from student.shards import open_transfer_sets
+
+    opened = open_transfer_sets(sets, on_bad_shard=plan.get("on_bad_shard", "error"))
+    return TransferLoader(opened, StreamPlan(batch_size=batch_size, seed=seed, epoch_steps=epoch_steps,
+                                             num_workers=num_workers, shuffle_buffer=shuffle_buffer, **plan))
