@@ -136,9 +136,13 @@ def student_sets(cfg: Config, out: Path, name: str) -> list[tuple[str, float]]:
             sets.append((SOURCE_SET, weight))  # the real training split, read by the trainer
             continue
         directory = set_dir(out, set_name)
-        if read_index(directory) is None:
+        index = read_index(directory)
+        if index is None:
             raise UserError(f"students.{name}.sets: set {set_name!r} is not generated yet at {directory}; "
                             f"run `transferset generate CONFIG` first")
+        if index.get("task", "classify") != "classify":  # students of this job classify
+            raise UserError(f"students.{name}.sets: set {set_name!r} at {directory} has task "
+                            f"{index.get('task')!r}, the student is trained for 'classify'")
         sets.append((str(directory), weight))
     return sets
 

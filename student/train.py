@@ -267,6 +267,7 @@ def train_model(
                 if ctx.is_main:
                     save_state(state_path, spec=run_spec, step=step, model=plain, optimizer=optimizer, scaler=scaler)
                 distributed.barrier(ctx)
+        distributed.sync_buffers(plain, ctx)
     finally:
         step_fn.close()
         if metrics is not None:
@@ -282,8 +283,9 @@ def train_model(
     }
     stats = step_fn.stats()
     if ctx.enabled:
+        visited = sorted(set(getattr(step_fn, "loader", None).visited)) if objective == "kd" else []
         atomic_write(out_dir / f"rank-{ctx.rank}.json", json.dumps(
-            {"rank": ctx.rank, "weights_sha256": _weights_sha(plain), **stats}, indent=1).encode())
+            {"rank": ctx.rank, "weights_sha256": _weights_sha(plain), "visited": visited, **stats}, indent=1).encode())
     if ctx.is_main:
         result["checkpoint_sha256"] = save_checkpoint(
             out_dir / "model.pt", plain, arch=model_cfg.arch, arch_kwargs=model_cfg.arch_kwargs,

@@ -102,6 +102,37 @@ def test_bad_config_exits_2_and_leaves_sets_untouched(finished_run, overrides, n
     assert before == after
 
 
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["students.kd.objective=distill"], ["students.kd.objective", "'erm' or 'kd'"]),
+        (["students.kd.kd.temperature=0"], ["students.kd.kd.temperature", "greater than 0"]),
+        (["students.kd.sets={real: 0}"], ["students.kd", "sum to more than 0"]),
+        (["students.kd.sets={source: 1}"], ["students.kd", "besides 'source'"]),
+    ],
+)
+def test_bad_training_config_exits_2(finished_run, overrides, needles):
+    out, _ = finished_run
+    result = transferset("train", QUICKSTART, "--out", out, "--student", "kd",
+                         *with_overrides(TINY + overrides), check=False)
+    assert_one_line_error(result, *needles)
+
+
+def test_a_set_of_another_task_is_refused_before_training(finished_run, tmp_path):
+    import shutil
+
+    out, _ = finished_run
+    shutil.copytree(out / "sets" / "real", tmp_path / "sets" / "real")
+    index_path = tmp_path / "sets" / "real" / "index.json"
+    index = json.loads(index_path.read_text())
+    index["task"] = "regress"
+    index_path.write_text(json.dumps(index))
+    result = transferset("train", QUICKSTART, "--out", tmp_path, "--student", "kd", *with_overrides(TINY),
+                         check=False)
+    assert_one_line_error(result, "task 'regress'", "'classify'")
+    assert not (tmp_path / "students").exists()
+
+
 def test_teacher_of_the_wrong_task_exits_2(finished_run, tmp_path):
     from pipeline.models import build_model, input_spec, save_checkpoint
 
