@@ -43,7 +43,7 @@ from student.evaluate import prepare  # noqa: E402
 from student.losses import kd_loss  # noqa: E402
 from student.shards import open_transfer_sets  # noqa: E402
 from student.stream import StreamPlan, TransferLoader  # noqa: E402
-from student.train import train_model  # noqa: E402
+from student.train import epoch_steps, train_model  # noqa: E402
 
 BATCH, TAU, VIEWS = 128, 4.0, 8
 
@@ -133,7 +133,10 @@ def main() -> None:
         rows = torch.randint(0, len(mem_labels), (BATCH,), generator=generator)
         optimise(kd_loss(model(to_input(mem_images[rows])), mem_logp[rows], mem_labels[rows], TAU, 1.0))
 
-    plan = StreamPlan(batch_size=BATCH, seed=0, epoch_steps=10**9, num_workers=1)
+    # The trainer's defaults: an epoch is one pass over the set, and the stream restarts each epoch.
+    defaults = TrainConfig(steps=1, batch_size=BATCH)
+    plan = StreamPlan(batch_size=BATCH, seed=0, epoch_steps=epoch_steps(defaults, len(mem_labels)), num_workers=1,
+                      shuffle_buffer=defaults.shuffle_buffer, batches_per_item=defaults.batches_per_transfer)
     stream = iter(TransferLoader(opened, plan))
 
     def stream_step() -> None:

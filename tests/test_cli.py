@@ -151,3 +151,17 @@ def test_teacher_of_the_wrong_task_exits_2(finished_run, tmp_path):
 
 def test_missing_config_file_exits_2(tmp_path):
     assert_one_line_error(transferset("run", tmp_path / "none.yaml", check=False), "file not found")
+
+
+def test_train_ray_runs_ddp_through_ray_train(finished_run, tmp_path):
+    import shutil
+
+    out, _ = finished_run
+    shutil.copytree(out / "sets", tmp_path / "sets")
+    result = transferset("train", QUICKSTART, "--out", tmp_path, "--student", "kd", "--ray", "--workers", "2",
+                         *with_overrides(TINY + ["students.kd.train.steps=20"]))
+    stored = json.loads((tmp_path / "students" / "kd" / "result.json").read_text())
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == stored and stored["steps"] == 20
+    ranks = [json.loads((tmp_path / "students" / "kd" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert ranks[0]["visited"] and set(ranks[0]["visited"]).isdisjoint(ranks[1]["visited"])
