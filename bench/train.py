@@ -2,15 +2,18 @@
 
     python bench/train.py [--steps 400] [--rounds 3]
 
-1. ``stream_vs_memory``: KD steps/s reading shards through the student stream (one DataLoader
-   worker, decoded-shard cache) ÷ KD steps/s on the same samples held as in-memory tensors.
+1. ``stream_vs_memory``: KD steps/s reading shards through the student stream (the trainer's
+   defaults: one DataLoader worker, decoded-shard cache, epoch = one pass) ÷ KD steps/s on the
+   same samples held as in-memory tensors (``stream_main_vs_memory``: the stream in the training
+   process, ``num_workers: 0``).
 2. ``offline_vs_online``: epoch time with cached targets (shards) ÷ epoch time running the
    4-member teacher ensemble on every batch (goal ≤ 1/3).
 3. ``offline_vs_plain``: the same ÷ epoch time of plain ERM on the real split (goal ≤ 1.05).
 
 Setup (the quickstart's): digits, 4 teachers (tiny CNN width 32) trained here, a transfer set of
 every training image × 8 views labelled by them, a tiny-CNN student (width 6), batch 128, one
-torch thread for every mode. Modes are interleaved in ``rounds`` and the median round is kept.
+torch thread for every mode. Modes are interleaved in ``rounds``; each ratio is the median over
+rounds of the ratio within a round (the machine's load drifts between rounds).
 The last line is one JSON object with the figures.
 """
 
@@ -43,7 +46,7 @@ from student.evaluate import prepare  # noqa: E402
 from student.losses import kd_loss  # noqa: E402
 from student.shards import open_transfer_sets  # noqa: E402
 from student.stream import StreamPlan, TransferLoader  # noqa: E402
-from student.train import epoch_steps, train_model  # noqa: E402
+from student.train import batches_per_transfer, epoch_steps, train_model  # noqa: E402
 
 BATCH, TAU, VIEWS = 128, 4.0, 8
 
@@ -98,8 +101,8 @@ def timed(steps: int, step: Callable[[], None]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400, help="steps per measured epoch")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=300, help="steps per measured epoch")
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--teacher-steps", type=int, default=300)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -135,13 +138,17 @@ def main() -> None:
 
     # The trainer's defaults: an epoch is one pass over the set, and the stream restarts each epoch.
     defaults = TrainConfig(steps=1, batch_size=BATCH)
-    plan = StreamPlan(batch_size=BATCH, seed=0, epoch_steps=epoch_steps(defaults, len(mem_labels)), num_workers=1,
-                      shuffle_buffer=defaults.shuffle_buffer, batches_per_item=defaults.batches_per_transfer)
-    stream = iter(TransferLoader(opened, plan))
+    def stream_step_with(workers: int) -> Callable[[], None]:
+        plan = StreamPlan(batch_size=BATCH, seed=0, epoch_steps=epoch_steps(defaults, len(mem_labels)),
+                          num_workers=workers, shuffle_buffer=defaults.shuffle_buffer,
+                          batches_per_item=batches_per_transfer(defaults, BATCH, train))
+        stream = iter(TransferLoader(opened, plan))
 
-    def stream_step() -> None:
-        batch = next(stream)
-        optimise(kd_loss(model(to_input(batch["image"])), batch["logp"], batch["label"], TAU, 1.0))
+        def stream_step() -> None:
+            batch = next(stream)
+            optimise(kd_loss(model(to_input(batch["image"])), batch["logp"], batch["label"], TAU, 1.0))
+
+        return stream_step
 
     real = real_batches(train, BATCH, seed=0)
     real_images = torch.from_numpy(train.images())
@@ -156,7 +163,8 @@ def main() -> None:
         images, labels = next(real)
         optimise(torch.nn.functional.cross_entropy(model(to_input(images)), labels))
 
-    modes = {"memory": memory_step, "stream": stream_step, "online": online_step, "plain": plain_step}
+    modes = {"memory": memory_step, "stream": stream_step_with(defaults.num_workers),
+             "stream_main": stream_step_with(0), "online": online_step, "plain": plain_step}
     for step in modes.values():  # warm-up: the stream's worker starts and decodes every shard once
         timed(120, step)
     seconds: dict[str, list[float]] = {name: [] for name in modes}
@@ -166,10 +174,16 @@ def main() -> None:
         print(f"round {round_ + 1}: " + ", ".join(f"{n} {args.steps / s[-1]:.1f} steps/s"
                                                   for n, s in seconds.items()), flush=True)
     median = {name: statistics.median(values) for name, values in seconds.items()}
+
+    def paired(a: str, b: str) -> float:
+        """Median over rounds of seconds[a] / seconds[b] within the same round (drift cancels)."""
+        return statistics.median(x / y for x, y in zip(seconds[a], seconds[b], strict=True))
+
     figures = {
-        "stream_vs_memory": median["memory"] / median["stream"],
-        "offline_vs_online": median["stream"] / median["online"],
-        "offline_vs_plain": median["stream"] / median["plain"],
+        "stream_vs_memory": paired("memory", "stream"),
+        "offline_vs_online": paired("stream", "online"),
+        "offline_vs_plain": paired("stream", "plain"),
+        "stream_main_vs_memory": paired("memory", "stream_main"),
         **{f"{name}_steps_per_s": args.steps / value for name, value in median.items()},
         "batch_size": BATCH, "steps_per_epoch": args.steps, "rounds": args.rounds, "set_samples": len(mem_labels),
     }

@@ -80,7 +80,8 @@ class TrainConfig(Strict):
     num_workers: int = Field(1, ge=0)
     threads: int = Field(0, ge=0, description="torch threads of the trainer; 0 = the cores the loader leaves")
     shuffle_buffer: int = Field(2000, ge=1)
-    batches_per_transfer: int = Field(8, ge=1, description="batches sent per worker→trainer transfer")
+    batches_per_transfer: int = Field(
+        0, ge=0, description="batches per worker→trainer transfer; 0 = up to 32 batches within 16 MiB")
     cache_mb: float = Field(1024, ge=0, description="decoded shards kept in memory per reader")
     on_bad_shard: Literal["error", "skip"] = "error"
     tensorboard: bool = False

@@ -286,6 +286,8 @@ class TransferLoader:
         self.loader = DataLoader(
             self.dataset, batch_size=None, num_workers=plan.num_workers,
             pin_memory=torch.cuda.is_available(),
+            # Items queued per worker: a few batches of slack against scheduling delays on busy machines.
+            prefetch_factor=4 if plan.num_workers else None,
             generator=torch.Generator().manual_seed(plan.seed),  # keeps the global torch RNG untouched
         )
         self.visited: list[str] = []

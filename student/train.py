@@ -100,6 +100,16 @@ def _kd_sets(sets: list[tuple[str, float]]) -> tuple[list[tuple[str, float]], fl
     return [(d, w) for d, w in sets if d != SOURCE_SET], real
 
 
+def batches_per_transfer(cfg: TrainConfig, batch_size: int, source: Source) -> int:
+    """The configured number, else as many as fit in 16 MiB (at most 32): few transfers between
+    processes without holding large images many times over in the queues."""
+    if cfg.batches_per_transfer:
+        return cfg.batches_per_transfer
+    height, width, channels = source.shape
+    batch_bytes = batch_size * (height * width * channels + 4 * source.num_classes + 9)
+    return max(1, min(32, (16 << 20) // batch_bytes))
+
+
 def _build_objective(
     objective: str, train_cfg: TrainConfig, kd_cfg: KDConfig | None, sets: list[tuple[str, float]],
     source: Source, spec: dict[str, Any], ctx: distributed.Dist, seed: int, start_step: int, epoch: int,
@@ -120,7 +130,7 @@ def _build_objective(
     plan = StreamPlan(
         batch_size=candidates, seed=derive_seed(seed, TRANSFER_STREAM), epoch_steps=epoch,
         start_step=start_step, num_workers=train_cfg.num_workers, world_size=ctx.world_size, rank=ctx.rank,
-        batches_per_item=train_cfg.batches_per_transfer, shuffle_buffer=train_cfg.shuffle_buffer,
+        batches_per_item=batches_per_transfer(train_cfg, candidates, source), shuffle_buffer=train_cfg.shuffle_buffer,
         cache_bytes=int(train_cfg.cache_mb * 2**20), on_bad_shard=train_cfg.on_bad_shard,
     )
     expected = (source.shape[2], source.shape[0], source.shape[1])
