@@ -1,6 +1,6 @@
 """Benchmark of the student trainer, all figures measured in one run (the machine is shared).
 
-    python bench/train.py [--steps 400] [--rounds 3]
+    python bench/train.py [--data digits|cifar] [--steps 300] [--rounds 7] [--teacher-steps 300]
 
 1. ``stream_vs_memory``: KD steps/s reading shards through the student stream (the trainer's
    defaults: one DataLoader worker, decoded-shard cache, epoch = one pass) ÷ KD steps/s on the
@@ -40,7 +40,7 @@ from transfer_fixtures import write_set  # noqa: E402
 from pipeline.config import ModelConfig, SourceConfig, TrainConfig  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from stages.samplers import apply_aug, draw_aug  # noqa: E402
-from stages.sources import load_source  # noqa: E402
+from stages.sources import load_in_memory, load_source  # noqa: E402
 from student.data import crop_flip, real_batches, source_input_spec  # noqa: E402
 from student.evaluate import prepare  # noqa: E402
 from student.losses import kd_loss  # noqa: E402
@@ -48,14 +48,24 @@ from student.shards import open_transfer_sets  # noqa: E402
 from student.stream import StreamPlan, TransferLoader  # noqa: E402
 from student.train import batches_per_transfer, epoch_steps, train_model  # noqa: E402
 
-BATCH, TAU, VIEWS = 128, 4.0, 8
+BATCH, TAU = 128, 4.0
+CIFAR = Path("/work/shared/data/cifar10-mini")
+# --data: (source, teacher model, student model, views per image)
+SETUPS = {
+    "digits": (SourceConfig(kind="digits"), ModelConfig(arch="tiny_cnn", arch_kwargs={"width": 32}),
+               ModelConfig(arch="tiny_cnn", arch_kwargs={"width": 6}), 8),
+    "cifar": (SourceConfig(kind="imagefolder", path=str(CIFAR)),
+              ModelConfig(arch="resnet_cifar", arch_kwargs={"depth": 20, "width": 8}),
+              ModelConfig(arch="resnet_cifar", arch_kwargs={"depth": 8, "width": 8}), 1),
+}
 
 
-def train_teachers(workdir: Path, train, test, members: int, steps: int) -> list[torch.nn.Module]:
+def train_teachers(workdir: Path, train, test, model_cfg: ModelConfig, members: int,
+                   steps: int) -> list[torch.nn.Module]:
     teachers = []
     for member in range(members):
         out = workdir / f"teacher-{member}"
-        train_model(name=f"teacher-{member}", model_cfg=ModelConfig(arch="tiny_cnn", arch_kwargs={"width": 32}),
+        train_model(name=f"teacher-{member}", model_cfg=model_cfg,
                     train_cfg=TrainConfig(steps=steps, batch_size=BATCH, cutmix=0.5, num_workers=0, threads=1),
                     objective="erm", kd_cfg=None, sets=[], train_source=train, test_source=test, out_dir=out,
                     seed=member)
@@ -70,21 +80,23 @@ def ensemble_logp(teachers, images_nchw: torch.Tensor) -> torch.Tensor:
     return torch.log(probs / len(teachers)).clamp_min(-1e4)
 
 
-def make_views_set(set_dir: Path, train, teachers) -> None:
-    """Every training image × VIEWS (view 0 = the image), labelled by the ensemble, 1024 per shard."""
+def make_views_set(set_dir: Path, train, teachers, views: int) -> None:
+    """Every training image × ``views`` (view 0 = the image), labelled by the ensemble, 1024 per shard."""
     rng = np.random.default_rng(0)
-    views = np.stack([image if v == 0 else apply_aug(image, draw_aug(rng, train.pad, train.flip), train.pad)
-                      for image in train.images() for v in range(VIEWS)])
-    logp = ensemble_logp(teachers, torch.from_numpy(views).permute(0, 3, 1, 2)).numpy()
-    labels = [int(y) for y in np.repeat(train.labels, VIEWS)]
-    write_set(set_dir, views, logp, labels, samples_per_shard=1024)
+    images = np.stack([image if v == 0 else apply_aug(image, draw_aug(rng, train.pad, train.flip), train.pad)
+                      for image in train.images() for v in range(views)])
+    logp = np.concatenate([ensemble_logp(teachers, torch.from_numpy(chunk).permute(0, 3, 1, 2)).numpy()
+                           for chunk in np.array_split(images, max(1, len(images) // 1024))])
+    labels = [int(y) for y in np.repeat(train.labels, views)]
+    write_set(set_dir, images, logp, labels, samples_per_shard=1024)
 
 
-def student_step(spec) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor], torch.optim.Optimizer]:
-    from pipeline.models import TinyCNN
+def student_step(spec, model_cfg: ModelConfig, channels: int
+                 ) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor], torch.optim.Optimizer]:
+    from pipeline.models import build_model
 
     torch.manual_seed(0)
-    model = TinyCNN(1, 10, width=6)
+    model = build_model(model_cfg.arch, channels, 10, model_cfg.arch_kwargs)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     mean = torch.tensor(spec["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(spec["std"]).view(1, -1, 1, 1)
@@ -104,16 +116,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="steps per measured epoch")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--teacher-steps", type=int, default=300)
+    parser.add_argument("--data", choices=sorted(SETUPS), default="digits",
+                        help="digits (the quickstart) or cifar (cifar10-mini, ResNet-20 teachers, ResNet-8 student)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    source_cfg = SourceConfig(kind="digits")
-    train, test = load_source(source_cfg, "train"), load_source(source_cfg, "test")
+    source_cfg, teacher_cfg, student_cfg, views = SETUPS[args.data]
+    train, test = load_in_memory(load_source(source_cfg, "train")), load_in_memory(load_source(source_cfg, "test"))
     spec = source_input_spec(train)
     workdir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     print(f"workdir {workdir}", flush=True)
-    teachers = train_teachers(workdir, train, test, members=4, steps=args.teacher_steps)
+    teachers = train_teachers(workdir, train, test, teacher_cfg, members=4, steps=args.teacher_steps)
     set_dir = workdir / "views"
-    make_views_set(set_dir, train, teachers)
+    make_views_set(set_dir, train, teachers, views)
     opened = open_transfer_sets([(str(set_dir), 1.0)])
 
     # The same samples as in-memory tensors (decoded once from the shards).
@@ -125,7 +139,7 @@ def main() -> None:
     mem_labels = torch.from_numpy(np.concatenate([a.labels for a in arrays]))
     generator = torch.Generator().manual_seed(0)
 
-    model, to_input, optimizer = student_step(spec)
+    model, to_input, optimizer = student_step(spec, student_cfg, train.shape[2])
 
     def optimise(loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -185,7 +199,8 @@ def main() -> None:
         "offline_vs_plain": paired("stream", "plain"),
         "stream_main_vs_memory": paired("memory", "stream_main"),
         **{f"{name}_steps_per_s": args.steps / value for name, value in median.items()},
-        "batch_size": BATCH, "steps_per_epoch": args.steps, "rounds": args.rounds, "set_samples": len(mem_labels),
+        "data": args.data, "batch_size": BATCH, "steps_per_epoch": args.steps, "rounds": args.rounds,
+        "set_samples": len(mem_labels),
     }
     print(f"stream ÷ memory steps/s: {figures['stream_vs_memory']:.3f} (goal ≥ 0.95)")
     print(f"offline ÷ online epoch time: {figures['offline_vs_online']:.3f} (goal ≤ 0.333)")
