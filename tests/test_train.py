@@ -208,3 +208,29 @@ def test_kd_skips_a_damaged_shard_when_asked_and_counts_it(digits, tmp_path):
                  on_bad_shard="skip")
     assert result["shards_skipped"] == 1
     assert rows(tmp_path / "skip", "train")[-1]["shards_skipped"] == 1
+
+
+def test_self_guidance_with_kd_and_clipping_on_a_student(digits, smoothed_set, tmp_path):
+    model = ModelConfig(arch="resnet_cifar", arch_kwargs={"depth": 8, "width": 4, "survival": 0.5})
+    train_source, test_source = digits
+    cfg = TrainConfig(steps=60, batch_size=64, num_workers=0, clip_grad_norm=0.5, schedule="multistep",
+                      self_guidance={"weight": 0.25, "temperature": 3.0})
+    result = train_model(name="sgkd", model_cfg=model, train_cfg=cfg, objective="kd",
+                         kd_cfg=KDConfig(temperature=4.0, alpha=0.9), sets=[(smoothed_set, 1.0)],
+                         train_source=train_source, test_source=test_source, out_dir=tmp_path, seed=0)
+    assert result["accuracy"] > 0.3
+    train_rows = rows(tmp_path, "train")
+    assert all(r["grad_norm"] > 0 for r in train_rows)  # the norm before clipping is logged
+    assert sorted({round(r["lr"], 10) for r in train_rows}) == pytest.approx([0.0005, 0.005, 0.05])
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(digits, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="train.tensorboard: the tensorboard package is not installed"):
+            run(digits, tmp_path / "out", steps=5, tensorboard=True)
+        assert not (tmp_path / "out").exists()
+    else:
+        run(digits, tmp_path / "out", steps=5, tensorboard=True)
+        assert any((tmp_path / "out" / "tensorboard").iterdir())
