@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= examples/quickstart.yaml
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/generate.py
+
+bench-train: $(STAMP)
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import Config
+from pipeline.config import SOURCE_SET, Config
 from pipeline.errors import UserError
 from pipeline.format import atomic_write, read_index
 from stages.sources import Source, load_source
@@ -64,19 +64,27 @@ def require_teachers(cfg: Config, out: Path) -> list[Path]:
 
 
 def train_teachers(cfg: Config, out: Path, train: Source, test: Source, progress: Progress) -> list[Path]:
+    """Train the members that are not done yet: as parallel Ray tasks when the CPUs allow
+    (``teachers.parallel``), else one after the other in this process."""
+    from pipeline.ray_train import train_members, use_ray_for_members
     from student.train import train_model
 
     if cfg.teachers.checkpoints:
         return require_teachers(cfg, out)
     paths = teacher_paths(cfg, out)
+    jobs = []
     for member, path in enumerate(paths):
-        member_dir = path.parent
         seed = derive_seed(cfg.seed, "teacher", member)
-        spec = {"model": cfg.teachers.model.model_dump(), "train": cfg.teachers.train.model_dump(),
-                "source": cfg.source.model_dump(), "seed": seed}
-        if _reusable(member_dir, spec, "model.pt"):
+        if _reusable(path.parent, _member_spec(cfg, seed), "model.pt"):
             progress(f"teacher {member}: reused {path}")
-            continue
+        else:
+            jobs.append((member, path.parent, seed))
+    if use_ray_for_members(cfg, len(jobs)):
+        train_members(cfg, jobs, progress)
+        for _, member_dir, seed in jobs:
+            _mark_done(member_dir, _member_spec(cfg, seed))
+        return paths
+    for member, member_dir, seed in jobs:
         progress(f"teacher {member}: training {cfg.teachers.model.arch} for {cfg.teachers.train.steps} steps")
         result = train_model(
             name=f"teacher-{member}", model_cfg=cfg.teachers.model, train_cfg=cfg.teachers.train,
@@ -84,8 +92,13 @@ def train_teachers(cfg: Config, out: Path, train: Source, test: Source, progress
             out_dir=member_dir, seed=seed, progress=progress,
         )
         progress(f"teacher {member}: accuracy {result['accuracy']:.4f}")
-        _mark_done(member_dir, spec)
+        _mark_done(member_dir, _member_spec(cfg, seed))
     return paths
+
+
+def _member_spec(cfg: Config, seed: int) -> dict[str, Any]:
+    return {"model": cfg.teachers.model.model_dump(), "train": cfg.teachers.train.model_dump(),
+            "source": cfg.source.model_dump(), "seed": seed}
 
 
 # ---------------------------------------------------------------- sets
@@ -119,16 +132,23 @@ def generate_sets(cfg: Config, out: Path, teachers: list[Path], progress: Progre
 def student_sets(cfg: Config, out: Path, name: str) -> list[tuple[str, float]]:
     sets = []
     for set_name, weight in cfg.students[name].sets.items():
+        if set_name == SOURCE_SET:
+            sets.append((SOURCE_SET, weight))  # the real training split, read by the trainer
+            continue
         directory = set_dir(out, set_name)
-        if read_index(directory) is None:
+        index = read_index(directory)
+        if index is None:
             raise UserError(f"students.{name}.sets: set {set_name!r} is not generated yet at {directory}; "
                             f"run `transferset generate CONFIG` first")
+        if index.get("task", "classify") != "classify":  # students of this job classify
+            raise UserError(f"students.{name}.sets: set {set_name!r} at {directory} has task "
+                            f"{index.get('task')!r}, the student is trained for 'classify'")
         sets.append((str(directory), weight))
     return sets
 
 
 def train_student(cfg: Config, out: Path, name: str, train: Source, test: Source,
-                  progress: Progress) -> dict[str, Any]:
+                  progress: Progress, force: bool = False) -> dict[str, Any]:
     from student.train import train_model
 
     if name not in cfg.students:
@@ -138,8 +158,8 @@ def train_student(cfg: Config, out: Path, name: str, train: Source, test: Source
     out_dir = out / "students" / name
     seed = derive_seed(cfg.seed, "student", name)
     spec = {"student": student.model_dump(), "source": cfg.source.model_dump(), "seed": seed,
-            "sets": {Path(d).name: read_index(d)["fingerprint"] for d, _ in sets}}
-    if _reusable(out_dir, spec, "result.json"):
+            "sets": {Path(d).name: [w, read_index(d)["fingerprint"] if d != SOURCE_SET else None] for d, w in sets}}
+    if not force and _reusable(out_dir, spec, "result.json"):
         progress(f"student {name}: reused {out_dir}")
         return json.loads((out_dir / "result.json").read_text())
     progress(f"student {name}: training {student.model.arch} ({student.objective}) for {student.train.steps} steps")

@@ -70,20 +70,39 @@ def generate(config: Path, out: OutOption = None, set_: SetOption = None, addres
 @app.command()
 def train(config: Path, student: Annotated[str | None, typer.Option("--student", help="student to train")] = None,
           teachers: Annotated[bool, typer.Option("--teachers", help="train the teacher ensemble")] = False,
-          out: OutOption = None, set_: SetOption = None) -> None:
-    """Train one student from existing transfer sets (or, with --teachers, the ensemble)."""
-    from pipeline.chain import load_splits, train_student, train_teachers
+          out: OutOption = None, set_: SetOption = None,
+          ray: Annotated[bool, typer.Option("--ray", help="train the student with Ray Train (DDP workers)")] = False,
+          workers: Annotated[int, typer.Option("--workers", help="--ray: number of training workers")] = 2,
+          gpu: Annotated[bool, typer.Option("--gpu", help="--ray: one GPU per worker")] = False,
+          address: AddressOption = None) -> None:
+    """Train one student from existing transfer sets (or, with --teachers, the ensemble).
 
-    cfg, out_dir = _setup(config, out, set_, None)
+    Under ``torchrun --nproc_per_node N -m pipeline.cli train ...`` the student is trained with
+    DDP over N processes; ``--ray`` does the same through Ray Train on a Ray cluster.
+    """
+    from pipeline.chain import load_splits, student_sets, train_student, train_teachers
+
+    cfg, out_dir = _setup(config, out, set_, address)
     if teachers == (student is not None):
         raise UserError("train: give exactly one of --student NAME or --teachers")
+    if ray and (teachers or workers < 1):
+        raise UserError("train --ray: needs --student NAME and --workers >= 1")
     train_split, test_split = load_splits(cfg)
     if teachers:
         for path in train_teachers(cfg, out_dir, train_split, test_split, progress):
             print(path)
         return
+    if ray:
+        from pipeline.ray_train import train_student_on_ray
+
+        if student not in cfg.students:
+            raise UserError(f"--student {student!r}: not one of {sorted(cfg.students)}")
+        student_sets(cfg, out_dir, student)  # check the sets exist before starting a cluster job
+        print(json.dumps(train_student_on_ray(cfg, out_dir, student, workers, gpu, progress)))
+        return
     result = train_student(cfg, out_dir, student, train_split, test_split, progress)
-    print(json.dumps(result))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result))
 
 
 @app.command()

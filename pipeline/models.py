@@ -53,8 +53,19 @@ class TinyCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    """A residual block; with ``survival`` < 1 it is a stochastic-depth block (Huang et al. 2016).
+
+    Training drops the residual branch with probability ``1 − survival`` (one draw per batch from
+    the global torch RNG; Self-Guidance eq 3); evaluation — and any pass under
+    :func:`full_network` — keeps every block and scales its branch by ``survival`` (eq 4).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, survival: float = 1.0) -> None:
         super().__init__()
+        if not 0.0 < survival <= 1.0:
+            raise ValueError(f"survival probability must be in (0, 1], got {survival}")
+        self.survival = survival
+        self.full = False
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
@@ -66,18 +77,30 @@ class BasicBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.survival < 1.0 and self.training and not self.full:
+            if float(torch.rand(())) >= self.survival:
+                return torch.relu(self.shortcut(x))  # the dropped block is its skip connection
+            scale = 1.0
+        else:
+            scale = self.survival
         out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        return torch.relu(scale * self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
-    """The CIFAR ResNet of He et al. (depth 6n+2: 8, 14, 20, 32, 56), three stages."""
+    """The CIFAR ResNet of He et al. (depth 6n+2: 8, 14, 20, 32, 56), three stages.
 
-    def __init__(self, in_channels: int, num_classes: int, depth: int = 20, width: int = 16) -> None:
+    ``survival`` < 1 makes it a stochastic-depth ResNet: block ``l`` of ``L`` survives with
+    probability ``1 − (l / L)·(1 − survival)``, decaying linearly to ``survival`` at the last block.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, depth: int = 20, width: int = 16,
+                 survival: float = 1.0) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         blocks = (depth - 2) // 6
+        total = 3 * blocks
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
         )
@@ -85,7 +108,9 @@ class CifarResNet(nn.Module):
         cin = width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):
             for block in range(blocks):
-                layers.append(BasicBlock(cin, cout, stride=2 if stage and not block else 1))
+                index = stage * blocks + block + 1
+                keep = 1.0 - index / total * (1.0 - survival)
+                layers.append(BasicBlock(cin, cout, stride=2 if stage and not block else 1, survival=keep))
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.head = nn.Linear(cin, num_classes)
@@ -93,6 +118,27 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(self.stem(x))
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+
+def stochastic_blocks(model: nn.Module) -> list[BasicBlock]:
+    """The blocks of ``model`` that drop out during training (empty: no stochastic depth)."""
+    return [m for m in model.modules() if isinstance(m, BasicBlock) and m.survival < 1.0]
+
+
+class full_network:
+    """Context manager: every stochastic-depth block runs, scaled by its survival probability
+    (Self-Guidance's teacher pass, eq 4), also in training mode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.blocks = stochastic_blocks(model)
+
+    def __enter__(self) -> None:
+        for block in self.blocks:
+            block.full = True
+
+    def __exit__(self, *exc: object) -> None:
+        for block in self.blocks:
+            block.full = False
 
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {

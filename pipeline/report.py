@@ -39,7 +39,8 @@ def build_report(cfg: Config, teachers: list[Path], students: dict[str, dict[str
         "test_samples": len(test),
         "teacher": {"accuracy": teacher_acc, "members": member_acc},
         "students": {
-            name: {key: result[key] for key in ("accuracy", "objective", "steps", "parameters", "seconds")}
+            name: {key: result[key] for key in ("accuracy", "top5", "ece", "objective", "steps", "parameters",
+                                                "seconds") if key in result}
             for name, result in students.items()
         },
         "gap_reduction": {},

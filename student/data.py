@@ -17,22 +17,21 @@ import torch.nn.functional as F
 from pipeline.errors import UserError
 from pipeline.models import input_spec
 from stages.sources import Source
-from student.stream import TransferLoader, open_transfer_sets
 
-__all__ = [
-    "TransferLoader", "derive_seed", "normalize", "real_batches", "source_input_spec", "transfer_loader",
-]
+__all__ = ["SplitSampler", "crop_flip", "derive_seed", "normalize", "real_batches", "source_input_spec"]
 
 _STATS_CHUNK = 4096
 
 
-def derive_seed(seed: int, stream: int) -> int:
-    """A seed for one of a run's random streams (model init, data order, CutMix, ...).
+def derive_seed(seed: int, *stream: int) -> int:
+    """A seed for one of a run's random streams (model init, data order, CutMix, ...), e.g.
+    ``derive_seed(seed, CUTMIX_STREAM, epoch)``.
 
     Seeding two generators with the same number gives the same sequence twice; deriving each
-    from ``(seed, stream)`` keeps the streams independent.
+    from ``(seed, *stream)`` keeps the streams independent.
     """
-    state = np.random.SeedSequence([seed % 2**64, stream % 2**64]).generate_state(1, np.uint64)[0]
+    words = [seed % 2**64, *(s % 2**64 for s in stream)]
+    state = np.random.SeedSequence(words).generate_state(1, np.uint64)[0]
     return int(state >> np.uint64(1))  # 63 bits: valid for torch.Generator.manual_seed
 
 
@@ -59,26 +58,43 @@ def crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.Gener
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def real_batches(
-    source: Source, batch_size: int, seed: int, augment: bool = True
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless ``(uint8 NCHW images, int64 labels)`` batches of the real split.
+class SplitSampler:
+    """Indices into a labelled split: seeded epoch permutations (every image once per epoch,
+    batches run across epoch boundaries), or with ``class_balanced`` independent draws with
+    probability ∝ 1 / (population of the image's class) (XCL §6.2)."""
 
-    Epochs are seeded permutations (every image once per epoch, batches run across epoch
-    boundaries); augmentation follows the source's ``pad`` and ``flip``.
-    """
+    def __init__(self, labels: np.ndarray, seed: int, class_balanced: bool = False) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        self.size = len(labels)
+        self.weights = None
+        if class_balanced:
+            counts = np.bincount(labels)
+            self.weights = torch.from_numpy(1.0 / counts[labels])
+        self.order = torch.empty(0, dtype=torch.int64)
+
+    def draw(self, n: int) -> torch.Tensor:
+        if self.weights is not None:
+            return torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
+        while len(self.order) < n:
+            self.order = torch.cat([self.order, torch.randperm(self.size, generator=self.generator)])
+        chosen, self.order = self.order[:n], self.order[n:]
+        return chosen
+
+
+def real_batches(
+    source: Source, batch_size: int, seed: int, augment: bool = True, class_balanced: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless ``(uint8 NCHW images, int64 labels)`` batches of the real split, drawn by a
+    :class:`SplitSampler`; augmentation follows the source's ``pad`` and ``flip``."""
     if len(source) == 0:
         raise UserError(f"source {source.name}: the training split has no images")
     images = torch.from_numpy(np.ascontiguousarray(source.images()))
     labels = torch.from_numpy(np.asarray(source.labels, dtype=np.int64))
-    generator = torch.Generator().manual_seed(seed)
+    sampler = SplitSampler(source.labels, seed, class_balanced)
     pad, flip = (source.pad, source.flip) if augment else (0, False)
-    order = torch.empty(0, dtype=torch.int64)
     while True:
-        while len(order) < batch_size:
-            order = torch.cat([order, torch.randperm(len(labels), generator=generator)])
-        chosen, order = order[:batch_size], order[batch_size:]
-        yield crop_flip(images[chosen], pad, flip, generator), labels[chosen]
+        chosen = sampler.draw(batch_size)
+        yield crop_flip(images[chosen], pad, flip, sampler.generator), labels[chosen]
 
 
 # ---------------------------------------------------------------- normalisation
@@ -116,19 +132,3 @@ def source_input_spec(source: Source) -> dict[str, Any]:
     return input_spec(height, width, channels, [float(m) for m in mean], [float(s) for s in std])
 
 
-# ---------------------------------------------------------------- transfer sets
-
-
-def transfer_loader(
-    sets: list[tuple[str, float]], batch_size: int, seed: int, num_workers: int = 0,
-    shuffle_buffer: int = 2000,
-) -> TransferLoader:
-    """Endless batches ``{"image": uint8 NCHW, "logp": float32 (N, C), "label": int64 (N,)}``
-    streamed from weighted transfer sets (see :mod:`student.stream`).
-
-    Sets are checked (index, shard files, sizes, classes) here, before training starts; damage
-    found while streaming raises :class:`UserError` naming the shard.
-    """
-    opened = open_transfer_sets(sets)
-    return TransferLoader(opened, batch_size=batch_size, seed=seed, num_workers=num_workers,
-                          shuffle_buffer=shuffle_buffer)

@@ -81,3 +81,50 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0:
         return float("nan")
     return float(np.mean(np.argmax(probs, axis=1) == labels))
+
+
+def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """The fraction of rows whose label is among the ``k`` most probable classes."""
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    k = min(k, probs.shape[1])
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return float(np.mean((top == labels[:, None]).any(axis=1)))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): Σ_b |B_b|/N · |accuracy(B_b) − confidence(B_b)| over ``bins``
+    equal-width confidence bins (a confidence of exactly 0 falls in the first bin)."""
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            total += members.sum() / len(labels) * abs(correct[members].mean() - confidence[members].mean())
+    return float(total)
+
+
+def per_class_accuracy(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float | None]:
+    """Top-1 accuracy of each class (None for a class with no test images)."""
+    labels = np.asarray(labels)
+    correct = probs.argmax(axis=1) == labels
+    return [float(correct[labels == c].mean()) if (labels == c).any() else None for c in range(num_classes)]
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, object]:
+    """The eval row of metrics.jsonl: top-1, top-5, ECE, NLL and per-class accuracy."""
+    labels = np.asarray(labels)
+    picked = probs[np.arange(len(labels)), labels] if len(labels) else np.zeros(0)
+    return {
+        "accuracy": accuracy(probs, labels),
+        "top5": top_k_accuracy(probs, labels, 5),
+        "ece": expected_calibration_error(probs, labels),
+        "nll": float(-np.mean(np.log(np.maximum(picked, 1e-12)))) if len(labels) else float("nan"),
+        "per_class": per_class_accuracy(probs, labels, probs.shape[1]),
+    }

@@ -1,7 +1,8 @@
-"""Training losses: distillation from stored teacher log-probabilities, and CutMix for ERM.
+"""Training losses: Hinton KD from stored teacher log-probabilities, ERM with label smoothing,
+MixUp and CutMix (linear labels), Self-Guidance, and the Gaussian pair of XCL (eq 5, 6).
 
-The loss of a sample depends on what it carries: every sample has the teacher's log p̄ (the KL
-term); only real images carry a label (the CE term).
+Every loss is a mean over the batch of per-sample losses, so a sample's weight never depends
+on what else shares its batch.
 """
 
 from __future__ import annotations
@@ -10,35 +11,90 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.format import LOGP_FLOOR
 
 
+def _float(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))  # half precision → float32
+
+
+def teacher_log_probs(teacher_logp: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The teacher at temperature τ from temperature-free log p̄: ``log softmax(log p̄ / τ)``."""
+    return torch.log_softmax(_float(teacher_logp).clamp_min(LOGP_FLOOR) / temperature, dim=1)
+
+
+def kl_per_sample(teacher_log: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``KL(p_T ‖ softmax(z/τ))`` per sample, with ``teacher_log`` = log p_T already at τ."""
+    student = torch.log_softmax(_float(student_logits) / temperature, dim=1)
+    return (teacher_log.exp() * (teacher_log - student)).sum(dim=1)
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Per-sample CE against ``1 − ε`` on the label and ``ε / (C − 1)`` on every other class
+    (XCL supplement eq 1; note torch's ``label_smoothing`` spreads ε over all C classes)."""
+    log_q = torch.log_softmax(_float(logits), dim=1)
+    picked = log_q.gather(1, labels.clamp_min(0)[:, None]).squeeze(1)
+    if not smoothing:
+        return -picked
+    classes = logits.shape[1]
+    others = log_q.sum(dim=1) - picked
+    return -((1.0 - smoothing) * picked + smoothing / (classes - 1) * others)
+
+
 def kd_loss(
     student_logits: torch.Tensor, teacher_logp: torch.Tensor, labels: torch.Tensor,
-    temperature: float, alpha: float,
+    temperature: float, alpha: float, has_target: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over the batch of ``τ²·KL(softmax(log p̄/τ) ‖ softmax(z/τ)) + α·CE(z, y)·[y ≥ 0]``.
+    """Hinton's KD, per sample: ``(1 − α)·CE(z, y)·[y ≥ 0] + α·τ²·KL(p_T^τ ‖ p_S^τ)·[has target]``,
+    averaged over the batch.
 
-    Stored log-probs are temperature-free, so the teacher at τ is ``softmax(log p̄ / τ)``; the τ²
-    factor keeps gradient magnitudes comparable across temperatures (Hinton et al.). The CE
-    term is a per-sample loss like the KL term, so it is summed over labelled samples and
-    divided by the whole batch size: a sample without a label contributes zero, and the CE
-    weight of a labelled sample does not depend on how many other samples in the batch happen
-    to carry labels.
+    A sample without a real label (a mix, a generated image) gets the KL term only — never a
+    mixed hard label (seed 004's rule for x′) — and its weight α·τ² does not depend on how many
+    labelled samples share the batch. A sample without a teacher target (from the real split)
+    gets the CE term only. ``α = 1`` is pure distillation; the τ² keeps gradient magnitudes
+    comparable across temperatures.
     """
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)  # half precision → float32
-    logits = student_logits.to(dtype)
-    teacher = torch.log_softmax(teacher_logp.to(dtype).clamp_min(LOGP_FLOOR) / temperature, dim=1)
-    student = torch.log_softmax(logits / temperature, dim=1)
-    kl = (teacher.exp() * (teacher - student)).sum(dim=1)
-    loss = temperature**2 * kl
+    loss = torch.zeros(len(labels), dtype=torch.float32, device=student_logits.device)
     if alpha:
-        labelled = labels >= 0
-        ce = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
-        loss = loss + alpha * torch.where(labelled, ce, torch.zeros_like(ce))
+        kl = kl_per_sample(teacher_log_probs(teacher_logp, temperature), student_logits, temperature)
+        if has_target is not None:
+            kl = torch.where(has_target, kl, torch.zeros_like(kl))
+        loss = loss + alpha * temperature**2 * kl
+    if alpha < 1:
+        ce = smoothed_cross_entropy(student_logits, labels)
+        loss = loss + (1.0 - alpha) * torch.where(labels >= 0, ce, torch.zeros_like(ce))
     return loss.mean()
+
+
+def self_guidance_kl(full_logits: torch.Tensor, sub_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Self-Guidance's distillation term ``τ²·KL(p_full ‖ p_sub)`` at τ, mean over the batch.
+
+    The full network's prediction is the target and is detached: it learns from its own loss
+    term, the sampled sub-network learns to match it (Self-Guidance eq 5 with the usual KD
+    convention of a fixed target)."""
+    target = torch.log_softmax(_float(full_logits.detach()) / temperature, dim=1)
+    return temperature**2 * kl_per_sample(target, sub_logits, temperature).mean()
+
+
+# ---------------------------------------------------------------- ERM mixing
+
+
+def _beta(alpha: float, rng: torch.Generator) -> float:
+    if alpha == 1.0:
+        return float(torch.rand((), generator=rng))
+    seed = int(torch.randint(0, 2**62, (), generator=rng))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def mixup(
+    images: torch.Tensor, labels: torch.Tensor, rng: torch.Generator, alpha: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """MixUp (Zhang et al. 2018): ``λ·x + (1 − λ)·x[perm]``, λ ~ Beta(α, α), on float inputs.
+    Returns ``(mixed, labels_a, labels_b, lam)``; train with :func:`mixed_label_loss`."""
+    lam = _beta(alpha, rng)
+    perm = torch.randperm(len(images), generator=rng).to(images.device)
+    return lam * images + (1.0 - lam) * images[perm], labels, labels[perm.to(labels.device)], lam
 
 
 def cutmix(
@@ -49,14 +105,10 @@ def cutmix(
     λ ~ Beta(α, α) (U[0, 1] for α = 1); the box has area ≈ (1 − λ)·H·W around a uniform centre and
     is clipped at the border, so λ is recomputed from the clipped box: the returned ``lam`` is
     exactly the fraction of each image that kept its own pixels.
-    Returns ``(mixed, labels_a, labels_b, lam)``; train with :func:`cutmix_loss`.
+    Returns ``(mixed, labels_a, labels_b, lam)``; train with :func:`mixed_label_loss`.
     """
     n, _, height, width = images.shape
-    if alpha == 1.0:
-        lam = float(torch.rand((), generator=rng))
-    else:
-        seed = int(torch.randint(0, 2**62, (), generator=rng))
-        lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    lam = _beta(alpha, rng)
     ratio = math.sqrt(1.0 - lam)
     cut_h, cut_w = int(height * ratio), int(width * ratio)
     cy = int(torch.randint(0, height, (), generator=rng))
@@ -70,8 +122,40 @@ def cutmix(
     return mixed, labels, labels[perm.to(labels.device)], lam
 
 
-def cutmix_loss(
-    logits: torch.Tensor, labels_a: torch.Tensor, labels_b: torch.Tensor, lam: float
+def mixed_label_loss(
+    logits: torch.Tensor, labels_a: torch.Tensor, labels_b: torch.Tensor, lam: float, smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """``lam·CE(z, a) + (1 − lam)·CE(z, b)``, each averaged over the batch."""
-    return lam * F.cross_entropy(logits, labels_a) + (1.0 - lam) * F.cross_entropy(logits, labels_b)
+    """The linear label of MixUp / CutMix: ``lam·CE(z, a) + (1 − lam)·CE(z, b)``, batch mean."""
+    per_sample = (lam * smoothed_cross_entropy(logits, labels_a, smoothing)
+                  + (1.0 - lam) * smoothed_cross_entropy(logits, labels_b, smoothing))
+    return per_sample.mean()
+
+
+cutmix_loss = mixed_label_loss  # the name the teachers' ERM path has always used
+
+
+# ---------------------------------------------------------------- regression (XCL §4.1)
+
+
+def gaussian_nll(mu: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """XCL eq 5, the teacher's loss: ``½·exp(−s)·‖μ − y‖² + (d/2)·s`` per sample with
+    ``s = log σ²`` one value per sample (the isotropic Gaussian of the supplement's gaze model),
+    mean over the batch. For d = 1 this is eq 5 as printed; for d > 1 the ``d/2`` keeps it the
+    exact negative log-likelihood (up to a constant)."""
+    n = len(mu)
+    d = mu[0].numel()
+    s = log_var.reshape(n)
+    sq = (mu - target).pow(2).reshape(n, -1).sum(dim=1)
+    return (0.5 * torch.exp(-s) * sq + 0.5 * d * s).mean()
+
+
+def gaussian_kl(mu_t: torch.Tensor, log_var_t: torch.Tensor, mu_s: torch.Tensor,
+                log_var_s: torch.Tensor) -> torch.Tensor:
+    """XCL eq 6, the student's loss: ``KL(N(μᵗ, σᵗ²·I) ‖ N(μ, σ²·I)) =
+    ½·[d·exp(sᵗ − s) + exp(−s)·‖μᵗ − μ‖² − d·(sᵗ − s) − d]`` per sample, mean over the batch
+    (eq 6 as printed for d = 1; exact for any d)."""
+    n = len(mu_s)
+    d = mu_s[0].numel()
+    s_t, s = log_var_t.reshape(n), log_var_s.reshape(n)
+    sq = (mu_t - mu_s).pow(2).reshape(n, -1).sum(dim=1)
+    return (0.5 * (d * torch.exp(s_t - s) + torch.exp(-s) * sq - d * (s_t - s) - d)).mean()

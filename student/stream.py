@@ -1,229 +1,313 @@
-"""Stream weighted transfer sets with webdataset: resampled shards, mixing, shuffling, decoding.
+"""The endless, deterministic batch stream a student trains on: weighted transfer sets (and
+optionally the real split), resampled shards, a shuffle buffer, DataLoader workers, DDP ranks.
 
-Why the pipeline is assembled from webdataset's parts instead of ``wds.WebDataset(...,
-resampled=True)`` + ``wds.RandomMix``: in webdataset 1.0.2 the resampled shard list seeds itself
-from the pid, the clock and ``os.urandom``, and ``RandomMix`` draws from the global ``random``
-module, so a run could not be repeated. Here ``ResampledShards(deterministic=True)``,
-``split_by_node``, ``tarfile_samples`` and ``shuffle`` get explicit seeds (run seed + worker id).
+How the stream is cut (why it can be resumed without saving any reader state):
 
-Why every shard's sample count is checked: webdataset's tar reader treats a cut file or a
-garbled header as the end of the archive, so a damaged shard would silently look short.
-Damage never reaches training silently: it ends the run with a :class:`UserError` naming the
-shard. Samples are decoded by ``pipeline.format.decode_fields`` (no pickle, no default decoders).
+* Training is divided into **segments** of ``epoch_steps`` steps (an epoch). Every reader
+  starts each segment afresh, seeded from ``(seed, segment, rank, consumer)``: a run resumed
+  from a checkpoint at an epoch boundary sees exactly the batches the uninterrupted run saw.
+* Batches travel between processes in **items** of up to ``batches_per_item`` batches (one
+  inter-process transfer per item, not per tensor per batch). Item ``j`` of a segment covers
+  batches ``[j·K, (j+1)·K)`` of it, and is made by consumer ``(segment·items + j) mod W`` —
+  exactly the DataLoader worker whose turn it is in the DataLoader's round robin, also after a
+  resume. So the stream is a pure function of (seed, batch size, epoch steps, workers, items
+  per transfer, world size).
+* Each of the ``world_size × num_workers`` consumers resamples its own part of each set's shard
+  list (shard ``i`` goes to consumer ``i mod G``; a set with fewer shards than consumers is
+  split by sample instead), so DDP ranks and workers never read the same records.
+
+Inside a consumer, a shard is drawn with replacement from its part, decoded whole (see
+:mod:`student.shards`), its rows permuted; sets are mixed per sample by weight; a shuffle
+buffer of ``shuffle_buffer`` samples mixes across shards. All of it is numpy indexing.
 """
 
 from __future__ import annotations
 
-import bisect
-import random
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import UserError
-from pipeline.format import FormatError, decode_fields, read_index, shard_urls
+from student.shards import DecodedCache, SetShards, ShardArrays, ShardDamage, damage_message
 
 ERROR_KEY = "__error__"
+FIELDS = ("image", "logp", "label", "target")
+Chunk = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
-class SetShards:
-    """One transfer set as its index lists it (checked against the files on disk)."""
+class StreamPlan:
+    """Everything the content and order of the stream depends on (besides the data)."""
 
-    directory: str
+    batch_size: int
+    seed: int
+    epoch_steps: int
+    start_step: int = 0
+    num_workers: int = 0
+    world_size: int = 1
+    rank: int = 0
+    batches_per_item: int = 8
+    shuffle_buffer: int = 2000
+    cache_bytes: int = 1 << 30
+    on_bad_shard: str = "error"
+
+    @property
+    def items_per_segment(self) -> int:
+        return math.ceil(self.epoch_steps / self.batches_per_item)
+
+
+@dataclass
+class RealPart:
+    """The real training split as a stream member: labels, no teacher target."""
+
+    images: np.ndarray  # uint8 NHWC
+    labels: np.ndarray
+    pad: int
+    flip: bool
     weight: float
-    urls: tuple[str, ...]
-    samples: tuple[int, ...]
-    num_classes: int
+    class_balanced: bool = False
 
 
-class ShardDamage(Exception):
-    """A shard that webdataset or the decoder could not read; carries the shard's url."""
+@dataclass
+class ReadLog:
+    """What a consumer read since the last item: shard visits and skipped damaged shards."""
 
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(url, reason)
-        self.url, self.reason = url, reason
+    visited: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def damage_message(url: str, set_dir: str, reason: str) -> str:
-    return (f"transfer shard {url} is damaged ({reason}); run `transferset verify {set_dir}`, then "
-            f"delete the bad shard and run `transferset generate` again to remake it")
+    def take(self) -> dict[str, list[str]]:
+        out = {"visited": self.visited, "skipped": self.skipped}
+        self.visited, self.skipped = [], []
+        return out
 
 
-# ---------------------------------------------------------------- opening sets
+def gather(chunk: Chunk, rows: np.ndarray) -> Chunk:
+    return {name: values[rows] for name, values in chunk.items()}
 
 
-def _open_set(set_dir: str, weight: float) -> SetShards:
-    try:
-        index = read_index(set_dir)
-        if index is None:
-            raise UserError(f"transfer set {set_dir}: no index.json, the set is incomplete; "
-                            f"run `transferset generate CONFIG` to finish it")
-        urls = shard_urls(set_dir, index)
-    except FormatError as err:
-        raise UserError(f"transfer set {set_dir}: {err}") from err
-    entries = index["shards"]
-    samples = tuple(int(entry.get("samples", -1)) for entry in entries)
-    if not urls or (min(samples) >= 0 and sum(samples) == 0):
-        raise UserError(f"transfer set {set_dir}: its index lists no samples; regenerate the set")
-    for url, entry in zip(urls, entries, strict=True):
-        path = Path(url)
-        if not path.is_file():
-            raise UserError(damage_message(url, set_dir, "file missing"))
-        if "bytes" in entry and path.stat().st_size != int(entry["bytes"]):
-            raise UserError(damage_message(
-                url, set_dir, f"{path.stat().st_size} bytes, the index says {entry['bytes']}"))
-    num_classes = index.get("num_classes", len(index.get("classes", [])))
-    if not num_classes:
-        raise UserError(f"transfer set {set_dir}: index.json gives no num_classes")
-    return SetShards(str(set_dir), float(weight), tuple(urls), samples, int(num_classes))
+def concat(parts: list[Chunk]) -> Chunk:
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in FIELDS}
 
 
-def open_transfer_sets(sets: list[tuple[str, float]]) -> list[SetShards]:
-    """Check every set before training: index, shard files and sizes, one class count."""
-    if not sets:
-        raise UserError("kd training needs at least one transfer set")
-    if any(weight < 0 for _, weight in sets):
-        raise UserError(f"transfer set weights must be >= 0, got {[w for _, w in sets]}")
-    opened = [_open_set(str(d), w) for d, w in sets if w > 0]
-    if not opened:
-        raise UserError("transfer set weights are all 0; give at least one set a positive weight")
-    counts = {s.directory: s.num_classes for s in opened}
-    if len(set(counts.values())) > 1:
-        raise UserError(f"transfer sets disagree on the number of classes: {counts}")
-    return opened
+def shard_chunk(arrays: ShardArrays) -> Chunk:
+    return {"image": arrays.images, "logp": arrays.logp, "label": arrays.labels,
+            "target": np.ones(len(arrays), dtype=bool)}
 
 
-# ---------------------------------------------------------------- the stream
+def consumer_part(num_shards: int, samples: tuple[int, ...], consumer: int,
+                  consumers: int) -> list[tuple[int, int, int]]:
+    """``(shard, first row, row stride)`` of this consumer: whole shards when there are enough,
+    else every ``consumers``-th row of each shard (disjoint either way)."""
+    if num_shards >= consumers:
+        return [(i, 0, 1) for i in range(consumer, num_shards, consumers)]
+    return [(i, consumer, consumers) for i in range(num_shards) if samples[i] < 0 or samples[i] > consumer]
 
 
-def _read_shards(src: Iterator[dict[str, Any]], expected: dict[str, int]) -> Iterator[dict[str, Any]]:
-    """Raw samples of each shard url from ``src``, with webdataset's tar reader; a shard that
-    fails to read, or holds fewer samples than its index says, raises :class:`ShardDamage`."""
-    for item in src:
-        url = item["url"]
-        samples = iter(wds.tarfile_samples([{"url": url}]))
-        count = 0
-        while True:
+class ShardStream:
+    """Samples of one set for one consumer: resampled shards, each decoded whole, rows permuted."""
+
+    def __init__(self, shards: SetShards, part: list[tuple[int, int, int]], rng: np.random.Generator,
+                 cache: DecodedCache, on_bad_shard: str, log: ReadLog) -> None:
+        self.shards, self.part, self.rng, self.cache = shards, list(part), rng, cache
+        self.on_bad_shard, self.log = on_bad_shard, log
+        self.chunk: Chunk | None = None
+        self.pos = 0
+
+    def _next_shard(self) -> None:
+        while self.part:
+            shard, first, stride = self.part[int(self.rng.integers(len(self.part)))]
+            url = self.shards.urls[shard]
             try:
-                sample = next(samples)
-            except StopIteration:
-                break
-            except Exception as err:  # webdataset and tarfile raise many types
-                raise ShardDamage(url, _one_line(err)) from err
-            count += 1
-            yield sample
-        if expected.get(url, -1) >= 0 and count != expected[url]:
-            raise ShardDamage(url, f"{count} complete samples read, the index lists {expected[url]}")
+                arrays = self.cache.get(url, self.shards.samples[shard], self.shards.num_classes)
+            except ShardDamage:
+                if self.on_bad_shard != "skip":
+                    raise
+                self.log.skipped.append(url)
+                self.part = [p for p in self.part if p[0] != shard]
+                continue
+            self.log.visited.append(url)
+            rows = np.arange(first, len(arrays), stride)
+            self.chunk = gather(shard_chunk(arrays), self.rng.permutation(rows))
+            self.pos = 0
+            return
+        raise UserError(f"transfer set {self.shards.directory}: every shard this reader was given is "
+                        f"damaged; run `transferset verify {self.shards.directory}`")
+
+    def take(self, n: int) -> Chunk:
+        parts = []
+        while n > 0:
+            if self.chunk is None or self.pos >= len(self.chunk["label"]):
+                self._next_shard()
+            assert self.chunk is not None
+            k = min(n, len(self.chunk["label"]) - self.pos)
+            parts.append({name: values[self.pos:self.pos + k] for name, values in self.chunk.items()})
+            self.pos += k
+            n -= k
+        return concat(parts)
 
 
-def _mix(streams: list[Iterator[dict[str, Any]]], probs: list[float], rng: random.Random):
-    """Draw each sample from stream i with probability probs[i] (a seeded ``wds.RandomMix``)."""
-    cumulative = np.cumsum(probs) / np.sum(probs)
-    last = len(streams) - 1
-    while True:
-        yield next(streams[min(bisect.bisect_right(cumulative, rng.random()), last)])
+class RealStream:
+    """Augmented images of the real split (epoch permutations or class-balanced draws)."""
+
+    def __init__(self, real: RealPart, num_classes: int, rng: np.random.Generator) -> None:
+        from student.data import SplitSampler
+
+        self.real, self.num_classes = real, num_classes
+        self.sampler = SplitSampler(real.labels, int(rng.integers(2**62)), real.class_balanced)
+        self.images = torch.from_numpy(real.images)
+        self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+    def take(self, n: int) -> Chunk:
+        from student.data import crop_flip
+
+        rows = self.sampler.draw(n)
+        images = crop_flip(self.images[rows], self.real.pad, self.real.flip, self.generator)
+        return {"image": images.permute(0, 2, 3, 1).numpy(),
+                "logp": np.zeros((n, self.num_classes), dtype=np.float32),
+                "label": self.real.labels[rows.numpy()], "target": np.zeros(n, dtype=bool)}
 
 
-def _decode(raw: dict[str, Any], num_classes: int) -> dict[str, Any]:
-    fields = {k: v for k, v in raw.items() if not k.startswith("__")}
-    try:
-        decoded = decode_fields(fields)
-    except Exception as err:  # PIL, numpy and json each raise their own types
-        raise ShardDamage(raw["__url__"], f"sample {raw['__key__']}: {_one_line(err)}") from err
-    if decoded["logp"].shape != (num_classes,):
-        raise ShardDamage(raw["__url__"], f"sample {raw['__key__']}: logp shape {decoded['logp'].shape}, "
-                                          f"expected ({num_classes},)")
-    return decoded
+class ShuffledMix:
+    """Per-sample weighted mixing of member streams, then a shuffle buffer of ``size`` samples."""
+
+    def __init__(self, streams: list[Any], weights: list[float], size: int, rng: np.random.Generator) -> None:
+        self.streams, self.rng = streams, rng
+        self.probs = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+        self.size = size
+        self.buffer: Chunk | None = None
+
+    def _mixed(self, n: int) -> Chunk:
+        if len(self.streams) == 1:
+            return self.streams[0].take(n)
+        choice = self.rng.choice(len(self.streams), size=n, p=self.probs)
+        parts = [(np.flatnonzero(choice == i), s.take(int((choice == i).sum()))) for i, s in enumerate(self.streams)]
+        out = {}
+        for name in FIELDS:
+            first = next(chunk[name] for _, chunk in parts)
+            values = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+            for where, chunk in parts:
+                values[where] = chunk[name]
+            out[name] = values
+        return out
+
+    def next(self, n: int) -> Chunk:
+        if self.buffer is None:
+            self.buffer = self._mixed(max(self.size, n))
+        size = len(self.buffer["label"])
+        rows = self.rng.choice(size, size=n, replace=False)
+        out = gather(self.buffer, rows)
+        fresh = self._mixed(n)
+        for name in FIELDS:
+            self.buffer[name][rows] = fresh[name]
+        return out
 
 
-def _collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    shapes = {s["image"].shape for s in samples}
-    if len(shapes) > 1:
-        raise UserError(f"transfer sets hold images of different shapes {sorted(shapes)}; "
-                        f"mix only sets made from the same source")
-    images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous()
+def to_item(batches: list[Chunk], log: ReadLog) -> dict[str, Any]:
+    """Stack batches into one transfer: images become NCHW torch tensors."""
+    images = np.stack([b["image"] for b in batches])
     return {
-        "image": images,
-        "logp": torch.from_numpy(np.stack([s["logp"] for s in samples]).astype(np.float32)),
-        "label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
+        "image": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3))),
+        "logp": torch.from_numpy(np.stack([b["logp"] for b in batches])),
+        "label": torch.from_numpy(np.stack([b["label"] for b in batches])),
+        "target": torch.from_numpy(np.stack([b["target"] for b in batches])),
+        **log.take(),
     }
 
 
 class TransferStream(IterableDataset):
-    """Endless batches of the mixed sets, made inside a DataLoader worker (or the main process).
+    """The items of one DataLoader worker (or of the main process): see the module docstring."""
 
-    Worker ``w`` seeds everything from ``seed + w``: workers read different shards, and a run
-    is reproducible for a fixed ``num_workers``. A damaged shard ends the stream with one
-    ``{ERROR_KEY: message}`` item, so the main process can raise a clean one-line UserError.
-    """
-
-    def __init__(self, sets: list[SetShards], batch_size: int, seed: int, shuffle_buffer: int) -> None:
+    def __init__(self, sets: list[SetShards], plan: StreamPlan, real: RealPart | None = None) -> None:
         super().__init__()
-        self.sets, self.batch_size, self.seed, self.shuffle_buffer = sets, batch_size, seed, shuffle_buffer
-        self.num_classes = sets[0].num_classes
-
-    def _set_stream(self, position: int, shards: SetShards, worker_seed: int) -> Iterator[dict[str, Any]]:
-        urls = list(shards.urls)
-        expected = dict(zip(urls, shards.samples, strict=True))
-        pipeline = wds.DataPipeline(
-            wds.ResampledShards(urls, seed=position, worker_seed=lambda: worker_seed, deterministic=True),
-            wds.split_by_node,
-            lambda src: _read_shards(src, expected),
-        )
-        return iter(pipeline)
+        if plan.start_step % plan.epoch_steps:
+            raise ValueError(f"start_step {plan.start_step} is not a multiple of epoch_steps {plan.epoch_steps}")
+        self.sets, self.plan, self.real = sets, plan, real
+        self.num_classes = sets[0].num_classes if sets else 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker = get_worker_info()
-        worker_seed = self.seed + (worker.id if worker is not None else 0)
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         by_url = {url: s.directory for s in self.sets for url in s.urls}
         try:
-            yield from self._batches(worker_seed)
+            yield from self._items(worker, workers)
         except ShardDamage as err:
             yield {ERROR_KEY: damage_message(err.url, by_url.get(err.url, "SET_DIR"), err.reason)}
         except UserError as err:
             yield {ERROR_KEY: str(err)}
 
-    def _batches(self, worker_seed: int) -> Iterator[dict[str, Any]]:
-        streams = [self._set_stream(i, s, worker_seed) for i, s in enumerate(self.sets)]
-        mixed = _mix(streams, [s.weight for s in self.sets], random.Random(worker_seed))
-        shuffle = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
-                              rng=random.Random(worker_seed + 1))
-        pending: list[dict[str, Any]] = []
-        for raw in shuffle(mixed):
-            pending.append(_decode(raw, self.num_classes))
-            if len(pending) == self.batch_size:
-                yield _collate(pending)
-                pending = []
+    def _items(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+        plan = self.plan
+        per_segment = plan.items_per_segment
+        segment = plan.start_step // plan.epoch_steps
+        consumer = (segment * per_segment + worker) % workers
+        consumers, global_consumer = plan.world_size * workers, plan.rank * workers + consumer
+        parts = [consumer_part(len(s.urls), s.samples, global_consumer, consumers) for s in self.sets]
+        for shards, part in zip(self.sets, parts, strict=True):
+            if not part:
+                raise UserError(f"transfer set {shards.directory}: too few samples to share among "
+                                f"{consumers} readers; lower train.num_workers")
+        cache, log = DecodedCache(plan.cache_bytes), ReadLog()
+        while True:
+            mine = [j for j in range(per_segment) if (segment * per_segment + j) % workers == consumer]
+            if mine:
+                seeds = np.random.SeedSequence([plan.seed, segment, plan.rank, consumer]).spawn(len(self.sets) + 2)
+                streams: list[Any] = [
+                    ShardStream(s, part, np.random.default_rng(sd), cache, plan.on_bad_shard, log)
+                    for s, part, sd in zip(self.sets, parts, seeds, strict=False)
+                ]
+                weights = [s.weight for s in self.sets]
+                if self.real is not None:
+                    streams.append(RealStream(self.real, self.num_classes, np.random.default_rng(seeds[-2])))
+                    weights.append(self.real.weight)
+                mix = ShuffledMix(streams, weights, plan.shuffle_buffer, np.random.default_rng(seeds[-1]))
+                for item in mine:
+                    count = min(plan.batches_per_item, plan.epoch_steps - item * plan.batches_per_item)
+                    yield to_item([mix.next(plan.batch_size) for _ in range(count)], log)
+            segment += 1
 
 
 class TransferLoader:
-    """Iterable of batches ``{"image": uint8 NCHW, "logp": float32 (N, C), "label": int64 (N,)}``;
-    ``label`` is −1 where a sample has no real label. Iteration never ends by itself."""
+    """Endless batches ``{"image": uint8 NCHW, "logp": float32 (N, C), "label": int64 (N,),
+    "target": bool (N,)}``; ``label`` is −1 where a sample has no real label, ``target`` is False
+    where it has no teacher target (real-split samples). ``visited`` / ``skipped`` collect the
+    shard urls read and the damaged ones skipped, for the metrics."""
 
-    def __init__(self, sets: list[SetShards], *, batch_size: int, seed: int, num_workers: int,
-                 shuffle_buffer: int) -> None:
-        self.sets = sets
+    def __init__(self, sets: list[SetShards], plan: StreamPlan, real: RealPart | None = None) -> None:
+        self.sets, self.plan = sets, plan
         self.num_classes = sets[0].num_classes
-        self.dataset = TransferStream(sets, batch_size, seed, shuffle_buffer)
+        self.dataset = TransferStream(sets, plan, real)
         self.loader = DataLoader(
-            self.dataset, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(seed),  # keeps the global torch RNG untouched
+            self.dataset, batch_size=None, num_workers=plan.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            # Items queued per worker: a few batches of slack against scheduling delays on busy machines.
+            prefetch_factor=4 if plan.num_workers else None,
+            generator=torch.Generator().manual_seed(plan.seed),  # keeps the global torch RNG untouched
         )
+        self.visited: list[str] = []
+        self.skipped: list[str] = []
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for batch in self.loader:
-            if ERROR_KEY in batch:
-                raise UserError(batch[ERROR_KEY])
-            yield batch
+        for item in self.loader:
+            if ERROR_KEY in item:
+                raise UserError(item[ERROR_KEY])
+            self.visited += item["visited"]
+            self.skipped += item["skipped"]
+            for b in range(len(item["label"])):
+                yield {name: item[name][b] for name in FIELDS}
+
+
+def transfer_loader(sets: list[tuple[str, float]], batch_size: int, seed: int, num_workers: int = 0,
+                    shuffle_buffer: int = 2000, epoch_steps: int = 1000, **plan: Any) -> TransferLoader:
+    """Open and check ``(set directory, weight)`` pairs, and stream them (see :class:`StreamPlan`)."""
+    from student.shards import open_transfer_sets
+
+    opened = open_transfer_sets(sets, on_bad_shard=plan.get("on_bad_shard", "error"))
+    return TransferLoader(opened, StreamPlan(batch_size=batch_size, seed=seed, epoch_steps=epoch_steps,
+                                             num_workers=num_workers, shuffle_buffer=shuffle_buffer, **plan))

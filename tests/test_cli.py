@@ -102,6 +102,37 @@ def test_bad_config_exits_2_and_leaves_sets_untouched(finished_run, overrides, n
     assert before == after
 
 
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["students.kd.objective=distill"], ["students.kd.objective", "'erm' or 'kd'"]),
+        (["students.kd.kd.temperature=0"], ["students.kd.kd.temperature", "greater than 0"]),
+        (["students.kd.sets={real: 0}"], ["students.kd", "sum to more than 0"]),
+        (["students.kd.sets={source: 1}"], ["students.kd", "besides 'source'"]),
+    ],
+)
+def test_bad_training_config_exits_2(finished_run, overrides, needles):
+    out, _ = finished_run
+    result = transferset("train", QUICKSTART, "--out", out, "--student", "kd",
+                         *with_overrides(TINY + overrides), check=False)
+    assert_one_line_error(result, *needles)
+
+
+def test_a_set_of_another_task_is_refused_before_training(finished_run, tmp_path):
+    import shutil
+
+    out, _ = finished_run
+    shutil.copytree(out / "sets" / "real", tmp_path / "sets" / "real")
+    index_path = tmp_path / "sets" / "real" / "index.json"
+    index = json.loads(index_path.read_text())
+    index["task"] = "regress"
+    index_path.write_text(json.dumps(index))
+    result = transferset("train", QUICKSTART, "--out", tmp_path, "--student", "kd", *with_overrides(TINY),
+                         check=False)
+    assert_one_line_error(result, "task 'regress'", "'classify'")
+    assert not (tmp_path / "students").exists()
+
+
 def test_teacher_of_the_wrong_task_exits_2(finished_run, tmp_path):
     from pipeline.models import build_model, input_spec, save_checkpoint
 
@@ -120,3 +151,17 @@ def test_teacher_of_the_wrong_task_exits_2(finished_run, tmp_path):
 
 def test_missing_config_file_exits_2(tmp_path):
     assert_one_line_error(transferset("run", tmp_path / "none.yaml", check=False), "file not found")
+
+
+def test_train_ray_runs_ddp_through_ray_train(finished_run, tmp_path):
+    import shutil
+
+    out, _ = finished_run
+    shutil.copytree(out / "sets", tmp_path / "sets")
+    result = transferset("train", QUICKSTART, "--out", tmp_path, "--student", "kd", "--ray", "--workers", "2",
+                         *with_overrides(TINY + ["students.kd.train.steps=20"]))
+    stored = json.loads((tmp_path / "students" / "kd" / "result.json").read_text())
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == stored and stored["steps"] == 20
+    ranks = [json.loads((tmp_path / "students" / "kd" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert ranks[0]["visited"] and set(ranks[0]["visited"]).isdisjoint(ranks[1]["visited"])

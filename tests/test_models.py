@@ -52,3 +52,32 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"format": "transferset-checkpoint/1", "obj": argparse.Namespace(x=1)}, tmp_path / "p.pt")
     with pytest.raises(UserError, match="cannot be loaded safely"):
         read_checkpoint(tmp_path / "p.pt")
+
+
+def test_stochastic_depth_survival_decays_linearly_and_eval_scales_by_it():
+    import torch
+
+    from pipeline.models import CifarResNet, full_network, stochastic_blocks
+
+    model = CifarResNet(1, 10, depth=14, width=4, survival=0.5)  # 6 blocks
+    blocks = stochastic_blocks(model)
+    assert [b.survival for b in blocks] == pytest.approx([1 - i / 6 * 0.5 for i in range(1, 7)])
+    x = torch.randn(4, 1, 8, 8)
+    model.eval()
+    block = blocks[0]
+    h = torch.randn(2, 4, 8, 8)
+    branch = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(h)))))
+    torch.testing.assert_close(block(h), torch.relu(block.survival * branch + h))  # eq 4
+    model.train()
+    torch.manual_seed(0)
+    sampled = [model(x) for _ in range(6)]
+    assert any(not torch.equal(sampled[0], s) for s in sampled[1:])  # different sub-networks
+    model.eval()
+    with full_network(model):
+        torch.testing.assert_close(model(x), model(x))
+    model.train()
+    with full_network(model), torch.no_grad():
+        torch.manual_seed(1)
+        first = model(x)
+        torch.manual_seed(2)
+        assert torch.allclose(first, model(x), atol=1e-5)  # the full network draws no blocks

@@ -12,7 +12,8 @@ from pipeline import format as fmt
 from pipeline.errors import UserError
 from stages.samplers import apply_aug
 from stages.sources import Source
-from student.data import normalize, real_batches, source_input_spec, transfer_loader
+from student.data import normalize, real_batches, source_input_spec
+from student.stream import transfer_loader
 
 
 def toy_source(n=24, size=6, channels=1, pad=1, flip=True, seed=0):
@@ -201,8 +202,7 @@ def test_truncated_shard_listed_by_a_stale_index_stops_the_stream(tmp_path):
     index["shards"][0]["bytes"] = paths[0].stat().st_size  # the index agrees with the cut file
     (set_dir / "index.json").write_text(json.dumps(index))
     loader = transfer_loader([(str(set_dir), 1.0)], 16, 0, num_workers=0, shuffle_buffer=16)
-    with pytest.raises(UserError, match=rf"transfer shard {paths[0]} is damaged \(\d+ complete samples read, "
-                                        r"the index lists 64\)"):
+    with pytest.raises(UserError, match=rf"transfer shard {paths[0]} is damaged \(.*truncated"):
         collect(loader, 100)
 
 

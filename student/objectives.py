@@ -1,0 +1,148 @@
+"""What one training step computes: ERM (+ CutMix / MixUp / label smoothing, class-balanced
+draws) on the real split, or KD (+ pick) on streamed transfer sets; either one optionally with
+Self-Guidance on a stochastic-depth model.
+
+An objective hands the trainer ``(loss, extras)`` per step; ``extras`` are numbers for the
+metrics (e.g. pick's KL ratio). Its random streams restart each epoch from ``(seed, epoch,
+rank)`` (:meth:`begin_epoch`), which is what makes a resumed run repeat the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.config import KDConfig, TrainConfig
+from pipeline.errors import UserError
+from pipeline.models import full_network
+from stages.sources import Source
+from student.data import derive_seed, real_batches
+from student.losses import cutmix, kd_loss, mixed_label_loss, mixup, self_guidance_kl, smoothed_cross_entropy
+from student.pick import kl_ratio, pick_hardest, pick_scores, scoring_forward
+from student.shards import SetShards
+from student.stream import RealPart, StreamPlan, TransferLoader
+
+# Random streams of a run, each seeded with derive_seed(seed, stream, epoch, rank).
+DATA_STREAM, MIX_STREAM, TRANSFER_STREAM, TORCH_STREAM = 1, 2, 3, 4
+BaseLoss = Callable[[torch.Tensor], torch.Tensor]
+
+
+class SelfGuided(nn.Module):
+    """Both passes of Self-Guidance in one forward — the full network (eq 4, the teacher) and a
+    sampled sub-network (eq 3, the student) — so DDP sees one forward per backward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with full_network(self.model):
+            full = self.model(x)
+        return full, self.model(x)
+
+
+class Objective:
+    """Base: turns inputs and a per-logits base loss into the step's loss (with Self-Guidance)."""
+
+    def __init__(self, train_cfg: TrainConfig, spec: dict[str, Any], device: torch.device, seed: int,
+                 rank: int) -> None:
+        self.cfg, self.device, self.seed, self.rank = train_cfg, device, seed, rank
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(spec["mean"], dtype=torch.float32, device=device).view(shape)
+        self.inv_std = 1.0 / torch.tensor(spec["std"], dtype=torch.float32, device=device).view(shape)
+
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW → normalised float input on the device (channels-last on CUDA)."""
+        x = (images.to(self.device, non_blocking=True).float().div_(255.0) - self.mean).mul_(self.inv_std)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def begin_epoch(self, epoch: int) -> None:
+        torch.manual_seed(derive_seed(self.seed, TORCH_STREAM, epoch, self.rank))  # stochastic depth, dropout
+
+    def loss(self, model: nn.Module, x: torch.Tensor, base: BaseLoss) -> torch.Tensor:
+        guidance = self.cfg.self_guidance
+        if guidance is None:
+            return base(model(x))
+        full, sub = model(x)  # model is SelfGuided (possibly inside DDP)
+        return base(sub) + base(full) + guidance.weight * self_guidance_kl(full, sub, guidance.temperature)
+
+    def step(self, model: nn.Module, plain: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class ERMObjective(Objective):
+    """Cross-entropy on augmented real images, with CutMix / MixUp (linear labels) by probability."""
+
+    def __init__(self, source: Source, *args: Any) -> None:
+        super().__init__(*args)
+        self.source = source
+        self.batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def begin_epoch(self, epoch: int) -> None:
+        super().begin_epoch(epoch)
+        cfg = self.cfg
+        self.batches = real_batches(self.source, cfg.batch_size, derive_seed(self.seed, DATA_STREAM, epoch, self.rank),
+                                    class_balanced=cfg.class_balanced)
+        self.mix_rng = torch.Generator().manual_seed(derive_seed(self.seed, MIX_STREAM, epoch, self.rank))
+
+    def step(self, model: nn.Module, plain: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+        assert self.batches is not None, "begin_epoch first"
+        cfg = self.cfg
+        images, labels = next(self.batches)
+        x, labels = self.to_input(images), labels.to(self.device, non_blocking=True)
+        mixing = cfg.cutmix + cfg.mixup
+        draw = float(torch.rand((), generator=self.mix_rng)) if mixing > 0 else 1.0
+        if draw < mixing:
+            mix = cutmix if draw < cfg.cutmix else mixup
+            x, labels_a, labels_b, lam = mix(x, labels, self.mix_rng, cfg.mix_alpha)
+            return self.loss(model, x, lambda z: mixed_label_loss(z, labels_a, labels_b, lam, cfg.label_smoothing)), {}
+        return self.loss(model, x, lambda z: smoothed_cross_entropy(z, labels, cfg.label_smoothing).mean()), {}
+
+
+class KDObjective(Objective):
+    """Hinton KD from streamed transfer sets; with ``pick``, the B hardest of ratio×B candidates."""
+
+    def __init__(self, sets: list[SetShards], real: RealPart | None, kd_cfg: KDConfig, plan: StreamPlan,
+                 expected_shape: tuple[int, int, int], *args: Any) -> None:
+        super().__init__(*args)
+        self.kd, self.expected_shape, self.has_real = kd_cfg, expected_shape, real is not None
+        self.loader = TransferLoader(sets, plan, real)
+        self.stream = iter(self.loader)
+
+    def step(self, model: nn.Module, plain: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = next(self.stream)
+        if tuple(batch["image"].shape[1:]) != self.expected_shape:
+            raise UserError(f"transfer set images are {tuple(batch['image'].shape[1:])} (C, H, W), "
+                            f"the source's are {self.expected_shape}; make the sets from the same source")
+        x = self.to_input(batch["image"])
+        logp = batch["logp"].to(self.device, non_blocking=True)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True) if self.has_real else None
+        extras: dict[str, float] = {}
+        pick = self.kd.pick
+        if pick is not None:
+            with full_network(plain):
+                scores, d = pick_scores(scoring_forward(plain, x), logp, self.kd.temperature, pick.criterion)
+            keep = self.cfg.batch_size
+            chosen = pick_hardest(scores, keep, target)
+            extras["pick_kl_ratio"] = kl_ratio(d, chosen, target)
+            x, logp, labels = x[chosen], logp[chosen], labels[chosen]
+            target = None if target is None else target[chosen]
+        kd = self.kd
+        return self.loss(model, x, lambda z: kd_loss(z, logp, labels, kd.temperature, kd.alpha, target)), extras
+
+    def stats(self) -> dict[str, Any]:
+        return {"shards_visited": len(self.loader.visited), "shards_skipped": len(set(self.loader.skipped)),
+                "skipped": sorted(set(self.loader.skipped))}
+
+    def close(self) -> None:
+        self.stream.close()  # type: ignore[attr-defined]  # a generator: close() stops the workers

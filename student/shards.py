@@ -1,0 +1,182 @@
+"""Transfer sets as the student reads them: checked indexes, and whole shards decoded into arrays.
+
+Why whole shards: decoding, collating and shipping samples one by one (webdataset's model) costs
+tens of microseconds of Python per sample, which is more than a small student's training step
+spends on it. A shard decoded at once becomes three arrays (images, log-probabilities, labels);
+batches are then cut from them with vectorised indexing, and small sets stay decoded in a
+per-process cache (:class:`DecodedCache`), so later epochs touch no PNG, JSON or tar at all.
+The shards stay the source of truth: the cache is only ever filled from them.
+
+Why every shard's sample count is checked: a tar cut at a member boundary reads like a shorter
+archive, so a damaged shard would silently look short. Records are decoded by
+``pipeline.format.decode_fields`` (no pickle), which also turns any stored target form into a
+dense ``logp`` row.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.format import FormatError, decode_fields, iter_tar, read_index, shard_urls
+
+
+@dataclass(frozen=True)
+class SetShards:
+    """One transfer set as its index lists it (checked against the files on disk)."""
+
+    directory: str
+    weight: float
+    urls: tuple[str, ...]
+    samples: tuple[int, ...]
+    num_classes: int
+    task: str
+
+
+@dataclass(frozen=True)
+class ShardArrays:
+    """A decoded shard: ``images`` uint8 (N, H, W, C), ``logp`` float32 (N, classes), ``labels``
+    int64 (N,) with −1 where a sample has no real label."""
+
+    url: str
+    images: np.ndarray
+    logp: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.nbytes + self.logp.nbytes + self.labels.nbytes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class ShardDamage(Exception):
+    """A shard that could not be read or decoded; carries the shard's url."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.url, self.reason = url, reason
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def damage_message(url: str, set_dir: str, reason: str) -> str:
+    return (f"transfer shard {url} is damaged ({reason}); run `transferset verify {set_dir}`, then "
+            f"delete the bad shard and run `transferset generate` again to remake it, "
+            f"or set train.on_bad_shard: skip")
+
+
+# ---------------------------------------------------------------- opening sets
+
+
+def _open_set(set_dir: str, weight: float, check_sizes: bool) -> SetShards:
+    try:
+        index = read_index(set_dir)
+        if index is None:
+            raise UserError(f"transfer set {set_dir}: no index.json, the set is incomplete; "
+                            f"run `transferset generate CONFIG` to finish it")
+        urls = shard_urls(set_dir, index)
+    except FormatError as err:
+        raise UserError(f"transfer set {set_dir}: {err}") from err
+    entries = index["shards"]
+    samples = tuple(int(entry.get("samples", -1)) for entry in entries)
+    if not urls or (min(samples) >= 0 and sum(samples) == 0):
+        raise UserError(f"transfer set {set_dir}: its index lists no samples; regenerate the set")
+    for url, entry in zip(urls, entries, strict=True):
+        path = Path(url)
+        if not path.is_file():
+            raise UserError(damage_message(url, set_dir, "file missing"))
+        if check_sizes and "bytes" in entry and path.stat().st_size != int(entry["bytes"]):
+            raise UserError(damage_message(
+                url, set_dir, f"{path.stat().st_size} bytes, the index says {entry['bytes']}"))
+    num_classes = index.get("num_classes", len(index.get("classes", [])))
+    if not num_classes:
+        raise UserError(f"transfer set {set_dir}: index.json gives no num_classes")
+    return SetShards(str(set_dir), float(weight), tuple(urls), samples, int(num_classes),
+                     str(index.get("task", "classify")))
+
+
+def open_transfer_sets(sets: list[tuple[str, float]], *, task: str = "classify",
+                       on_bad_shard: str = "error") -> list[SetShards]:
+    """Check every set before training: index, shard files (and sizes, unless damaged shards
+    are to be skipped), one class count, and the task the student is trained for."""
+    if not sets:
+        raise UserError("kd training needs at least one transfer set")
+    if any(weight < 0 for _, weight in sets):
+        raise UserError(f"transfer set weights must be >= 0, got {[w for _, w in sets]}")
+    opened = [_open_set(str(d), w, check_sizes=on_bad_shard == "error") for d, w in sets if w > 0]
+    if not opened:
+        raise UserError("transfer set weights are all 0; give at least one set a positive weight")
+    for shards in opened:
+        if shards.task != task:
+            raise UserError(f"transfer set {shards.directory}: task {shards.task!r}, the student is "
+                            f"trained for {task!r}; use a set made by teachers of the same task")
+    counts = {s.directory: s.num_classes for s in opened}
+    if len(set(counts.values())) > 1:
+        raise UserError(f"transfer sets disagree on the number of classes: {counts}")
+    return opened
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def decode_shard(url: str, expected_samples: int, num_classes: int) -> ShardArrays:
+    """Read and decode every record of one shard; raises :class:`ShardDamage` naming it."""
+    images, logps, labels = [], [], []
+    key = "?"
+    try:
+        for key, fields in iter_tar(url):  # noqa: B007  # key names the bad sample below
+            decoded = decode_fields(fields)
+            logp = decoded["logp"]
+            if logp.shape != (num_classes,):
+                raise FormatError(f"logp shape {logp.shape}, expected ({num_classes},)")
+            images.append(decoded["image"])
+            logps.append(logp)
+            labels.append(decoded["label"])
+    except FileNotFoundError as err:
+        raise ShardDamage(url, "file missing") from err
+    except Exception as err:  # PIL, numpy, json and tarfile each raise their own types
+        where = "" if key == "?" else f"sample {key}: "
+        raise ShardDamage(url, f"{where}{one_line(err)}") from err
+    if expected_samples >= 0 and len(labels) != expected_samples:
+        raise ShardDamage(url, f"{len(labels)} complete samples read, the index lists {expected_samples}")
+    if not labels:
+        raise ShardDamage(url, "no samples")
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        raise ShardDamage(url, f"images of different shapes {sorted(shapes)}")
+    return ShardArrays(url, np.stack(images), np.stack(logps).astype(np.float32),
+                       np.asarray(labels, dtype=np.int64))
+
+
+class DecodedCache:
+    """Decoded shards kept in memory up to ``max_bytes`` (least recently used out first)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.items: OrderedDict[str, ShardArrays] = OrderedDict()
+        self.bytes = 0
+        self.decoded = 0  # shards decoded from disk (cache misses)
+
+    def get(self, url: str, expected_samples: int, num_classes: int) -> ShardArrays:
+        found = self.items.get(url)
+        if found is not None:
+            self.items.move_to_end(url)
+            return found
+        arrays = decode_shard(url, expected_samples, num_classes)
+        self.decoded += 1
+        if arrays.nbytes <= self.max_bytes:
+            self.items[url] = arrays
+            self.bytes += arrays.nbytes
+            while self.bytes > self.max_bytes:
+                _, dropped = self.items.popitem(last=False)
+                self.bytes -= dropped.nbytes
+        return arrays
