@@ -7,6 +7,7 @@ set has problems. Progress lines go to stderr, results to stdout.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
