@@ -64,7 +64,8 @@ def generate(config: Path, out: OutOption = None, set_: SetOption = None, addres
         raise UserError(f"--only {unknown[0]!r}: not one of the config's sets {sorted(cfg.sets)}")
     results = generate_sets(cfg, out_dir, require_teachers(cfg, out_dir), progress, names=only or None)
     for name, result in results.items():
-        shown = {k: result[k] for k in ("shards_made", "shards_total", "samples", "rejected", "samples_per_s")}
+        shown = {k: result[k] for k in ("shards_made", "shards_total", "samples", "rejected",
+                                        "teacher_forward_samples", "samples_per_s", "set_dir")}
         print(json.dumps({"set": name, **shown}))
 
 

@@ -43,9 +43,8 @@ def _first(column: Any) -> np.ndarray:
 
 
 def make_step(row: dict[str, Any], *, set_json: str, source_json: str, seed: int) -> dict[str, Any]:
-    images, params, labels = make_shard(set_json, source_json, seed, int(row["shard"]))
-    kind = SetConfig.model_validate_json(set_json).sampler.kind
-    return {"shard": int(row["shard"]), "sampler": kind, "images": images, "params": json.dumps(params),
+    images, drawn, labels = make_shard(set_json, source_json, seed, int(row["shard"]))
+    return {"shard": int(row["shard"]), "count": int(row["count"]), "drawn": json.dumps(drawn), "images": images,
             "labels": labels}
 
 
@@ -56,23 +55,26 @@ class TeacherActor:
         from stages.teachers import Ensemble  # torch: only the actor processes pay for it
 
         cfg = TeacherStageConfig.model_validate_json(stage_json)
-        self.ensemble = Ensemble(paths, num_classes, device=cfg.device, threads=cfg.threads,
-                                 batch_size=cfg.batch_size)
+        self.ensemble = Ensemble(paths, num_classes, device=cfg.device, threads=cfg.torch_threads(),
+                                 batch_size=cfg.batch_size, autocast=cfg.autocast,
+                                 channels_last=cfg.channels_last, pin_memory=cfg.pin_memory)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         out = self.ensemble.predict(_first(batch["images"]))
         return {
-            "shard": batch["shard"], "sampler": batch["sampler"], "params": batch["params"],
-            "labels": batch["labels"], "images": batch["images"],
-            "logp": out.logp[None], "entropy": out.entropy[None], "disagreement": out.disagreement[None],
-            "argmax": out.argmax[None], "valid": out.valid[None],
+            "shard": batch["shard"], "count": batch["count"], "drawn": batch["drawn"], "labels": batch["labels"],
+            "images": batch["images"],
+            **{name: getattr(out, name)[None] for name in FIELDS},
         }
 
 
-def write_step(row: dict[str, Any], *, set_dir: str) -> dict[str, Any]:
+def write_step(row: dict[str, Any], *, set_dir: str, set_json: str) -> dict[str, Any]:
+    cfg = SetConfig.model_validate_json(set_json)
     output = EnsembleOutput(*(np.asarray(row[k]) for k in FIELDS))
-    summary = write_shard(set_dir, int(row["shard"]), np.asarray(row["images"]), json.loads(row["params"]),
-                          str(row["sampler"]), np.asarray(row["labels"]), output)
+    drawn = [(kind, params) for kind, params in json.loads(row["drawn"])]
+    summary = write_shard(set_dir, int(row["shard"]), np.asarray(row["images"]), drawn,
+                          np.asarray(row["labels"]), output, count=int(row["count"]), select=cfg.select,
+                          topk=cfg.targets.k if cfg.targets.kind == "topk" else 0)
     return {"shard": summary["shard"], "summary": json.dumps(summary)}
 
 
@@ -123,7 +125,8 @@ def _run_ray(plan: SetPlan, missing: list[int], on_shard: Callable[[dict[str, An
     stage_cfg = plan.stage_cfg
 
     tasks = max(1, int(ray.cluster_resources().get("CPU", 1) * TASKS_PER_CPU), stage_cfg.actors)
-    ds = ray.data.from_items([{"shard": i} for i in missing], override_num_blocks=len(missing))
+    ds = ray.data.from_items([{"shard": i, "count": plan.planned(i)} for i in missing],
+                             override_num_blocks=len(missing))
     ds = ds.map(make_step, num_cpus=MAKE_NUM_CPUS, compute=ray.data.TaskPoolStrategy(size=tasks), fn_kwargs={
         "set_json": plan.set_cfg.model_dump_json(), "source_json": plan.source_cfg.model_dump_json(),
         "seed": plan.seed})
@@ -135,7 +138,7 @@ def _run_ray(plan: SetPlan, missing: list[int], on_shard: Callable[[dict[str, An
                                "stage_json": stage_cfg.model_dump_json()},
     )
     ds = ds.map(write_step, num_cpus=WRITE_NUM_CPUS, compute=ray.data.TaskPoolStrategy(size=tasks),
-                fn_kwargs={"set_dir": str(plan.out_dir)})
+                fn_kwargs={"set_dir": plan.out_dir, "set_json": plan.set_cfg.model_dump_json()})
     for row in ds.iter_rows():
         on_shard(json.loads(row["summary"]))
 
@@ -147,12 +150,12 @@ def execute(plan: SetPlan, ray_cfg: RayConfig, progress: Callable[[str], None]) 
     fingerprint}`` where ``seconds`` / ``samples_per_s`` cover the shards made by this call
     (Ray's start-up excluded).
     """
-    result = {"set_dir": str(plan.out_dir), "shards_made": 0, "shards_total": plan.shards,
+    result = {"set_dir": plan.out_dir, "shards_made": 0, "shards_total": plan.shards, "teacher_forward_samples": 0,
               "fingerprint": plan.fingerprint, "seconds": 0.0, "samples_per_s": 0.0}
     if plan.complete():
         assert plan.index is not None
-        progress(f"{plan.name}: complete ({plan.shards} shards, fingerprint {plan.fingerprint[:12]}), "
-                 "nothing to do")
+        progress(f"{plan.name}: complete at {plan.out_dir} ({plan.shards} shards, fingerprint "
+                 f"{plan.fingerprint[:12]}), nothing to do: reused with 0 teacher forward passes")
         return {**result, "samples": plan.index["totals"]["samples"], "rejected": plan.index["totals"]["rejected"]}
 
     start(plan)
@@ -163,12 +166,13 @@ def execute(plan: SetPlan, ray_cfg: RayConfig, progress: Callable[[str], None]) 
         ensure_ray(ray_cfg)
         _configure_data_context(ray_cfg)
     began = time.perf_counter()
-    made = {"shards": 0, "samples": 0}
+    made = {"shards": 0, "samples": 0, "labelled": 0}
 
     def on_shard(summary: dict[str, Any]) -> None:
         plan.summaries[summary["shard"]] = summary
         made["shards"] += 1
         made["samples"] += summary["planned"]
+        made["labelled"] += plan.candidates(summary["shard"])
         rate = made["samples"] / max(time.perf_counter() - began, 1e-9)
         progress(f"{plan.name}: {len(plan.summaries)}/{plan.shards} shards ({rate:.0f} samples/s)")
 
@@ -179,16 +183,18 @@ def execute(plan: SetPlan, ray_cfg: RayConfig, progress: Callable[[str], None]) 
     if totals["rejected"]:
         progress(f"{plan.name}: rejected {totals['rejected']} samples with non-finite teacher outputs")
     rate = round(made["samples"] / seconds, 1) if made["shards"] else 0.0
+    progress(f"{plan.name}: {made['labelled']} samples through the teachers "
+             f"({len(missing)} shards made, {plan.shards - len(missing)} reused)")
     return {**result, "shards_made": made["shards"], "samples": totals["samples"], "rejected": totals["rejected"],
-            "seconds": round(seconds, 3), "samples_per_s": rate}
+            "teacher_forward_samples": made["labelled"], "seconds": round(seconds, 3), "samples_per_s": rate}
 
 
 def generate_set(
     *, set_name: str, set_cfg: SetConfig, source_cfg: SourceConfig, seed: int,
-    teacher_paths: Sequence[str | Path], out_dir: Path, stage_cfg: TeacherStageConfig, ray_cfg: RayConfig,
-    progress: Callable[[str], None],
+    teacher_paths: Sequence[str | Path], out_dir: str | Path, stage_cfg: TeacherStageConfig, ray_cfg: RayConfig,
+    progress: Callable[[str], None], cache: str | None = None,
 ) -> dict[str, Any]:
     """Plan and make one set (see :func:`execute` for the result)."""
     plan = plan_set(set_name=set_name, set_cfg=set_cfg, source_cfg=source_cfg, seed=seed,
-                    teacher_paths=list(teacher_paths), out_dir=out_dir, stage_cfg=stage_cfg)
+                    teacher_paths=list(teacher_paths), out_dir=out_dir, stage_cfg=stage_cfg, cache=cache)
     return execute(plan, ray_cfg, progress)
