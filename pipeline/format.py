@@ -158,6 +158,9 @@ def compress_topk(logp: np.ndarray, k: int) -> np.ndarray:
 def reconstruct_logp(record: np.ndarray) -> np.ndarray:
     """Dense float32 log p̄ from a top-k record: the k stored entries, and the tail mass spread
     evenly over the other classes (the maximum-entropy completion), renormalised."""
+    if np.size(record) != 1:
+        raise FormatError(f"top-k record holds {np.size(record)} entries, expected 1")
+    record = np.asarray(record).reshape(())
     classes = int(record["classes"])
     top = np.asarray(record["logp"], dtype=np.float64).reshape(-1)
     index = np.asarray(record["index"], dtype=np.int64).reshape(-1)
