@@ -69,12 +69,13 @@ def view_order(seed: int, source: Source) -> np.ndarray:
 
 
 def assign_samplers(shares: list[float], count: int, seed: int, shard: int) -> np.ndarray:
-    """Which sampler makes each candidate of a shard: exact quotas by share (largest remainder),
-    in a seeded order."""
+    """Which sampler makes each candidate of a shard: exact quotas by share (largest remainder,
+    ties rotating with the shard so no sampler always gets the extra one), in a seeded order."""
     weights = np.asarray(shares, dtype=np.float64) / sum(shares)
     quotas = np.floor(weights * count).astype(np.int64)
-    remainder = weights * count - quotas
-    for slot in np.argsort(-remainder, kind="stable")[: count - int(quotas.sum())]:
+    remainder = np.round(weights * count - quotas, 9)
+    rotation = (np.arange(len(shares)) - shard) % len(shares)
+    for slot in np.lexsort((rotation, -remainder))[: count - int(quotas.sum())]:
         quotas[slot] += 1
     kinds = np.repeat(np.arange(len(shares)), quotas)
     return np.random.default_rng([seed, shard, SHARD_STREAM]).permutation(kinds)
