@@ -188,7 +188,7 @@ def write_plots(set_dir: str | Path, out_dir: str | Path) -> list[str]:
     classes = index.get("classes") or [str(c) for c in range(int(index["num_classes"]))]
     cols = 8
     rows_n = max(1, math.ceil(len(records) / cols))
-    fig, axes = plt.subplots(rows_n, cols, figsize=(cols * 1.6, rows_n * 1.9), squeeze=False)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(cols * 1.6, rows_n * 2.3), squeeze=False)
     for ax, record in zip(axes.ravel(), records, strict=False):
         image = record["image"]
         ax.imshow(image[:, :, 0] if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=255,

@@ -162,3 +162,28 @@ def test_memory_url_set_commits_verifies_and_inspects(teachers) -> None:
     fs.pipe_file("/transferset-test/sets/mem/shards/shard-000001.tar", b"garbage")
     assert any(p.startswith("shard-000001.tar") for p in verify_set(url))
     fs.rm("/transferset-test", recursive=True)
+
+
+def test_inspect_cli_prints_json_and_plots(cached, tmp_path) -> None:
+    from PIL import Image
+
+    set_dir = cached["results"]["mixed"]["set_dir"]
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "inspect", set_dir, "--json", "--plots",
+                             str(tmp_path / "plots")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    table = fmt.read_manifest(set_dir).to_pydict()
+    assert stats["entropy"]["mean"] == pytest.approx(float(np.mean(table["entropy"])))
+    assert sum(stats["teacher_argmax"].values()) == stats["samples"] == 192
+    lam = np.asarray(table["lam"])
+    assert sum(row["count"] for row in stats["entropy_by_lambda"]) == int(np.isfinite(lam).sum()) == 128
+    assert stats["target_bytes_per_sample"] == 15 and 0 <= stats["topk_kl_mean"] < 1
+    for path in stats["plots"]:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+    text = subprocess.run([sys.executable, "-m", "pipeline.cli", "inspect", set_dir], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300).stdout
+    assert "mean Ĥ by λ" in text and "KL(full ‖ stored target)" in text
+    missing = subprocess.run([sys.executable, "-m", "pipeline.cli", "inspect", str(tmp_path / "none")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: inspect:")
