@@ -33,6 +33,7 @@ from typing import Any
 
 from pipeline.config import RayConfig, SetConfig, SourceConfig, TeacherStageConfig
 from pipeline.plan import SetPlan, finish, plan_set, resume, start
+from stages.sources import load_source_cached
 from stages.writer import make_shard, write_shard
 
 # Shard calls in flight per actor: one in the teachers, the others sampling and writing.
@@ -59,6 +60,7 @@ class ShardActor:
         self.set_cfg = SetConfig.model_validate_json(set_json)
         self.set_json, self.source_json, self.seed, self.set_dir = set_json, source_json, seed, set_dir
         self.forward = threading.Lock()
+        load_source_cached(source_json, "train")  # once, before the concurrent shard calls need it
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         summaries = []

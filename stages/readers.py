@@ -1,7 +1,7 @@
-"""Readers of real-image collections: each returns the images of one split, unfiltered.
+"""Readers of real-image collections: each returns one split as a :class:`Source`, unfiltered.
 
-``stages.sources`` turns them into a :class:`~stages.sources.Source` and applies the class
-subset, fraction and imbalance options. Every reader is deterministic (sorted listings, fixed
+``stages.sources`` applies the config's augmentation overrides and the class subset, fraction
+and imbalance options. Every reader is deterministic (sorted listings, fixed
 split seeds) and describes its data by an ``identity`` that changes when the data changes.
 """
 
@@ -26,8 +26,8 @@ SPLIT_ARGUMENT = {"SVHN": {"train": "train", "test": "test"}, "STL10": {"train":
 
 
 @dataclass
-class Raw:
-    """One split as read: in-memory images or image files, labels, class names, identity."""
+class Source:
+    """Images of one split. ``image(i)`` is uint8 HWC; ``labels[i]`` its class index."""
 
     name: str
     classes: list[str]
@@ -35,9 +35,32 @@ class Raw:
     identity: dict[str, Any]
     pad: int
     flip: bool
-    images: np.ndarray | None = None
-    files: list[Path] = field(default_factory=list)
+    _images: np.ndarray | None = None
+    _files: list[Path] = field(default_factory=list)
     shape: tuple[int, int, int] = (0, 0, 0)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def image(self, index: int) -> np.ndarray:
+        if self._images is not None:
+            return self._images[index]
+        return read_image(self._files[index], self.shape[2])
+
+    def images(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
+        """Stacked images (all of them by default), uint8 NHWC."""
+        if indices is None:
+            indices = np.arange(len(self))
+        if self._images is not None:
+            return self._images[np.asarray(indices, dtype=np.int64)]
+        return np.stack([self.image(int(i)) for i in indices]) if len(indices) else np.zeros((0, *self.shape), np.uint8)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
 
 
 def read_image(path: Path, channels: int) -> np.ndarray:
@@ -65,20 +88,20 @@ def _stratified(labels: np.ndarray, cfg: SourceConfig, split: Split) -> np.ndarr
     return np.sort(train_idx if split == "train" else test_idx)
 
 
-def read_digits(cfg: SourceConfig, split: Split) -> Raw:
+def read_digits(cfg: SourceConfig, split: Split) -> Source:
     from sklearn.datasets import load_digits
 
     data = load_digits()
     images = np.rint(data.images * (255.0 / 16.0)).astype(np.uint8)[:, :, :, None]
     chosen = _stratified(data.target, cfg, split)
-    return Raw(
+    return Source(
         name="digits", classes=[str(c) for c in range(10)], labels=data.target[chosen].astype(np.int64),
         identity={"kind": "digits", "split": split, "test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed},
-        pad=1, flip=False, images=np.ascontiguousarray(images[chosen]), shape=(8, 8, 1),
+        pad=1, flip=False, _images=np.ascontiguousarray(images[chosen]), shape=(8, 8, 1),
     )
 
 
-def read_imagefolder(cfg: SourceConfig, split: Split) -> Raw:
+def read_imagefolder(cfg: SourceConfig, split: Split) -> Source:
     root = Path(cfg.path or "") / (cfg.train_dir if split == "train" else cfg.test_dir)
     if not root.is_dir():
         raise UserError(f"source.path: {root} is not a directory (expected <path>/<split>/<class>/<image>)")
@@ -96,11 +119,11 @@ def read_imagefolder(cfg: SourceConfig, split: Split) -> Raw:
         labels += [label] * len(members)
         listing += [(f"{class_dir.name}/{p.name}", p.stat().st_size) for p in members]
     first = read_image(files[0], 3)
-    return Raw(
+    return Source(
         name=f"imagefolder:{root}", classes=[d.name for d in class_dirs], labels=np.asarray(labels, np.int64),
         identity={"kind": "imagefolder", "split": split,
                   "listing": hashlib.sha256(json.dumps(listing).encode()).hexdigest()},
-        pad=4, flip=True, files=files, shape=(first.shape[0], first.shape[1], 3),
+        pad=4, flip=True, _files=files, shape=(first.shape[0], first.shape[1], 3),
     )
 
 
@@ -116,7 +139,7 @@ def _checked_images(images: np.ndarray, labels: np.ndarray, where: str) -> tuple
     return np.ascontiguousarray(images), labels.astype(np.int64)
 
 
-def read_npz(cfg: SourceConfig, split: Split) -> Raw:
+def read_npz(cfg: SourceConfig, split: Split) -> Source:
     path = Path(cfg.path or "")
     if not path.is_file():
         raise UserError(f"source.path: {path} is not a file (expected an .npz with images and labels)")
@@ -140,15 +163,15 @@ def read_npz(cfg: SourceConfig, split: Split) -> Raw:
         split_rule = {"test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed}
     count = int(max(labels.max(initial=0), arrays["labels"].max(initial=0))) + 1
     classes = [str(c) for c in arrays["classes"].tolist()] if "classes" in arrays else [str(c) for c in range(count)]
-    return Raw(
+    return Source(
         name=f"npz:{path}", classes=classes, labels=labels,
         identity={"kind": "npz", "split": split, "sha256": content_hash(images, labels), **split_rule},
-        pad=4 if images.shape[1] >= 16 else 1, flip=images.shape[3] == 3, images=images,
+        pad=4 if images.shape[1] >= 16 else 1, flip=images.shape[3] == 3, _images=images,
         shape=tuple(int(d) for d in images.shape[1:]),  # type: ignore[arg-type]
     )
 
 
-def read_torchvision(cfg: SourceConfig, split: Split) -> Raw:
+def read_torchvision(cfg: SourceConfig, split: Split) -> Source:
     """A torchvision data set by class name (CIFAR10, CIFAR100, MNIST, FashionMNIST, SVHN, ...).
 
     The files must already be under ``path`` unless ``download`` is true; nothing is fetched
@@ -177,11 +200,11 @@ def read_torchvision(cfg: SourceConfig, split: Split) -> Raw:
     images, labels = _checked_images(images.astype(np.uint8, copy=False), np.asarray(targets), f"torchvision {name}")
     count = int(labels.max(initial=0)) + 1
     classes = [str(c) for c in getattr(dataset, "classes", range(count))]
-    return Raw(
+    return Source(
         name=f"torchvision:{name}", classes=classes, labels=labels,
         identity={"kind": "torchvision", "name": name, "split": split, "sha256": content_hash(images, labels)},
         pad=4 if images.shape[1] >= 16 else 1, flip=images.shape[3] == 3 and not name.endswith("MNIST"),
-        images=images, shape=tuple(int(d) for d in images.shape[1:]),  # type: ignore[arg-type]
+        _images=images, shape=tuple(int(d) for d in images.shape[1:]),  # type: ignore[arg-type]
     )
 
 

@@ -6,64 +6,24 @@ so a sample's stored partner indices replay to the same pixels.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, field
+import threading
+from dataclasses import replace
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.config import ImbalanceConfig, SourceConfig
 from pipeline.errors import UserError
-from stages.readers import READERS, Raw, Split, read_image
+from stages.readers import READERS, Source, Split
+
+__all__ = ["Source", "Split", "load_in_memory", "load_source", "load_source_cached"]
 
 
-@dataclass
-class Source:
-    """Images of one split. ``image(i)`` is uint8 HWC; ``labels[i]`` its class index."""
-
-    name: str
-    classes: list[str]
-    labels: np.ndarray
-    identity: dict[str, Any]
-    pad: int
-    flip: bool
-    _images: np.ndarray | None = None
-    _files: list[Path] = field(default_factory=list)
-    shape: tuple[int, int, int] = (0, 0, 0)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def image(self, index: int) -> np.ndarray:
-        if self._images is not None:
-            return self._images[index]
-        return read_image(self._files[index], self.shape[2])
-
-    def images(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
-        """Stacked images (all of them by default), uint8 NHWC."""
-        if indices is None:
-            indices = np.arange(len(self))
-        if self._images is not None:
-            return self._images[np.asarray(indices, dtype=np.int64)]
-        return np.stack([self.image(int(i)) for i in indices]) if len(indices) else np.zeros((0, *self.shape), np.uint8)
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
-
-
-def _from_raw(raw: Raw, cfg: SourceConfig) -> Source:
-    return Source(
-        name=raw.name, classes=raw.classes, labels=raw.labels, identity=raw.identity,
-        pad=raw.pad if cfg.pad is None else cfg.pad, flip=raw.flip if cfg.flip is None else cfg.flip,
-        _images=raw.images, _files=raw.files, shape=raw.shape,
-    )
+def _with_options(source: Source, cfg: SourceConfig) -> Source:
+    """The reader's defaults for standard augmentation, overridden by the config."""
+    return replace(source, pad=source.pad if cfg.pad is None else cfg.pad,
+                   flip=source.flip if cfg.flip is None else cfg.flip)
 
 
 def select(source: Source, keep: np.ndarray, label_map: np.ndarray | None = None,
@@ -133,7 +93,7 @@ def load_source(cfg: SourceConfig, split: Split) -> Source:
     The class subset applies to both splits (labels must agree); ``fraction`` and ``imbalance``
     shrink only the training split, as the papers' data-size experiments do.
     """
-    source = _from_raw(READERS[cfg.kind](cfg, split), cfg)
+    source = _with_options(READERS[cfg.kind](cfg, split), cfg)
     if cfg.classes is not None:
         source = class_subset(source, cfg.classes)
     if split == "train":
@@ -153,9 +113,18 @@ def load_source(cfg: SourceConfig, split: Split) -> Source:
 IN_MEMORY_BYTES = 1 << 30
 
 
-@lru_cache(maxsize=8)
+_CACHE_LOCK = threading.Lock()
+
+
 def load_source_cached(cfg_json: str, split: Split) -> Source:
-    """Per-process cache for workers that open the same source for many shards."""
+    """Per-process cache for workers that open the same source for many shards (thread-safe:
+    concurrent shard calls of one actor wait for a single load instead of each decoding it)."""
+    with _CACHE_LOCK:
+        return _load_cached(cfg_json, split)
+
+
+@lru_cache(maxsize=8)
+def _load_cached(cfg_json: str, split: Split) -> Source:
     source = load_source(SourceConfig.model_validate_json(cfg_json), split)
     return load_in_memory(source) if len(source) * int(np.prod(source.shape)) <= IN_MEMORY_BYTES else source
 

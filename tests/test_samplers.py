@@ -163,3 +163,14 @@ def test_gaussian_image_defaults_to_the_first_teachers_normalisation(teachers, t
                                                                        std=[0.2] * 3), samples=8),
                  source_cfg=DIGITS, seed=0, teacher_paths=teachers, out_dir=tmp_path / "g",
                  stage_cfg=TeacherStageConfig())
+
+
+def test_generation_example_config_is_valid() -> None:
+    from pathlib import Path
+
+    from pipeline.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "generation.yaml")
+    kinds = {s.kind for set_cfg in cfg.sets.values() for s in set_cfg.sampler_list()}
+    assert kinds == {"mixup", "cutmix", "noise", "gaussian_image", "mix", "autoaugment", "cutout"}
+    assert cfg.sets["tl_mix"].targets.kind == "topk" and cfg.sets["uncertain_mix"].select.keep == 0.5
