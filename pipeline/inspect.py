@@ -65,7 +65,10 @@ def _teacher_kl(index: dict[str, Any], records: list[dict[str, Any]]) -> np.ndar
 
     ensemble = Ensemble([t["path"] for t in teachers], int(index["num_classes"]), device="cpu")
     full = ensemble.predict(np.stack([r["image"] for r in records])).logp
-    return fmt.kl_divergence(full, np.stack([r["logp"] for r in records]))
+    stored = np.stack([r["logp"] for r in records]).astype(np.float64)
+    peak = stored.max(axis=1, keepdims=True)  # normalise, as softmax(logp / τ) does for a student
+    stored -= peak + np.log(np.exp(stored - peak).sum(axis=1, keepdims=True))
+    return fmt.kl_divergence(full, stored)
 
 
 def _by_lambda(lam: np.ndarray, entropy: np.ndarray) -> list[dict[str, Any]]:

@@ -98,3 +98,23 @@ def test_select_keeps_the_most_uncertain_candidates(teachers, tmp_path) -> None:
 
 def json_rows(set_dir) -> list[dict]:
     return [fmt.decode_fields(f)["meta"] for _, f in fmt.iter_tar(fmt.shard_path(set_dir, 0))]
+
+
+def test_student_loader_reads_topk_sets_unchanged(tmp_path) -> None:
+    """The trainer's streaming loader (student/, untouched) gets dense targets from top-k shards."""
+    from student.data import transfer_loader
+
+    logp = peaked(48, 20, seed=3)
+    samples = [fmt.Sample(key=fmt.sample_key(0, i), image=np.full((4, 4, 1), i, np.uint8), logp=logp[i],
+                          meta={"key": fmt.sample_key(0, i)}, topk=4) for i in range(48)]
+    data = fmt.tar_bytes(samples)
+    fmt.atomic_write(fmt.shard_url(tmp_path, 0), data)
+    fmt.write_index(tmp_path, {"num_classes": 20, "classes": [str(c) for c in range(20)],
+                               "shards": [{"name": fmt.shard_name(0), "samples": 48, "bytes": len(data),
+                                           "sha256": fmt.sha256_bytes(data)}]})
+    batch = next(iter(transfer_loader([(str(tmp_path), 1.0)], 16, seed=0, num_workers=0, shuffle_buffer=1)))
+    assert batch["logp"].shape == (16, 20)
+    for image, target in zip(batch["image"], batch["logp"], strict=True):
+        expected = fmt.stored_logp(logp[int(image[0, 0, 0])], 4)
+        np.testing.assert_allclose(target.numpy(), expected, atol=1e-6)
+        assert abs(float(target.double().exp().sum()) - 1) < 1e-5
