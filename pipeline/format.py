@@ -376,7 +376,7 @@ def write_manifest(set_dir: str | Path, rows: Sequence[dict[str, Any]]) -> None:
 def read_manifest(set_dir: str | Path):
     import pyarrow.parquet as pq
 
-    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(set_dir, MANIFEST_NAME))))
+    return pq.ParquetFile(io.BytesIO(storage.read_bytes(storage.join(set_dir, MANIFEST_NAME)))).read()
 
 
 def shard_urls(set_dir: str | Path, index: dict[str, Any] | None = None) -> list[str]:
