@@ -114,19 +114,34 @@ def generate_sets(cfg: Config, out: Path, teachers: list[Path], progress: Progre
     from pipeline.driver import execute
     from pipeline.plan import plan_set
 
+    source = load_source(cfg.source, "train")
     plans = [plan_set(set_name=name, set_cfg=cfg.sets[name], source_cfg=cfg.source, seed=cfg.seed,
-                      teacher_paths=list(teachers), out_dir=set_dir(out, name), stage_cfg=cfg.teacher_stage)
+                      teacher_paths=list(teachers), out_dir=set_dir(out, name), stage_cfg=cfg.teacher_stage,
+                      cache=cfg.cache_root, source=source)
              for name in names or list(cfg.sets)]
     results = {}
     for plan in plans:
         progress(f"set {plan.name}: generating into {plan.out_dir}")
         results[plan.name] = made = execute(plan, cfg.ray, progress)
         progress(f"set {plan.name}: {made['shards_made']} of {made['shards_total']} shards made, "
-                 f"{made['samples']} samples, {made['rejected']} rejected")
+                 f"{made['samples']} samples, {made['rejected']} rejected, "
+                 f"{made['teacher_forward_samples']} teacher forward passes")
     return results
 
 
 # ---------------------------------------------------------------- students
+
+
+def locate_set(cfg: Config, out: Path, name: str) -> str:
+    """Where set ``name`` lives: OUT/sets/NAME, or its ``out`` (``auto``: the shared cache, found
+    by fingerprint, which needs the teachers' checkpoints)."""
+    if cfg.sets[name].out is None:
+        return str(set_dir(out, name))
+    from pipeline.plan import plan_set
+
+    return plan_set(set_name=name, set_cfg=cfg.sets[name], source_cfg=cfg.source, seed=cfg.seed,
+                    teacher_paths=list(require_teachers(cfg, out)), out_dir=set_dir(out, name),
+                    stage_cfg=cfg.teacher_stage, cache=cfg.cache_root).out_dir
 
 
 def student_sets(cfg: Config, out: Path, name: str) -> list[tuple[str, float]]:
@@ -135,7 +150,7 @@ def student_sets(cfg: Config, out: Path, name: str) -> list[tuple[str, float]]:
         if set_name == SOURCE_SET:
             sets.append((SOURCE_SET, weight))  # the real training split, read by the trainer
             continue
-        directory = set_dir(out, set_name)
+        directory = locate_set(cfg, out, set_name)
         index = read_index(directory)
         if index is None:
             raise UserError(f"students.{name}.sets: set {set_name!r} is not generated yet at {directory}; "

@@ -1,4 +1,4 @@
-"""``transferset`` command line: run, generate, train, verify.
+"""``transferset`` command line: run, generate, train, verify, inspect.
 
 Bad input ends with one ``error: ...`` line on stderr and exit code 2; ``verify`` exits 1 when a
 set has problems. Progress lines go to stderr, results to stdout.
@@ -64,7 +64,8 @@ def generate(config: Path, out: OutOption = None, set_: SetOption = None, addres
         raise UserError(f"--only {unknown[0]!r}: not one of the config's sets {sorted(cfg.sets)}")
     results = generate_sets(cfg, out_dir, require_teachers(cfg, out_dir), progress, names=only or None)
     for name, result in results.items():
-        shown = {k: result[k] for k in ("shards_made", "shards_total", "samples", "rejected", "samples_per_s")}
+        shown = {k: result[k] for k in ("shards_made", "shards_total", "samples", "rejected",
+                                        "teacher_forward_samples", "samples_per_s", "set_dir")}
         print(json.dumps({"set": name, **shown}))
 
 
@@ -107,11 +108,12 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
 
 
 @app.command()
-def verify(set_dir: Path) -> None:
+def verify(set_dir: str) -> None:
     """Check a transfer set: checksums, counts, every record decodes. Exit 1 on any problem."""
+    from pipeline import storage
     from pipeline.verify import verify_set
 
-    if not set_dir.is_dir():
+    if not storage.is_dir(set_dir):
         raise UserError(f"verify: {set_dir} is not a directory")
     problems = verify_set(set_dir)
     for problem in problems:
@@ -120,6 +122,23 @@ def verify(set_dir: Path) -> None:
         print(f"{set_dir}: {len(problems)} problem(s)")
         raise typer.Exit(1)
     print(f"{set_dir}: OK")
+
+
+@app.command()
+def inspect(set_dir: str,
+            plots: Annotated[Path | None, typer.Option("--plots", help="write PNG plots into this directory")] = None,
+            as_json: Annotated[bool, typer.Option("--json", help="print the statistics as one JSON object")] = False,
+            kl_samples: Annotated[int, typer.Option("--kl-samples", help="records used to measure the target KL")]
+            = 256) -> None:
+    """Statistics of a transfer set: samplers, entropy (by λ), argmax classes, target size and KL."""
+    from pipeline.inspect import format_report, inspect_set, write_plots
+
+    stats = inspect_set(set_dir, kl_samples=kl_samples)
+    if plots is not None:
+        stats["plots"] = write_plots(set_dir, plots)
+    print(json.dumps(stats) if as_json else format_report(stats))
+    if plots is not None and not as_json:
+        print("plots: " + ", ".join(stats["plots"]))
 
 
 def main() -> None:

@@ -20,23 +20,47 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SourceConfig(Strict):
-    """Where real images come from. ``digits`` ships with scikit-learn; ``imagefolder`` is
-    a directory with ``train/<class>/*`` and ``test/<class>/*``."""
+class ImbalanceConfig(Strict):
+    """An artificial class imbalance (XCL §6.2): the chosen classes keep only ``keep`` of their
+    training images."""
 
-    kind: Literal["digits", "imagefolder"]
+    classes: int | list[str] = Field(description="how many classes to reduce (picked with subset_seed), or names")
+    keep: float = Field(0.1, gt=0, le=1)
+
+
+class SourceConfig(Strict):
+    """Where real images come from.
+
+    ``digits`` ships with scikit-learn; ``imagefolder`` is a directory with ``train/<class>/*`` and
+    ``test/<class>/*``; ``npz`` is a file with uint8 NHWC ``images`` and ``labels`` (optionally
+    ``test_images``/``test_labels`` and ``classes``); ``torchvision`` opens a torchvision data set
+    by ``name`` under ``path`` (``download: true`` fetches it, on a machine with internet).
+    ``classes``, ``fraction`` and ``imbalance`` carve a subset out of the training split.
+    """
+
+    kind: Literal["digits", "imagefolder", "npz", "torchvision"]
     path: str | None = None
+    name: str | None = Field(None, description="torchvision: the data set class, e.g. CIFAR10, CIFAR100, MNIST")
+    download: bool = False
     train_dir: str = "train"
     test_dir: str = "test"
     test_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = 0
     pad: int | None = Field(None, ge=0, description="random-crop padding; default per source")
     flip: bool | None = Field(None, description="horizontal flips; default per source")
+    classes: list[str] | None = Field(None, description="keep only these classes (relabelled in this order)")
+    fraction: float = Field(1.0, gt=0, le=1, description="class-balanced fraction of the training images")
+    imbalance: ImbalanceConfig | None = None
+    subset_seed: int = 0
 
     @model_validator(mode="after")
-    def _path_for_folders(self) -> SourceConfig:
-        if self.kind == "imagefolder" and not self.path:
-            raise ValueError("source.kind 'imagefolder' needs source.path")
+    def _path_for_files(self) -> SourceConfig:
+        if self.kind in ("imagefolder", "npz", "torchvision") and not self.path:
+            raise ValueError(f"source.kind {self.kind!r} needs source.path")
+        if self.kind == "torchvision" and not self.name:
+            raise ValueError("source.kind 'torchvision' needs source.name (e.g. CIFAR10)")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes or []):
+            raise ValueError("source.classes lists a class twice")
         return self
 
 
@@ -107,34 +131,129 @@ class TeachersConfig(Strict):
     cpus_per_member: float = Field(1.0, gt=0)
 
 
+SamplerKind = Literal["views", "mix", "mixup", "cutmix", "noise", "gaussian_image", "autoaugment", "cutout"]
+
+# The options each sampler reads; the others must stay unset (and stay out of the fingerprint).
+SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "views": ("views",),
+    "mix": ("augment",),
+    "mixup": ("augment", "alpha"),
+    "cutmix": ("augment", "alpha"),
+    "noise": ("augment", "sigma"),
+    "gaussian_image": ("mean", "std"),
+    "autoaugment": ("augment", "policy", "num_ops", "magnitude", "magnitude_bins"),
+    "cutout": ("augment", "size"),
+}
+
+
 class SamplerConfig(Strict):
-    kind: Literal["views", "mix"]
+    """One sampler of a set (see docs/FORMAT.md for the parameters each one stores).
+
+    ``share`` is its proportion when a set has several samplers. ``augment`` applies the
+    source's standard augmentation (random crop, flip) to real images before the sampler's own
+    transform. ``mean``/``std`` of ``gaussian_image`` default to the first teacher's input
+    normalisation, so its pixels are N(0, 1) in that teacher's normalised space.
+    """
+
+    kind: SamplerKind
+    share: float = Field(1.0, gt=0)
     views: int = Field(8, ge=1, description="views: images per real sample (view 0 = the image)")
-    augment: bool = Field(True, description="mix: standard augmentation of each partner first")
+    augment: bool = Field(True, description="standard augmentation of real images first")
+    alpha: float = Field(1.0, gt=0, description="mixup/cutmix: lambda ~ Beta(alpha, alpha)")
+    sigma: float = Field(0.1, gt=0, description="noise: std of pixel noise, in [0, 1] pixel units")
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    policy: Literal["cifar10", "imagenet", "svhn", "randaugment"] = "cifar10"
+    num_ops: int = Field(2, ge=1, description="randaugment: ops per image")
+    magnitude: int = Field(9, ge=0, description="randaugment: magnitude bin")
+    magnitude_bins: int = Field(31, ge=2, description="randaugment: number of magnitude bins")
+    size: float = Field(0.5, gt=0, le=1, description="cutout: side of the square, as a fraction of the image side")
+
+    @model_validator(mode="after")
+    def _options_of_kind(self) -> SamplerConfig:
+        own = {"kind", "share", *SAMPLER_OPTIONS[self.kind]}
+        stray = sorted(name for name in self.model_fields_set - own
+                       if getattr(self, name) != type(self).model_fields[name].default)
+        if stray:
+            takes = list(SAMPLER_OPTIONS[self.kind])
+            raise ValueError(f"sampler {self.kind!r} does not take {stray}; it takes {takes}")
+        if self.kind == "autoaugment" and self.policy == "randaugment" and self.magnitude >= self.magnitude_bins:
+            raise ValueError(f"magnitude {self.magnitude} must be below magnitude_bins {self.magnitude_bins}")
+        if (self.mean is None) != (self.std is None) or (self.std is not None and min(self.std) <= 0):
+            raise ValueError("gaussian_image: give both mean and std (std > 0), or neither")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What the sampler's samples depend on: its kind, share and its own options."""
+        return {k: v for k, v in self.model_dump(mode="json").items()
+                if k in ("kind", "share", *SAMPLER_OPTIONS[self.kind])}
+
+
+class TargetConfig(Strict):
+    """How targets are stored: dense float16 log-probabilities, or the top-k log-probabilities
+    with their class indices and the log of the remaining mass (both temperature-free)."""
+
+    kind: Literal["dense", "topk"] = "dense"
+    k: int = Field(10, ge=1)
+
+
+class SelectConfig(Strict):
+    """Uncertainty-targeted generation: draw samples/keep candidates per shard, label them all,
+    keep the most uncertain ones."""
+
+    by: Literal["entropy", "disagreement"]
+    keep: float = Field(gt=0, le=1)
 
 
 class SetConfig(Strict):
-    sampler: SamplerConfig
-    samples: int | None = Field(None, gt=0, description="mix: samples to draw; views: derived")
+    sampler: SamplerConfig | None = None
+    samplers: list[SamplerConfig] | None = Field(None, description="several samplers, mixed by their share")
+    samples: int | None = Field(None, gt=0, description="samples to draw; a views-only set defaults to all views")
     samples_per_shard: int = Field(1024, gt=0)
+    targets: TargetConfig = TargetConfig()
+    select: SelectConfig | None = None
+    out: str | None = Field(None, description="'auto' (the shared cache), a path or fsspec URL; default OUT/sets/NAME")
 
     @model_validator(mode="after")
-    def _samples_for_random_sets(self) -> SetConfig:
-        if self.sampler.kind == "mix" and self.samples is None:
-            raise ValueError("a 'mix' set needs samples")
+    def _samplers_and_samples(self) -> SetConfig:
+        if (self.sampler is None) == (self.samplers is None):
+            raise ValueError("a set needs exactly one of sampler or samplers")
+        kinds = [s.kind for s in self.sampler_list()]
+        if not kinds:
+            raise ValueError("samplers is empty")
+        enumerates = kinds == ["views"]
+        if self.samples is None and not enumerates:
+            raise ValueError(f"a set with samplers {kinds} needs samples")
+        if self.select is not None and enumerates:
+            raise ValueError("select needs random samplers; a views-only set enumerates the source")
         return self
+
+    def sampler_list(self) -> list[SamplerConfig]:
+        return [self.sampler] if self.sampler is not None else list(self.samplers or [])
+
+    def enumerates_source(self) -> bool:
+        """A views-only set visits every real image in order instead of drawing at random."""
+        return [s.kind for s in self.sampler_list()] == ["views"]
 
 
 class TeacherStageConfig(Strict):
     """Resources of the teacher actor pool. Fractional ``num_cpus`` leaves room for the read and
-    write stages on small machines."""
+    write stages on small machines. ``autocast`` (bf16/fp16) and pinned host memory apply on CUDA
+    only; ``channels_last`` everywhere. ``threads`` defaults to the actor's whole CPUs (at least
+    one) and is fixed, so repeated runs sum floats in the same order."""
 
     batch_size: int = Field(512, gt=0)
-    actors: int = Field(1, ge=1)
+    actors: int = Field(1, ge=1, description="size of the teacher actor pool")
     num_cpus: float = Field(0.5, gt=0)
-    num_gpus: float = Field(0.0, ge=0)
-    threads: int = Field(1, ge=1, description="torch threads per actor (fixed for determinism)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractions share a GPU)")
+    threads: int | None = Field(None, ge=1, description="torch threads per actor (default: max(1, num_cpus))")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    autocast: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = True
+    pin_memory: bool = True
+
+    def torch_threads(self) -> int:
+        return self.threads if self.threads is not None else max(1, int(self.num_cpus))
 
 
 class RayConfig(Strict):
@@ -196,6 +315,8 @@ class Config(Strict):
     source: SourceConfig
     teachers: TeachersConfig
     teacher_stage: TeacherStageConfig = TeacherStageConfig()
+    cache_root: str | None = Field(None, description="where 'out: auto' sets live (default $TRANSFERSET_CACHE "
+                                                     "or ~/.cache/transferset)")
     ray: RayConfig = RayConfig()
     sets: dict[str, SetConfig] = {}
     students: dict[str, StudentConfig] = {}

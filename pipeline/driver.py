@@ -1,10 +1,23 @@
 """The Ray driver: the one module that imports Ray.
 
 One row of the Ray Dataset is one shard spec. The graph is
-``from_items(missing shards) → map(make) → map_batches(TeacherActor) → map(write)``; every step
-is a plain function of its row, so a retried or resumed shard gets identical bytes. Planning,
-resume and the final ``manifest.parquet`` / ``index.json`` commit live in :mod:`pipeline.plan`
-(no Ray). Ray is imported lazily so that importing this module (e.g. from the CLI) stays cheap.
+``from_items(missing shards) → map_batches(ShardActor)``: each actor of a fixed pool holds the
+teacher ensemble and turns a shard spec into a committed shard with the plain stage functions —
+``make_shard`` (sample) → ``Ensemble.predict`` (label) → ``write_shard`` (commit) — and returns
+the shard's summary. A retried or resumed shard gets identical bytes, since every step is a pure
+function of the spec.
+
+Why one fused actor rather than a map → actor → map graph: measured on 2 cores, the three-stage
+graph spent seconds starting extra worker processes (each importing numpy, PIL, the source),
+copied every shard's images through the object store twice, and its memory grew with the number
+of worker processes Ray chose to start. One actor runs several shard calls at once in threads
+(``max_concurrent_calls_per_actor``): while one call runs the teachers (torch releases the GIL;
+a lock keeps one forward at a time with fixed threads, so targets stay deterministic), the
+others draw and encode their shards. See docs/ARCHITECTURE.md and docs/BENCHMARKS.md.
+
+Planning, resume and the final ``manifest.parquet`` / ``index.json`` commit live in
+:mod:`pipeline.plan` (no Ray). Ray is imported lazily so that importing this module (e.g. from
+the CLI) stays cheap.
 """
 
 from __future__ import annotations
@@ -12,68 +25,54 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.config import RayConfig, SetConfig, SourceConfig, TeacherStageConfig
 from pipeline.plan import SetPlan, finish, plan_set, resume, start
-from stages.targets import FIELDS, EnsembleOutput
+from stages.sources import load_source_cached
 from stages.writer import make_shard, write_shard
 
-# Small CPU shares for the plain steps: with 2 CPUs and a 0.5-CPU actor there is always room
-# for a make and a write task, so no stage can starve another (see docs: the 2-core deadlock).
-MAKE_NUM_CPUS = 0.25
-WRITE_NUM_CPUS = 0.25
-# Concurrent make / write tasks per cluster CPU. Uncapped fractional tasks make Ray start a
-# worker process per task (seconds each: Python + Ray + numpy), which on 2 cores costs more
-# than the work; a few long-lived workers are reused for every shard.
-TASKS_PER_CPU = 0.25
+# Shard calls in flight per actor: one in the teachers, the others sampling and writing.
+CALLS_PER_ACTOR = 3
 
 
-# ---------------------------------------------------------------- Ray steps (plain functions)
+# ---------------------------------------------------------------- the actor
 
 
-def _first(column: Any) -> np.ndarray:
-    """Row 0 of a batch column (a stacked ndarray, or an object array of ragged tensors)."""
-    return np.asarray(column[0])
+class ShardActor:
+    """Holds the ensemble once per actor; makes, labels and commits one shard per call."""
 
+    def __init__(self, *, paths: list[str], num_classes: int, stage_json: str, set_json: str, source_json: str,
+                 seed: int, set_dir: str) -> None:
+        import torch
 
-def make_step(row: dict[str, Any], *, set_json: str, source_json: str, seed: int) -> dict[str, Any]:
-    images, params, labels = make_shard(set_json, source_json, seed, int(row["shard"]))
-    kind = SetConfig.model_validate_json(set_json).sampler.kind
-    return {"shard": int(row["shard"]), "sampler": kind, "images": images, "params": json.dumps(params),
-            "labels": labels}
-
-
-class TeacherActor:
-    """Holds the ensemble once per actor; labels one shard per call (batch_size=1)."""
-
-    def __init__(self, paths: list[str], num_classes: int, stage_json: str) -> None:
         from stages.teachers import Ensemble  # torch: only the actor processes pay for it
 
-        cfg = TeacherStageConfig.model_validate_json(stage_json)
-        self.ensemble = Ensemble(paths, num_classes, device=cfg.device, threads=cfg.threads,
-                                 batch_size=cfg.batch_size)
+        stage = TeacherStageConfig.model_validate_json(stage_json)
+        torch.set_num_threads(stage.torch_threads())  # fixed for the process: calls never change it
+        self.ensemble = Ensemble(paths, num_classes, device=stage.device, threads=stage.torch_threads(),
+                                 batch_size=stage.batch_size, autocast=stage.autocast,
+                                 channels_last=stage.channels_last, pin_memory=stage.pin_memory)
+        self.set_cfg = SetConfig.model_validate_json(set_json)
+        self.set_json, self.source_json, self.seed, self.set_dir = set_json, source_json, seed, set_dir
+        self.forward = threading.Lock()
+        load_source_cached(source_json, "train")  # once, before the concurrent shard calls need it
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        out = self.ensemble.predict(_first(batch["images"]))
-        return {
-            "shard": batch["shard"], "sampler": batch["sampler"], "params": batch["params"],
-            "labels": batch["labels"], "images": batch["images"],
-            "logp": out.logp[None], "entropy": out.entropy[None], "disagreement": out.disagreement[None],
-            "argmax": out.argmax[None], "valid": out.valid[None],
-        }
-
-
-def write_step(row: dict[str, Any], *, set_dir: str) -> dict[str, Any]:
-    output = EnsembleOutput(*(np.asarray(row[k]) for k in FIELDS))
-    summary = write_shard(set_dir, int(row["shard"]), np.asarray(row["images"]), json.loads(row["params"]),
-                          str(row["sampler"]), np.asarray(row["labels"]), output)
-    return {"shard": summary["shard"], "summary": json.dumps(summary)}
+        summaries = []
+        for shard, count in zip(batch["shard"], batch["count"], strict=True):
+            images, drawn, labels = make_shard(self.set_json, self.source_json, self.seed, int(shard))
+            with self.forward:
+                output = self.ensemble.predict(images)
+            topk = self.set_cfg.targets.k if self.set_cfg.targets.kind == "topk" else 0
+            summary = write_shard(self.set_dir, int(shard), images, drawn, labels, output, count=int(count),
+                                  select=self.set_cfg.select, topk=topk)
+            summaries.append(json.dumps(summary))
+        return {"summary": summaries}
 
 
 # ---------------------------------------------------------------- Ray lifecycle
@@ -121,21 +120,18 @@ def _run_ray(plan: SetPlan, missing: list[int], on_shard: Callable[[dict[str, An
     import ray
 
     stage_cfg = plan.stage_cfg
-
-    tasks = max(1, int(ray.cluster_resources().get("CPU", 1) * TASKS_PER_CPU), stage_cfg.actors)
-    ds = ray.data.from_items([{"shard": i} for i in missing], override_num_blocks=len(missing))
-    ds = ds.map(make_step, num_cpus=MAKE_NUM_CPUS, compute=ray.data.TaskPoolStrategy(size=tasks), fn_kwargs={
-        "set_json": plan.set_cfg.model_dump_json(), "source_json": plan.source_cfg.model_dump_json(),
-        "seed": plan.seed})
+    ds = ray.data.from_items([{"shard": i, "count": plan.planned(i)} for i in missing],
+                             override_num_blocks=len(missing))
     ds = ds.map_batches(
-        TeacherActor, batch_size=1, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=stage_cfg.actors),
+        ShardActor, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=stage_cfg.actors, max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+                                           enable_true_multi_threading=True),
         num_cpus=stage_cfg.num_cpus, num_gpus=stage_cfg.num_gpus,
-        fn_constructor_kwargs={"paths": plan.teacher_paths, "num_classes": plan.num_classes,
-                               "stage_json": stage_cfg.model_dump_json()},
+        fn_constructor_kwargs={
+            "paths": plan.teacher_paths, "num_classes": plan.num_classes, "stage_json": stage_cfg.model_dump_json(),
+            "set_json": plan.set_cfg.model_dump_json(), "source_json": plan.source_cfg.model_dump_json(),
+            "seed": plan.seed, "set_dir": plan.out_dir},
     )
-    ds = ds.map(write_step, num_cpus=WRITE_NUM_CPUS, compute=ray.data.TaskPoolStrategy(size=tasks),
-                fn_kwargs={"set_dir": str(plan.out_dir)})
     for row in ds.iter_rows():
         on_shard(json.loads(row["summary"]))
 
@@ -143,16 +139,17 @@ def _run_ray(plan: SetPlan, missing: list[int], on_shard: Callable[[dict[str, An
 def execute(plan: SetPlan, ray_cfg: RayConfig, progress: Callable[[str], None]) -> dict[str, Any]:
     """Make (or complete) a planned set; see the module docstring.
 
-    Returns ``{set_dir, shards_made, shards_total, samples, rejected, seconds, samples_per_s,
-    fingerprint}`` where ``seconds`` / ``samples_per_s`` cover the shards made by this call
-    (Ray's start-up excluded).
+    Returns ``{set_dir, shards_made, shards_total, samples, rejected, teacher_forward_samples,
+    seconds, samples_per_s, first_shard_s, steady_samples_per_s, fingerprint}`` where ``seconds``
+    / ``samples_per_s`` cover the shards made by this call (Ray's start-up excluded, the actors'
+    included) and ``steady_samples_per_s`` the shards after the first one.
     """
-    result = {"set_dir": str(plan.out_dir), "shards_made": 0, "shards_total": plan.shards,
+    result = {"set_dir": plan.out_dir, "shards_made": 0, "shards_total": plan.shards, "teacher_forward_samples": 0,
               "fingerprint": plan.fingerprint, "seconds": 0.0, "samples_per_s": 0.0}
     if plan.complete():
         assert plan.index is not None
-        progress(f"{plan.name}: complete ({plan.shards} shards, fingerprint {plan.fingerprint[:12]}), "
-                 "nothing to do")
+        progress(f"{plan.name}: complete at {plan.out_dir} ({plan.shards} shards, fingerprint "
+                 f"{plan.fingerprint[:12]}), nothing to do: reused with 0 teacher forward passes")
         return {**result, "samples": plan.index["totals"]["samples"], "rejected": plan.index["totals"]["rejected"]}
 
     start(plan)
@@ -163,12 +160,15 @@ def execute(plan: SetPlan, ray_cfg: RayConfig, progress: Callable[[str], None]) 
         ensure_ray(ray_cfg)
         _configure_data_context(ray_cfg)
     began = time.perf_counter()
-    made = {"shards": 0, "samples": 0}
+    made: dict[str, float] = {"shards": 0, "samples": 0, "labelled": 0, "first_at": 0.0, "first_samples": 0}
 
     def on_shard(summary: dict[str, Any]) -> None:
         plan.summaries[summary["shard"]] = summary
         made["shards"] += 1
         made["samples"] += summary["planned"]
+        made["labelled"] += plan.candidates(summary["shard"])
+        if made["shards"] == 1:  # start-up (actor start, imports, first shard) ends here
+            made["first_at"], made["first_samples"] = time.perf_counter() - began, made["samples"]
         rate = made["samples"] / max(time.perf_counter() - began, 1e-9)
         progress(f"{plan.name}: {len(plan.summaries)}/{plan.shards} shards ({rate:.0f} samples/s)")
 
@@ -179,16 +179,21 @@ def execute(plan: SetPlan, ray_cfg: RayConfig, progress: Callable[[str], None]) 
     if totals["rejected"]:
         progress(f"{plan.name}: rejected {totals['rejected']} samples with non-finite teacher outputs")
     rate = round(made["samples"] / seconds, 1) if made["shards"] else 0.0
+    steady = (made["samples"] - made["first_samples"]) / max(seconds - made["first_at"], 1e-9) if made["shards"] > 1 \
+        else rate
+    progress(f"{plan.name}: {made['labelled']} samples through the teachers "
+             f"({len(missing)} shards made, {plan.shards - len(missing)} reused)")
     return {**result, "shards_made": made["shards"], "samples": totals["samples"], "rejected": totals["rejected"],
-            "seconds": round(seconds, 3), "samples_per_s": rate}
+            "teacher_forward_samples": int(made["labelled"]), "seconds": round(seconds, 3), "samples_per_s": rate,
+            "first_shard_s": round(made["first_at"], 3), "steady_samples_per_s": round(steady, 1)}
 
 
 def generate_set(
     *, set_name: str, set_cfg: SetConfig, source_cfg: SourceConfig, seed: int,
-    teacher_paths: Sequence[str | Path], out_dir: Path, stage_cfg: TeacherStageConfig, ray_cfg: RayConfig,
-    progress: Callable[[str], None],
+    teacher_paths: Sequence[str | Path], out_dir: str | Path, stage_cfg: TeacherStageConfig, ray_cfg: RayConfig,
+    progress: Callable[[str], None], cache: str | None = None,
 ) -> dict[str, Any]:
     """Plan and make one set (see :func:`execute` for the result)."""
     plan = plan_set(set_name=set_name, set_cfg=set_cfg, source_cfg=source_cfg, seed=seed,
-                    teacher_paths=list(teacher_paths), out_dir=out_dir, stage_cfg=stage_cfg)
+                    teacher_paths=list(teacher_paths), out_dir=out_dir, stage_cfg=stage_cfg, cache=cache)
     return execute(plan, ray_cfg, progress)

@@ -1,9 +1,11 @@
 """The set fingerprint: equal fingerprints mean equal shards, so a directory can be reused.
 
-It covers everything that changes a shard's bytes — format version, source identity, sampler
-config, samples per shard, teacher weights (by checkpoint sha256, in order), target precision,
-seed — and deliberately not the sample count: asking for more samples with the same
-fingerprint only adds shards.
+It covers everything that changes a shard's bytes — format version, source identity (incl. the
+class subset, fraction and imbalance), samplers (each one's own options and share), samples per
+shard, target format (dense / top-k and k), uncertainty selection, teacher weights (by checkpoint
+sha256, in order), teacher precision (autocast) and seed — and deliberately not the sample
+count nor where the set is written: asking for more samples with the same fingerprint only adds
+shards, and any job that asks for the same set finds it in the cache.
 """
 
 from __future__ import annotations
@@ -17,27 +19,35 @@ from pipeline.config import SetConfig
 from pipeline.format import FORMAT_VERSION
 
 TARGET_PRECISION = "float16"
+# Characters of the fingerprint in a cache directory name (48 bits: collisions are not a concern
+# at cache scale, and the full fingerprint in index.json is checked anyway).
+PREFIX_CHARS = 12
 
 
 def fingerprint_payload(
-    set_cfg: SetConfig, source_identity: dict[str, Any], teacher_sha256s: Sequence[str], seed: int
+    set_cfg: SetConfig, source_identity: dict[str, Any], teacher_sha256s: Sequence[str], seed: int,
+    autocast: str = "none",
 ) -> dict[str, Any]:
-    """The canonical content that is hashed (stored in nothing; handy when debugging a refusal)."""
+    """The canonical content that is hashed (handy when debugging a refusal)."""
+    samplers = [s.identity() for s in set_cfg.sampler_list()]
     return {
         "format": FORMAT_VERSION,
         "source": source_identity,
-        "sampler": set_cfg.sampler.model_dump(mode="json"),
+        "sampler": samplers[0] if set_cfg.sampler is not None else samplers,
         "samples_per_shard": set_cfg.samples_per_shard,
+        "targets": set_cfg.targets.model_dump(mode="json") if set_cfg.targets.kind == "topk" else "dense",
+        "select": None if set_cfg.select is None else set_cfg.select.model_dump(mode="json"),
         "teachers": list(teacher_sha256s),
-        "precision": TARGET_PRECISION,
+        "precision": TARGET_PRECISION if autocast == "none" else f"{TARGET_PRECISION}/autocast-{autocast}",
         "seed": int(seed),
     }
 
 
-def set_fingerprint(set_cfg: SetConfig, source: Any, teacher_sha256s: Sequence[str], seed: int) -> str:
+def set_fingerprint(set_cfg: SetConfig, source: Any, teacher_sha256s: Sequence[str], seed: int,
+                    autocast: str = "none") -> str:
     """sha256 hex of the canonical JSON of :func:`fingerprint_payload`. ``source`` is a
     ``stages.sources.Source`` (only its ``identity`` is used) or an identity dict."""
     identity = source if isinstance(source, dict) else source.identity
-    payload = fingerprint_payload(set_cfg, identity, teacher_sha256s, seed)
+    payload = fingerprint_payload(set_cfg, identity, teacher_sha256s, seed, autocast)
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -7,9 +7,11 @@ A transfer set is a directory::
     shards/shard-000000.tar ...
 
 Each sample in a tar has one key without dots (``000012-000345`` = shard 12, index 345) and the
-members ``<key>.png`` (uint8 image), ``<key>.json`` (metadata with the replay parameters),
-``<key>.logp.npy`` (float16 temperature-free log-probabilities of the ensemble mean) and, when
-the sample is a real image with a label, ``<key>.cls``. Members are sorted and carry a fixed
+members ``<key>.png`` (uint8 image), ``<key>.json`` (metadata with the replay parameters), the
+target — ``<key>.logp.npy`` (float16 temperature-free log-probabilities of the ensemble mean) or
+``<key>.topk.npy`` (the k largest of them, their class indices and the log of the remaining
+mass; :func:`reconstruct_logp` turns it back into a dense vector) — and, when the sample is a
+real image with a label, ``<key>.cls``. Members are sorted and carry a fixed
 mtime and owner, so the same samples always give the same bytes. Nothing here uses pickle:
 shards decode with plain ``webdataset`` in secure mode.
 """
@@ -19,9 +21,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
+import math
 import tarfile
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,20 +31,24 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline import storage
+from pipeline.storage import TMP_MARKER, atomic_write
+
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
 MANIFEST_NAME = "manifest.parquet"
 SHARDS_DIR = "shards"
-TMP_MARKER = ".tmp-"
 LOGP_FIELD = "logp.npy"
+TOPK_FIELD = "topk.npy"
 LOGP_DTYPE = np.float16
 # float16 cannot hold -inf; log-probabilities below this carry no information anyway.
 LOGP_FLOOR = -1e4
 
 MANIFEST_COLUMNS = (
     "key", "shard", "index", "sampler", "lam", "label", "entropy", "disagreement",
-    "teacher_argmax", "params",
+    "teacher_argmax", "target_kl", "params",
 )
+__all__ = ["LOGP_FLOOR", "FormatError", "atomic_write", "decode_fields", "read_index", "shard_urls"]
 
 
 class FormatError(ValueError):
@@ -55,7 +60,12 @@ def shard_name(shard: int) -> str:
 
 
 def shard_path(set_dir: str | Path, shard: int) -> Path:
-    return Path(set_dir) / SHARDS_DIR / shard_name(shard)
+    """A shard's path in a local set (see :func:`shard_url` for any set)."""
+    return storage.local_path(set_dir) / SHARDS_DIR / shard_name(shard)
+
+
+def shard_url(set_dir: str | Path, shard: int) -> str:
+    return storage.join(set_dir, SHARDS_DIR, shard_name(shard))
 
 
 def sample_key(shard: int, index: int) -> str:
@@ -69,13 +79,15 @@ def parse_key(key: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Sample:
-    """One record of a shard. ``meta`` holds everything the manifest row needs."""
+    """One record of a shard. ``meta`` holds everything the manifest row needs. ``topk`` > 0
+    stores the target as top-k instead of the dense vector."""
 
     key: str
     image: np.ndarray  # uint8, HWC
     logp: np.ndarray  # log p̄ over classes, temperature-free
     meta: dict[str, Any]
     label: int | None = None
+    topk: int = 0
 
 
 # ---------------------------------------------------------------- encoding
@@ -114,29 +126,98 @@ def quantize_logp(logp: np.ndarray) -> np.ndarray:
     return np.maximum(np.asarray(logp, dtype=np.float32), LOGP_FLOOR).astype(LOGP_DTYPE)
 
 
+# ---------------------------------------------------------------- compact (top-k) targets
+
+
+def topk_dtype(k: int, num_classes: int) -> np.dtype:
+    """One record: the k largest log-probabilities (float16, descending), their class indices
+    (the smallest unsigned type that holds them), log of the remaining mass, the class count."""
+    index = np.uint8 if num_classes <= 256 else np.uint16 if num_classes <= 65536 else np.uint32
+    return np.dtype([("logp", "<f2", (k,)), ("index", np.dtype(index).newbyteorder("<"), (k,)),
+                     ("log_tail", "<f2"), ("classes", "<u4")])
+
+
+def compress_topk(logp: np.ndarray, k: int) -> np.ndarray:
+    """The top-k record of a dense log p̄ (computed in float64; the tail mass is summed from the
+    tail itself, not 1 − top, so it keeps its precision when it is tiny)."""
+    full = np.asarray(logp, dtype=np.float64).reshape(-1)
+    classes = len(full)
+    k = min(k, classes)
+    order = np.argsort(-full, kind="stable")
+    top, tail = order[:k], full[order[k:]]
+    peak = tail.max() if len(tail) else 0.0
+    log_tail = peak + math.log(np.exp(tail - peak).sum()) if len(tail) else LOGP_FLOOR
+    record = np.zeros((), dtype=topk_dtype(k, classes))
+    record["logp"] = np.maximum(full[top], LOGP_FLOOR)
+    record["index"] = top
+    record["log_tail"] = max(log_tail, LOGP_FLOOR)
+    record["classes"] = classes
+    return record
+
+
+def reconstruct_logp(record: np.ndarray) -> np.ndarray:
+    """Dense float32 log p̄ from a top-k record: the k stored entries, and the tail mass spread
+    evenly over the other classes (the maximum-entropy completion), renormalised."""
+    if np.size(record) != 1:
+        raise FormatError(f"top-k record holds {np.size(record)} entries, expected 1")
+    record = np.asarray(record).reshape(())
+    classes = int(record["classes"])
+    top = np.asarray(record["logp"], dtype=np.float64).reshape(-1)
+    index = np.asarray(record["index"], dtype=np.int64).reshape(-1)
+    if len(np.unique(index)) != len(index) or (len(index) and (index.max() >= classes)):
+        raise FormatError(f"top-k record has invalid class indices for {classes} classes")
+    rest = classes - len(index)
+    full = np.full(classes, -np.inf if rest == 0 else float(record["log_tail"]) - math.log(max(rest, 1)))
+    full[index] = top
+    peak = full.max()
+    full -= peak + math.log(np.exp(full - peak).sum())
+    return np.maximum(full, LOGP_FLOOR).astype(np.float32)
+
+
+def kl_divergence(logp: np.ndarray, logq: np.ndarray) -> np.ndarray:
+    """KL(p ‖ q) in nats along the last axis, from log-probabilities (float64)."""
+    logp, logq = np.asarray(logp, np.float64), np.asarray(logq, np.float64)
+    return np.sum(np.exp(logp) * (logp - logq), axis=-1)
+
+
+def stored_logp(logp: np.ndarray, topk: int) -> np.ndarray:
+    """What a reader gets back for ``logp`` stored densely (``topk`` 0) or as top-k."""
+    return reconstruct_logp(compress_topk(logp, topk)) if topk else quantize_logp(logp)
+
+
+def target_payload_bytes(num_classes: int, topk: int) -> int:
+    """Bytes of target data per sample, without the .npy header and tar framing."""
+    return topk_dtype(min(topk, num_classes), num_classes).itemsize if topk else 2 * num_classes
+
+
 def encode_sample(sample: Sample) -> dict[str, bytes]:
-    """The tar members of one sample, by field name (``png``, ``json``, ``logp.npy``, ``cls``)."""
+    """The tar members of one sample, by field name (``png``, ``json``, target, ``cls``)."""
     if "." in sample.key:
         raise FormatError(f"sample key {sample.key!r} contains a dot")
-    fields = {
-        "png": encode_png(sample.image),
-        "json": encode_json(sample.meta),
-        LOGP_FIELD: encode_npy(quantize_logp(sample.logp)),
-    }
+    fields = {"png": encode_png(sample.image), "json": encode_json(sample.meta)}
+    if sample.topk:
+        fields[TOPK_FIELD] = encode_npy(compress_topk(sample.logp, sample.topk))
+    else:
+        fields[LOGP_FIELD] = encode_npy(quantize_logp(sample.logp))
     if sample.label is not None and sample.label >= 0:
         fields["cls"] = str(int(sample.label)).encode("ascii")
     return fields
 
 
 def decode_fields(fields: dict[str, bytes]) -> dict[str, Any]:
-    """Decode one sample's raw members without pickle: image, meta, logp, label (-1 if none)."""
-    missing = {"png", "json", LOGP_FIELD} - fields.keys()
+    """Decode one sample's raw members without pickle: image, meta, logp (dense, whatever the
+    stored target kind), label (-1 if none)."""
+    target = LOGP_FIELD if LOGP_FIELD in fields else TOPK_FIELD
+    missing = {"png", "json", target} - fields.keys()
     if missing:
         raise FormatError(f"sample is missing members {sorted(missing)}")
+    raw = decode_npy(fields[target])
+    if target == TOPK_FIELD and (raw.dtype.names is None or set(raw.dtype.names) != set(topk_dtype(1, 2).names)):
+        raise FormatError(f"{TOPK_FIELD} has dtype {raw.dtype}, not a top-k record")
     return {
         "image": decode_png(fields["png"]),
         "meta": json.loads(fields["json"]),
-        "logp": decode_npy(fields[LOGP_FIELD]),
+        "logp": raw if target == LOGP_FIELD else reconstruct_logp(raw),
         "label": int(fields["cls"]) if "cls" in fields else -1,
     }
 
@@ -173,7 +254,7 @@ def _has_end_marker(source) -> bool:
 
 def iter_tar(data_or_path: bytes | str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Group a tar's members by key, in file order. Raises FormatError on a damaged tar."""
-    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else open(data_or_path, "rb")
+    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else storage.open_read(data_or_path)
     if not _has_end_marker(source):
         source.close()
         raise FormatError("damaged tar: truncated (no end-of-archive marker)")
@@ -209,7 +290,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with storage.open_read(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -218,44 +299,24 @@ def sha256_file(path: str | Path) -> str:
 # ---------------------------------------------------------------- commits
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``path`` exactly once: temp name → fsync → rename. Readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{TMP_MARKER}{uuid.uuid4().hex}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def committed_shards(set_dir: str | Path) -> dict[int, Path]:
+def committed_shards(set_dir: str | Path) -> dict[int, str]:
     """Shards whose rename happened: exactly the complete ones (temp files are ignored)."""
-    shards_dir = Path(set_dir) / SHARDS_DIR
-    found: dict[int, Path] = {}
-    if shards_dir.is_dir():
-        for path in shards_dir.iterdir():
-            name = path.name
-            if name.startswith("shard-") and name.endswith(".tar") and TMP_MARKER not in name:
-                found[int(name[len("shard-"):-len(".tar")])] = path
+    shards_dir = storage.join(set_dir, SHARDS_DIR)
+    found: dict[int, str] = {}
+    for name in storage.list_names(shards_dir):
+        if name.startswith("shard-") and name.endswith(".tar") and TMP_MARKER not in name:
+            found[int(name[len("shard-"):-len(".tar")])] = storage.join(shards_dir, name)
     return found
 
 
 def remove_stale_temps(set_dir: str | Path) -> int:
     """Delete temp files left by a killed writer; returns how many."""
     removed = 0
-    for parent in (Path(set_dir), Path(set_dir) / SHARDS_DIR):
-        if parent.is_dir():
-            for path in parent.iterdir():
-                if TMP_MARKER in path.name:
-                    path.unlink(missing_ok=True)
-                    removed += 1
+    for parent in (str(set_dir), storage.join(set_dir, SHARDS_DIR)):
+        for name in storage.list_names(parent):
+            if TMP_MARKER in name:
+                storage.remove(storage.join(parent, name))
+                removed += 1
     return removed
 
 
@@ -264,16 +325,16 @@ def remove_stale_temps(set_dir: str | Path) -> int:
 
 def write_index(set_dir: str | Path, index: dict[str, Any]) -> None:
     data = json.dumps({"format": FORMAT_VERSION, **index}, indent=1, sort_keys=True).encode()
-    atomic_write(Path(set_dir) / INDEX_NAME, data)
+    atomic_write(storage.join(set_dir, INDEX_NAME), data)
 
 
 def read_index(set_dir: str | Path) -> dict[str, Any] | None:
     """The set's index, or None when the set was never completed."""
-    path = Path(set_dir) / INDEX_NAME
-    if not path.is_file():
+    path = storage.join(set_dir, INDEX_NAME)
+    if not storage.is_file(path):
         return None
     try:
-        index = json.loads(path.read_text())
+        index = json.loads(storage.read_bytes(path))
     except (OSError, json.JSONDecodeError) as err:
         raise FormatError(f"{path}: unreadable index ({err})") from err
     if index.get("format") != FORMAT_VERSION:
@@ -285,6 +346,7 @@ def manifest_row(meta: dict[str, Any]) -> dict[str, Any]:
     """A sample's manifest row, derived from its stored metadata (the tar is the source of truth)."""
     params = meta.get("params", {})
     lam = params.get("lam")
+    kl = meta.get("target_kl")
     return {
         "key": meta["key"],
         "shard": int(meta["shard"]),
@@ -295,6 +357,7 @@ def manifest_row(meta: dict[str, Any]) -> dict[str, Any]:
         "entropy": float(meta["entropy"]),
         "disagreement": float(meta["disagreement"]),
         "teacher_argmax": int(meta["teacher_argmax"]),
+        "target_kl": float("nan") if kl is None else float(kl),
         "params": json.dumps(params, sort_keys=True),
     }
 
@@ -307,18 +370,20 @@ def write_manifest(set_dir: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     table = pa.table({name: [row[name] for row in ordered] for name in MANIFEST_COLUMNS})
     out = io.BytesIO()
     pq.write_table(table, out)
-    atomic_write(Path(set_dir) / MANIFEST_NAME, out.getvalue())
+    atomic_write(storage.join(set_dir, MANIFEST_NAME), out.getvalue())
 
 
 def read_manifest(set_dir: str | Path):
     import pyarrow.parquet as pq
 
-    return pq.read_table(Path(set_dir) / MANIFEST_NAME)
+    return pq.ParquetFile(io.BytesIO(storage.read_bytes(storage.join(set_dir, MANIFEST_NAME)))).read()
 
 
 def shard_urls(set_dir: str | Path, index: dict[str, Any] | None = None) -> list[str]:
-    """Paths of the set's shards as listed in its index (never a glob)."""
+    """Locations of the set's shards as listed in its index (never a glob): local paths for a
+    local or ``file://`` set, URLs otherwise."""
     index = index if index is not None else read_index(set_dir)
     if index is None:
         raise FormatError(f"{set_dir}: no {INDEX_NAME}; the set is incomplete (run generate again)")
-    return [str(Path(set_dir) / SHARDS_DIR / shard["name"]) for shard in index["shards"]]
+    base = str(storage.local_path(set_dir)) if storage.is_local(set_dir) else str(set_dir)
+    return [storage.join(base, SHARDS_DIR, shard["name"]) for shard in index["shards"]]

@@ -10,6 +10,7 @@ and then ``index.json`` last.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +19,31 @@ from typing import Any
 import numpy as np
 
 from pipeline import format as fmt
+from pipeline import storage
 from pipeline.config import SetConfig, SourceConfig, TeacherStageConfig
 from pipeline.errors import UserError
-from pipeline.fingerprint import set_fingerprint
-from stages.samplers import set_size
-from stages.sources import load_source
+from pipeline.fingerprint import PREFIX_CHARS, set_fingerprint
+from stages.samplers import candidate_count, set_size
+from stages.sources import Source, load_source
 from stages.writer import summary_from_tar
 
 MARKER_NAME = "_fingerprint"
+AUTO = "auto"
+CACHE_ENV = "TRANSFERSET_CACHE"
+
+
+def cache_root(configured: str | None) -> str:
+    """Root of the shared set cache: the config's ``cache_root``, else $TRANSFERSET_CACHE, else
+    ~/.cache/transferset."""
+    return configured or os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "transferset")
+
+
+def set_location(set_cfg: SetConfig, name: str, default: str | Path, fingerprint: str, root: str | None) -> str:
+    """Where a set lives: ``out: auto`` → ``<cache root>/<name>-<fingerprint prefix>``, an explicit
+    path or URL, or the job's own ``OUT/sets/<name>``."""
+    if set_cfg.out == AUTO:
+        return storage.join(cache_root(root), f"{name}-{fingerprint[:PREFIX_CHARS]}")
+    return str(set_cfg.out or default)
 
 
 @dataclass
@@ -33,8 +51,8 @@ class SetPlan:
     """One set's resolved inputs: what to make, where, from which teachers."""
 
     name: str
-    out_dir: Path
-    set_cfg: SetConfig
+    out_dir: str  # local path or fsspec URL
+    set_cfg: SetConfig  # resolved (gaussian_image mean/std filled in)
     source_cfg: SourceConfig
     seed: int
     teacher_paths: list[str]
@@ -56,9 +74,13 @@ class SetPlan:
         return len(self.classes)
 
     def planned(self, shard: int) -> int:
-        """Samples drawn for ``shard`` (the last shard may be short)."""
+        """Samples written to ``shard`` (the last shard may be short)."""
         spp = self.set_cfg.samples_per_shard
         return min(spp, self.total - shard * spp)
+
+    def candidates(self, shard: int) -> int:
+        """Samples the teachers label for ``shard`` (more than it keeps with ``select``)."""
+        return candidate_count(self.set_cfg, self.planned(shard))
 
     def complete(self) -> bool:
         """The index lists exactly this plan's shards, on disk with the listed sizes (a cheap
@@ -69,8 +91,8 @@ class SetPlan:
         if [s["name"] for s in listed] != [fmt.shard_name(i) for i in range(self.shards)]:
             return False
         for entry in listed:
-            path = self.out_dir / fmt.SHARDS_DIR / entry["name"]
-            if not path.is_file() or path.stat().st_size != entry.get("bytes"):
+            path = storage.join(self.out_dir, fmt.SHARDS_DIR, entry["name"])
+            if not storage.is_file(path) or storage.size(path) != entry.get("bytes"):
                 return False
         return True
 
@@ -78,9 +100,9 @@ class SetPlan:
 # ---------------------------------------------------------------- checks (write nothing)
 
 
-def check_out_dir(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+def check_out_dir(out_dir: str, fingerprint: str) -> dict[str, Any] | None:
     """The existing index (same fingerprint), or None; refuses anything else."""
-    if out_dir.exists() and not out_dir.is_dir():
+    if storage.exists(out_dir) and not storage.is_dir(out_dir):
         raise UserError(f"{out_dir} exists and is not a directory; choose another --out")
     try:
         index = fmt.read_index(out_dir)
@@ -92,15 +114,16 @@ def check_out_dir(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
             raise UserError(f"{out_dir} holds set with fingerprint {found}, this config gives {fingerprint}; "
                             "choose another --out or delete it")
         return index
-    marker = out_dir / MARKER_NAME
-    if marker.is_file():
-        found = marker.read_text().strip()
+    marker = storage.join(out_dir, MARKER_NAME)
+    if storage.is_file(marker):
+        found = storage.read_bytes(marker).decode(errors="replace").strip()
         if found != fingerprint:
             raise UserError(f"{out_dir} holds an unfinished set with fingerprint {found}, this config gives "
                             f"{fingerprint}; choose another --out or delete it")
-    elif out_dir.is_dir():
-        foreign = sorted(p.name for p in out_dir.iterdir() if fmt.TMP_MARKER not in p.name
-                         and not (p.name == fmt.SHARDS_DIR and p.is_dir() and not any(p.iterdir())))
+    else:
+        shards = storage.join(out_dir, fmt.SHARDS_DIR)
+        foreign = [name for name in storage.list_names(out_dir) if fmt.TMP_MARKER not in name
+                   and not (name == fmt.SHARDS_DIR and storage.is_dir(shards) and not storage.list_names(shards))]
         if foreign:
             raise UserError(f"{out_dir} is not empty and holds no transfer set (found {foreign[:3]}); "
                             "choose another --out or delete it")
@@ -119,26 +142,50 @@ def check_teachers(paths: list[str], num_classes: int, channels: int) -> list[di
         wanted = int(payload["input"]["channels"])
         if wanted != channels and not (channels == 1 and wanted == 3):
             raise UserError(f"checkpoint {path}: expects {wanted}-channel images, the source has {channels}")
-        entries.append({"path": str(path), "sha256": fmt.sha256_file(path), "arch": payload["arch"]})
+        entries.append({"path": str(path), "sha256": fmt.sha256_file(path), "arch": payload["arch"],
+                        "input": payload["input"]})
     return entries
 
 
+def resolve_samplers(set_cfg: SetConfig, teachers: list[dict[str, Any]], channels: int) -> SetConfig:
+    """Fill what a sampler takes from the teachers: ``gaussian_image`` draws N(0, 1) in the first
+    teacher's normalised space unless its mean/std are given."""
+    spec = teachers[0]["input"]
+    resolved = []
+    for sampler in set_cfg.sampler_list():
+        if sampler.kind == "gaussian_image" and sampler.mean is None:
+            sampler = sampler.model_copy(update={"mean": [float(v) for v in spec["mean"]],
+                                                 "std": [float(v) for v in spec["std"]]})
+        if sampler.kind == "gaussian_image" and len(sampler.mean or []) not in (1, channels):
+            raise UserError(f"gaussian_image: mean/std have {len(sampler.mean or [])} values, the images have "
+                            f"{channels} channels")
+        resolved.append(sampler)
+    key = "sampler" if set_cfg.sampler is not None else "samplers"
+    return set_cfg.model_copy(update={key: resolved[0] if key == "sampler" else resolved})
+
+
 def plan_set(*, set_name: str, set_cfg: SetConfig, source_cfg: SourceConfig, seed: int,
-             teacher_paths: list[str | Path], out_dir: Path, stage_cfg: TeacherStageConfig) -> SetPlan:
-    """Validate one set's inputs and read what its directory holds. Writes nothing."""
+             teacher_paths: list[str | Path], out_dir: str | Path, stage_cfg: TeacherStageConfig,
+             cache: str | None = None, source: Source | None = None) -> SetPlan:
+    """Validate one set's inputs and read what its directory holds. Writes nothing.
+
+    ``out_dir`` is the job's default location; the set's ``out`` (``auto``, a path or URL)
+    overrides it, ``cache`` being the root of ``out: auto``.
+    """
     if stage_cfg.device == "cuda" and not stage_cfg.num_gpus:
         raise UserError("teacher_stage.device is 'cuda' but teacher_stage.num_gpus is 0, so Ray gives the "
                         "teacher actors no GPU; set teacher_stage.num_gpus (e.g. 1) or device 'auto'")
-    source = load_source(source_cfg, "train")
+    source = source if source is not None else load_source(source_cfg, "train")
     paths = [str(p) for p in teacher_paths]
     teachers = check_teachers(paths, source.num_classes, source.shape[2])
-    fingerprint = set_fingerprint(set_cfg, source, [t["sha256"] for t in teachers], seed)
-    out_dir = Path(out_dir)
+    resolved = resolve_samplers(set_cfg, teachers, source.shape[2])
+    fingerprint = set_fingerprint(resolved, source, [t["sha256"] for t in teachers], seed, stage_cfg.autocast)
+    location = set_location(set_cfg, set_name, out_dir, fingerprint, cache)
     return SetPlan(
-        name=set_name, out_dir=out_dir, set_cfg=set_cfg, source_cfg=source_cfg, seed=seed,
-        teacher_paths=paths, teachers=teachers, stage_cfg=stage_cfg, classes=list(source.classes),
-        image_shape=source.shape, total=set_size(set_cfg.sampler, source, set_cfg.samples),
-        fingerprint=fingerprint, index=check_out_dir(out_dir, fingerprint),
+        name=set_name, out_dir=location, set_cfg=resolved, source_cfg=source_cfg, seed=seed,
+        teacher_paths=paths, teachers=[{k: t[k] for k in ("path", "sha256", "arch")} for t in teachers],
+        stage_cfg=stage_cfg, classes=list(source.classes), image_shape=source.shape,
+        total=set_size(resolved, source), fingerprint=fingerprint, index=check_out_dir(location, fingerprint),
     )
 
 
@@ -153,8 +200,8 @@ def listed_shards(index: dict[str, Any] | None) -> list[dict[str, Any]]:
 def start(plan: SetPlan) -> None:
     """Claim the directory for this fingerprint (so a killed run resumes and a foreign config is
     refused) and drop temp files a killed writer left."""
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    fmt.atomic_write(plan.out_dir / MARKER_NAME, (plan.fingerprint + "\n").encode())
+    storage.make_dirs(plan.out_dir)
+    fmt.atomic_write(storage.join(plan.out_dir, MARKER_NAME), (plan.fingerprint + "\n").encode())
     fmt.remove_stale_temps(plan.out_dir)
 
 
@@ -172,10 +219,11 @@ def resume(plan: SetPlan, progress: Callable[[str], None]) -> list[int]:
         try:
             summary = summary_from_tar(path, plan.planned(shard))
         except fmt.FormatError as err:
-            progress(f"{path.name}: damaged ({err}); remaking it")
+            progress(f"{storage.name_of(path)}: damaged ({err}); remaking it")
             continue
-        if path.name in indexed and indexed[path.name] != summary["sha256"]:
-            progress(f"{path.name}: changed since it was indexed; remaking it")
+        name = storage.name_of(path)
+        if name in indexed and indexed[name] != summary["sha256"]:
+            progress(f"{name}: changed since it was indexed; remaking it")
             continue
         last = max((row["index"] for row in summary["rows"]), default=-1) + 1
         if last == plan.planned(shard):
@@ -218,7 +266,7 @@ def finish(plan: SetPlan) -> dict[str, int]:
         "classes": plan.classes,
         "num_classes": plan.num_classes,
         "image": {"height": height, "width": width, "channels": channels, "encoding": "png"},
-        "target": {"kind": "logp", "dtype": "float16", "temperature_free": True},
+        "target": target_spec(plan),
         "teachers": plan.teachers,
         "config": {"set": plan.set_cfg.model_dump(mode="json"), "source": plan.source_cfg.model_dump(mode="json"),
                    "seed": plan.seed},
@@ -228,5 +276,15 @@ def finish(plan: SetPlan) -> dict[str, int]:
     })
     for shard, path in fmt.committed_shards(plan.out_dir).items():
         if shard >= plan.shards:  # the index no longer lists them
-            path.unlink(missing_ok=True)
+            storage.remove(path)
     return totals
+
+
+def target_spec(plan: SetPlan) -> dict[str, Any]:
+    """The index's description of the stored targets."""
+    targets = plan.set_cfg.targets
+    spec: dict[str, Any] = {"kind": "logp", "dtype": "float16", "temperature_free": True}
+    if targets.kind == "topk":
+        k = min(targets.k, plan.num_classes)
+        spec = {**spec, "kind": "topk", "k": k, "index_dtype": fmt.topk_dtype(k, plan.num_classes)["index"].base.name}
+    return {**spec, "payload_bytes": fmt.target_payload_bytes(plan.num_classes, spec.get("k", 0))}

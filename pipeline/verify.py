@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import format as fmt
+from pipeline import storage
 
 # float16 log-probabilities: exp() of each entry is within ~1e-3 relative, summed over C classes.
 LOGP_SUM_TOLERANCE = 1e-2
@@ -38,8 +39,16 @@ def _check_record(
         problems.append(f"{where}: metadata key is {meta.get('key') if isinstance(meta, dict) else meta!r}")
         return problems
     classes = index.get("num_classes")
-    if logp.dtype != fmt.LOGP_DTYPE or logp.ndim != 1 or (classes is not None and logp.shape[0] != classes):
-        problems.append(f"{where}: logp is {logp.dtype} {logp.shape}, expected float16 ({classes},)")
+    target = index.get("target", {})
+    member = fmt.TOPK_FIELD if target.get("kind") == "topk" else fmt.LOGP_FIELD
+    dtype = np.float32 if member == fmt.TOPK_FIELD else fmt.LOGP_DTYPE
+    if member not in fields:
+        problems.append(f"{where}: no {member} member, the index says targets are {target.get('kind')!r}")
+    elif member == fmt.TOPK_FIELD and fmt.decode_npy(fields[member]).dtype != fmt.topk_dtype(target.get("k", 0),
+                                                                                             classes or 0):
+        problems.append(f"{where}: {member} is not a top-k record of k={target.get('k')} for {classes} classes")
+    if logp.dtype != dtype or logp.ndim != 1 or (classes is not None and logp.shape[0] != classes):
+        problems.append(f"{where}: logp is {logp.dtype} {logp.shape}, expected {np.dtype(dtype).name} ({classes},)")
     else:
         total = float(np.exp(logp.astype(np.float64)).sum())
         if not abs(total - 1.0) < LOGP_SUM_TOLERANCE:
@@ -56,21 +65,22 @@ def _check_record(
     return problems
 
 
-def _check_shard(set_dir: Path, entry: dict[str, Any], index: dict[str, Any],
+def _check_shard(set_dir: str, entry: dict[str, Any], index: dict[str, Any],
                  seen: dict[str, str]) -> list[str]:
     name = str(entry.get("name", ""))
     if fmt.TMP_MARKER in name:
         return [f"index lists temp file {name}"]
     if not (name.startswith("shard-") and name.endswith(".tar") and name[6:-4].isdigit()):
         return [f"index lists {name!r}, not a shard name"]
-    path = set_dir / fmt.SHARDS_DIR / name
-    if not path.is_file():
+    path = storage.join(set_dir, fmt.SHARDS_DIR, name)
+    if not storage.is_file(path):
         return [f"{name}: listed in the index but missing"]
     problems = []
-    if path.stat().st_size != entry.get("bytes"):
-        problems.append(f"{name}: {path.stat().st_size} bytes, index says {entry.get('bytes')}")
+    size = storage.size(path)
+    if size != entry.get("bytes"):
+        problems.append(f"{name}: {size} bytes, index says {entry.get('bytes')} (truncated or replaced)")
     if fmt.sha256_file(path) != entry.get("sha256"):
-        problems.append(f"{name}: sha256 differs from the index")
+        problems.append(f"{name}: sha256 differs from the index (corrupted)")
     shard = int(name[6:-4])
     count = 0
     try:
@@ -90,7 +100,7 @@ def _check_shard(set_dir: Path, entry: dict[str, Any], index: dict[str, Any],
 
 def verify_set(set_dir: str | Path) -> list[str]:
     """Problems found in the set at ``set_dir`` (empty list = the set is sound)."""
-    set_dir = Path(set_dir)
+    set_dir = str(set_dir)
     try:
         index = fmt.read_index(set_dir)
     except fmt.FormatError as err:
@@ -117,6 +127,6 @@ def verify_set(set_dir: str | Path) -> list[str]:
                             f"the shards hold {len(seen)} samples; key sets differ")
     names = {e.get("name") for e in listed if isinstance(e, dict)}
     for path in sorted(fmt.committed_shards(set_dir).values()):
-        if path.name not in names:
-            problems.append(f"{path.name}: on disk but not listed in {fmt.INDEX_NAME}")
+        if storage.name_of(path) not in names:
+            problems.append(f"{storage.name_of(path)}: on disk but not listed in {fmt.INDEX_NAME}")
     return problems

@@ -6,138 +6,127 @@ so a sample's stored partner indices replay to the same pixels.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, field
+import threading
+from dataclasses import replace
 from functools import lru_cache
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from pipeline.config import SourceConfig
+from pipeline.config import ImbalanceConfig, SourceConfig
 from pipeline.errors import UserError
+from stages.readers import READERS, Source, Split
 
-Split = Literal["train", "test"]
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-@dataclass
-class Source:
-    """Images of one split. ``image(i)`` is uint8 HWC; ``labels[i]`` its class index."""
-
-    name: str
-    classes: list[str]
-    labels: np.ndarray
-    identity: dict[str, Any]
-    pad: int
-    flip: bool
-    _images: np.ndarray | None = None
-    _files: list[Path] = field(default_factory=list)
-    shape: tuple[int, int, int] = (0, 0, 0)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def image(self, index: int) -> np.ndarray:
-        if self._images is not None:
-            return self._images[index]
-        return _read_image(self._files[index], self.shape[2])
-
-    def images(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
-        """Stacked images (all of them by default), uint8 NHWC."""
-        if indices is None:
-            indices = np.arange(len(self))
-        if self._images is not None:
-            return self._images[np.asarray(indices, dtype=np.int64)]
-        return np.stack([self.image(int(i)) for i in indices]) if len(indices) else np.zeros((0, *self.shape), np.uint8)
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
+__all__ = ["Source", "Split", "load_in_memory", "load_source", "load_source_cached"]
 
 
-def _read_image(path: Path, channels: int) -> np.ndarray:
-    try:
-        with Image.open(path) as pil:
-            array = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
-    except (OSError, UnidentifiedImageError) as err:
-        raise UserError(f"image {path}: unreadable ({err}); remove or replace the file") from err
-    return array[:, :, None] if array.ndim == 2 else array
+def _with_options(source: Source, cfg: SourceConfig) -> Source:
+    """The reader's defaults for standard augmentation, overridden by the config."""
+    return replace(source, pad=source.pad if cfg.pad is None else cfg.pad,
+                   flip=source.flip if cfg.flip is None else cfg.flip)
 
 
-def _digits(cfg: SourceConfig, split: Split) -> Source:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    data = load_digits()
-    images = np.rint(data.images * (255.0 / 16.0)).astype(np.uint8)[:, :, :, None]
-    order = np.arange(len(images))
-    train_idx, test_idx = train_test_split(
-        order, test_size=cfg.test_fraction, random_state=cfg.split_seed, stratify=data.target
-    )
-    chosen = np.sort(train_idx if split == "train" else test_idx)
+def select(source: Source, keep: np.ndarray, label_map: np.ndarray | None = None,
+           classes: list[str] | None = None, **identity: Any) -> Source:
+    """The images ``keep`` (sorted indices) of ``source``, labels mapped through ``label_map``."""
+    keep = np.sort(np.asarray(keep, dtype=np.int64))
+    labels = source.labels[keep] if label_map is None else label_map[source.labels[keep]]
     return Source(
-        name="digits",
-        classes=[str(c) for c in range(10)],
-        labels=data.target[chosen].astype(np.int64),
-        identity={"kind": "digits", "split": split, "test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed},
-        pad=1 if cfg.pad is None else cfg.pad,
-        flip=False if cfg.flip is None else cfg.flip,
-        _images=np.ascontiguousarray(images[chosen]),
-        shape=(8, 8, 1),
+        name=source.name, classes=classes or source.classes, labels=labels.astype(np.int64),
+        identity={**source.identity, **identity}, pad=source.pad, flip=source.flip,
+        _images=None if source._images is None else source._images[keep],
+        _files=[source._files[i] for i in keep] if source._images is None else [], shape=source.shape,
     )
 
 
-def _imagefolder(cfg: SourceConfig, split: Split) -> Source:
-    root = Path(cfg.path or "") / (cfg.train_dir if split == "train" else cfg.test_dir)
-    if not root.is_dir():
-        raise UserError(f"source.path: {root} is not a directory (expected <path>/<split>/<class>/<image>)")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
-    if not class_dirs:
-        raise UserError(f"source.path: {root} has no class folders")
-    files: list[Path] = []
-    labels: list[int] = []
-    listing = []
-    for label, class_dir in enumerate(class_dirs):
-        members = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not members:
-            raise UserError(f"source.path: class folder {class_dir} has no images")
-        files += members
-        labels += [label] * len(members)
-        listing += [(f"{class_dir.name}/{p.name}", p.stat().st_size) for p in members]
-    first = _read_image(files[0], 3)
-    channels = 3
-    return Source(
-        name=f"imagefolder:{root}",
-        classes=[d.name for d in class_dirs],
-        labels=np.asarray(labels, dtype=np.int64),
-        identity={
-            "kind": "imagefolder", "split": split,
-            "listing": hashlib.sha256(json.dumps(listing).encode()).hexdigest(),
-        },
-        pad=4 if cfg.pad is None else cfg.pad,
-        flip=True if cfg.flip is None else cfg.flip,
-        _files=files,
-        shape=(first.shape[0], first.shape[1], channels),
-    )
+def class_subset(source: Source, names: list[str]) -> Source:
+    """Only the named classes, relabelled 0..K-1 in the order given."""
+    unknown = [n for n in names if n not in source.classes]
+    if unknown:
+        raise UserError(f"source.classes: {unknown} not among the source's classes {source.classes[:20]}")
+    label_map = np.full(len(source.classes), -1, dtype=np.int64)
+    for new, name in enumerate(names):
+        label_map[source.classes.index(name)] = new
+    keep = np.flatnonzero(label_map[source.labels] >= 0)
+    return select(source, keep, label_map, list(names), class_subset=list(names))
+
+
+def _per_class_keep(source: Source, wanted: dict[int, int], seed: int) -> np.ndarray:
+    """``wanted[c]`` images of each class c, chosen by a seeded permutation (others kept whole)."""
+    rng = np.random.default_rng([seed, 0x5EB])
+    keep = []
+    for label in range(source.num_classes):
+        members = np.flatnonzero(source.labels == label)
+        count = wanted.get(label, len(members))
+        keep.append(members[np.sort(rng.permutation(len(members))[:count])] if count < len(members) else members)
+    return np.concatenate(keep) if keep else np.zeros(0, np.int64)
+
+
+def fraction_subset(source: Source, fraction: float, seed: int) -> Source:
+    """A class-balanced fraction (XCL fig. 4): every class keeps the same number of images,
+    ``fraction`` of the smallest class (at least one)."""
+    counts = np.bincount(source.labels, minlength=source.num_classes)
+    per_class = max(1, int(round(counts[counts > 0].min() * fraction)))
+    keep = _per_class_keep(source, {c: per_class for c in range(source.num_classes)}, seed)
+    return select(source, keep, fraction=fraction)
+
+
+def imbalance_subset(source: Source, cfg: ImbalanceConfig, seed: int) -> Source:
+    """XCL §6.2: the chosen classes keep only ``keep`` of their images (at least one)."""
+    if isinstance(cfg.classes, int):
+        if not 0 < cfg.classes <= source.num_classes:
+            raise UserError(f"source.imbalance.classes: {cfg.classes} is not in 1..{source.num_classes}")
+        chosen = sorted(np.random.default_rng([seed, 0x1B]).permutation(source.num_classes)[:cfg.classes].tolist())
+    else:
+        unknown = [n for n in cfg.classes if n not in source.classes]
+        if unknown:
+            raise UserError(f"source.imbalance.classes: {unknown} not among the source's classes")
+        chosen = sorted(source.classes.index(n) for n in cfg.classes)
+    counts = np.bincount(source.labels, minlength=source.num_classes)
+    keep = _per_class_keep(source, {c: max(1, int(round(counts[c] * cfg.keep))) for c in chosen}, seed)
+    return select(source, keep, imbalance={"classes": chosen, "keep": cfg.keep})
 
 
 def load_source(cfg: SourceConfig, split: Split) -> Source:
-    """Open a split of the configured source (checks the data before anything is written)."""
-    if cfg.kind == "digits":
-        return _digits(cfg, split)
-    return _imagefolder(cfg, split)
+    """Open a split of the configured source (checks the data before anything is written).
+
+    The class subset applies to both splits (labels must agree); ``fraction`` and ``imbalance``
+    shrink only the training split, as the papers' data-size experiments do.
+    """
+    source = _with_options(READERS[cfg.kind](cfg, split), cfg)
+    if cfg.classes is not None:
+        source = class_subset(source, cfg.classes)
+    if split == "train":
+        if cfg.fraction < 1:
+            source = fraction_subset(source, cfg.fraction, cfg.subset_seed)
+        if cfg.imbalance is not None:
+            source = imbalance_subset(source, cfg.imbalance, cfg.subset_seed)
+        if cfg.fraction < 1 or cfg.imbalance is not None:
+            source.identity = {**source.identity, "subset_seed": cfg.subset_seed}
+    if len(source) == 0:
+        raise UserError(f"source: the {split} split of {source.name} holds no images after subsetting")
+    return source
+
+
+# Workers decode a file-backed source once when it fits in this many bytes (random partner
+# access would otherwise decode the same JPEGs over and over).
+IN_MEMORY_BYTES = 1 << 30
+
+
+_CACHE_LOCK = threading.Lock()
+
+
+def load_source_cached(cfg_json: str, split: Split) -> Source:
+    """Per-process cache for workers that open the same source for many shards (thread-safe:
+    concurrent shard calls of one actor wait for a single load instead of each decoding it)."""
+    with _CACHE_LOCK:
+        return _load_cached(cfg_json, split)
 
 
 @lru_cache(maxsize=8)
-def load_source_cached(cfg_json: str, split: Split) -> Source:
-    """Per-process cache for workers that open the same source for many shards."""
-    return load_source(SourceConfig.model_validate_json(cfg_json), split)
+def _load_cached(cfg_json: str, split: Split) -> Source:
+    source = load_source(SourceConfig.model_validate_json(cfg_json), split)
+    return load_in_memory(source) if len(source) * int(np.prod(source.shape)) <= IN_MEMORY_BYTES else source
 
 
 def load_in_memory(source: Source) -> Source:

@@ -30,6 +30,8 @@ from stages.targets import EnsembleOutput
 
 __all__ = ["Ensemble", "EnsembleOutput", "ensemble_targets", "resolve_device"]
 
+AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 def ensemble_targets(member_logits: torch.Tensor) -> EnsembleOutput:
     """Targets from raw member logits ``[M, N, C]``, computed stably in float64.
@@ -84,18 +86,25 @@ class Ensemble:
     """Teacher checkpoints of one classification task, ready to label uint8 NHWC images.
 
     Each member sees the images the way it was trained: /255, resized (antialiased bilinear)
-    to its input size, normalised with its own mean/std. Threads are fixed so that repeated
-    runs give the same floats, hence the same shard bytes.
+    to its input size, normalised with its own mean/std — so members trained at different
+    resolutions form one ensemble. Threads are fixed so that repeated runs give the same floats,
+    hence the same shard bytes. On CUDA, batches go through pinned host memory and the members
+    run under ``autocast`` (bf16/fp16) when asked; ``channels_last`` applies on every device.
+    The ensemble statistics are always computed in float64 from the members' logits.
     """
 
     def __init__(
         self, paths: Sequence[str | Path], num_classes: int, *, device: str = "auto", threads: int = 1,
-        batch_size: int = 512, allowed_factories: Iterable[str] = (),
+        batch_size: int = 512, allowed_factories: Iterable[str] = (), autocast: str = "none",
+        channels_last: bool = True, pin_memory: bool = True,
     ) -> None:
         if not paths:
             raise UserError("teachers: no checkpoints given")
         self.threads = threads
         self.device = resolve_device(device)
+        self.autocast = AUTOCAST_DTYPES[autocast] if self.device.type == "cuda" else None
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.pin_memory = pin_memory and self.device.type == "cuda"
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.payloads: list[dict[str, Any]] = []
@@ -109,7 +118,8 @@ class Ensemble:
                      for k in ("mean", "std")]
             size = (int(spec["size"][0]), int(spec["size"][1]))
             key = (size, channels, tuple(spec["mean"]), tuple(spec["std"]))
-            self.members.append(_Member(model.to(self.device).eval(), size, channels, *stats, key))
+            model = model.to(self.device, memory_format=self.memory_format).eval()
+            self.members.append(_Member(model, size, channels, *stats, key))
             self.payloads.append({k: v for k, v in payload.items() if k != "state_dict"})
 
     def _prepare(self, member: _Member, images: torch.Tensor) -> torch.Tensor:
@@ -121,13 +131,13 @@ class Ensemble:
             x = x.expand(-1, member.channels, -1, -1)  # grey → RGB
         if tuple(x.shape[2:]) != member.size:
             x = F.interpolate(x, size=member.size, mode="bilinear", align_corners=False, antialias=True)
-        return (x - member.mean) / member.std
+        return ((x - member.mean) / member.std).contiguous(memory_format=self.memory_format)
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(batch))
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+        if self.pin_memory:
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
 
     def member_logits(self, images: np.ndarray) -> torch.Tensor:
         """Raw logits ``[M, N, C]`` (on the CPU) for uint8 NHWC images, as an ordinary tensor."""
@@ -155,7 +165,8 @@ class Ensemble:
             for member in self.members:
                 if member.key not in prepared:
                     prepared[member.key] = self._prepare(member, x)
-                outputs.append(member.model(prepared[member.key]).float())
+                with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                    outputs.append(member.model(prepared[member.key]).float())
             chunks.append(torch.stack(outputs).cpu())
         if not chunks:
             return torch.zeros((len(self.members), 0, self.num_classes))

@@ -1,7 +1,8 @@
 """Make and commit one shard: the pure per-shard steps the driver runs on Ray.
 
-``make_shard`` draws and applies a shard's sampler parameters; ``write_shard`` turns the
-teacher outputs into records and commits the tar atomically (temp → fsync → rename), so a
+``make_shard`` draws and applies a shard's sampler parameters; ``write_shard`` keeps the
+candidates to write (all valid ones, or the most uncertain ones), turns the teacher outputs into
+records (dense or top-k targets) and commits the tar atomically (temp → fsync → rename), so a
 retried or resumed shard replaces itself with identical bytes. ``summary_from_tar`` rebuilds
 the summary of a shard committed by an earlier (maybe killed) run. No Ray here.
 """
@@ -15,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from pipeline import format as fmt
-from pipeline.config import SetConfig
+from pipeline import storage
+from pipeline.config import SelectConfig, SetConfig
 from stages.samplers import apply_params, draw_shard, sample_label, set_size
 from stages.sources import load_source_cached
 from stages.targets import EnsembleOutput
@@ -24,57 +26,82 @@ from stages.targets import EnsembleOutput
 STAT_DIGITS = 6
 
 
+Drawn = list[tuple[str, dict[str, Any]]]
+
+
 def make_shard(
     set_cfg: SetConfig | str, source_cfg_json: str, seed: int, shard: int
-) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
-    """Images (uint8 NHWC), sampler parameters and real labels (-1 if none) of one shard.
+) -> tuple[np.ndarray, Drawn, np.ndarray]:
+    """Images (uint8 NHWC), ``(sampler, parameters)`` and real labels (-1 if none) of every
+    candidate of one shard.
 
     A pure function of its arguments: the RNG of every sample is seeded from (seed, shard,
     index), the source is opened from its config (cached per process).
     """
     cfg = SetConfig.model_validate_json(set_cfg) if isinstance(set_cfg, str) else set_cfg
     source = load_source_cached(source_cfg_json, "train")
-    total = set_size(cfg.sampler, source, cfg.samples)
-    params = draw_shard(cfg.sampler, source, seed, shard, cfg.samples_per_shard, total)
-    if not params:
-        raise ValueError(f"shard {shard} is past the end of the set ({total} samples)")
-    kind = cfg.sampler.kind
-    images = np.stack([apply_params(kind, p, source) for p in params])
-    labels = np.asarray([sample_label(kind, p, source) for p in params], dtype=np.int64)
-    return images, params, labels
+    drawn = draw_shard(cfg, source, seed, shard, set_size(cfg, source))
+    if not drawn:
+        raise ValueError(f"shard {shard} is past the end of the set ({set_size(cfg, source)} samples)")
+    images = np.stack([apply_params(kind, params, source) for kind, params in drawn])
+    labels = np.asarray([sample_label(kind, params, source) for kind, params in drawn], dtype=np.int64)
+    return images, drawn, labels
+
+
+def choose(output: EnsembleOutput, count: int, select: SelectConfig | None) -> np.ndarray:
+    """Candidate indices to write, ascending. Without ``select``: every valid candidate. With it:
+    the ``count`` most uncertain valid ones (ties go to the lower index, so it is deterministic)."""
+    valid = np.flatnonzero(output.valid)
+    if select is None:
+        return valid
+    score = (output.entropy if select.by == "entropy" else output.disagreement)[valid].astype(np.float64)
+    ranked = valid[np.lexsort((valid, -score))]
+    return np.sort(ranked[:count])
 
 
 def write_shard(
-    set_dir: str | Path, shard: int, images: np.ndarray, params_list: list[dict[str, Any]], sampler: str,
-    labels: np.ndarray, output: EnsembleOutput,
+    set_dir: str | Path, shard: int, images: np.ndarray, drawn: Drawn, labels: np.ndarray, output: EnsembleOutput,
+    *, count: int | None = None, select: SelectConfig | None = None, topk: int = 0,
 ) -> dict[str, Any]:
-    """Commit shard ``shard`` (invalid samples are skipped and counted) and return its summary:
-    ``{shard, name, samples, bytes, sha256, rejected, planned, rows}``."""
-    count = len(params_list)
-    if not (len(images) == len(labels) == len(output) == count):
-        raise ValueError(f"shard {shard}: {len(images)} images, {count} params, {len(labels)} labels, "
+    """Commit shard ``shard`` and return its summary: ``{shard, name, samples, bytes, sha256,
+    rejected, planned, rows}``.
+
+    ``count`` is the number of samples the shard should hold (default: one per candidate); with
+    ``select`` the most uncertain ``count`` candidates are kept. Invalid candidates (non-finite
+    teacher outputs) are never written and count as rejected.
+    """
+    candidates = len(drawn)
+    count = candidates if count is None else count
+    if not (len(images) == len(labels) == len(output) == candidates):
+        raise ValueError(f"shard {shard}: {len(images)} images, {candidates} params, {len(labels)} labels, "
                          f"{len(output)} targets")
+    kept = choose(output, count, select)
     samples: list[fmt.Sample] = []
-    for index in range(count):
-        if not output.valid[index]:
-            continue
+    for position, candidate in enumerate(kept):
+        index = position if select is not None else int(candidate)
         key = fmt.sample_key(shard, index)
-        label = int(labels[index])
+        kind, params = drawn[candidate]
+        label = int(labels[candidate])
         meta = {
             "key": key,
             "shard": int(shard),
             "index": index,
-            "sampler": sampler,
-            "params": params_list[index],
+            "sampler": kind,
+            "params": params,
             "label": label,
-            "entropy": round(float(output.entropy[index]), STAT_DIGITS),
-            "disagreement": round(float(output.disagreement[index]), STAT_DIGITS),
-            "teacher_argmax": int(output.argmax[index]),
+            "entropy": round(float(output.entropy[candidate]), STAT_DIGITS),
+            "disagreement": round(float(output.disagreement[candidate]), STAT_DIGITS),
+            "teacher_argmax": int(output.argmax[candidate]),
         }
-        samples.append(fmt.Sample(key=key, image=images[index], logp=output.logp[index], meta=meta,
-                                  label=label if label >= 0 else None))
+        if select is not None:
+            meta["candidate"] = int(candidate)
+        if topk:
+            kl = fmt.kl_divergence(output.logp[candidate], fmt.stored_logp(output.logp[candidate], topk))
+            meta["target_kl"] = float(f"{max(float(kl), 0.0):.6g}")
+        samples.append(fmt.Sample(key=key, image=images[candidate], logp=output.logp[candidate], meta=meta,
+                                  label=label if label >= 0 else None, topk=topk))
     data = fmt.tar_bytes(samples)
-    fmt.atomic_write(fmt.shard_path(set_dir, shard), data)
+    fmt.atomic_write(fmt.shard_url(set_dir, shard), data)
     return {
         "shard": int(shard),
         "name": fmt.shard_name(shard),
@@ -94,8 +121,7 @@ def summary_from_tar(path: str | Path, planned: int | None = None) -> dict[str, 
     stored index + 1 is used (rejected samples at the very end are then not counted).
     Raises ``FormatError`` for a damaged tar.
     """
-    path = Path(path)
-    name = path.name
+    name = storage.name_of(path)
     if not (name.startswith("shard-") and name.endswith(".tar")):
         raise fmt.FormatError(f"{path}: not a shard file name")
     shard = int(name[len("shard-"):-len(".tar")])
@@ -113,7 +139,7 @@ def summary_from_tar(path: str | Path, planned: int | None = None) -> dict[str, 
         "shard": shard,
         "name": name,
         "samples": len(rows),
-        "bytes": path.stat().st_size,
+        "bytes": storage.size(path),
         "sha256": fmt.sha256_file(path),
         "rejected": max(planned - len(rows), 0),
         "planned": planned,

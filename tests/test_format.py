@@ -73,4 +73,4 @@ def test_atomic_write_leaves_no_temp_and_replaces_whole(tmp_path):
     fmt.atomic_write(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == [target.name]
-    assert fmt.committed_shards(tmp_path) == {0: target}
+    assert fmt.committed_shards(tmp_path) == {0: str(target)}

@@ -75,6 +75,7 @@ def test_rerun_on_complete_set_makes_nothing(made) -> None:
     assert again["shards_made"] == 0 and again["shards_total"] == 5 and again["samples"] == 300
     assert made["results"]["again_unchanged"]
     assert any("nothing to do" in m for m in made["messages"])
+    assert again["teacher_forward_samples"] == 0
 
 
 def test_more_samples_only_add_shards(made, teachers, tmp_path) -> None:
@@ -115,7 +116,7 @@ def test_samples_replay_and_index_describes_them(made, teachers, name) -> None:
     assert keys == sorted(keys) and len(set(keys)) == len(keys) == index["totals"]["samples"]
     assert fmt.read_manifest(set_dir).column("key").to_pylist() == keys
     assert index["task"] == "classify" and index["num_classes"] == 10 and index["fingerprint"]
-    assert index["target"] == {"kind": "logp", "dtype": "float16", "temperature_free": True}
+    assert index["target"] == {"kind": "logp", "dtype": "float16", "temperature_free": True, "payload_bytes": 20}
     assert index["image"] == {"height": 8, "width": 8, "channels": 1, "encoding": "png"}
     assert [t["sha256"] for t in index["teachers"]] == [fmt.sha256_file(p) for p in teachers]
     assert index["statistics"]["per_sampler"] == {name: len(keys)}

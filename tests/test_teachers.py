@@ -101,15 +101,16 @@ def test_members_see_their_own_input_contract(tmp_path) -> None:
 
 def test_writer_skips_invalid_samples_and_summary_round_trips(tmp_path, teachers) -> None:
     set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=40, samples_per_shard=16)
-    images, params, labels = make_shard(set_cfg, DIGITS.model_dump_json(), 7, 2)
+    images, drawn, labels = make_shard(set_cfg, DIGITS.model_dump_json(), 7, 2)
     assert images.shape == (8, 8, 8, 1) and images.dtype == np.uint8 and (labels == -1).all()
     source = load_source(DIGITS, "train")
-    for image, p in zip(images, params, strict=True):
-        np.testing.assert_array_equal(apply_params("mix", p, source), image)
+    for image, (kind, p) in zip(images, drawn, strict=True):
+        assert kind == "mix"
+        np.testing.assert_array_equal(apply_params(kind, p, source), image)
     ensemble = Ensemble(teachers, 10, device="cpu")
     logits = ensemble.member_logits(images)
     logits[0, 5, 1] = float("nan")
-    summary = write_shard(tmp_path, 2, images, params, "mix", labels, ensemble_targets(logits))
+    summary = write_shard(tmp_path, 2, images, drawn, labels, ensemble_targets(logits))
     assert (summary["samples"], summary["rejected"], summary["planned"]) == (7, 1, 8)
     keys = [key for key, _ in fmt.iter_tar(fmt.shard_path(tmp_path, 2))]
     assert keys == [fmt.sample_key(2, i) for i in range(8) if i != 5]

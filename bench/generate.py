@@ -1,0 +1,212 @@
+"""Generation throughput and memory: the Ray pipeline against the bare ensemble forward.
+
+1. Builds a teacher ensemble (seeded CIFAR ResNets; weights do not change the cost) and picks
+   the source (cifar10-mini if present, else digits).
+2. Makes the images of the large set in-process (``make_shard`` of every shard: the same
+   tensors the pipeline labels) and times ``Ensemble.predict`` on them alone, with the teacher
+   stage's threads and batch size: the *bare* samples/s, measured before and after the
+   pipeline runs (the machine is shared); the ratio uses the faster of the two.
+3. Runs ``generate_set`` for N and 10·N samples, each in a fresh process (its own embedded Ray,
+   start-up excluded from its rate), sampling the resident memory of that process and every
+   Ray process it started.
+
+Prints the figures, then one JSON line with ``pipeline_vs_bare`` (10·N run) and
+``rss_ratio_10x`` (peak RSS at 10·N / at N). Usage::
+
+    RAY_AUTH_MODE=disabled .venv/bin/python bench/generate.py [--samples 2048] [--members 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CIFAR_MINI = Path(os.environ.get("CIFAR10_MINI", ROOT.parent / "shared" / "data" / "cifar10-mini"))
+if not CIFAR_MINI.is_dir():
+    CIFAR_MINI = Path("/work/shared/data/cifar10-mini")
+CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+
+
+def source_config():
+    from pipeline.config import SourceConfig
+
+    if CIFAR_MINI.is_dir():
+        return SourceConfig(kind="imagefolder", path=str(CIFAR_MINI))
+    return SourceConfig(kind="digits")
+
+
+def build_teachers(out: Path, members: int, depth: int, width: int, channels: int, size: int) -> list[str]:
+    import torch
+
+    from pipeline.models import CifarResNet, input_spec, save_checkpoint
+
+    paths = []
+    for member in range(members):
+        torch.manual_seed(member)
+        model = CifarResNet(channels, 10, depth=depth, width=width).eval()
+        path = out / "teachers" / f"resnet{depth}-w{width}-{member}.pt"
+        mean, std = (CIFAR_MEAN, CIFAR_STD) if channels == 3 else ([0.5], [0.25])
+        save_checkpoint(path, model, arch="resnet_cifar", arch_kwargs={"depth": depth, "width": width},
+                        num_classes=10, input=input_spec(size, size, channels, mean, std))
+        paths.append(str(path))
+    return paths
+
+
+def set_config(samples: int, per_shard: int):
+    from pipeline.config import SamplerConfig, SetConfig
+
+    return SetConfig(sampler=SamplerConfig(kind="mix"), samples=samples, samples_per_shard=per_shard)
+
+
+def stage_config(batch_size: int):
+    from pipeline.config import TeacherStageConfig
+
+    return TeacherStageConfig(batch_size=batch_size, threads=1)
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def bare_rate(args: argparse.Namespace, teachers: list[str], samples: int) -> tuple[float, int]:
+    """Samples/s of the ensemble alone on the images the pipeline labels for ``samples``."""
+    import numpy as np
+
+    from stages.teachers import Ensemble
+    from stages.writer import make_shard
+
+    set_cfg, stage = set_config(samples, args.per_shard), stage_config(args.batch_size)
+    source_json = source_config().model_dump_json()
+    shards = -(-samples // args.per_shard)
+    images = np.concatenate([make_shard(set_cfg, source_json, 0, s)[0] for s in range(shards)])
+    ensemble = Ensemble(teachers, 10, device="cpu", threads=stage.torch_threads(), batch_size=stage.batch_size,
+                        channels_last=stage.channels_last)
+    ensemble.predict(images[: stage.batch_size])  # warm-up, as the actor's first shard would be
+    began = time.perf_counter()
+    for start in range(0, len(images), args.per_shard):  # one call per shard, as the actor does
+        ensemble.predict(images[start:start + args.per_shard])
+    return len(images) / (time.perf_counter() - began), len(images)
+
+
+def session_rss(sid: int) -> int:
+    """Resident bytes of every process in session ``sid`` (the run and the Ray it started)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) != sid:
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def pipeline_run(args: argparse.Namespace, teachers: list[str], samples: int, out: Path) -> dict:
+    """One generate_set in a fresh process group; its result plus peak RSS of the whole group."""
+    job = {"samples": samples, "teachers": teachers, "out": str(out), "per_shard": args.per_shard,
+           "batch_size": args.batch_size}
+    proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(job)], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], session_rss(proc.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, _ = proc.communicate()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"generate_set for {samples} samples failed (exit {proc.returncode})")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return {**result, "peak_rss_session_mb": peak[0] / 2**20}
+
+
+def worker(job: dict) -> None:
+    """Runs inside the measured process: one set, then its result and the driver's peak RSS."""
+    from pipeline.config import RayConfig
+    from pipeline.driver import generate_set
+
+    result = generate_set(set_name="bench", set_cfg=set_config(job["samples"], job["per_shard"]),
+                          source_cfg=source_config(), seed=0, teacher_paths=job["teachers"], out_dir=job["out"],
+                          stage_cfg=stage_config(job["batch_size"]), ray_cfg=RayConfig(num_cpus=2),
+                          progress=lambda line: print(line, file=sys.stderr, flush=True))
+    result["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--samples", type=int, default=4096, help="N (the large run makes 10·N)")
+    parser.add_argument("--per-shard", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--members", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(json.loads(args.worker))
+
+    import shutil
+
+    from stages.sources import load_source
+
+    shutil.rmtree(args.out, ignore_errors=True)
+    source = load_source(source_config(), "train")
+    height, width, channels = source.shape
+    teachers = build_teachers(args.out, args.members, args.depth, args.width, channels, height)
+    print(f"source {source.name}: {len(source)} images {height}x{width}x{channels}; teachers "
+          f"{args.members} x resnet_cifar depth {args.depth} width {args.width}; 1 teacher thread")
+    # The machine is shared: bare is measured before and after the pipeline runs, and the
+    # pipeline is compared with the faster of the two (the conservative ratio).
+    before, count = bare_rate(args, teachers, 10 * args.samples)
+    small = pipeline_run(args, teachers, args.samples, args.out / "set-n")
+    large = pipeline_run(args, teachers, 10 * args.samples, args.out / "set-10n")
+    after, _ = bare_rate(args, teachers, 10 * args.samples)
+    bare = max(before, after)
+    figures = {
+        "samples_n": args.samples,
+        "bare_samples_per_s": round(bare, 1),
+        "bare_samples_per_s_before": round(before, 1), "bare_samples_per_s_after": round(after, 1),
+        "pipeline_samples_per_s_n": small["samples_per_s"],
+        "pipeline_samples_per_s_10n": large["samples_per_s"],
+        "pipeline_vs_bare": round(large["samples_per_s"] / bare, 3),
+        "pipeline_steady_samples_per_s_10n": large["steady_samples_per_s"],
+        "pipeline_vs_bare_steady": round(large["steady_samples_per_s"] / bare, 3),
+        "first_shard_s_10n": large["first_shard_s"],
+        "peak_rss_mb_n": round(small["peak_rss_session_mb"], 1),
+        "peak_rss_mb_10n": round(large["peak_rss_session_mb"], 1),
+        "rss_ratio_10x": round(large["peak_rss_session_mb"] / small["peak_rss_session_mb"], 3),
+        "driver_peak_rss_mb_n": round(small["driver_peak_rss_mb"], 1),
+        "driver_peak_rss_mb_10n": round(large["driver_peak_rss_mb"], 1),
+        "teacher_members": args.members, "teacher_depth": args.depth, "teacher_width": args.width,
+    }
+    print(f"bare ensemble forward: {before:.0f} samples/s before, {after:.0f} after the pipeline runs "
+          f"({count} images); compared with {bare:.0f}")
+    print(f"pipeline: {small['samples_per_s']:.0f} samples/s at N={args.samples}, "
+          f"{large['samples_per_s']:.0f} samples/s at 10N → {figures['pipeline_vs_bare']:.3f} of bare "
+          f"(start-up to the first shard {large['first_shard_s']:.1f} s included; after it "
+          f"{large['steady_samples_per_s']:.0f} samples/s → {figures['pipeline_vs_bare_steady']:.3f} of bare)")
+    print(f"peak RSS (run + its Ray): {figures['peak_rss_mb_n']:.0f} MB at N, {figures['peak_rss_mb_10n']:.0f} MB "
+          f"at 10N → ratio {figures['rss_ratio_10x']:.3f}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Where sets live: local paths, ``file://`` URLs, or any fsspec URL (``s3://``, ``gs://``, ``memory://``).
+
+Local paths (and ``file://``) keep the exactly-once commit of the shard contract: temp name,
+fsync, rename, fsync of the directory. On an object store a single PUT of the whole object is
+the commit (it is never visible half-written), so remote writes go straight to the final name.
+Only :mod:`pipeline.format` and the set planner use this module.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from pathlib import Path
+from typing import IO, Any
+
+TMP_MARKER = ".tmp-"
+
+
+def is_local(url: str | Path) -> bool:
+    text = str(url)
+    return "://" not in text or text.startswith("file://")
+
+
+def local_path(url: str | Path) -> Path:
+    text = str(url)
+    return Path(text[len("file://"):] if text.startswith("file://") else text)
+
+
+def _fs(url: str) -> tuple[Any, str]:
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
+def join(url: str | Path, *parts: str) -> str:
+    if is_local(url):
+        return str(local_path(url).joinpath(*parts))
+    return posixpath.join(str(url), *parts)
+
+
+def name_of(url: str | Path) -> str:
+    return posixpath.basename(str(url).rstrip("/"))
+
+
+def is_file(url: str | Path) -> bool:
+    if is_local(url):
+        return local_path(url).is_file()
+    fs, path = _fs(str(url))
+    return fs.isfile(path)
+
+
+def is_dir(url: str | Path) -> bool:
+    if is_local(url):
+        return local_path(url).is_dir()
+    fs, path = _fs(str(url))
+    return fs.isdir(path)
+
+
+def exists(url: str | Path) -> bool:
+    if is_local(url):
+        return local_path(url).exists()
+    fs, path = _fs(str(url))
+    return fs.exists(path)
+
+
+def list_names(url: str | Path) -> list[str]:
+    """Names of the entries of a directory (empty when it does not exist)."""
+    if is_local(url):
+        directory = local_path(url)
+        return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+    fs, path = _fs(str(url))
+    if not fs.isdir(path):
+        return []
+    return sorted(name_of(entry) for entry in fs.ls(path, detail=False))
+
+
+def size(url: str | Path) -> int:
+    if is_local(url):
+        return local_path(url).stat().st_size
+    fs, path = _fs(str(url))
+    return int(fs.size(path))
+
+
+def open_read(url: str | Path) -> IO[bytes]:
+    if is_local(url):
+        return open(local_path(url), "rb")
+    fs, path = _fs(str(url))
+    return fs.open(path, "rb")
+
+
+def read_bytes(url: str | Path) -> bytes:
+    with open_read(url) as handle:
+        return handle.read()
+
+
+def remove(url: str | Path) -> None:
+    if is_local(url):
+        local_path(url).unlink(missing_ok=True)
+        return
+    fs, path = _fs(str(url))
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def make_dirs(url: str | Path) -> None:
+    if is_local(url):
+        local_path(url).mkdir(parents=True, exist_ok=True)
+        return
+    fs, path = _fs(str(url))
+    fs.makedirs(path, exist_ok=True)
+
+
+def atomic_write(url: str | Path, data: bytes) -> None:
+    """Write ``url`` exactly once: readers never see half a file (see the module docstring)."""
+    if not is_local(url):
+        fs, path = _fs(str(url))
+        parent = posixpath.dirname(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        fs.pipe_file(path, data)
+        return
+    path = local_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{TMP_MARKER}{uuid.uuid4().hex}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,211 @@
+"""Readers of real-image collections: each returns one split as a :class:`Source`, unfiltered.
+
+``stages.sources`` applies the config's augmentation overrides and the class subset, fraction
+and imbalance options. Every reader is deterministic (sorted listings, fixed
+split seeds) and describes its data by an ``identity`` that changes when the data changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.config import SourceConfig
+from pipeline.errors import UserError
+
+Split = Literal["train", "test"]
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# torchvision data sets whose constructor takes ``split=`` instead of ``train=``.
+SPLIT_ARGUMENT = {"SVHN": {"train": "train", "test": "test"}, "STL10": {"train": "train", "test": "test"}}
+
+
+@dataclass
+class Source:
+    """Images of one split. ``image(i)`` is uint8 HWC; ``labels[i]`` its class index."""
+
+    name: str
+    classes: list[str]
+    labels: np.ndarray
+    identity: dict[str, Any]
+    pad: int
+    flip: bool
+    _images: np.ndarray | None = None
+    _files: list[Path] = field(default_factory=list)
+    shape: tuple[int, int, int] = (0, 0, 0)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def image(self, index: int) -> np.ndarray:
+        if self._images is not None:
+            return self._images[index]
+        return read_image(self._files[index], self.shape[2])
+
+    def images(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
+        """Stacked images (all of them by default), uint8 NHWC."""
+        if indices is None:
+            indices = np.arange(len(self))
+        if self._images is not None:
+            return self._images[np.asarray(indices, dtype=np.int64)]
+        return np.stack([self.image(int(i)) for i in indices]) if len(indices) else np.zeros((0, *self.shape), np.uint8)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    try:
+        with Image.open(path) as pil:
+            array = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
+    except (OSError, UnidentifiedImageError) as err:
+        raise UserError(f"image {path}: unreadable ({err}); remove or replace the file") from err
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def content_hash(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def _stratified(labels: np.ndarray, cfg: SourceConfig, split: Split) -> np.ndarray:
+    from sklearn.model_selection import train_test_split
+
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=cfg.test_fraction,
+                                           random_state=cfg.split_seed, stratify=labels)
+    return np.sort(train_idx if split == "train" else test_idx)
+
+
+def read_digits(cfg: SourceConfig, split: Split) -> Source:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = np.rint(data.images * (255.0 / 16.0)).astype(np.uint8)[:, :, :, None]
+    chosen = _stratified(data.target, cfg, split)
+    return Source(
+        name="digits", classes=[str(c) for c in range(10)], labels=data.target[chosen].astype(np.int64),
+        identity={"kind": "digits", "split": split, "test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed},
+        pad=1, flip=False, _images=np.ascontiguousarray(images[chosen]), shape=(8, 8, 1),
+    )
+
+
+def read_imagefolder(cfg: SourceConfig, split: Split) -> Source:
+    root = Path(cfg.path or "") / (cfg.train_dir if split == "train" else cfg.test_dir)
+    if not root.is_dir():
+        raise UserError(f"source.path: {root} is not a directory (expected <path>/<split>/<class>/<image>)")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if not class_dirs:
+        raise UserError(f"source.path: {root} has no class folders")
+    files: list[Path] = []
+    labels: list[int] = []
+    listing = []
+    for label, class_dir in enumerate(class_dirs):
+        members = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not members:
+            raise UserError(f"source.path: class folder {class_dir} has no images")
+        files += members
+        labels += [label] * len(members)
+        listing += [(f"{class_dir.name}/{p.name}", p.stat().st_size) for p in members]
+    first = read_image(files[0], 3)
+    return Source(
+        name=f"imagefolder:{root}", classes=[d.name for d in class_dirs], labels=np.asarray(labels, np.int64),
+        identity={"kind": "imagefolder", "split": split,
+                  "listing": hashlib.sha256(json.dumps(listing).encode()).hexdigest()},
+        pad=4, flip=True, _files=files, shape=(first.shape[0], first.shape[1], 3),
+    )
+
+
+def _checked_images(images: np.ndarray, labels: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
+        raise UserError(f"{where}: images must be uint8 NHWC with 1 or 3 channels (or NHW), "
+                        f"got {images.dtype} {images.shape}")
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer) or (len(labels) and labels.min() < 0):
+        raise UserError(f"{where}: labels must be {len(images)} non-negative integers, got {labels.dtype} "
+                        f"{labels.shape}")
+    images = images[:, :, :, None] if images.ndim == 3 else images
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+def read_npz(cfg: SourceConfig, split: Split) -> Source:
+    path = Path(cfg.path or "")
+    if not path.is_file():
+        raise UserError(f"source.path: {path} is not a file (expected an .npz with images and labels)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as err:
+        raise UserError(f"source.path: {path} is not a readable .npz without pickle ({err})") from err
+    missing = {"images", "labels"} - arrays.keys()
+    if missing:
+        raise UserError(f"source.path: {path} has no {sorted(missing)} arrays (found {sorted(arrays)})")
+    images, labels = _checked_images(arrays["images"], arrays["labels"], f"{path} images/labels")
+    if "test_images" in arrays:
+        if split == "test":
+            images, labels = _checked_images(arrays["test_images"], arrays.get("test_labels", np.zeros(0)),
+                                             f"{path} test_images/test_labels")
+        split_rule: dict[str, Any] = {"test": "test_images"}
+    else:
+        chosen = _stratified(labels, cfg, split)
+        images, labels = images[chosen], labels[chosen]
+        split_rule = {"test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed}
+    count = int(max(labels.max(initial=0), arrays["labels"].max(initial=0))) + 1
+    classes = [str(c) for c in arrays["classes"].tolist()] if "classes" in arrays else [str(c) for c in range(count)]
+    return Source(
+        name=f"npz:{path}", classes=classes, labels=labels,
+        identity={"kind": "npz", "split": split, "sha256": content_hash(images, labels), **split_rule},
+        pad=4 if images.shape[1] >= 16 else 1, flip=images.shape[3] == 3, _images=images,
+        shape=tuple(int(d) for d in images.shape[1:]),  # type: ignore[arg-type]
+    )
+
+
+def read_torchvision(cfg: SourceConfig, split: Split) -> Source:
+    """A torchvision data set by class name (CIFAR10, CIFAR100, MNIST, FashionMNIST, SVHN, ...).
+
+    The files must already be under ``path`` unless ``download`` is true; nothing is fetched
+    otherwise. The images are read into memory as uint8 NHWC.
+    """
+    import torchvision.datasets
+
+    name = cfg.name or ""
+    factory = getattr(torchvision.datasets, name, None)
+    if factory is None or not isinstance(factory, type):
+        raise UserError(f"source.name {name!r}: torchvision.datasets has no such data set")
+    split_kw = {"split": SPLIT_ARGUMENT[name][split]} if name in SPLIT_ARGUMENT else {"train": split == "train"}
+    try:
+        dataset = factory(root=cfg.path, download=cfg.download, **split_kw)
+    except (RuntimeError, OSError) as err:
+        hint = "" if cfg.download else "; put the files there or set source.download: true on a machine with internet"
+        raise UserError(f"source: torchvision {name} not found under {cfg.path} ({str(err).splitlines()[0]}){hint}") \
+            from err
+    data = getattr(dataset, "data", None)
+    targets = getattr(dataset, "targets", getattr(dataset, "labels", None))
+    if data is None or targets is None:
+        raise UserError(f"source.name {name!r}: the data set exposes no data/targets arrays; use imagefolder or npz")
+    images = np.asarray(data)
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
+        images = images.transpose(0, 2, 3, 1)  # SVHN, STL10 store NCHW
+    images, labels = _checked_images(images.astype(np.uint8, copy=False), np.asarray(targets), f"torchvision {name}")
+    count = int(labels.max(initial=0)) + 1
+    classes = [str(c) for c in getattr(dataset, "classes", range(count))]
+    return Source(
+        name=f"torchvision:{name}", classes=classes, labels=labels,
+        identity={"kind": "torchvision", "name": name, "split": split, "sha256": content_hash(images, labels)},
+        pad=4 if images.shape[1] >= 16 else 1, flip=images.shape[3] == 3 and not name.endswith("MNIST"),
+        _images=images, shape=tuple(int(d) for d in images.shape[1:]),  # type: ignore[arg-type]
+    )
+
+
+READERS = {"digits": read_digits, "imagefolder": read_imagefolder, "npz": read_npz, "torchvision": read_torchvision}

@@ -1,0 +1,121 @@
+"""Samplers: draw a sample's parameters first, then apply them to real images.
+
+Parameters are plain JSON values stored in the sample's metadata, so :func:`apply_params`
+replays any stored sample exactly (noise fields from their stored seed). All randomness of
+candidate ``index`` of shard ``shard`` comes from ``sample_rng(seed, shard, index)``; which
+sampler makes which candidate of a shard comes from ``(seed, shard)``.
+
+A set has one or several samplers with shares. A views-only set enumerates the source (every
+image × K views, in a seeded order); every other set draws ``samples`` at random, each shard
+holding its samplers in proportion to their shares.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import SamplerConfig, SetConfig
+from stages.samplers.augmenting import SAMPLERS as AUGMENTING
+from stages.samplers.base import (
+    SET_STREAM,
+    SHARD_STREAM,
+    Params,
+    Sampler,
+    apply_aug,
+    draw_aug,
+    identity_aug,
+    sample_rng,
+)
+from stages.samplers.mixing import SAMPLERS as MIXING
+from stages.samplers.mixing import cutmix_box, mix_pixels
+from stages.sources import Source
+
+__all__ = [
+    "SAMPLERS", "Sampler", "apply_aug", "apply_params", "candidate_count", "cutmix_box", "draw_aug", "draw_shard",
+    "identity_aug", "mix_pixels", "sample_label", "sample_rng", "set_size", "view_order",
+]
+
+SAMPLERS: dict[str, Sampler] = {**MIXING, **AUGMENTING}
+
+
+def views_count(cfg: SamplerConfig, source: Source) -> int:
+    """Samples in a views set: every real image times K views."""
+    return len(source) * cfg.views
+
+
+def set_size(set_cfg: SetConfig, source: Source) -> int:
+    """Samples the set holds (a views-only set: all views, or fewer if ``samples`` says so)."""
+    if set_cfg.enumerates_source():
+        total = views_count(set_cfg.sampler_list()[0], source)
+        return total if set_cfg.samples is None else min(set_cfg.samples, total)
+    if set_cfg.samples is None:
+        raise ValueError("a set of random samplers needs a sample count")
+    return set_cfg.samples
+
+
+def candidate_count(set_cfg: SetConfig, count: int) -> int:
+    """Candidates drawn for a shard of ``count`` samples: more when the set keeps only the most
+    uncertain ones."""
+    return count if set_cfg.select is None else math.ceil(count / set_cfg.select.keep)
+
+
+def view_order(seed: int, source: Source) -> np.ndarray:
+    """The order in which a views set visits the real images: a seeded permutation, so each
+    shard holds many classes even when the source is sorted by class."""
+    return np.random.default_rng([seed, SET_STREAM]).permutation(len(source))
+
+
+def assign_samplers(shares: list[float], count: int, seed: int, shard: int) -> np.ndarray:
+    """Which sampler makes each candidate of a shard: exact quotas by share (largest remainder,
+    ties rotating with the shard so no sampler always gets the extra one), in a seeded order."""
+    weights = np.asarray(shares, dtype=np.float64) / sum(shares)
+    quotas = np.floor(weights * count).astype(np.int64)
+    remainder = np.round(weights * count - quotas, 9)
+    rotation = (np.arange(len(shares)) - shard) % len(shares)
+    for slot in np.lexsort((rotation, -remainder))[: count - int(quotas.sum())]:
+        quotas[slot] += 1
+    kinds = np.repeat(np.arange(len(shares)), quotas)
+    return np.random.default_rng([seed, shard, SHARD_STREAM]).permutation(kinds)
+
+
+def _enumerated_view(cfg: SamplerConfig, source: Source, rng: np.random.Generator, position: int,
+                     order: np.ndarray) -> Params:
+    slot, view = divmod(position, cfg.views)
+    aug = identity_aug(source.pad) if view == 0 else draw_aug(rng, source.pad, source.flip)
+    return {"image": int(order[slot]), "view": int(view), "aug": aug}
+
+
+def draw_shard(set_cfg: SetConfig, source: Source, seed: int, shard: int, total: int) -> list[tuple[str, Params]]:
+    """``(sampler kind, parameters)`` of every candidate of one shard: a pure function of
+    (config, source, seed, shard)."""
+    spp = set_cfg.samples_per_shard
+    count = min(spp, total - shard * spp)
+    if count <= 0:
+        return []
+    samplers = set_cfg.sampler_list()
+    if set_cfg.enumerates_source():
+        order = view_order(seed, source)
+        return [("views", _enumerated_view(samplers[0], source, sample_rng(seed, shard, i), shard * spp + i, order))
+                for i in range(count)]
+    candidates = candidate_count(set_cfg, count)
+    which = assign_samplers([s.share for s in samplers], candidates, seed, shard)
+    drawn = []
+    for index in range(candidates):
+        cfg = samplers[int(which[index])]
+        drawn.append((cfg.kind, SAMPLERS[cfg.kind].draw(cfg, source, sample_rng(seed, shard, index))))
+    return drawn
+
+
+def apply_params(kind: str, params: dict[str, Any], source: Source) -> np.ndarray:
+    """Make the uint8 HWC image of a sample from its parameters (also used for replay)."""
+    if kind not in SAMPLERS:
+        raise ValueError(f"unknown sampler {kind!r}")
+    return SAMPLERS[kind].apply(params, source)
+
+
+def sample_label(kind: str, params: dict[str, Any], source: Source) -> int:
+    """The real label a sample carries (label-preserving transforms of a real image), or -1."""
+    return int(source.labels[params["image"]]) if SAMPLERS[kind].keeps_label else -1

@@ -1,0 +1,147 @@
+"""Samplers that transform one real image, and the synthetic-noise baseline.
+
+* ``views``: the source's standard augmentation (random crop, flip).
+* ``noise``: a real image plus pixel-wise Gaussian noise of std ``sigma`` (pixel units in
+  [0, 1]; XCL Table 8 "Gaussian noise augmentation").
+* ``gaussian_image``: every pixel N(0, 1) in the teacher's normalised space, i.e.
+  ``mean + std·z`` in [0, 1] pixel units, quantised (XCL Table 8 "standard Gaussian image").
+* ``autoaugment``: torchvision's AutoAugment policies (cifar10, imagenet, svhn) or RandAugment;
+  the policy's random choices are drawn here and stored as the list of ops actually applied.
+* ``cutout``: a square of side ``size``·min(H, W) at a random centre, clipped, set to 0.
+
+Noise fields are too large to store: their seed is stored and replays them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import SamplerConfig
+from stages.samplers.base import Params, Sampler, draw_seed, real_image, source_aug, to_uint8
+from stages.sources import Source
+
+
+def _real(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
+    return {"image": int(rng.integers(0, len(source))), "aug": source_aug(cfg, source, rng)}
+
+
+def apply_view(params: Params, source: Source) -> np.ndarray:
+    return real_image(source, params["image"], params["aug"])
+
+
+# ---------------------------------------------------------------- noise
+
+
+def draw_noise(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
+    return {**_real(cfg, source, rng), "sigma": cfg.sigma, "seed": draw_seed(rng)}
+
+
+def apply_noise(params: Params, source: Source) -> np.ndarray:
+    image = apply_view(params, source)
+    noise = np.random.default_rng(params["seed"]).standard_normal(image.shape)
+    return to_uint8(image.astype(np.float64) + 255.0 * params["sigma"] * noise)
+
+
+def draw_gaussian_image(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
+    if cfg.mean is None or cfg.std is None:
+        raise ValueError("gaussian_image needs mean and std (the plan fills them from the first teacher)")
+    return {"seed": draw_seed(rng), "mean": list(cfg.mean), "std": list(cfg.std)}
+
+
+def apply_gaussian_image(params: Params, source: Source) -> np.ndarray:
+    height, width, channels = source.shape
+    mean, std = (np.resize(np.asarray(params[k], np.float64), channels) for k in ("mean", "std"))
+    z = np.random.default_rng(params["seed"]).standard_normal((height, width, channels))
+    return to_uint8(255.0 * (mean + std * z))
+
+
+# ---------------------------------------------------------------- AutoAugment / RandAugment
+
+MagnitudeSpace = dict[str, tuple[list[float], bool]]  # op name → (magnitude per bin, signed)
+
+
+@lru_cache(maxsize=8)
+def _policy(policy: str, num_bins: int, height: int, width: int) -> tuple[list[Any], MagnitudeSpace]:
+    """torchvision's policy table (AutoAugment) and magnitude space for an image size."""
+    from torchvision.transforms import autoaugment as tv
+
+    if policy == "randaugment":
+        space = tv.RandAugment(num_magnitude_bins=num_bins)._augmentation_space(num_bins, (height, width))
+        policies: list[Any] = []
+    else:
+        augment = tv.AutoAugment(tv.AutoAugmentPolicy(policy))
+        space = augment._augmentation_space(10, (height, width))
+        policies = augment.policies
+    return policies, {name: (np.atleast_1d(m.numpy()).astype(float).tolist(), signed)
+                      for name, (m, signed) in space.items()}
+
+
+def _magnitude(space: MagnitudeSpace, name: str, bin_: int | None,
+               rng: np.random.Generator) -> float:
+    magnitudes, signed = space[name]
+    value = float(magnitudes[bin_]) if bin_ is not None and len(magnitudes) > 1 else 0.0
+    return -value if signed and rng.integers(0, 2) == 0 else value
+
+
+def draw_autoaugment(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
+    """The ops the policy applies to this sample, as ``[[name, magnitude], ...]`` (mirrors
+    ``torchvision.transforms.AutoAugment.forward`` / ``RandAugment.forward`` with our RNG)."""
+    params = _real(cfg, source, rng)
+    height, width = source.shape[:2]
+    ops: list[list[Any]] = []
+    if cfg.policy == "randaugment":
+        _, space = _policy("randaugment", cfg.magnitude_bins, height, width)
+        names = list(space)
+        for _ in range(cfg.num_ops):
+            name = names[int(rng.integers(0, len(names)))]
+            ops.append([name, _magnitude(space, name, cfg.magnitude, rng)])
+    else:
+        policies, space = _policy(cfg.policy, 10, height, width)
+        for name, probability, bin_ in policies[int(rng.integers(0, len(policies)))]:
+            applied = rng.random() <= probability
+            magnitude = _magnitude(space, name, bin_, rng)
+            if applied:
+                ops.append([name, magnitude])
+    return {**params, "policy": cfg.policy, "ops": ops}
+
+
+def apply_autoaugment(params: Params, source: Source) -> np.ndarray:
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.autoaugment import _apply_op
+
+    image = torch.from_numpy(apply_view(params, source)).permute(2, 0, 1).contiguous()
+    for name, magnitude in params["ops"]:
+        image = _apply_op(image, name, float(magnitude), interpolation=InterpolationMode.NEAREST, fill=None)
+    return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+
+
+# ---------------------------------------------------------------- cutout
+
+
+def draw_cutout(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
+    params = _real(cfg, source, rng)
+    height, width = source.shape[:2]
+    side = max(1, int(round(cfg.size * min(height, width))))
+    cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
+    y0, x0 = cy - side // 2, cx - side // 2
+    return {**params, "box": [max(y0, 0), min(y0 + side, height), max(x0, 0), min(x0 + side, width)]}
+
+
+def apply_cutout(params: Params, source: Source) -> np.ndarray:
+    image = apply_view(params, source).copy()
+    y0, y1, x0, x1 = params["box"]
+    image[y0:y1, x0:x1] = 0
+    return image
+
+
+SAMPLERS = {
+    "views": Sampler(_real, apply_view, keeps_label=True),
+    "noise": Sampler(draw_noise, apply_noise, keeps_label=True),
+    "gaussian_image": Sampler(draw_gaussian_image, apply_gaussian_image, keeps_label=False),
+    "autoaugment": Sampler(draw_autoaugment, apply_autoaugment, keeps_label=True),
+    "cutout": Sampler(draw_cutout, apply_cutout, keeps_label=True),
+}

@@ -1,0 +1,120 @@
+"""Sources: .npz files, torchvision data sets by name (built locally, no download), and the
+class subset / fraction / imbalance options."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import SamplerConfig, SetConfig, SourceConfig
+from pipeline.errors import UserError
+from pipeline.fingerprint import set_fingerprint
+from stages.sources import load_source
+
+CIFAR_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
+if not CIFAR_MINI.is_dir():
+    CIFAR_MINI = Path("/work/shared/data/cifar10-mini")
+
+
+def digits(**options):
+    return load_source(SourceConfig(kind="digits", **options), "train")
+
+
+def write_mnist(root: Path, images: np.ndarray, labels: np.ndarray, prefix: str) -> None:
+    """The raw idx files torchvision's MNIST reads (big-endian header, then bytes)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    n, h, w = images.shape
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 0x803, n, h, w) + images.tobytes())
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 0x801, n) + labels.astype(np.uint8).tobytes())
+
+
+def test_torchvision_by_name_reads_local_files(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    labels = np.arange(60) % 10
+    write_mnist(tmp_path, train, labels, "train")
+    write_mnist(tmp_path, train[:20], labels[:20], "t10k")
+    cfg = SourceConfig(kind="torchvision", name="MNIST", path=str(tmp_path))
+    source = load_source(cfg, "train")
+    assert len(source) == 60 and source.shape == (28, 28, 1) and source.num_classes == 10
+    np.testing.assert_array_equal(source.images()[:, :, :, 0], train)
+    np.testing.assert_array_equal(source.labels, labels)
+    assert len(load_source(cfg, "test")) == 20 and not source.flip
+    with pytest.raises(UserError, match="not found under .*download: true"):
+        load_source(SourceConfig(kind="torchvision", name="MNIST", path=str(tmp_path / "none")), "train")
+    with pytest.raises(UserError, match="no such data set"):
+        load_source(SourceConfig(kind="torchvision", name="NoSuchSet", path=str(tmp_path)), "train")
+
+
+def test_npz_source_with_and_without_test_arrays(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (50, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(50) % 5
+    np.savez(tmp_path / "split.npz", images=images, labels=labels, classes=np.array(list("abcde")))
+    train = load_source(SourceConfig(kind="npz", path=str(tmp_path / "split.npz"), test_fraction=0.2), "train")
+    test = load_source(SourceConfig(kind="npz", path=str(tmp_path / "split.npz"), test_fraction=0.2), "test")
+    assert (len(train), len(test)) == (40, 10) and train.classes == list("abcde")
+    assert np.bincount(test.labels).tolist() == [2] * 5  # stratified
+    together = np.concatenate([train.images(), test.images()]).reshape(50, -1)
+    assert sorted(map(bytes, together)) == sorted(map(bytes, images.reshape(50, -1)))  # a partition
+    np.savez(tmp_path / "both.npz", images=images, labels=labels, test_images=images[:7], test_labels=labels[:7])
+    both = SourceConfig(kind="npz", path=str(tmp_path / "both.npz"))
+    assert len(load_source(both, "train")) == 50 and len(load_source(both, "test")) == 7
+    np.savez(tmp_path / "bad.npz", images=images.astype(np.float32), labels=labels)
+    with pytest.raises(UserError, match="uint8 NHWC"):
+        load_source(SourceConfig(kind="npz", path=str(tmp_path / "bad.npz")), "train")
+    with pytest.raises(UserError, match="no \\['labels'\\]"):
+        np.savez(tmp_path / "nolabels.npz", images=images)
+        load_source(SourceConfig(kind="npz", path=str(tmp_path / "nolabels.npz")), "train")
+
+
+def test_class_subset_relabels_both_splits() -> None:
+    source = digits(classes=["7", "2"])
+    full = digits()
+    assert source.classes == ["7", "2"] and set(source.labels) == {0, 1}
+    assert len(source) == int(np.sum((full.labels == 7) | (full.labels == 2)))
+    test = load_source(SourceConfig(kind="digits", classes=["7", "2"]), "test")
+    assert set(test.labels) == {0, 1}
+    with pytest.raises(UserError, match="not among"):
+        digits(classes=["7", "x"])
+
+
+@pytest.mark.parametrize("fraction", [0.5, 1 / 8, 1 / 64])
+def test_fraction_is_class_balanced(fraction) -> None:
+    full = digits()
+    counts = np.bincount(digits(fraction=fraction).labels, minlength=10)
+    expected = max(1, round(np.bincount(full.labels).min() * fraction))
+    assert counts.tolist() == [expected] * 10
+    assert len(load_source(SourceConfig(kind="digits", fraction=fraction), "test")) == 360  # test split untouched
+
+
+def test_imbalance_reduces_chosen_classes_to_keep() -> None:
+    full = np.bincount(digits().labels)
+    source = digits(imbalance={"classes": 8, "keep": 0.1}, subset_seed=3)
+    counts = np.bincount(source.labels, minlength=10)
+    reduced = source.identity["imbalance"]["classes"]
+    assert len(reduced) == 8
+    for label in range(10):
+        assert counts[label] == (max(1, round(full[label] * 0.1)) if label in reduced else full[label])
+    named = digits(imbalance={"classes": ["0", "1"], "keep": 0.5})
+    assert named.identity["imbalance"]["classes"] == [0, 1]
+
+
+def test_subsets_change_the_fingerprint() -> None:
+    set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=10)
+    prints = {set_fingerprint(set_cfg, source, ["t"], 0) for source in (
+        digits(), digits(fraction=0.5), digits(fraction=0.5, subset_seed=1), digits(classes=["1", "2"]),
+        digits(imbalance={"classes": 2, "keep": 0.1}))}
+    assert len(prints) == 5
+
+
+@pytest.mark.skipif(not CIFAR_MINI.is_dir(), reason="cifar10-mini not present")
+def test_imagefolder_subsets_on_cifar10_mini() -> None:
+    source = load_source(SourceConfig(kind="imagefolder", path=str(CIFAR_MINI), fraction=1 / 64,
+                                      classes=["cat", "dog"]), "train")
+    assert source.classes == ["cat", "dog"] and np.bincount(source.labels).tolist() == [8, 8]
+    assert source.image(0).shape == (32, 32, 3) and source.image(0).dtype == np.uint8
