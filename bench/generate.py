@@ -28,18 +28,16 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-CIFAR_MINI = Path(os.environ.get("CIFAR10_MINI", ROOT.parent / "shared" / "data" / "cifar10-mini"))
-if not CIFAR_MINI.is_dir():
-    CIFAR_MINI = Path("/work/shared/data/cifar10-mini")
+from common import ROOT, cifar10_mini
+
+CIFAR_MINI = cifar10_mini()
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
 
 def source_config():
     from pipeline.config import SourceConfig
 
-    if CIFAR_MINI.is_dir():
+    if CIFAR_MINI is not None:
         return SourceConfig(kind="imagefolder", path=str(CIFAR_MINI))
     return SourceConfig(kind="digits")
 

@@ -1,6 +1,6 @@
 """Benchmark of the student trainer, all figures measured in one run (the machine is shared).
 
-    python bench/train.py [--data digits|cifar] [--steps 300] [--rounds 7] [--teacher-steps 300]
+    python bench/train.py [--data cifar|digits] [--steps N] [--rounds N] [--teacher-steps N]
 
 1. ``stream_vs_memory``: KD steps/s reading shards through the student stream (the trainer's
    defaults: one DataLoader worker, decoded-shard cache, epoch = one pass) ÷ KD steps/s on the
@@ -10,11 +10,12 @@
    4-member teacher ensemble on every batch (goal ≤ 1/3).
 3. ``offline_vs_plain``: the same ÷ epoch time of plain ERM on the real split (goal ≤ 1.05).
 
-Setup (the quickstart's): digits, 4 teachers (tiny CNN width 32) trained here, a transfer set of
-every training image × 8 views labelled by them, a tiny-CNN student (width 6), batch 128, one
-torch thread for every mode. Modes are interleaved in ``rounds``; each ratio is the median over
-rounds of the ratio within a round (the machine's load drifts between rounds).
-The last line is one JSON object with the figures.
+Setups: ``cifar`` (the default where cifar10-mini is present: 4 ResNet-20 teachers, a transfer
+set of the 5000 training images, a ResNet-8 student; 30 steps per epoch, 3 rounds) and ``digits``
+(the quickstart's: 4 tiny-CNN teachers of width 32, every training image × 8 views, a tiny-CNN
+student of width 6; 300 steps, 7 rounds). Batch 128, one torch thread for every mode. Modes are
+interleaved in ``rounds``; each ratio is the median over rounds of the ratio within a round (the
+machine's load drifts between rounds). The last line is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import ROOT, cifar10_mini  # noqa: E402  (also puts the repo on sys.path)
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from transfer_fixtures import write_set  # noqa: E402
@@ -49,15 +49,17 @@ from student.stream import StreamPlan, TransferLoader  # noqa: E402
 from student.train import batches_per_transfer, epoch_steps, train_model  # noqa: E402
 
 BATCH, TAU = 128, 4.0
-CIFAR = Path("/work/shared/data/cifar10-mini")
+CIFAR = cifar10_mini()
 # --data: (source, teacher model, student model, views per image)
 SETUPS = {
     "digits": (SourceConfig(kind="digits"), ModelConfig(arch="tiny_cnn", arch_kwargs={"width": 32}),
                ModelConfig(arch="tiny_cnn", arch_kwargs={"width": 6}), 8),
-    "cifar": (SourceConfig(kind="imagefolder", path=str(CIFAR)),
+    "cifar": (SourceConfig(kind="imagefolder", path=str(CIFAR or "cifar10-mini-is-absent")),
               ModelConfig(arch="resnet_cifar", arch_kwargs={"depth": 20, "width": 8}),
               ModelConfig(arch="resnet_cifar", arch_kwargs={"depth": 8, "width": 8}), 1),
 }
+# Defaults per setup: steps per measured epoch, rounds, teacher steps (ResNet steps are ~40x dearer).
+DEFAULTS = {"digits": (300, 7, 300), "cifar": (30, 3, 30)}
 
 
 def train_teachers(workdir: Path, train, test, model_cfg: ModelConfig, members: int,
@@ -113,12 +115,18 @@ def timed(steps: int, step: Callable[[], None]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="steps per measured epoch")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--teacher-steps", type=int, default=300)
-    parser.add_argument("--data", choices=sorted(SETUPS), default="digits",
-                        help="digits (the quickstart) or cifar (cifar10-mini, ResNet-20 teachers, ResNet-8 student)")
+    parser.add_argument("--steps", type=int, help="steps per measured epoch")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--teacher-steps", type=int)
+    parser.add_argument("--data", choices=sorted(SETUPS), default="cifar" if CIFAR else "digits",
+                        help="cifar (cifar10-mini: ResNet-20 teachers, ResNet-8 student; the default where "
+                             "present) or digits (the quickstart's tiny CNNs)")
     args = parser.parse_args()
+    if args.data == "cifar" and CIFAR is None:
+        raise SystemExit("--data cifar: cifar10-mini not found; set CIFAR10_MINI or use --data digits")
+    for name, default in zip(("steps", "rounds", "teacher_steps"), DEFAULTS[args.data], strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     torch.set_num_threads(1)
     source_cfg, teacher_cfg, student_cfg, views = SETUPS[args.data]
     train, test = load_in_memory(load_source(source_cfg, "train")), load_in_memory(load_source(source_cfg, "test"))

@@ -10,6 +10,13 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+# Real CIFAR-10 images for integration tests: $CIFAR10_MINI, or the workspace's shared data beside
+# the repo. Tests that need it skip where it is absent.
+CIFAR10_MINI = next((Path(c) for c in (os.environ.get("CIFAR10_MINI"),
+                                       Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini",
+                                       "/work/shared/data/cifar10-mini") if c and Path(c).is_dir()),
+                    Path("cifar10-mini-is-absent"))
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 

@@ -1,19 +1,17 @@
-"""Integration on real CIFAR-10 images (skipped where /work/shared/data/cifar10-mini is absent):
+"""Integration on real CIFAR-10 images (skipped where cifar10-mini is absent):
 KD from a transfer set of 32×32 RGB shards mixed with the real split, one loader worker."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CIFAR10_MINI
 from transfer_fixtures import write_set
 
 from pipeline.config import KDConfig, ModelConfig, SourceConfig, TrainConfig
 from stages.sources import load_in_memory, load_source
 from student.train import train_model
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
-if not CIFAR.is_dir():
-    CIFAR = Path("/work/shared/data/cifar10-mini")
+CIFAR = CIFAR10_MINI
 
 pytestmark = pytest.mark.skipif(not CIFAR.is_dir(), reason="cifar10-mini not present")
 

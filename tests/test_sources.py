@@ -8,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CIFAR10_MINI
 
 from pipeline.config import SamplerConfig, SetConfig, SourceConfig
 from pipeline.errors import UserError
 from pipeline.fingerprint import set_fingerprint
 from stages.sources import load_source
 
-CIFAR_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
-if not CIFAR_MINI.is_dir():
-    CIFAR_MINI = Path("/work/shared/data/cifar10-mini")
+CIFAR_MINI = CIFAR10_MINI
 
 
 def digits(**options):
