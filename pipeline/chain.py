@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.config import SOURCE_SET, Config
 from pipeline.errors import UserError
 from pipeline.format import atomic_write, read_index
@@ -45,16 +46,17 @@ def _mark_done(out_dir: Path, spec: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- teachers
 
 
-def teacher_paths(cfg: Config, out: Path) -> list[Path]:
-    """Checkpoints of the ensemble: the config's own files, or the members this job trains."""
+def teacher_paths(cfg: Config, out: Path) -> list[str | Path]:
+    """Checkpoints of the ensemble: the config's own files (paths or fsspec URLs, kept as given),
+    or the members this job trains."""
     if cfg.teachers.checkpoints:
-        return [Path(p) for p in cfg.teachers.checkpoints]
+        return list(cfg.teachers.checkpoints)
     return [out / "teachers" / f"member-{m}" / "model.pt" for m in range(cfg.teachers.members)]
 
 
-def require_teachers(cfg: Config, out: Path) -> list[Path]:
+def require_teachers(cfg: Config, out: Path) -> list[str | Path]:
     paths = teacher_paths(cfg, out)
-    missing = [str(p) for p in paths if not p.is_file()]
+    missing = [str(p) for p in paths if not storage.is_file(p)]
     if missing:
         raise UserError(
             f"teachers: {len(missing)} checkpoint(s) missing ({missing[0]}); "
@@ -63,7 +65,7 @@ def require_teachers(cfg: Config, out: Path) -> list[Path]:
     return paths
 
 
-def train_teachers(cfg: Config, out: Path, train: Source, test: Source, progress: Progress) -> list[Path]:
+def train_teachers(cfg: Config, out: Path, train: Source, test: Source, progress: Progress) -> list[str | Path]:
     """Train the members that are not done yet: as parallel Ray tasks when the CPUs allow
     (``teachers.parallel``), else one after the other in this process."""
     from pipeline.ray_train import train_members, use_ray_for_members
@@ -110,19 +112,26 @@ def set_dir(out: Path, name: str) -> Path:
 
 def generate_sets(cfg: Config, out: Path, teachers: list[Path], progress: Progress,
                   names: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Plan every set first (all input checked, nothing written), then make them one by one."""
+    """Plan every set first (all input checked, nothing written), then make them one by one, each
+    under the supervisor (restarts from the committed shards after a stall or a cluster failure)."""
     from pipeline.driver import execute
     from pipeline.plan import plan_set
+    from pipeline.supervisor import supervise
 
     source = load_source(cfg.source, "train")
-    plans = [plan_set(set_name=name, set_cfg=cfg.sets[name], source_cfg=cfg.source, seed=cfg.seed,
-                      teacher_paths=list(teachers), out_dir=set_dir(out, name), stage_cfg=cfg.teacher_stage,
-                      cache=cfg.cache_root, source=source)
-             for name in names or list(cfg.sets)]
+
+    def plan_of(name: str):
+        return plan_set(set_name=name, set_cfg=cfg.sets[name], source_cfg=cfg.source, seed=cfg.seed,
+                        teacher_paths=list(teachers), out_dir=set_dir(out, name), stage_cfg=cfg.teacher_stage,
+                        cache=cfg.cache_root, source=source)
+
+    plans = [plan_of(name) for name in names or list(cfg.sets)]
     results = {}
     for plan in plans:
         progress(f"set {plan.name}: generating into {plan.out_dir}")
-        results[plan.name] = made = execute(plan, cfg.ray, progress)
+        results[plan.name] = made = supervise(
+            plan, lambda p: execute(p, cfg.ray, progress), progress, cfg.ray.max_restarts,
+            replan=lambda name=plan.name: plan_of(name))
         progress(f"set {plan.name}: {made['shards_made']} of {made['shards_total']} shards made, "
                  f"{made['samples']} samples, {made['rejected']} rejected, "
                  f"{made['teacher_forward_samples']} teacher forward passes")

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from pipeline.config import Config, load_config
-from pipeline.errors import UserError
+from pipeline.errors import JobFailure, UserError
 from pipeline.format import FormatError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -26,26 +26,32 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a c
 AddressOption = Annotated[
     str | None, typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
 ]
+RestartsOption = Annotated[int | None, typer.Option(
+    "--max-restarts", min=0, help="restarts from the committed shards after a stall or cluster failure (default 2)")]
 
 
 def progress(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
-def _setup(config: Path, out: Path | None, overrides: list[str] | None, address: str | None) -> tuple[Config, Path]:
+def _setup(config: Path, out: Path | None, overrides: list[str] | None, address: str | None,
+           max_restarts: int | None = None) -> tuple[Config, Path]:
     cfg = load_config(config, overrides)
     if address:
         cfg.ray.address = address
+    if max_restarts is not None:
+        cfg.ray.max_restarts = max_restarts
     return cfg, out or Path("runs") / cfg.name
 
 
 @app.command()
-def run(config: Path, out: OutOption = None, set_: SetOption = None, address: AddressOption = None) -> None:
+def run(config: Path, out: OutOption = None, set_: SetOption = None, address: AddressOption = None,
+        max_restarts: RestartsOption = None) -> None:
     """The whole chain: teachers → transfer sets → students → report."""
     from pipeline.chain import run_job
     from pipeline.report import format_table
 
-    cfg, out_dir = _setup(config, out, set_, address)
+    cfg, out_dir = _setup(config, out, set_, address, max_restarts)
     started = time.perf_counter()
     report = run_job(cfg, out_dir, progress)
     print(format_table(report))
@@ -54,18 +60,19 @@ def run(config: Path, out: OutOption = None, set_: SetOption = None, address: Ad
 
 @app.command()
 def generate(config: Path, out: OutOption = None, set_: SetOption = None, address: AddressOption = None,
-             only: Annotated[list[str] | None, typer.Option("--only", help="generate only these sets")] = None) -> None:
+             only: Annotated[list[str] | None, typer.Option("--only", help="generate only these sets")] = None,
+             max_restarts: RestartsOption = None) -> None:
     """Only the transfer sets (the teachers must exist)."""
     from pipeline.chain import generate_sets, require_teachers
 
-    cfg, out_dir = _setup(config, out, set_, address)
+    cfg, out_dir = _setup(config, out, set_, address, max_restarts)
     unknown = [name for name in only or [] if name not in cfg.sets]
     if unknown:
         raise UserError(f"--only {unknown[0]!r}: not one of the config's sets {sorted(cfg.sets)}")
     results = generate_sets(cfg, out_dir, require_teachers(cfg, out_dir), progress, names=only or None)
     for name, result in results.items():
         shown = {k: result[k] for k in ("shards_made", "shards_total", "samples", "rejected",
-                                        "teacher_forward_samples", "samples_per_s", "set_dir")}
+                                        "teacher_forward_samples", "samples_per_s", "set_dir", "restarts")}
         print(json.dumps({"set": name, **shown}))
 
 
@@ -152,6 +159,9 @@ def main() -> None:
     except (UserError, FormatError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except JobFailure as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.Abort:

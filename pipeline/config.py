@@ -259,7 +259,9 @@ class TeacherStageConfig(Strict):
 class RayConfig(Strict):
     address: str | None = None
     num_cpus: int | None = Field(None, gt=0)
-    stall_timeout_s: float = Field(600.0, gt=0)
+    stall_timeout_s: float = Field(600.0, gt=0, description="no progress for this long ends the execution")
+    max_restarts: int = Field(2, ge=0, description="restarts from the committed shards after a stall or "
+                                                   "a cluster failure (also --max-restarts)")
 
 
 class PickConfig(Strict):

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import RayConfig, SetConfig, SourceConfig, TeacherStageConfig
+from pipeline.errors import UserError
+from pipeline.format import FormatError
 from pipeline.plan import SetPlan, finish, plan_set, resume, start
 from stages.sources import load_source_cached
 from stages.writer import make_shard, write_shard
@@ -44,7 +46,12 @@ CALLS_PER_ACTOR = 3
 
 
 class ShardActor:
-    """Holds the ensemble once per actor; makes, labels and commits one shard per call."""
+    """Holds the ensemble once per actor; makes, labels and commits one shard per call.
+
+    Bad input met only here (an unreadable image deep in a user's folder) is returned as data in
+    the ``error`` column, not raised: it is the user's to fix, not a crash for Ray to retry and
+    print, and the driver raises it as the one-line error it is.
+    """
 
     def __init__(self, *, paths: list[str], num_classes: int, stage_json: str, set_json: str, source_json: str,
                  seed: int, set_dir: str) -> None:
@@ -60,19 +67,32 @@ class ShardActor:
         self.set_cfg = SetConfig.model_validate_json(set_json)
         self.set_json, self.source_json, self.seed, self.set_dir = set_json, source_json, seed, set_dir
         self.forward = threading.Lock()
-        load_source_cached(source_json, "train")  # once, before the concurrent shard calls need it
+        self.input_error = ""
+        try:
+            load_source_cached(source_json, "train")  # once, before the concurrent shard calls need it
+        except (UserError, FormatError) as err:
+            self.input_error = str(err)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        summaries = []
+        summaries, errors = [], []
         for shard, count in zip(batch["shard"], batch["count"], strict=True):
-            images, drawn, labels = make_shard(self.set_json, self.source_json, self.seed, int(shard))
-            with self.forward:
-                output = self.ensemble.predict(images)
-            topk = self.set_cfg.targets.k if self.set_cfg.targets.kind == "topk" else 0
-            summary = write_shard(self.set_dir, int(shard), images, drawn, labels, output, count=int(count),
-                                  select=self.set_cfg.select, topk=topk)
-            summaries.append(json.dumps(summary))
-        return {"summary": summaries}
+            try:
+                if self.input_error:
+                    raise UserError(self.input_error)
+                summaries.append(json.dumps(self._make(int(shard), int(count))))
+                errors.append("")
+            except (UserError, FormatError) as err:
+                summaries.append("")
+                errors.append(str(err))
+        return {"summary": summaries, "error": errors}
+
+    def _make(self, shard: int, count: int) -> dict[str, Any]:
+        images, drawn, labels = make_shard(self.set_json, self.source_json, self.seed, shard)
+        with self.forward:
+            output = self.ensemble.predict(images)
+        topk = self.set_cfg.targets.k if self.set_cfg.targets.kind == "topk" else 0
+        return write_shard(self.set_dir, shard, images, drawn, labels, output, count=count,
+                           select=self.set_cfg.select, topk=topk)
 
 
 # ---------------------------------------------------------------- Ray lifecycle
@@ -133,6 +153,8 @@ def _run_ray(plan: SetPlan, missing: list[int], on_shard: Callable[[dict[str, An
             "seed": plan.seed, "set_dir": plan.out_dir},
     )
     for row in ds.iter_rows():
+        if row["error"]:
+            raise UserError(row["error"])  # leaving the loop ends the execution
         on_shard(json.loads(row["summary"]))
 
 

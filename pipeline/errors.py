@@ -1,4 +1,4 @@
-"""The one exception type that the CLI turns into a one-line message and exit code 2."""
+"""The exception types the CLI turns into one `error:` line: bad input (exit 2), a failed job (exit 1)."""
 
 
 class UserError(Exception):
@@ -6,4 +6,10 @@ class UserError(Exception):
 
     The CLI prints ``error: <message>`` on one line and exits with code 2, no traceback.
     Raise it *before* writing anything, so that existing outputs stay untouched.
+    """
+
+
+class JobFailure(Exception):
+    """A job that the environment failed, not the input: the cluster kept losing nodes, the
+    execution kept stalling. Says what happened and how to resume; the CLI exits with code 1.
     """

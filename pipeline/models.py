@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -211,8 +212,6 @@ def save_checkpoint(
         "format": CHECKPOINT_FORMAT, "arch": arch, "arch_kwargs": dict(arch_kwargs), "task": task,
         "num_classes": int(num_classes), "input": input, "state_dict": state, "train": dict(train or {}),
     }
-    import io
-
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
@@ -221,12 +220,14 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict safely (``weights_only=True``) and check its header."""
-    path = Path(path)
-    if not path.is_file():
+    """Load a checkpoint dict safely (``weights_only=True``) and check its header. ``path`` may be
+    an fsspec URL (``s3://…``): a cluster's workers read the teachers from shared storage."""
+    from pipeline import storage
+
+    if not storage.is_file(path):
         raise UserError(f"checkpoint {path}: file not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged or unsafe file
         raise UserError(f"checkpoint {path}: cannot be loaded safely ({str(err).splitlines()[0]})") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

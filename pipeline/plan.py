@@ -258,6 +258,9 @@ def finish(plan: SetPlan) -> dict[str, int]:
     totals = {"samples": sum(s["samples"] for s in ordered), "shards": plan.shards,
               "rejected": sum(s["rejected"] for s in ordered), "planned": plan.total}
     height, width, channels = plan.image_shape
+    # Every shard is committed and no writer runs any more: a temp file now is a leftover of a
+    # shard call that died mid-write and was re-run elsewhere (a lost node), never listed.
+    fmt.remove_stale_temps(plan.out_dir)
     fmt.write_manifest(plan.out_dir, rows)
     fmt.write_index(plan.out_dir, {
         "fingerprint": plan.fingerprint,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -83,3 +86,38 @@ def ray_session() -> Iterator[None]:
     ensure_ray(RayConfig(address=None, num_cpus=2))
     yield
     shutdown_ray()
+
+
+# ---------------------------------------------------------------- killing whole process sessions
+
+
+def session_members(sid: int) -> list[int]:
+    """Processes in session ``sid`` (the killed run and every Ray process it started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the run's process group, then anything else left in the session it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the run had already ended; its session may still hold processes
+        pass
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while (left := session_members(proc.pid)) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    assert not session_members(proc.pid), "processes of the killed run survived"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import generate_set_in, snapshot
+from conftest import generate_set_in, kill_session, snapshot
 
 from pipeline import format as fmt
 from pipeline.config import SamplerConfig, SetConfig
@@ -34,35 +33,6 @@ SCRIPT = textwrap.dedent("""
                  out_dir=Path(args["out"]), stage_cfg=TeacherStageConfig(batch_size=128),
                  ray_cfg=RayConfig(num_cpus=2), progress=lambda m: print(m, flush=True))
 """)
-
-
-def session_members(sid: int) -> list[int]:
-    """Processes in session ``sid`` (the killed run and every Ray process it started)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
-
-
-def kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL the run's process group, then anything else left in the session it started."""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while (left := session_members(proc.pid)) and time.monotonic() < deadline:
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)
-    assert not session_members(proc.pid), "processes of the killed run survived"
 
 
 @pytest.fixture(scope="module")
