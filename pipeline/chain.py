@@ -117,7 +117,7 @@ def generate_sets(cfg: Config, out: Path, teachers: list[Path], progress: Progre
     source = load_source(cfg.source, "train")
     plans = [plan_set(set_name=name, set_cfg=cfg.sets[name], source_cfg=cfg.source, seed=cfg.seed,
                       teacher_paths=list(teachers), out_dir=set_dir(out, name), stage_cfg=cfg.teacher_stage,
-                      cache=cfg.cache_root, source=source)
+                      cache=cfg.cache_root, source=source, generator_stage=cfg.generator_stage)
              for name in names or list(cfg.sets)]
     results = {}
     for plan in plans:
@@ -141,7 +141,8 @@ def locate_set(cfg: Config, out: Path, name: str) -> str:
 
     return plan_set(set_name=name, set_cfg=cfg.sets[name], source_cfg=cfg.source, seed=cfg.seed,
                     teacher_paths=list(require_teachers(cfg, out)), out_dir=set_dir(out, name),
-                    stage_cfg=cfg.teacher_stage, cache=cfg.cache_root).out_dir
+                    stage_cfg=cfg.teacher_stage, cache=cfg.cache_root,
+                    generator_stage=cfg.generator_stage).out_dir
 
 
 def student_sets(cfg: Config, out: Path, name: str) -> list[tuple[str, float]]:
