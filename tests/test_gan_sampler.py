@@ -231,3 +231,15 @@ def test_one_generator_per_set() -> None:
         SetConfig.model_validate({"samplers": [{"kind": "gan", "generator": {"kind": "pca", "rank": 4}},
                                                {"kind": "gan", "generator": {"kind": "pca", "rank": 8}}],
                                   "samples": 10})
+
+
+def test_generator_stage_on_cuda_needs_a_gpu_share() -> None:
+    from pydantic import ValidationError
+
+    from pipeline.config import GeneratorStageConfig
+
+    with pytest.raises(ValidationError, match="num_gpus is 0"):
+        GeneratorStageConfig(device="cuda")
+    assert GeneratorStageConfig(device="cuda", num_gpus=0.5).num_gpus == 0.5
+    assert GeneratorStageConfig(device="cuda", fuse=True).fuse  # fused: the teacher stage's GPUs apply
+    assert GeneratorStageConfig(num_cpus=2.5).torch_threads() == 2 and GeneratorStageConfig().torch_threads() == 1
