@@ -14,6 +14,13 @@ Prints the figures, then one JSON line with ``pipeline_vs_bare`` (10·N run) and
 ``rss_ratio_10x`` (peak RSS at 10·N / at N). Usage::
 
     RAY_AUTH_MODE=disabled .venv/bin/python bench/generate.py [--samples 2048] [--members 2]
+
+``--gan`` measures XCL-GAN generation instead (a 32×32 BigGAN of 732k parameters with seeded
+random weights, loaded from a local directory like a user's; ``gan`` sampler, N samples): the
+generator alone in-process, the generator stage alone on Ray (generator actors, no teachers),
+the teachers alone on the generated images, and generation + labelling + writing unfused
+(generator actor → shard actor), fused (one actor) and fused with two actors, each in a fresh
+process. See ``gan_main``.
 """
 
 from __future__ import annotations
@@ -111,10 +118,10 @@ def session_rss(sid: int) -> int:
     return total
 
 
-def pipeline_run(args: argparse.Namespace, teachers: list[str], samples: int, out: Path) -> dict:
+def pipeline_run(args: argparse.Namespace, teachers: list[str], samples: int, out: Path, **extra: object) -> dict:
     """One generate_set in a fresh process group; its result plus peak RSS of the whole group."""
     job = {"samples": samples, "teachers": teachers, "out": str(out), "per_shard": args.per_shard,
-           "batch_size": args.batch_size}
+           "batch_size": args.batch_size, **extra}
     proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(job)], stdout=subprocess.PIPE,
                             text=True, start_new_session=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     peak = [0]
@@ -135,14 +142,24 @@ def pipeline_run(args: argparse.Namespace, teachers: list[str], samples: int, ou
 
 
 def worker(job: dict) -> None:
-    """Runs inside the measured process: one set, then its result and the driver's peak RSS."""
-    from pipeline.config import RayConfig
+    """Runs inside the measured process: one set, then its result and the driver's peak RSS.
+    ``job`` may carry the set, teacher stage and generator stage as JSON (the gan runs)."""
+    from pipeline.config import GeneratorStageConfig, RayConfig, SetConfig, TeacherStageConfig
     from pipeline.driver import generate_set
 
-    result = generate_set(set_name="bench", set_cfg=set_config(job["samples"], job["per_shard"]),
-                          source_cfg=source_config(), seed=0, teacher_paths=job["teachers"], out_dir=job["out"],
-                          stage_cfg=stage_config(job["batch_size"]), ray_cfg=RayConfig(num_cpus=2),
-                          progress=lambda line: print(line, file=sys.stderr, flush=True))
+    set_cfg = SetConfig.model_validate_json(job["set"]) if "set" in job else set_config(job["samples"],
+                                                                                         job["per_shard"])
+    stage = TeacherStageConfig.model_validate_json(job["stage"]) if "stage" in job else stage_config(job["batch_size"])
+    generator_stage = GeneratorStageConfig.model_validate_json(job.get("generator_stage", "{}"))
+    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if job.get("generator_only"):
+        from gan import generator_stage_run
+
+        result = generator_stage_run(set_cfg, source_config(), job["teachers"], job["out"], stage, generator_stage)
+    else:
+        result = generate_set(set_name="bench", set_cfg=set_cfg, source_cfg=source_config(), seed=0,
+                              teacher_paths=job["teachers"], out_dir=job["out"], stage_cfg=stage,
+                              ray_cfg=RayConfig(num_cpus=2), progress=progress, generator_stage=generator_stage)
     result["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result), flush=True)
 
@@ -156,10 +173,16 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--gan", action="store_true", help="measure XCL-GAN generation (see the docstring)")
+    parser.add_argument("--gen-batch", type=int, default=128, help="--gan: rows of every generator pass")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
+    if args.gan:
+        from gan import gan_main
+
+        return gan_main(args, sys.modules[__name__])
 
     import shutil
 

@@ -123,7 +123,7 @@ def generate_sets(cfg: Config, out: Path, teachers: list[Path], progress: Progre
     def plan_of(name: str):
         return plan_set(set_name=name, set_cfg=cfg.sets[name], source_cfg=cfg.source, seed=cfg.seed,
                         teacher_paths=list(teachers), out_dir=set_dir(out, name), stage_cfg=cfg.teacher_stage,
-                        cache=cfg.cache_root, source=source)
+                        cache=cfg.cache_root, source=source, generator_stage=cfg.generator_stage)
 
     plans = [plan_of(name) for name in names or list(cfg.sets)]
     results = {}
@@ -150,7 +150,8 @@ def locate_set(cfg: Config, out: Path, name: str) -> str:
 
     return plan_set(set_name=name, set_cfg=cfg.sets[name], source_cfg=cfg.source, seed=cfg.seed,
                     teacher_paths=list(require_teachers(cfg, out)), out_dir=set_dir(out, name),
-                    stage_cfg=cfg.teacher_stage, cache=cfg.cache_root).out_dir
+                    stage_cfg=cfg.teacher_stage, cache=cfg.cache_root,
+                    generator_stage=cfg.generator_stage).out_dir
 
 
 def student_sets(cfg: Config, out: Path, name: str) -> list[tuple[str, float]]:

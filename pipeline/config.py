@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import UserError
+from pipeline.generator_config import GeneratorConfig, GeneratorStageConfig
 
 
 class Strict(BaseModel):
@@ -131,7 +132,7 @@ class TeachersConfig(Strict):
     cpus_per_member: float = Field(1.0, gt=0)
 
 
-SamplerKind = Literal["views", "mix", "mixup", "cutmix", "noise", "gaussian_image", "autoaugment", "cutout"]
+SamplerKind = Literal["views", "mix", "mixup", "cutmix", "noise", "gaussian_image", "autoaugment", "cutout", "gan"]
 
 # The options each sampler reads; the others must stay unset (and stay out of the fingerprint).
 SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -143,6 +144,7 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "gaussian_image": ("mean", "std"),
     "autoaugment": ("augment", "policy", "num_ops", "magnitude", "magnitude_bins"),
     "cutout": ("augment", "size"),
+    "gan": ("generator", "classes", "class_map", "mix_classes"),
 }
 
 
@@ -168,6 +170,12 @@ class SamplerConfig(Strict):
     magnitude: int = Field(9, ge=0, description="randaugment: magnitude bin")
     magnitude_bins: int = Field(31, ge=2, description="randaugment: number of magnitude bins")
     size: float = Field(0.5, gt=0, le=1, description="cutout: side of the square, as a fraction of the image side")
+    generator: GeneratorConfig | None = Field(None, description="gan: the class-conditional generator")
+    classes: list[int] | None = Field(
+        None, description="gan: generator classes to draw i, j from (default: class_map's keys, else all)")
+    class_map: dict[int, int | str] | None = Field(
+        None, description="gan: generator class → teacher class (index or name), where the label spaces differ")
+    mix_classes: bool = Field(True, description="gan: λ·e_i + (1−λ)·e_j, λ ~ U[0, 1]; false: one-hot e_i")
 
     @model_validator(mode="after")
     def _options_of_kind(self) -> SamplerConfig:
@@ -181,12 +189,19 @@ class SamplerConfig(Strict):
             raise ValueError(f"magnitude {self.magnitude} must be below magnitude_bins {self.magnitude_bins}")
         if (self.mean is None) != (self.std is None) or (self.std is not None and min(self.std) <= 0):
             raise ValueError("gaussian_image: give both mean and std (std > 0), or neither")
+        if self.kind == "gan" and self.generator is None:
+            raise ValueError("sampler 'gan' needs generator: {kind: biggan | pca | factory, ...}")
+        if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
+            raise ValueError("gan: classes must list generator classes, each once")
         return self
 
     def identity(self) -> dict[str, Any]:
         """What the sampler's samples depend on: its kind, share and its own options."""
-        return {k: v for k, v in self.model_dump(mode="json").items()
-                if k in ("kind", "share", *SAMPLER_OPTIONS[self.kind])}
+        identity = {k: v for k, v in self.model_dump(mode="json").items()
+                    if k in ("kind", "share", *SAMPLER_OPTIONS[self.kind])}
+        if self.generator is not None:
+            identity["generator"] = self.generator.identity()
+        return identity
 
 
 class TargetConfig(Strict):
@@ -226,6 +241,9 @@ class SetConfig(Strict):
             raise ValueError(f"a set with samplers {kinds} needs samples")
         if self.select is not None and enumerates:
             raise ValueError("select needs random samplers; a views-only set enumerates the source")
+        generators = {s.generator.model_dump_json() for s in self.sampler_list() if s.generator is not None}
+        if len(generators) > 1:
+            raise ValueError("the gan samplers of one set must share one generator; make a set per generator")
         return self
 
     def sampler_list(self) -> list[SamplerConfig]:
@@ -317,6 +335,7 @@ class Config(Strict):
     source: SourceConfig
     teachers: TeachersConfig
     teacher_stage: TeacherStageConfig = TeacherStageConfig()
+    generator_stage: GeneratorStageConfig = GeneratorStageConfig()
     cache_root: str | None = Field(None, description="where 'out: auto' sets live (default $TRANSFERSET_CACHE "
                                                      "or ~/.cache/transferset)")
     ray: RayConfig = RayConfig()

@@ -15,6 +15,13 @@ of worker processes Ray chose to start. One actor runs several shard calls at on
 a lock keeps one forward at a time with fixed threads, so targets stay deterministic), the
 others draw and encode their shards. See docs/ARCHITECTURE.md and docs/BENCHMARKS.md.
 
+Sets with a ``gan`` sampler (XCL-GAN) add a generator stage: unfused (default), a pool of
+``GeneratorActor`` s (``generator_stage``: actors, CPUs, GPUs) makes each shard's generated
+images and passes them, as uint8, to the shard actors: ``from_items → map_batches(GeneratorActor)
+→ map_batches(ShardActor)``. Fused (``generator_stage.fuse``), each shard actor also holds the
+generator and labels the images on the device they were made on. Either way the bytes are the
+same (the generator's pass shape and threads are fixed). See docs/ARCHITECTURE.md.
+
 Planning, resume and the final ``manifest.parquet`` / ``index.json`` commit live in
 :mod:`pipeline.plan` (no Ray). Ray is imported lazily so that importing this module (e.g. from
 the CLI) stays cheap.
@@ -31,10 +38,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import RayConfig, SetConfig, SourceConfig, TeacherStageConfig
+from pipeline.config import GeneratorStageConfig, RayConfig, SetConfig, SourceConfig, TeacherStageConfig
 from pipeline.errors import UserError
 from pipeline.format import FormatError
 from pipeline.plan import SetPlan, finish, plan_set, resume, start
+from stages.samplers import draw_shard, set_size
+from stages.samplers.generating import GeneratorRunner, set_generator
 from stages.sources import load_source_cached
 from stages.writer import make_shard, write_shard
 
@@ -45,8 +54,36 @@ CALLS_PER_ACTOR = 3
 # ---------------------------------------------------------------- the actor
 
 
+class GeneratorActor:
+    """The unfused generator stage: holds a set's generator once per actor and makes the images
+    of one shard's ``gan`` samples per call (uint8 NHWC, in candidate order)."""
+
+    def __init__(self, *, stage_json: str, set_json: str, source_json: str, seed: int) -> None:
+        import torch
+
+        stage = GeneratorStageConfig.model_validate_json(stage_json)
+        torch.set_num_threads(stage.torch_threads())
+        self.set_cfg, self.seed = SetConfig.model_validate_json(set_json), seed
+        self.source = load_source_cached(source_json, "train")
+        generator = set_generator(self.set_cfg)
+        if generator is None:
+            raise ValueError("GeneratorActor: the set has no gan sampler")
+        self.runner = GeneratorRunner(generator, self.source, device=stage.device, threads=stage.torch_threads())
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        generated = []
+        for shard in batch["shard"]:
+            drawn = draw_shard(self.set_cfg, self.source, self.seed, int(shard), set_size(self.set_cfg, self.source))
+            params = [p for kind, p in drawn if kind == "gan"]
+            generated.append(self.runner.generate(params).cpu().numpy())
+        return {"shard": batch["shard"], "count": batch["count"], "generated": np.stack(generated)}
+
+
 class ShardActor:
-    """Holds the ensemble once per actor; makes, labels and commits one shard per call.
+    """Holds the ensemble once per actor; makes, labels and commits one shard per call. Fused,
+    it holds the set's generator too (on the teachers' device, with their threads).
 
     Bad input met only here (an unreadable image deep in a user's folder) is returned as data in
     the ``error`` column, not raised: it is the user's to fix, not a crash for Ray to retry and
@@ -54,7 +91,7 @@ class ShardActor:
     """
 
     def __init__(self, *, paths: list[str], num_classes: int, stage_json: str, set_json: str, source_json: str,
-                 seed: int, set_dir: str) -> None:
+                 seed: int, set_dir: str, fuse_generator: bool = False) -> None:
         import torch
 
         from stages.teachers import Ensemble  # torch: only the actor processes pay for it
@@ -68,31 +105,56 @@ class ShardActor:
         self.set_json, self.source_json, self.seed, self.set_dir = set_json, source_json, seed, set_dir
         self.forward = threading.Lock()
         self.input_error = ""
+        self.runner: GeneratorRunner | None = None
         try:
-            load_source_cached(source_json, "train")  # once, before the concurrent shard calls need it
+            source = load_source_cached(source_json, "train")  # once, before the concurrent shard calls need it
+            generator = set_generator(self.set_cfg) if fuse_generator else None
+            if generator is not None:
+                self.runner = GeneratorRunner(generator, source, device=stage.device, threads=stage.torch_threads())
         except (UserError, FormatError) as err:
             self.input_error = str(err)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         summaries, errors = [], []
-        for shard, count in zip(batch["shard"], batch["count"], strict=True):
+        for row, (shard, count) in enumerate(zip(batch["shard"], batch["count"], strict=True)):
             try:
                 if self.input_error:
                     raise UserError(self.input_error)
-                summaries.append(json.dumps(self._make(int(shard), int(count))))
+                generated = batch["generated"][row] if "generated" in batch else None
+                summaries.append(json.dumps(self._make(int(shard), int(count), generated)))
                 errors.append("")
             except (UserError, FormatError) as err:
                 summaries.append("")
                 errors.append(str(err))
         return {"summary": summaries, "error": errors}
 
-    def _make(self, shard: int, count: int) -> dict[str, Any]:
-        images, drawn, labels = make_shard(self.set_json, self.source_json, self.seed, shard)
+    def _make(self, shard: int, count: int, generated: Any = None) -> dict[str, Any]:
+        made_on_device: list[Any] = []
+        generate = None
+        if generated is not None:  # made by the generator stage
+            generate = lambda params: generated  # noqa: E731
+        elif self.runner is not None:
+            generate = self._fused_generate(self.runner, made_on_device)
+        images, drawn, labels = make_shard(self.set_json, self.source_json, self.seed, shard, generate)
+        # A shard of generated images only is labelled where it was made: it never leaves the GPU.
+        labelled = made_on_device[0] if made_on_device and len(made_on_device[0]) == len(images) else images
         with self.forward:
-            output = self.ensemble.predict(images)
+            output = self.ensemble.predict(labelled)
         topk = self.set_cfg.targets.k if self.set_cfg.targets.kind == "topk" else 0
         return write_shard(self.set_dir, shard, images, drawn, labels, output, count=count,
                            select=self.set_cfg.select, topk=topk)
+
+    def _fused_generate(self, runner: GeneratorRunner,
+                        made_on_device: list[Any]) -> Callable[[list[dict[str, Any]]], Any]:
+        """The fused generator: one forward at a time (like the teachers'); keeps the device copy."""
+
+        def generate(params: list[dict[str, Any]]) -> Any:
+            with self.forward:
+                images = runner.generate(params)
+            made_on_device.append(images)
+            return images.cpu().numpy()
+
+        return generate
 
 
 # ---------------------------------------------------------------- Ray lifecycle
@@ -136,12 +198,35 @@ def _configure_data_context(ray_cfg: RayConfig) -> None:
 # ---------------------------------------------------------------- the job
 
 
+def shard_specs(plan: SetPlan, shards: list[int]) -> Any:
+    """The Ray Dataset of shard specs: one row (and one block) per shard."""
+    import ray
+
+    return ray.data.from_items([{"shard": i, "count": plan.planned(i)} for i in shards],
+                               override_num_blocks=len(shards))
+
+
+def generator_stage(ds: Any, plan: SetPlan) -> Any:
+    """``ds`` → the unfused generator stage: each row gains its shard's generated images."""
+    import ray
+
+    gen = plan.generator_stage
+    return ds.map_batches(
+        GeneratorActor, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=gen.actors),
+        num_cpus=gen.num_cpus, num_gpus=gen.num_gpus,
+        fn_constructor_kwargs={"stage_json": gen.model_dump_json(), "set_json": plan.set_cfg.model_dump_json(),
+                               "source_json": plan.source_cfg.model_dump_json(), "seed": plan.seed},
+    )
+
+
 def _run_ray(plan: SetPlan, missing: list[int], on_shard: Callable[[dict[str, Any]], None]) -> None:
     import ray
 
     stage_cfg = plan.stage_cfg
-    ds = ray.data.from_items([{"shard": i, "count": plan.planned(i)} for i in missing],
-                             override_num_blocks=len(missing))
+    fuse = plan.generator_stage.fuse
+    ds = shard_specs(plan, missing)
+    if set_generator(plan.set_cfg) is not None and not fuse:
+        ds = generator_stage(ds, plan)
     ds = ds.map_batches(
         ShardActor, batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=stage_cfg.actors, max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
@@ -150,7 +235,7 @@ def _run_ray(plan: SetPlan, missing: list[int], on_shard: Callable[[dict[str, An
         fn_constructor_kwargs={
             "paths": plan.teacher_paths, "num_classes": plan.num_classes, "stage_json": stage_cfg.model_dump_json(),
             "set_json": plan.set_cfg.model_dump_json(), "source_json": plan.source_cfg.model_dump_json(),
-            "seed": plan.seed, "set_dir": plan.out_dir},
+            "seed": plan.seed, "set_dir": plan.out_dir, "fuse_generator": fuse},
     )
     for row in ds.iter_rows():
         if row["error"]:
@@ -213,9 +298,10 @@ def execute(plan: SetPlan, ray_cfg: RayConfig, progress: Callable[[str], None]) 
 def generate_set(
     *, set_name: str, set_cfg: SetConfig, source_cfg: SourceConfig, seed: int,
     teacher_paths: Sequence[str | Path], out_dir: str | Path, stage_cfg: TeacherStageConfig, ray_cfg: RayConfig,
-    progress: Callable[[str], None], cache: str | None = None,
+    progress: Callable[[str], None], cache: str | None = None, generator_stage: GeneratorStageConfig | None = None,
 ) -> dict[str, Any]:
     """Plan and make one set (see :func:`execute` for the result)."""
     plan = plan_set(set_name=set_name, set_cfg=set_cfg, source_cfg=source_cfg, seed=seed,
-                    teacher_paths=list(teacher_paths), out_dir=out_dir, stage_cfg=stage_cfg, cache=cache)
+                    teacher_paths=list(teacher_paths), out_dir=out_dir, stage_cfg=stage_cfg, cache=cache,
+                    generator_stage=generator_stage)
     return execute(plan, ray_cfg, progress)

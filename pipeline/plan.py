@@ -20,10 +20,11 @@ import numpy as np
 
 from pipeline import format as fmt
 from pipeline import storage
-from pipeline.config import SetConfig, SourceConfig, TeacherStageConfig
+from pipeline.config import GeneratorStageConfig, SetConfig, SourceConfig, TeacherStageConfig
 from pipeline.errors import UserError
 from pipeline.fingerprint import PREFIX_CHARS, set_fingerprint
 from stages.samplers import candidate_count, set_size
+from stages.samplers.generating import resolve_gan_samplers
 from stages.sources import Source, load_source
 from stages.writer import summary_from_tar
 
@@ -64,6 +65,7 @@ class SetPlan:
     fingerprint: str
     index: dict[str, Any] | None  # the existing index (same fingerprint), if any
     summaries: dict[int, dict[str, Any]] = field(default_factory=dict)  # shard → summary, once known
+    generator_stage: GeneratorStageConfig = field(default_factory=GeneratorStageConfig)  # gan samplers' actors
 
     @property
     def shards(self) -> int:
@@ -166,7 +168,8 @@ def resolve_samplers(set_cfg: SetConfig, teachers: list[dict[str, Any]], channel
 
 def plan_set(*, set_name: str, set_cfg: SetConfig, source_cfg: SourceConfig, seed: int,
              teacher_paths: list[str | Path], out_dir: str | Path, stage_cfg: TeacherStageConfig,
-             cache: str | None = None, source: Source | None = None) -> SetPlan:
+             cache: str | None = None, source: Source | None = None,
+             generator_stage: GeneratorStageConfig | None = None) -> SetPlan:
     """Validate one set's inputs and read what its directory holds. Writes nothing.
 
     ``out_dir`` is the job's default location; the set's ``out`` (``auto``, a path or URL)
@@ -178,7 +181,7 @@ def plan_set(*, set_name: str, set_cfg: SetConfig, source_cfg: SourceConfig, see
     source = source if source is not None else load_source(source_cfg, "train")
     paths = [str(p) for p in teacher_paths]
     teachers = check_teachers(paths, source.num_classes, source.shape[2])
-    resolved = resolve_samplers(set_cfg, teachers, source.shape[2])
+    resolved = resolve_gan_samplers(resolve_samplers(set_cfg, teachers, source.shape[2]), source)
     fingerprint = set_fingerprint(resolved, source, [t["sha256"] for t in teachers], seed, stage_cfg.autocast)
     location = set_location(set_cfg, set_name, out_dir, fingerprint, cache)
     return SetPlan(
@@ -186,6 +189,7 @@ def plan_set(*, set_name: str, set_cfg: SetConfig, source_cfg: SourceConfig, see
         teacher_paths=paths, teachers=[{k: t[k] for k in ("path", "sha256", "arch")} for t in teachers],
         stage_cfg=stage_cfg, classes=list(source.classes), image_shape=source.shape,
         total=set_size(resolved, source), fingerprint=fingerprint, index=check_out_dir(location, fingerprint),
+        generator_stage=generator_stage or GeneratorStageConfig(),
     )
 
 

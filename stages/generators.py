@@ -15,6 +15,7 @@ Three kinds share that one interface (``z_dim``, ``num_classes``, ``forward(z, y
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -125,6 +126,49 @@ def load_biggan(name_or_dir: str, truncation: float = 0.4, cache_dir: str | None
     return BigGANGenerator(model.eval(), truncation)
 
 
+def biggan_digest(name_or_dir: str, cache_dir: str | None = None) -> tuple[str, int]:
+    """sha256 over the config and weights files of a BigGAN, and its class count (what the plan
+    needs without building the model)."""
+    from pipeline.format import sha256_file
+
+    config_path, weights_path = _biggan_files(name_or_dir, cache_dir)
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise UserError(f"generator {name_or_dir!r}: {path} is missing")
+    try:
+        num_classes = int(json.loads(config_path.read_text())["num_classes"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise UserError(f"generator {config_path}: not a BigGAN config ({type(err).__name__}: {err})") from err
+    text = f"config:{sha256_file(config_path)}\nweights:{sha256_file(weights_path)}\n"
+    return hashlib.sha256(text.encode()).hexdigest(), num_classes
+
+
+def module_digest(module: nn.Module) -> str:
+    """sha256 over a module's state (names, dtypes, shapes, bytes): the identity of a factory's
+    generator, whose code the config names and whose weights the factory chooses."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_factory_generator(factory: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``module:factory(**kwargs)``: code the config names, as ``pipeline.models`` allows it."""
+    from pipeline.models import resolve_factory
+
+    try:
+        model = resolve_factory(factory, allowed_factories=[factory])(**kwargs)
+    except TypeError as err:
+        raise UserError(f"generator factory {factory!r}: bad kwargs {kwargs} ({err})") from err
+    if not isinstance(model, nn.Module) or not all(isinstance(getattr(model, a, None), int)
+                                                   for a in ("z_dim", "num_classes")):
+        raise UserError(f"generator factory {factory!r} must return a torch module with int z_dim and num_classes, "
+                        f"got {type(model).__name__}")
+    return model.eval()
+
+
 def fresh_biggan(config: Any, seed: int = 0, warmup_passes: int = 4) -> nn.Module:
     """A randomly initialised BigGAN that gives finite images in eval mode (for tests and smoke
     runs): spectral norm needs a few forward passes in train mode to settle its power
@@ -213,6 +257,12 @@ def fit_pca_generator(images: np.ndarray, labels: np.ndarray, num_classes: int, 
 def to_uint8_images(generated: torch.Tensor, size: tuple[int, int], channels: int) -> np.ndarray:
     """Generator output in [−1, 1] (NCHW) → uint8 NHWC at the teacher's ``size`` and channel count:
     antialiased bilinear resize, RGB → grey by channel mean where needed, round to uint8."""
+    return quantize(generated, size, channels).cpu().numpy()
+
+
+def quantize(generated: torch.Tensor, size: tuple[int, int], channels: int) -> torch.Tensor:
+    """:func:`to_uint8_images` as a uint8 NHWC tensor on the generator's device (a fused actor
+    hands it to the teachers there)."""
     x = (generated.float().clamp(-1.0, 1.0) + 1.0) * 127.5
     if channels == 1 and x.shape[1] == 3:
         x = x.mean(dim=1, keepdim=True)
@@ -221,4 +271,4 @@ def to_uint8_images(generated: torch.Tensor, size: tuple[int, int], channels: in
     if tuple(x.shape[2:]) != tuple(size):
         x = torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False,
                                             antialias=True)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()

@@ -133,7 +133,9 @@ class Ensemble:
             x = F.interpolate(x, size=member.size, mode="bilinear", align_corners=False, antialias=True)
         return ((x - member.mean) / member.std).contiguous(memory_format=self.memory_format)
 
-    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
+    def _to_device(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(batch, torch.Tensor):  # made on a device already (a fused generator's output)
+            return batch.to(self.device, non_blocking=True)
         tensor = torch.from_numpy(np.ascontiguousarray(batch))
         if self.pin_memory:
             tensor = tensor.pin_memory()
@@ -155,7 +157,7 @@ class Ensemble:
 
     @torch.inference_mode()
     def _forward(self, images: np.ndarray) -> torch.Tensor:
-        if images.dtype != np.uint8 or images.ndim != 4:
+        if images.dtype not in (np.uint8, torch.uint8) or images.ndim != 4:
             raise ValueError(f"images must be uint8 NHWC, got {images.dtype} {images.shape}")
         chunks = []
         for start in range(0, len(images), self.batch_size):
@@ -172,6 +174,7 @@ class Ensemble:
             return torch.zeros((len(self.members), 0, self.num_classes))
         return torch.cat(chunks, dim=1)
 
-    def predict(self, images: np.ndarray) -> EnsembleOutput:
-        """Targets for uint8 NHWC images (the decoded stored pixels: what is stored is labelled)."""
+    def predict(self, images: np.ndarray | torch.Tensor) -> EnsembleOutput:
+        """Targets for uint8 NHWC images (the decoded stored pixels: what is stored is labelled),
+        a numpy array or a tensor on any device."""
         return ensemble_targets(self._member_logits(images))

@@ -18,7 +18,8 @@ import numpy as np
 from pipeline import format as fmt
 from pipeline import storage
 from pipeline.config import SelectConfig, SetConfig
-from stages.samplers import apply_params, draw_shard, sample_label, set_size
+from stages.samplers import draw_shard, sample_label, set_size, shard_images
+from stages.samplers.generating import Generate, cached_runner, set_generator
 from stages.sources import load_source_cached
 from stages.targets import EnsembleOutput
 
@@ -30,20 +31,25 @@ Drawn = list[tuple[str, dict[str, Any]]]
 
 
 def make_shard(
-    set_cfg: SetConfig | str, source_cfg_json: str, seed: int, shard: int
+    set_cfg: SetConfig | str, source_cfg_json: str, seed: int, shard: int, generate: Generate | None = None,
 ) -> tuple[np.ndarray, Drawn, np.ndarray]:
     """Images (uint8 NHWC), ``(sampler, parameters)`` and real labels (-1 if none) of every
     candidate of one shard.
 
     A pure function of its arguments: the RNG of every sample is seeded from (seed, shard,
-    index), the source is opened from its config (cached per process).
+    index), the source is opened from its config (cached per process). ``generate`` makes the
+    images of ``gan`` samples (default: the set's generator in this process, on the CPU).
     """
     cfg = SetConfig.model_validate_json(set_cfg) if isinstance(set_cfg, str) else set_cfg
     source = load_source_cached(source_cfg_json, "train")
     drawn = draw_shard(cfg, source, seed, shard, set_size(cfg, source))
     if not drawn:
         raise ValueError(f"shard {shard} is past the end of the set ({set_size(cfg, source)} samples)")
-    images = np.stack([apply_params(kind, params, source) for kind, params in drawn])
+    generator = set_generator(cfg)
+    if generate is None and generator is not None:
+        runner = cached_runner(generator, source_cfg_json)
+        generate = lambda params: runner.generate(params).cpu().numpy()  # noqa: E731
+    images = shard_images(drawn, source, generate)
     labels = np.asarray([sample_label(kind, params, source) for kind, params in drawn], dtype=np.int64)
     return images, drawn, labels
 

@@ -14,8 +14,9 @@ TINY = [
     "teachers.members=2", "teachers.train.steps=80", "teacher_stage.batch_size=256",
     "sets.real.sampler.views=2", "sets.real.samples_per_shard=512",
     "sets.mix.samples=1536", "sets.mix.samples_per_shard=512",
-    *(f"students.{s}.train.steps=40" for s in ("erm", "kd", "xcl_mix")),
-    *(f"students.{s}.train.num_workers=0" for s in ("erm", "kd", "xcl_mix")),
+    "sets.gen.samples=1536", "sets.gen.samples_per_shard=512",
+    *(f"students.{s}.train.steps=40" for s in ("erm", "kd", "xcl_mix", "xcl_gen")),
+    *(f"students.{s}.train.num_workers=0" for s in ("erm", "kd", "xcl_mix", "xcl_gen")),
 ]
 
 
@@ -42,26 +43,29 @@ def finished_run(tmp_path_factory):
 def test_run_writes_layout_report_and_table(finished_run):
     out, result = finished_run
     report = json.loads((out / "report.json").read_text())
-    assert set(report["students"]) == {"erm", "kd", "xcl_mix"}
+    assert set(report["students"]) == {"erm", "kd", "xcl_mix", "xcl_gen"}
     assert 0.0 <= report["teacher"]["accuracy"] <= 1.0
     assert len(report["teacher"]["members"]) == 2
     for name, student in report["students"].items():
         stored = json.loads((out / "students" / name / "result.json").read_text())
         assert stored["accuracy"] == student["accuracy"], "the report must show what the run measured"
         assert student["steps"] == 40
-    kd, xcl, teacher = (report["students"]["kd"]["accuracy"], report["students"]["xcl_mix"]["accuracy"],
-                        report["teacher"]["accuracy"])
-    expected = None if teacher <= kd else 1 - (teacher - xcl) / (teacher - kd)
-    assert report["gap_reduction"]["xcl_mix_vs_kd"] == pytest.approx(expected) if expected is not None \
-        else report["gap_reduction"]["xcl_mix_vs_kd"] is None
-    assert "xcl_mix" in result.stdout and "teacher" in result.stdout
-    for sub in ("teachers/member-0/model.pt", "sets/real/index.json", "sets/mix/manifest.parquet"):
+    kd, teacher = report["students"]["kd"]["accuracy"], report["teacher"]["accuracy"]
+    for name in ("xcl_mix", "xcl_gen"):
+        xcl = report["students"][name]["accuracy"]
+        expected = None if teacher <= kd else 1 - (teacher - xcl) / (teacher - kd)
+        assert report["gap_reduction"][f"{name}_vs_kd"] == pytest.approx(expected) if expected is not None \
+            else report["gap_reduction"][f"{name}_vs_kd"] is None
+        assert name in result.stdout
+    assert "teacher" in result.stdout
+    for sub in ("teachers/member-0/model.pt", "sets/real/index.json", "sets/mix/manifest.parquet",
+                "sets/gen/index.json"):
         assert (out / sub).is_file(), sub
 
 
 def test_verify_accepts_generated_sets(finished_run):
     out, _ = finished_run
-    for name in ("real", "mix"):
+    for name in ("real", "mix", "gen"):
         result = transferset("verify", out / "sets" / name)
         assert result.stdout.strip().endswith("OK")
 
@@ -71,7 +75,7 @@ def test_generate_on_complete_sets_makes_nothing(finished_run):
     before = {p: p.read_bytes() for p in sorted((out / "sets").rglob("*")) if p.is_file()}
     result = transferset("generate", QUICKSTART, "--out", out, *with_overrides(TINY))
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert {row["set"]: row["shards_made"] for row in rows} == {"real": 0, "mix": 0}
+    assert {row["set"]: row["shards_made"] for row in rows} == {"real": 0, "mix": 0, "gen": 0}
     after = {p: p.read_bytes() for p in sorted((out / "sets").rglob("*")) if p.is_file()}
     assert before == after
 
@@ -91,6 +95,10 @@ def assert_one_line_error(result, *needles):
         (["teachers.membrs=3"], ["teachers.membrs", "Extra inputs"]),
         (["students.kd.train.steps=many"], ["students.kd.train.steps", "integer"]),
         (["teachers.checkpoints=[/nonexistent/model.pt]"], ["/nonexistent/model.pt", "missing"]),
+        (["sets.gen.sampler.classes=[3, 12]"], ["gan sampler", "classes [12]"]),
+        (["sets.gen.sampler.generator.kind=biggan"], ["sets.gen.sampler.generator", "needs weights"]),
+        (["sets.gen.sampler.generator={kind: biggan, weights: /nonexistent/biggan}"],
+         ["/nonexistent/biggan", "neither a pretrained name"]),
     ],
 )
 def test_bad_config_exits_2_and_leaves_sets_untouched(finished_run, overrides, needles):

@@ -14,8 +14,10 @@ def test_quickstart_loads_with_expected_shape():
     cfg = load_config(QUICKSTART)
     assert cfg.name == "quickstart"
     assert cfg.teachers.members >= 4 and cfg.teachers.train.cutmix > 0
-    assert set(cfg.students) == {"erm", "kd", "xcl_mix"}
+    assert set(cfg.students) == {"erm", "kd", "xcl_mix", "xcl_gen"}
     assert cfg.students["xcl_mix"].sets == {"real": 0.5, "mix": 0.5}
+    assert cfg.students["xcl_gen"].sets == {"real": 0.5, "gen": 0.5}
+    assert cfg.sets["gen"].sampler.kind == "gan" and cfg.sets["gen"].sampler.mix_classes
     steps = {s.train.steps for s in cfg.students.values()}
     assert len(steps) == 1, "students must train for equal steps"
 
@@ -34,7 +36,7 @@ def test_override_touches_only_the_named_student_despite_yaml_anchors():
         ("teachers.train.steps=abc", "teachers.train.steps"),
         ("students.kd.kd.temperature=0", "students.kd.kd.temperature"),
         ("students.kd.sets.nope=1", "nope"),
-        ("sets.mix.sampler.kind=gan", "sets.mix.sampler.kind"),
+        ("sets.mix.sampler.kind=stylegan", "sets.mix.sampler.kind"),
         ("students.kd.sets.real=0", "sum to more than 0"),
     ],
 )

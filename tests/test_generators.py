@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gan_fixtures import tiny_config
 
 from pipeline.config import SourceConfig
 from pipeline.errors import UserError
@@ -24,14 +25,6 @@ from stages.generators import (
     truncated_normal,
 )
 from stages.sources import load_source
-
-
-def tiny_config(channel_width: int = 4):
-    from pytorch_pretrained_biggan import BigGANConfig
-
-    # 8x8 output (one upsampling), channels 16 → 8 → 4 → 2 → 1 (×width), no attention layer.
-    return BigGANConfig(z_dim=16, channel_width=channel_width, num_classes=10, attention_layer_position=9,
-                        layers=[(True, 16, 8), (False, 8, 4), (False, 4, 2), (False, 2, 1)])
 
 
 @pytest.fixture(scope="module")

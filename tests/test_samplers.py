@@ -172,5 +172,5 @@ def test_generation_example_config_is_valid() -> None:
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "generation.yaml")
     kinds = {s.kind for set_cfg in cfg.sets.values() for s in set_cfg.sampler_list()}
-    assert kinds == {"mixup", "cutmix", "noise", "gaussian_image", "mix", "autoaugment", "cutout"}
+    assert kinds == {"mixup", "cutmix", "noise", "gaussian_image", "mix", "autoaugment", "cutout", "gan"}
     assert cfg.sets["tl_mix"].targets.kind == "topk" and cfg.sets["uncertain_mix"].select.keep == 0.5

@@ -7,7 +7,8 @@ sampler makes which candidate of a shard comes from ``(seed, shard)``.
 
 A set has one or several samplers with shares. A views-only set enumerates the source (every
 image × K views, in a seeded order); every other set draws ``samples`` at random, each shard
-holding its samplers in proportion to their shares.
+holding its samplers in proportion to their shares. ``gan`` samples (XCL-GAN, ``generating.py``)
+are drawn like the others but made in batches by their generator: :func:`shard_images`.
 """
 
 from __future__ import annotations
@@ -29,16 +30,18 @@ from stages.samplers.base import (
     identity_aug,
     sample_rng,
 )
+from stages.samplers.generating import SAMPLERS as GENERATING
+from stages.samplers.generating import Generate
 from stages.samplers.mixing import SAMPLERS as MIXING
 from stages.samplers.mixing import cutmix_box, mix_pixels
 from stages.sources import Source
 
 __all__ = [
     "SAMPLERS", "Sampler", "apply_aug", "apply_params", "candidate_count", "cutmix_box", "draw_aug", "draw_shard",
-    "identity_aug", "mix_pixels", "sample_label", "sample_rng", "set_size", "view_order",
+    "identity_aug", "mix_pixels", "sample_label", "sample_rng", "set_size", "shard_images", "view_order",
 ]
 
-SAMPLERS: dict[str, Sampler] = {**MIXING, **AUGMENTING}
+SAMPLERS: dict[str, Sampler] = {**MIXING, **AUGMENTING, **GENERATING}
 
 
 def views_count(cfg: SamplerConfig, source: Source) -> int:
@@ -114,6 +117,22 @@ def apply_params(kind: str, params: dict[str, Any], source: Source) -> np.ndarra
     if kind not in SAMPLERS:
         raise ValueError(f"unknown sampler {kind!r}")
     return SAMPLERS[kind].apply(params, source)
+
+
+def shard_images(drawn: list[tuple[str, Params]], source: Source, generate: Generate | None = None) -> np.ndarray:
+    """uint8 NHWC images of a shard's candidates: ``gan`` ones from one ``generate`` call on all
+    of their parameters (batched), the others from :func:`apply_params`."""
+    wanted = [params for kind, params in drawn if kind == "gan"]
+    made: Any = ()
+    if wanted:
+        if generate is None:
+            raise ValueError("this shard has gan samples: pass their generator")
+        made = generate(wanted)
+        if len(made) != len(wanted):
+            raise ValueError(f"the generator made {len(made)} images for {len(wanted)} gan samples")
+    generated = iter(made)
+    return np.stack([next(generated) if kind == "gan" else apply_params(kind, params, source)
+                     for kind, params in drawn])
 
 
 def sample_label(kind: str, params: dict[str, Any], source: Source) -> int:

@@ -1,0 +1,249 @@
+"""XCL-GAN: samples of a class-conditional generator with mixed class vectors (XCL §4.2, supp. A.6).
+
+``draw``: generator classes i, j uniform over the configured ``classes``, λ ~ U[0, 1] (one-hot
+e_i, λ = 1, with ``mix_classes: false``: the Table 8 ablation) and a z seed; all from the
+sample's ``(seed, shard, index)`` RNG. ``apply``: x = G(z; λ·e_i + (1−λ)·e_j) with z = truncation ·
+N(0, 1) cut at ±2 from ``default_rng(z_seed)``, resized (antialiased) to the set's image size,
+quantised to uint8. BigGAN's class embedding is linear, so G sees λ·v_i + (1−λ)·v_j.
+
+Generation is batched: :class:`GeneratorRunner` runs forward passes of exactly
+``generator.batch_size`` rows, padding the last one with copies of its last row. At a fixed
+shape a sample's pixels do not depend on the other rows of its pass (CPU kernels choose their
+blocking by shape: measured here, a BigGAN pass of 7 rows and one of 64 differed in the last
+float bits and, after rounding, in a few pixels per thousand images; at one shape they never
+did, whatever the neighbours), so any stored sample replays exactly in a pass of its own.
+
+A generated sample carries no real label (``.cls``): the teachers label it, as they label
+mixes. ``class_i`` / ``class_j`` record the teacher classes the generator was asked for
+(``class_map``; −1 where a generator class has no teacher class).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import GeneratorConfig, SamplerConfig, SetConfig, SourceConfig
+from pipeline.errors import UserError
+from stages.samplers.base import Params, Sampler, draw_seed
+from stages.sources import Source
+
+Generate = Callable[[list[Params]], np.ndarray]  # gan params of a shard → their uint8 NHWC images
+
+
+def draw_gan(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
+    if cfg.generator is None or cfg.classes is None or cfg.generator.truncation is None:
+        raise ValueError("gan: draw needs a resolved sampler (resolve_gan fills classes and truncation)")
+    classes = cfg.classes
+    i = classes[int(rng.integers(0, len(classes)))]
+    j, lam = (classes[int(rng.integers(0, len(classes)))], float(rng.uniform(0.0, 1.0))) if cfg.mix_classes \
+        else (i, 1.0)
+    mapped = cfg.class_map or {}
+    return {"z_seed": draw_seed(rng), "truncation": cfg.generator.truncation, "i": i, "j": j, "lam": lam,
+            "class_i": int(mapped.get(i, -1)), "class_j": int(mapped.get(j, -1))}
+
+
+def apply_gan(params: Params, source: Source) -> np.ndarray:
+    raise ValueError("gan samples are made in batches by their generator: use "
+                     "stages.samplers.generating.generate_images(generator config, params, source)")
+
+
+SAMPLERS = {"gan": Sampler(draw_gan, apply_gan, keeps_label=False)}
+
+
+def set_generator(set_cfg: SetConfig) -> GeneratorConfig | None:
+    """The generator of a set's ``gan`` samplers (a set has at most one), or None."""
+    return next((s.generator for s in set_cfg.sampler_list() if s.kind == "gan"), None)
+
+
+# ---------------------------------------------------------------- plan-time resolution
+
+
+def _teacher_class(value: int | str, classes: list[str], where: str) -> int:
+    if isinstance(value, str):
+        if value not in classes:
+            raise UserError(f"{where}: {value!r} is not a teacher class ({classes[:10]})")
+        return classes.index(value)
+    if not 0 <= value < len(classes):
+        raise UserError(f"{where}: teacher class {value} is not in 0..{len(classes) - 1}")
+    return int(value)
+
+
+def resolve_generator(cfg: GeneratorConfig, source: Source) -> tuple[GeneratorConfig, int]:
+    """The generator with its truncation and weights digest filled in, and its class count.
+    Refuses weights that differ from a pinned ``sha256``."""
+    from stages.generators import biggan_digest, build_factory_generator, module_digest
+
+    if cfg.kind == "biggan":
+        assert cfg.weights is not None
+        digest, num_classes = biggan_digest(cfg.weights)
+    elif cfg.kind == "factory":
+        assert cfg.factory is not None
+        model = build_factory_generator(cfg.factory, cfg.kwargs)
+        digest, num_classes = module_digest(model), int(model.num_classes)
+    else:  # pca: a function of the source (in the fingerprint already) and the rank
+        digest, num_classes = None, source.num_classes
+    if cfg.sha256 is not None and digest is not None and cfg.sha256 != digest:
+        raise UserError(f"generator {cfg.weights or cfg.factory}: weights have sha256 {digest[:16]}…, the config "
+                        f"pins {cfg.sha256[:16]}…; update generator.sha256 or restore the weights")
+    return cfg.model_copy(update={"truncation": cfg.resolved_truncation(), "sha256": digest}), num_classes
+
+
+def resolve_gan(cfg: SamplerConfig, source: Source, generator: tuple[GeneratorConfig, int]) -> SamplerConfig:
+    """Fill what a ``gan`` sampler draws from: the class list and the class map as indices.
+
+    ``class_map`` defaults to the identity when the generator and the teachers have the same
+    number of classes; ``classes`` to the mapped generator classes, else all of them.
+    """
+    resolved, num_classes = generator
+    where = "gan sampler"
+    if cfg.class_map is not None:
+        unknown = [c for c in cfg.class_map if not 0 <= c < num_classes]
+        if unknown:
+            raise UserError(f"{where}: class_map names generator classes {unknown[:5]}, the generator has "
+                            f"{num_classes}")
+        class_map = {int(k): _teacher_class(v, source.classes, f"{where}: class_map[{k}]")
+                     for k, v in sorted(cfg.class_map.items())}
+    elif num_classes == source.num_classes:
+        class_map = {c: c for c in range(num_classes)}
+    else:
+        class_map = {}
+    classes = cfg.classes if cfg.classes is not None else \
+        (sorted(class_map) if cfg.class_map is not None else list(range(num_classes)))
+    outside = [c for c in classes if not 0 <= c < num_classes]
+    if outside:
+        raise UserError(f"{where}: classes {outside[:5]} are not generator classes 0..{num_classes - 1}")
+    return cfg.model_copy(update={"generator": resolved, "classes": list(classes), "class_map": class_map})
+
+
+def resolve_gan_samplers(set_cfg: SetConfig, source: Source) -> SetConfig:
+    """The set with every ``gan`` sampler resolved (the generator loaded once to check it)."""
+    generator = set_generator(set_cfg)
+    if generator is None:
+        return set_cfg
+    resolved_generator = resolve_generator(generator, source)
+    samplers = [resolve_gan(s, source, resolved_generator) if s.kind == "gan" else s for s in set_cfg.sampler_list()]
+    key = "sampler" if set_cfg.sampler is not None else "samplers"
+    return set_cfg.model_copy(update={key: samplers[0] if key == "sampler" else samplers})
+
+
+# ---------------------------------------------------------------- running a generator
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Exactly ``count`` torch threads inside (float sums on a CPU depend on the split)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def build_generator(cfg: GeneratorConfig, source: Source) -> Any:
+    """The generator module G(z, class_vectors) on the CPU, in eval mode."""
+    from stages.generators import build_factory_generator, fit_pca_generator, load_biggan
+
+    if cfg.kind == "biggan":
+        assert cfg.weights is not None
+        return load_biggan(cfg.weights, truncation=cfg.resolved_truncation())
+    if cfg.kind == "factory":
+        assert cfg.factory is not None
+        return build_factory_generator(cfg.factory, cfg.kwargs)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # one BLAS thread: the same SVD, hence the same fit, in every worker
+        return fit_pca_generator(source.images(), source.labels, source.num_classes, cfg.rank).eval()
+
+
+class GeneratorRunner:
+    """A set's generator on its device: gan parameters → uint8 NHWC images at the set's size.
+
+    Every forward pass has exactly ``batch_size`` rows, runs with ``threads`` torch threads and,
+    on CUDA, with deterministic cuDNN and the configured autocast; see the module docstring.
+    """
+
+    def __init__(self, cfg: GeneratorConfig, source: Source, *, device: str = "cpu", threads: int = 1) -> None:
+        import torch
+
+        from stages.teachers import AUTOCAST_DTYPES, resolve_device
+
+        self.cfg, self.threads = cfg, threads
+        self.device = resolve_device(device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        self.autocast = AUTOCAST_DTYPES[cfg.autocast] if self.device.type == "cuda" else None
+        with torch_threads(threads):
+            self.model = build_generator(cfg, source).to(self.device).eval()
+        self.z_dim, self.num_classes = int(self.model.z_dim), int(self.model.num_classes)
+        self.size, self.channels = (source.shape[0], source.shape[1]), source.shape[2]
+
+    def inputs(self, params: Sequence[Params]) -> tuple[np.ndarray, np.ndarray]:
+        """z and class vectors ``[N, z_dim]``, ``[N, classes]`` of stored gan parameters."""
+        from stages.generators import class_vector, truncated_normal
+
+        truncation = self.cfg.resolved_truncation()
+        if any(p["truncation"] != truncation for p in params):
+            raise ValueError(f"gan params drawn with another truncation than this generator's {truncation}")
+        z = np.stack([truncated_normal(int(p["z_seed"]), self.z_dim, truncation) for p in params])
+        y = np.stack([class_vector(self.num_classes, int(p["i"]), int(p["j"]), float(p["lam"])) for p in params])
+        return z, y
+
+    def generate(self, params: Sequence[Params]) -> Any:
+        """Images of ``params`` as a uint8 NHWC tensor on the generator's device."""
+        import torch
+
+        from stages.generators import quantize
+
+        if not params:
+            return torch.zeros((0, *self.size, self.channels), dtype=torch.uint8, device=self.device)
+        z, y = self.inputs(params)
+        rows, batch = len(params), self.cfg.batch_size
+        chunks = []
+        with torch_threads(self.threads), torch.inference_mode():
+            for start in range(0, rows, batch):
+                stop = min(start + batch, rows)
+                pad = np.r_[np.arange(start, stop), np.full(batch - (stop - start), stop - 1)]  # fixed shape
+                zb = torch.from_numpy(z[pad]).to(self.device)
+                yb = torch.from_numpy(y[pad]).to(self.device)
+                with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                    images = self.model(zb, yb)
+                chunks.append(quantize(images.float(), self.size, self.channels)[: stop - start])
+        return torch.cat(chunks)
+
+
+_RUNNERS_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=4)
+def _runner(generator_json: str, source_json: str, device: str, threads: int) -> GeneratorRunner:
+    from stages.sources import load_source_cached
+
+    source = load_source_cached(source_json, "train")
+    return GeneratorRunner(GeneratorConfig.model_validate_json(generator_json), source, device=device,
+                           threads=threads)
+
+
+def cached_runner(generator: GeneratorConfig, source_cfg_json: str, *, device: str = "cpu",
+                  threads: int = 1) -> GeneratorRunner:
+    """One runner per (generator, source, device, threads) and process: a PCA fit or a weights
+    load happens once per worker, and concurrent shard calls wait for it."""
+    with _RUNNERS_LOCK:
+        return _runner(generator.model_dump_json(), source_cfg_json, device, threads)
+
+
+def generate_images(cfg: GeneratorConfig, params: Sequence[Params], source_cfg: SourceConfig | str,
+                    *, device: str = "cpu", threads: int = 1) -> np.ndarray:
+    """Replay stored gan samples (the ``params`` of their ``.json``) to their stored pixels, with
+    the resolved generator of the set (``index.json`` → ``config.set``). A ``factory`` generator
+    runs the code it names: pass only configs you trust."""
+    source_json = source_cfg if isinstance(source_cfg, str) else source_cfg.model_dump_json()
+    return cached_runner(cfg, source_json, device=device, threads=threads).generate(list(params)).cpu().numpy()
