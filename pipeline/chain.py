@@ -46,15 +46,18 @@ def _mark_done(out_dir: Path, spec: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- teachers
 
 
-def teacher_paths(cfg: Config, out: Path) -> list[str | Path]:
+def teacher_paths(cfg: Config, out: str | Path) -> list[str | Path]:
     """Checkpoints of the ensemble: the config's own files (paths or fsspec URLs, kept as given),
-    or the members this job trains."""
+    or the members this job trains (under ``out``, a path or, for ``generate``, a URL)."""
     if cfg.teachers.checkpoints:
         return list(cfg.teachers.checkpoints)
-    return [out / "teachers" / f"member-{m}" / "model.pt" for m in range(cfg.teachers.members)]
+    parts = [("teachers", f"member-{m}", "model.pt") for m in range(cfg.teachers.members)]
+    if storage.is_local(out):
+        return [storage.local_path(out).joinpath(*p) for p in parts]
+    return [storage.join(out, *p) for p in parts]
 
 
-def require_teachers(cfg: Config, out: Path) -> list[str | Path]:
+def require_teachers(cfg: Config, out: str | Path) -> list[str | Path]:
     paths = teacher_paths(cfg, out)
     missing = [str(p) for p in paths if not storage.is_file(p)]
     if missing:
@@ -106,11 +109,11 @@ def _member_spec(cfg: Config, seed: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- sets
 
 
-def set_dir(out: Path, name: str) -> Path:
-    return out / "sets" / name
+def set_dir(out: str | Path, name: str) -> str:
+    return storage.join(out, "sets", name)
 
 
-def generate_sets(cfg: Config, out: Path, teachers: list[Path], progress: Progress,
+def generate_sets(cfg: Config, out: str | Path, teachers: list[Path], progress: Progress,
                   names: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Plan every set first (all input checked, nothing written), then make them one by one, each
     under the supervisor (restarts from the committed shards after a stall or a cluster failure)."""
@@ -141,11 +144,11 @@ def generate_sets(cfg: Config, out: Path, teachers: list[Path], progress: Progre
 # ---------------------------------------------------------------- students
 
 
-def locate_set(cfg: Config, out: Path, name: str) -> str:
+def locate_set(cfg: Config, out: str | Path, name: str) -> str:
     """Where set ``name`` lives: OUT/sets/NAME, or its ``out`` (``auto``: the shared cache, found
     by fingerprint, which needs the teachers' checkpoints)."""
     if cfg.sets[name].out is None:
-        return str(set_dir(out, name))
+        return set_dir(out, name)
     from pipeline.plan import plan_set
 
     return plan_set(set_name=name, set_cfg=cfg.sets[name], source_cfg=cfg.source, seed=cfg.seed,
@@ -183,7 +186,8 @@ def train_student(cfg: Config, out: Path, name: str, train: Source, test: Source
     out_dir = out / "students" / name
     seed = derive_seed(cfg.seed, "student", name)
     spec = {"student": student.model_dump(), "source": cfg.source.model_dump(), "seed": seed,
-            "sets": {Path(d).name: [w, read_index(d)["fingerprint"] if d != SOURCE_SET else None] for d, w in sets}}
+            "sets": {storage.name_of(d): [w, read_index(d)["fingerprint"] if d != SOURCE_SET else None]
+                     for d, w in sets}}
     if not force and _reusable(out_dir, spec, "result.json"):
         progress(f"student {name}: reused {out_dir}")
         return json.loads((out_dir / "result.json").read_text())

@@ -15,13 +15,15 @@ from typing import Annotated
 
 import typer
 
+from pipeline import storage
 from pipeline.config import Config, load_config
 from pipeline.errors import JobFailure, UserError
 from pipeline.format import FormatError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
-OutOption = Annotated[Path | None, typer.Option("--out", help="output directory (default runs/<config name>)")]
+OutOption = Annotated[str | None, typer.Option(
+    "--out", help="output directory (default runs/<config name>); `generate` also takes an fsspec URL (s3://…)")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a config value: key.path=value")]
 AddressOption = Annotated[
     str | None, typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
@@ -34,14 +36,22 @@ def progress(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
-def _setup(config: Path, out: Path | None, overrides: list[str] | None, address: str | None,
-           max_restarts: int | None = None) -> tuple[Config, Path]:
+def _setup(config: Path, out: str | None, overrides: list[str] | None, address: str | None,
+           max_restarts: int | None = None) -> tuple[Config, str]:
     cfg = load_config(config, overrides)
     if address:
         cfg.ray.address = address
     if max_restarts is not None:
         cfg.ray.max_restarts = max_restarts
-    return cfg, out or Path("runs") / cfg.name
+    return cfg, out or str(Path("runs") / cfg.name)
+
+
+def _local(out: str, command: str) -> Path:
+    """Teachers and students are trained into a local directory (a shared file system on a cluster)."""
+    if not storage.is_local(out):
+        raise UserError(f"{command} --out {out}: teachers and students are written to a local directory; "
+                        f"only `transferset generate` writes to a URL (or give the set an `out:` URL)")
+    return storage.local_path(out)
 
 
 @app.command()
@@ -51,7 +61,8 @@ def run(config: Path, out: OutOption = None, set_: SetOption = None, address: Ad
     from pipeline.chain import run_job
     from pipeline.report import format_table
 
-    cfg, out_dir = _setup(config, out, set_, address, max_restarts)
+    cfg, out_url = _setup(config, out, set_, address, max_restarts)
+    out_dir = _local(out_url, "run")
     started = time.perf_counter()
     report = run_job(cfg, out_dir, progress)
     print(format_table(report))
@@ -91,7 +102,8 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
     """
     from pipeline.chain import load_splits, student_sets, train_student, train_teachers
 
-    cfg, out_dir = _setup(config, out, set_, address)
+    cfg, out_url = _setup(config, out, set_, address)
+    out_dir = _local(out_url, "train")
     if teachers == (student is not None):
         raise UserError("train: give exactly one of --student NAME or --teachers")
     if ray and (teachers or workers < 1):
@@ -117,7 +129,6 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
 @app.command()
 def verify(set_dir: str) -> None:
     """Check a transfer set: checksums, counts, every record decodes. Exit 1 on any problem."""
-    from pipeline import storage
     from pipeline.verify import verify_set
 
     if not storage.is_dir(set_dir):

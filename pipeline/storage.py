@@ -75,6 +75,21 @@ def list_names(url: str | Path) -> list[str]:
     return sorted(name_of(entry) for entry in fs.ls(path, detail=False))
 
 
+def list_entries(url: str | Path) -> list[tuple[str, bool, int]]:
+    """``(name, is_dir, bytes)`` of a directory's entries, sorted by name (empty when it does not
+    exist): one listing call on an object store, where a HEAD per file would cost minutes."""
+    if is_local(url):
+        directory = local_path(url)
+        if not directory.is_dir():
+            return []
+        return sorted((p.name, p.is_dir(), 0 if p.is_dir() else p.stat().st_size) for p in directory.iterdir())
+    fs, path = _fs(str(url))
+    if not fs.isdir(path):
+        return []
+    return sorted((name_of(entry["name"]), entry["type"] == "directory", int(entry.get("size") or 0))
+                  for entry in fs.ls(path, detail=True))
+
+
 def size(url: str | Path) -> int:
     if is_local(url):
         return local_path(url).stat().st_size

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline import storage
 from pipeline.config import SourceConfig
 from pipeline.errors import UserError
 
@@ -36,7 +37,7 @@ class Source:
     pad: int
     flip: bool
     _images: np.ndarray | None = None
-    _files: list[Path] = field(default_factory=list)
+    _files: list[str] = field(default_factory=list)  # paths or fsspec URLs
     shape: tuple[int, int, int] = (0, 0, 0)
 
     def __len__(self) -> int:
@@ -63,12 +64,13 @@ class Source:
         return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
+def read_image(path: str | Path, channels: int) -> np.ndarray:
     try:
-        with Image.open(path) as pil:
+        with storage.open_read(path) as handle, Image.open(handle) as pil:
             array = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
     except (OSError, UnidentifiedImageError) as err:
-        raise UserError(f"image {path}: unreadable ({err}); remove or replace the file") from err
+        reason = "not an image file PIL can read" if isinstance(err, UnidentifiedImageError) else str(err)
+        raise UserError(f"image {path}: unreadable ({reason}); remove or replace the file") from err
     return array[:, :, None] if array.ndim == 2 else array
 
 
@@ -102,25 +104,29 @@ def read_digits(cfg: SourceConfig, split: Split) -> Source:
 
 
 def read_imagefolder(cfg: SourceConfig, split: Split) -> Source:
-    root = Path(cfg.path or "") / (cfg.train_dir if split == "train" else cfg.test_dir)
-    if not root.is_dir():
+    """``<path>/<split>/<class>/<image>``; ``path`` may be an fsspec URL (``s3://``, ``gs://``)
+    that every node of a cluster can read."""
+    root = storage.join(cfg.path or "", cfg.train_dir if split == "train" else cfg.test_dir)
+    if not storage.is_dir(root):
         raise UserError(f"source.path: {root} is not a directory (expected <path>/<split>/<class>/<image>)")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
-    if not class_dirs:
+    class_names = [name for name, is_dir, _ in storage.list_entries(root) if is_dir]
+    if not class_names:
         raise UserError(f"source.path: {root} has no class folders")
-    files: list[Path] = []
+    files: list[str] = []
     labels: list[int] = []
     listing = []
-    for label, class_dir in enumerate(class_dirs):
-        members = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    for label, class_name in enumerate(class_names):
+        class_dir = storage.join(root, class_name)
+        members = [(name, size) for name, is_dir, size in storage.list_entries(class_dir)
+                   if not is_dir and Path(name).suffix.lower() in IMAGE_SUFFIXES]
         if not members:
             raise UserError(f"source.path: class folder {class_dir} has no images")
-        files += members
+        files += [storage.join(class_dir, name) for name, _ in members]
         labels += [label] * len(members)
-        listing += [(f"{class_dir.name}/{p.name}", p.stat().st_size) for p in members]
+        listing += [(f"{class_name}/{name}", size) for name, size in members]
     first = read_image(files[0], 3)
     return Source(
-        name=f"imagefolder:{root}", classes=[d.name for d in class_dirs], labels=np.asarray(labels, np.int64),
+        name=f"imagefolder:{root}", classes=class_names, labels=np.asarray(labels, np.int64),
         identity={"kind": "imagefolder", "split": split,
                   "listing": hashlib.sha256(json.dumps(listing).encode()).hexdigest()},
         pad=4, flip=True, _files=files, shape=(first.shape[0], first.shape[1], 3),
@@ -140,11 +146,11 @@ def _checked_images(images: np.ndarray, labels: np.ndarray, where: str) -> tuple
 
 
 def read_npz(cfg: SourceConfig, split: Split) -> Source:
-    path = Path(cfg.path or "")
-    if not path.is_file():
+    path = cfg.path or ""  # a path or an fsspec URL
+    if not storage.is_file(path):
         raise UserError(f"source.path: {path} is not a file (expected an .npz with images and labels)")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with storage.open_read(path) as handle, np.load(handle, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError) as err:
         raise UserError(f"source.path: {path} is not a readable .npz without pickle ({err})") from err

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.format import FormatError, decode_fields, iter_tar, read_index, shard_urls
 
@@ -90,13 +90,12 @@ def _open_set(set_dir: str, weight: float, check_sizes: bool) -> SetShards:
     samples = tuple(int(entry.get("samples", -1)) for entry in entries)
     if not urls or (min(samples) >= 0 and sum(samples) == 0):
         raise UserError(f"transfer set {set_dir}: its index lists no samples; regenerate the set")
-    for url, entry in zip(urls, entries, strict=True):
-        path = Path(url)
-        if not path.is_file():
+    for url, entry in zip(urls, entries, strict=True):  # local paths or fsspec URLs
+        if not storage.is_file(url):
             raise UserError(damage_message(url, set_dir, "file missing"))
-        if check_sizes and "bytes" in entry and path.stat().st_size != int(entry["bytes"]):
+        if check_sizes and "bytes" in entry and storage.size(url) != int(entry["bytes"]):
             raise UserError(damage_message(
-                url, set_dir, f"{path.stat().st_size} bytes, the index says {entry['bytes']}"))
+                url, set_dir, f"{storage.size(url)} bytes, the index says {entry['bytes']}"))
     num_classes = index.get("num_classes", len(index.get("classes", [])))
     if not num_classes:
         raise UserError(f"transfer set {set_dir}: index.json gives no num_classes")
