@@ -47,7 +47,7 @@ class ShardActor:
     """Holds the ensemble once per actor; makes, labels and commits one shard per call."""
 
     def __init__(self, *, paths: list[str], num_classes: int, stage_json: str, set_json: str, source_json: str,
-                 seed: int, set_dir: str) -> None:
+                 seed: int, set_dir: str, task: str = "classify") -> None:
         import torch
 
         from stages.teachers import Ensemble  # torch: only the actor processes pay for it
@@ -56,7 +56,7 @@ class ShardActor:
         torch.set_num_threads(stage.torch_threads())  # fixed for the process: calls never change it
         self.ensemble = Ensemble(paths, num_classes, device=stage.device, threads=stage.torch_threads(),
                                  batch_size=stage.batch_size, autocast=stage.autocast,
-                                 channels_last=stage.channels_last, pin_memory=stage.pin_memory)
+                                 channels_last=stage.channels_last, pin_memory=stage.pin_memory, task=task)
         self.set_cfg = SetConfig.model_validate_json(set_json)
         self.set_json, self.source_json, self.seed, self.set_dir = set_json, source_json, seed, set_dir
         self.forward = threading.Lock()
@@ -70,7 +70,7 @@ class ShardActor:
                 output = self.ensemble.predict(images)
             topk = self.set_cfg.targets.k if self.set_cfg.targets.kind == "topk" else 0
             summary = write_shard(self.set_dir, int(shard), images, drawn, labels, output, count=int(count),
-                                  select=self.set_cfg.select, topk=topk)
+                                  select=self.set_cfg.select, topk=topk, dtype=self.set_cfg.targets.dtype or "float32")
             summaries.append(json.dumps(summary))
         return {"summary": summaries}
 
@@ -128,9 +128,9 @@ def _run_ray(plan: SetPlan, missing: list[int], on_shard: Callable[[dict[str, An
                                            enable_true_multi_threading=True),
         num_cpus=stage_cfg.num_cpus, num_gpus=stage_cfg.num_gpus,
         fn_constructor_kwargs={
-            "paths": plan.teacher_paths, "num_classes": plan.num_classes, "stage_json": stage_cfg.model_dump_json(),
+            "paths": plan.teacher_paths, "num_classes": plan.outputs, "stage_json": stage_cfg.model_dump_json(),
             "set_json": plan.set_cfg.model_dump_json(), "source_json": plan.source_cfg.model_dump_json(),
-            "seed": plan.seed, "set_dir": plan.out_dir},
+            "seed": plan.seed, "set_dir": plan.out_dir, "task": plan.task},
     )
     for row in ds.iter_rows():
         on_shard(json.loads(row["summary"]))

@@ -21,6 +21,10 @@ SUPERSAMPLE = 2
 YAW_RANGE = (-0.6, 0.6)  # radians (±34°), about MPIIGaze's normalised range
 PITCH_RANGE = (-0.45, 0.3)  # radians (−26° … 17°): people look down more often than up
 GAZE_STREAM = 0x6A7E  # keeps these draws apart from every other use of (seed, index)
+# Test images are indices TEST_OFFSET, TEST_OFFSET + 1, ...: never the training images.
+TEST_OFFSET = 1 << 32
+# Bump when the renderer's pixels change, so cached renders are not reused.
+RENDER_VERSION = 1
 
 
 def _render_one(rng: np.random.Generator, yaw: float, pitch: float) -> np.ndarray:
@@ -102,6 +106,11 @@ def render_eyes(seed: int, start: int, count: int) -> tuple[np.ndarray, np.ndarr
     if not pairs:
         return np.zeros((0, HEIGHT, WIDTH, 1), np.uint8), np.zeros((0, 2), np.float32)
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def render_split(seed: int, split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``train`` (indices 0…) or ``test`` (indices TEST_OFFSET…) split of the set ``seed``."""
+    return render_eyes(seed, 0 if split == "train" else TEST_OFFSET, count)
 
 
 # ---------------------------------------------------------------- gaze geometry
