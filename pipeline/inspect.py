@@ -128,6 +128,13 @@ def inspect_set(set_dir: str | Path, kl_samples: int = 256) -> dict[str, Any]:
     }
 
 
+def header_lines(stats: dict[str, Any], task: str) -> list[str]:
+    """The first two lines of ``inspect``'s text, for either task: where, how much, which samplers."""
+    return [f"set {stats['name']} at {stats['set']}: {stats['samples']} samples in {stats['shards']} shards, "
+            f"{task}, fingerprint {str(stats['fingerprint'])[:12]}",
+            "samplers: " + ", ".join(f"{k} {v}" for k, v in stats["per_sampler"].items())]
+
+
 def format_report(stats: dict[str, Any]) -> str:
     """The statistics as text for the terminal."""
     if stats.get("task") == "regress":
@@ -136,9 +143,7 @@ def format_report(stats: dict[str, Any]) -> str:
         return format_regression(stats)
     ent = stats["entropy"]
     lines = [
-        f"set {stats['name']} at {stats['set']}: {stats['samples']} samples in {stats['shards']} shards, "
-        f"{stats['num_classes']} classes, fingerprint {str(stats['fingerprint'])[:12]}",
-        "samplers: " + ", ".join(f"{k} {v}" for k, v in stats["per_sampler"].items()),
+        *header_lines(stats, f"{stats['num_classes']} classes"),
         f"entropy Ĥ: mean {ent['mean']:.4f} std {ent['std']:.4f} p10 {ent['p10']:.4f} median {ent['median']:.4f} "
         f"p90 {ent['p90']:.4f}; disagreement mean {stats['disagreement_mean']:.4f}",
         f"targets: {stats['target']['kind']}{' k=' + str(stats['target']['k']) if 'k' in stats['target'] else ''}, "

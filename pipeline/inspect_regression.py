@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import format as fmt
 from pipeline.errors import UserError
-from pipeline.inspect import GRID_SAMPLES, _by_lambda, _records, _save
+from pipeline.inspect import GRID_SAMPLES, _by_lambda, _records, _save, header_lines
 
 # Stored mixes a σ-vs-λ curve is measured on (teacher σ from the records, models run on them).
 CURVE_SAMPLES = 2000
@@ -87,9 +87,7 @@ def inspect_regression(set_dir: str, index: dict[str, Any], table: dict[str, lis
 def format_regression(stats: dict[str, Any]) -> str:
     sigma = stats["sigma"]
     lines = [
-        f"set {stats['name']} at {stats['set']}: {stats['samples']} samples in {stats['shards']} shards, "
-        f"regression of {stats['out_dim']} values, fingerprint {str(stats['fingerprint'])[:12]}",
-        "samplers: " + ", ".join(f"{k} {v}" for k, v in stats["per_sampler"].items()),
+        *header_lines(stats, f"regression of {stats['out_dim']} values"),
         f"predicted σ: mean {sigma['mean']:.4g} std {sigma['std']:.4g} p10 {sigma['p10']:.4g} median "
         f"{sigma['median']:.4g} p90 {sigma['p90']:.4g}; σ² = aleatoric {stats['aleatoric_mean']:.4g} + epistemic "
         f"{stats['epistemic_mean']:.4g} (epistemic share {stats['epistemic_share']:.1%})",

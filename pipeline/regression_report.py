@@ -24,6 +24,12 @@ MIXING = ("mix", "mixup", "cutmix")
 SHOWN = ("error", "error_median", "rmse", "nll", "calibration_error", "z2_ratio", "sigma_mean")
 
 
+def error_gap_reduction(teacher: float, baseline: float, method: float) -> float | None:
+    """1 − gap(method) / gap(baseline) with gap = error − teacher error (None: no baseline gap).
+    :func:`pipeline.report.gap_reduction` is written for accuracies; negated errors fit it."""
+    return gap_reduction(-teacher, -baseline, -method)
+
+
 def sigma_trained(student: StudentConfig) -> bool:
     if student.objective == "erm":
         return student.train.regression_loss == "nll"
@@ -60,7 +66,7 @@ def _sigma_curves(cfg: Config, out: Path, report: dict[str, Any]) -> None:
     models = {name: out / "students" / name / "model.pt" for name, student in cfg.students.items()
               if sigma_trained(student) and (out / "students" / name / "model.pt").is_file()}
     curves = sigma_by_lambda(locate_set(cfg, out, mixing[0]), models)
-    report["sigma_by_lambda"] = {"set": mixing[0], **curves}
+    report["sigma_by_lambda"] = {**curves, "set": mixing[0], "path": curves["set"]}
     report["plots"] = [plot_sigma_by_lambda(curves, out / "sigma_vs_lambda.png", f"{cfg.name}: σ vs λ")]
 
 
@@ -75,15 +81,15 @@ def build_regression_report(cfg: Config, teachers: list[Path], students: dict[st
         student = cfg.students[name]
         row = {key: result[key] for key in ("objective", "steps", "parameters", "seconds") if key in result}
         row.update({k: result[k] for k in SHOWN if k in result})
-        row.update({"method": method(student), "sets": "+".join(student.sets), "sigma_trained": sigma_trained(student),
+        sets = "+".join(student.sets) if student.objective == "kd" else "source"
+        row.update({"method": method(student), "sets": sets, "sigma_trained": sigma_trained(student),
                     "gap": result["error"] - teacher["error"]})
         report["students"][name] = row
     baseline = cfg.report.baseline
     if baseline in students:
         for name in cfg.report.compare:
-            # gap_reduction is written for accuracies (higher is better): negated errors fit it.
-            report["gap_reduction"][f"{name}_vs_{baseline}"] = gap_reduction(
-                -teacher["error"], -students[baseline]["error"], -students[name]["error"])
+            report["gap_reduction"][f"{name}_vs_{baseline}"] = error_gap_reduction(
+                teacher["error"], students[baseline]["error"], students[name]["error"])
     if out is not None:
         _sigma_curves(cfg, out, report)
     return report
@@ -101,7 +107,7 @@ def format_regression_table(report: dict[str, Any]) -> str:
     for name, row in report["students"].items():
         nll, calibration = (f"{row['nll']:>7.3f}", f"{row['calibration_error']:>6.3f}") if row["sigma_trained"] \
             else (f"{'-':>7}", f"{'-':>6}")
-        lines.append(f"{name:<12} {row['method']:<22} {row['sets'] or 'real':<10} {row['parameters']:>8} "
+        lines.append(f"{name:<12} {row['method']:<22} {row['sets']:<10} {row['parameters']:>8} "
                      f"{row['steps']:>6} {row['error']:>8.3f} {row['gap']:>7.3f} {nll} {calibration}")
     for name, value in report["gap_reduction"].items():
         shown = "n/a (baseline has no gap)" if value is None else f"{value:+.1%}"

@@ -177,8 +177,10 @@ def train_model(
     if objective == "kd":
         opened = open_transfer_sets(transfer_sets, task=task, on_bad_shard=train_cfg.on_bad_shard)
         if (opened[0].num_classes, opened[0].out_dim) != (train_source.num_classes, out_dim):
-            raise UserError(f"transfer sets have {opened[0].num_classes} classes / {opened[0].out_dim} target "
-                            f"values, the source has {train_source.num_classes} / {out_dim}")
+            what = "target values" if task == "regress" else "classes"
+            have = (opened[0].out_dim, out_dim) if task == "regress" else (opened[0].num_classes,
+                                                                           train_source.num_classes)
+            raise UserError(f"transfer sets have {have[0]} {what}, the source has {have[1]}")
     if objective == "erm" or real_weight > 0:
         train_source = load_in_memory(train_source)
     samples = len(train_source) if objective == "erm" else sum(sum(s.samples) for s in opened)
