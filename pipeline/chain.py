@@ -72,6 +72,7 @@ def train_teachers(cfg: Config, out: Path, train: Source, test: Source, progress
     """Train the members that are not done yet: as parallel Ray tasks when the CPUs allow
     (``teachers.parallel``), else one after the other in this process."""
     from pipeline.ray_train import train_members, use_ray_for_members
+    from pipeline.report import score
     from student.train import train_model
 
     if cfg.teachers.checkpoints:
@@ -96,7 +97,7 @@ def train_teachers(cfg: Config, out: Path, train: Source, test: Source, progress
             objective="erm", kd_cfg=None, sets=[], train_source=train, test_source=test,
             out_dir=member_dir, seed=seed, progress=progress,
         )
-        progress(f"teacher {member}: accuracy {result['accuracy']:.4f}")
+        progress(f"teacher {member}: {score(result)}")
         _mark_done(member_dir, _member_spec(cfg, seed))
     return paths
 
@@ -157,7 +158,9 @@ def locate_set(cfg: Config, out: str | Path, name: str) -> str:
                     generator_stage=cfg.generator_stage).out_dir
 
 
-def student_sets(cfg: Config, out: Path, name: str) -> list[tuple[str, float]]:
+def student_sets(cfg: Config, out: Path, name: str, task: str = "classify") -> list[tuple[str, float]]:
+    """The student's sets as (directory, weight), each checked to be generated and of ``task``
+    (the task of the job's source)."""
     sets = []
     for set_name, weight in cfg.students[name].sets.items():
         if set_name == SOURCE_SET:
@@ -168,21 +171,22 @@ def student_sets(cfg: Config, out: Path, name: str) -> list[tuple[str, float]]:
         if index is None:
             raise UserError(f"students.{name}.sets: set {set_name!r} is not generated yet at {directory}; "
                             f"run `transferset generate CONFIG` first")
-        if index.get("task", "classify") != "classify":  # students of this job classify
+        if index.get("task", "classify") != task:  # the job's source decides what its students learn
             raise UserError(f"students.{name}.sets: set {set_name!r} at {directory} has task "
-                            f"{index.get('task')!r}, the student is trained for 'classify'")
+                            f"{index.get('task')!r}, the student is trained for {task!r}")
         sets.append((str(directory), weight))
     return sets
 
 
 def train_student(cfg: Config, out: Path, name: str, train: Source, test: Source,
                   progress: Progress, force: bool = False) -> dict[str, Any]:
+    from pipeline.report import score
     from student.train import train_model
 
     if name not in cfg.students:
         raise UserError(f"--student {name!r}: not one of {sorted(cfg.students)}")
     student = cfg.students[name]
-    sets = student_sets(cfg, out, name) if student.objective == "kd" else []
+    sets = student_sets(cfg, out, name, train.task) if student.objective == "kd" else []
     out_dir = out / "students" / name
     seed = derive_seed(cfg.seed, "student", name)
     spec = {"student": student.model_dump(), "source": cfg.source.model_dump(), "seed": seed,
@@ -198,7 +202,7 @@ def train_student(cfg: Config, out: Path, name: str, train: Source, test: Source
         seed=seed, progress=progress,
     )
     _mark_done(out_dir, spec)
-    progress(f"student {name}: accuracy {result['accuracy']:.4f}")
+    progress(f"student {name}: {score(result)}")
     return result
 
 
@@ -217,6 +221,6 @@ def run_job(cfg: Config, out: Path, progress: Progress) -> dict[str, Any]:
     teachers = train_teachers(cfg, out, train, test, progress)
     generate_sets(cfg, out, teachers, progress)
     students = {name: train_student(cfg, out, name, train, test, progress) for name in cfg.students}
-    report = build_report(cfg, teachers, students, test)
+    report = build_report(cfg, teachers, students, test, out)
     atomic_write(out / "report.json", json.dumps(report, indent=1).encode())
     return report

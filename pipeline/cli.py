@@ -118,7 +118,7 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
 
         if student not in cfg.students:
             raise UserError(f"--student {student!r}: not one of {sorted(cfg.students)}")
-        student_sets(cfg, out_dir, student)  # check the sets exist before starting a cluster job
+        student_sets(cfg, out_dir, student, train_split.task)  # check the sets exist before starting a cluster job
         print(json.dumps(train_student_on_ray(cfg, out_dir, student, workers, gpu, progress)))
         return
     result = train_student(cfg, out_dir, student, train_split, test_split, progress)
@@ -147,13 +147,20 @@ def inspect(set_dir: str,
             plots: Annotated[Path | None, typer.Option("--plots", help="write PNG plots into this directory")] = None,
             as_json: Annotated[bool, typer.Option("--json", help="print the statistics as one JSON object")] = False,
             kl_samples: Annotated[int, typer.Option("--kl-samples", help="records used to measure the target KL")]
-            = 256) -> None:
-    """Statistics of a transfer set: samplers, entropy (by λ), argmax classes, target size and KL."""
+            = 256,
+            model: Annotated[list[Path] | None, typer.Option(
+                "--model", help="regression sets, with --plots: a student checkpoint whose σ on the stored mixes "
+                                "joins the σ-vs-λ plot (repeatable)")] = None) -> None:
+    """Statistics of a transfer set: samplers, entropy (by λ), argmax classes, target size and KL
+    (regression sets: predicted σ, aleatoric/epistemic parts, σ by λ)."""
     from pipeline.inspect import format_report, inspect_set, write_plots
 
+    if model and plots is None:
+        raise UserError("inspect --model: give --plots DIR too (the models' σ goes into the σ-vs-λ plot)")
     stats = inspect_set(set_dir, kl_samples=kl_samples)
     if plots is not None:
-        stats["plots"] = write_plots(set_dir, plots)
+        named = {(p.parent.name if p.name == "model.pt" else p.stem): p for p in model or []}
+        stats["plots"] = write_plots(set_dir, plots, named)
     print(json.dumps(stats) if as_json else format_report(stats))
     if plots is not None and not as_json:
         print("plots: " + ", ".join(stats["plots"]))

@@ -37,9 +37,14 @@ class SourceConfig(Strict):
     ``test_images``/``test_labels`` and ``classes``); ``torchvision`` opens a torchvision data set
     by ``name`` under ``path`` (``download: true`` fetches it, on a machine with internet).
     ``classes``, ``fraction`` and ``imbalance`` carve a subset out of the training split.
+
+    Regression: ``gaze`` renders the bundled eye images (``samples`` / ``test_samples`` of them,
+    from ``split_seed``; cached under ``path``, default ``$TRANSFERSET_CACHE/gaze``); an ``npz``
+    with float ``targets`` (N, D) instead of ``labels`` is a regression source too. ``metric``
+    names the error the report shows.
     """
 
-    kind: Literal["digits", "imagefolder", "npz", "torchvision"]
+    kind: Literal["digits", "imagefolder", "npz", "torchvision", "gaze"]
     path: str | None = None
     name: str | None = Field(None, description="torchvision: the data set class, e.g. CIFAR10, CIFAR100, MNIST")
     download: bool = False
@@ -53,6 +58,11 @@ class SourceConfig(Strict):
     fraction: float = Field(1.0, gt=0, le=1, description="class-balanced fraction of the training images")
     imbalance: ImbalanceConfig | None = None
     subset_seed: int = 0
+    samples: int | None = Field(None, gt=0, description="gaze: training images to render (default 8000)")
+    test_samples: int | None = Field(None, gt=0, description="gaze: test images to render (default 2000)")
+    metric: Literal["angular", "euclidean"] | None = Field(
+        None, description="regression error: angular (targets are yaw, pitch in radians; degrees between gaze "
+                          "vectors) or euclidean (L2 distance); default angular for gaze, euclidean otherwise")
 
     @model_validator(mode="after")
     def _path_for_files(self) -> SourceConfig:
@@ -68,6 +78,8 @@ class SourceConfig(Strict):
 class ModelConfig(Strict):
     arch: str
     arch_kwargs: dict[str, Any] = {}
+    logvar: Literal["isotropic", "diagonal"] = Field(
+        "isotropic", description="regression heads: one log σ² per sample (XCL supplement A.1) or one per dimension")
 
 
 class SelfGuidanceConfig(Strict):
@@ -97,6 +109,8 @@ class TrainConfig(Strict):
     mixup: float = Field(0.0, ge=0, le=1, description="ERM: probability of MixUp per batch")
     mix_alpha: float = Field(1.0, gt=0, description="ERM: λ ~ Beta(mix_alpha, mix_alpha)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="ERM: ε of XCL supplement eq 1")
+    regression_loss: Literal["nll", "mse"] = Field(
+        "nll", description="ERM on a regression source: Gaussian NLL (XCL eq 5) or MSE of μ")
     class_balanced: bool = Field(False, description="real images drawn ∝ 1/class population (XCL §6.2)")
     self_guidance: SelfGuidanceConfig | None = None
     epoch_steps: int | None = Field(None, gt=0, description="steps per epoch; default one pass over the data")
@@ -210,6 +224,9 @@ class TargetConfig(Strict):
 
     kind: Literal["dense", "topk"] = "dense"
     k: int = Field(10, ge=1)
+    dtype: Literal["float16", "float32"] | None = Field(
+        None, description="regression sets: dtype of the stored μ and log σ² (default float32); "
+                          "classification log-probabilities are always float16")
 
 
 class SelectConfig(Strict):
@@ -296,6 +313,8 @@ class KDConfig(Strict):
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the KL term; 1 − alpha weighs CE")
     pick: PickConfig | None = None
+    regression_loss: Literal["gaussian_kl", "mse"] = Field(
+        "gaussian_kl", description="regression sets: KL between Gaussians (XCL eq 6) or MSE to the teacher's μ")
 
 
 # The student set name that means "the real training split" (labels, no teacher targets).

@@ -91,7 +91,7 @@ class ShardActor:
     """
 
     def __init__(self, *, paths: list[str], num_classes: int, stage_json: str, set_json: str, source_json: str,
-                 seed: int, set_dir: str, fuse_generator: bool = False) -> None:
+                 seed: int, set_dir: str, fuse_generator: bool = False, task: str = "classify") -> None:
         import torch
 
         from stages.teachers import Ensemble  # torch: only the actor processes pay for it
@@ -100,7 +100,7 @@ class ShardActor:
         torch.set_num_threads(stage.torch_threads())  # fixed for the process: calls never change it
         self.ensemble = Ensemble(paths, num_classes, device=stage.device, threads=stage.torch_threads(),
                                  batch_size=stage.batch_size, autocast=stage.autocast,
-                                 channels_last=stage.channels_last, pin_memory=stage.pin_memory)
+                                 channels_last=stage.channels_last, pin_memory=stage.pin_memory, task=task)
         self.set_cfg = SetConfig.model_validate_json(set_json)
         self.set_json, self.source_json, self.seed, self.set_dir = set_json, source_json, seed, set_dir
         self.forward = threading.Lock()
@@ -142,7 +142,7 @@ class ShardActor:
             output = self.ensemble.predict(labelled)
         topk = self.set_cfg.targets.k if self.set_cfg.targets.kind == "topk" else 0
         return write_shard(self.set_dir, shard, images, drawn, labels, output, count=count,
-                           select=self.set_cfg.select, topk=topk)
+                           select=self.set_cfg.select, topk=topk, dtype=self.set_cfg.targets.dtype or "float32")
 
     def _fused_generate(self, runner: GeneratorRunner,
                         made_on_device: list[Any]) -> Callable[[list[dict[str, Any]]], Any]:
@@ -233,9 +233,9 @@ def _run_ray(plan: SetPlan, missing: list[int], on_shard: Callable[[dict[str, An
                                            enable_true_multi_threading=True),
         num_cpus=stage_cfg.num_cpus, num_gpus=stage_cfg.num_gpus,
         fn_constructor_kwargs={
-            "paths": plan.teacher_paths, "num_classes": plan.num_classes, "stage_json": stage_cfg.model_dump_json(),
+            "paths": plan.teacher_paths, "num_classes": plan.outputs, "stage_json": stage_cfg.model_dump_json(),
             "set_json": plan.set_cfg.model_dump_json(), "source_json": plan.source_cfg.model_dump_json(),
-            "seed": plan.seed, "set_dir": plan.out_dir, "fuse_generator": fuse},
+            "seed": plan.seed, "set_dir": plan.out_dir, "fuse_generator": fuse, "task": plan.task},
     )
     for row in ds.iter_rows():
         if row["error"]:

@@ -2,10 +2,11 @@
 
 It covers everything that changes a shard's bytes — format version, source identity (incl. the
 class subset, fraction and imbalance), samplers (each one's own options and share), samples per
-shard, target format (dense / top-k and k), uncertainty selection, teacher weights (by checkpoint
-sha256, in order), teacher precision (autocast) and seed — and deliberately not the sample
-count nor where the set is written: asking for more samples with the same fingerprint only adds
-shards, and any job that asks for the same set finds it in the cache.
+shard, target format (dense / top-k and k; regression: Gaussian and its dtype), uncertainty
+selection, teacher weights (by checkpoint sha256, in order), teacher precision (autocast) and
+seed — and deliberately not the sample count nor where the set is written: asking for more
+samples with the same fingerprint only adds shards, and any job that asks for the same set finds
+it in the cache.
 """
 
 from __future__ import annotations
@@ -30,12 +31,17 @@ def fingerprint_payload(
 ) -> dict[str, Any]:
     """The canonical content that is hashed (handy when debugging a refusal)."""
     samplers = [s.identity() for s in set_cfg.sampler_list()]
+    targets: Any = "dense"
+    if set_cfg.targets.dtype is not None:  # a regression set: dense μ and log σ² of this dtype
+        targets = {"kind": "gaussian", "dtype": set_cfg.targets.dtype}
+    elif set_cfg.targets.kind == "topk":
+        targets = set_cfg.targets.model_dump(mode="json", exclude={"dtype"})
     return {
         "format": FORMAT_VERSION,
         "source": source_identity,
         "sampler": samplers[0] if set_cfg.sampler is not None else samplers,
         "samples_per_shard": set_cfg.samples_per_shard,
-        "targets": set_cfg.targets.model_dump(mode="json") if set_cfg.targets.kind == "topk" else "dense",
+        "targets": targets,
         "select": None if set_cfg.select is None else set_cfg.select.model_dump(mode="json"),
         "teachers": list(teacher_sha256s),
         "precision": TARGET_PRECISION if autocast == "none" else f"{TARGET_PRECISION}/autocast-{autocast}",

@@ -11,7 +11,10 @@ members ``<key>.png`` (uint8 image), ``<key>.json`` (metadata with the replay pa
 target — ``<key>.logp.npy`` (float16 temperature-free log-probabilities of the ensemble mean) or
 ``<key>.topk.npy`` (the k largest of them, their class indices and the log of the remaining
 mass; :func:`reconstruct_logp` turns it back into a dense vector) — and, when the sample is a
-real image with a label, ``<key>.cls``. Members are sorted and carry a fixed
+real image with a label, ``<key>.cls``. A regression set (``task: regress`` in its index) stores
+the moment-matched Gaussian of the teacher ensemble instead — ``<key>.mu.npy`` and
+``<key>.logvar.npy`` (float32 or float16, one value per target dimension) — and, for a real
+image, its real target as ``<key>.label.npy`` (float32). Members are sorted and carry a fixed
 mtime and owner, so the same samples always give the same bytes. Nothing here uses pickle:
 shards decode with plain ``webdataset`` in secure mode.
 """
@@ -40,6 +43,10 @@ MANIFEST_NAME = "manifest.parquet"
 SHARDS_DIR = "shards"
 LOGP_FIELD = "logp.npy"
 TOPK_FIELD = "topk.npy"
+MU_FIELD = "mu.npy"
+LOGVAR_FIELD = "logvar.npy"
+REAL_TARGET_FIELD = "label.npy"
+REGRESSION_DTYPES = ("float32", "float16")
 LOGP_DTYPE = np.float16
 # float16 cannot hold -inf; log-probabilities below this carry no information anyway.
 LOGP_FLOOR = -1e4
@@ -48,6 +55,8 @@ MANIFEST_COLUMNS = (
     "key", "shard", "index", "sampler", "lam", "label", "entropy", "disagreement",
     "teacher_argmax", "target_kl", "params",
 )
+# Regression rows: σ = √(mean over dims of the stored σ²), and its aleatoric / epistemic parts.
+REGRESSION_MANIFEST_COLUMNS = ("key", "shard", "index", "sampler", "lam", "sigma", "aleatoric", "epistemic", "params")
 __all__ = ["LOGP_FLOOR", "FormatError", "atomic_write", "decode_fields", "read_index", "shard_urls"]
 
 
@@ -80,14 +89,19 @@ def parse_key(key: str) -> tuple[int, int]:
 @dataclass(frozen=True)
 class Sample:
     """One record of a shard. ``meta`` holds everything the manifest row needs. ``topk`` > 0
-    stores the target as top-k instead of the dense vector."""
+    stores the target as top-k instead of the dense vector. A regression record has ``mu`` and
+    ``logvar`` (stored as ``dtype``) instead of ``logp``, and ``real_target`` for a real image."""
 
     key: str
     image: np.ndarray  # uint8, HWC
-    logp: np.ndarray  # log p̄ over classes, temperature-free
+    logp: np.ndarray | None  # log p̄ over classes, temperature-free (None for regression)
     meta: dict[str, Any]
     label: int | None = None
     topk: int = 0
+    mu: np.ndarray | None = None  # regression: (D,) mean of the ensemble's Gaussian
+    logvar: np.ndarray | None = None  # regression: (D,) log of its variance
+    real_target: np.ndarray | None = None  # regression: (D,) real target of a real image
+    dtype: str = "float32"  # regression: stored dtype of mu and logvar
 
 
 # ---------------------------------------------------------------- encoding
@@ -195,6 +209,10 @@ def encode_sample(sample: Sample) -> dict[str, bytes]:
     if "." in sample.key:
         raise FormatError(f"sample key {sample.key!r} contains a dot")
     fields = {"png": encode_png(sample.image), "json": encode_json(sample.meta)}
+    if sample.mu is not None:
+        return {**fields, **encode_gaussian(sample)}
+    if sample.logp is None:
+        raise FormatError(f"sample {sample.key} has no target (logp, or mu and logvar)")
     if sample.topk:
         fields[TOPK_FIELD] = encode_npy(compress_topk(sample.logp, sample.topk))
     else:
@@ -204,9 +222,44 @@ def encode_sample(sample: Sample) -> dict[str, bytes]:
     return fields
 
 
+def encode_gaussian(sample: Sample) -> dict[str, bytes]:
+    """The regression members of a sample: mu, logvar (and label for a real image)."""
+    if sample.dtype not in REGRESSION_DTYPES or sample.logvar is None:
+        raise FormatError(f"sample {sample.key}: regression targets need mu, logvar and a dtype in "
+                          f"{REGRESSION_DTYPES}, got dtype {sample.dtype!r}")
+    mu = np.asarray(sample.mu, dtype=np.float64).reshape(-1)
+    logvar = np.asarray(sample.logvar, dtype=np.float64).reshape(-1)
+    if mu.shape != logvar.shape or not (np.isfinite(mu).all() and np.isfinite(logvar).all()):
+        raise FormatError(f"sample {sample.key}: mu {mu.shape} and logvar {logvar.shape} must be finite, same shape")
+    fields = {MU_FIELD: encode_npy(mu.astype(sample.dtype)), LOGVAR_FIELD: encode_npy(logvar.astype(sample.dtype))}
+    if sample.real_target is not None:
+        fields[REAL_TARGET_FIELD] = encode_npy(np.asarray(sample.real_target, dtype=np.float32).reshape(-1))
+    return fields
+
+
+def decode_gaussian(fields: dict[str, bytes]) -> dict[str, Any]:
+    """A regression record: image, meta, mu and logvar (float32), real target (None if none)."""
+    missing = {"png", "json", LOGVAR_FIELD} - fields.keys()
+    if missing:
+        raise FormatError(f"regression sample is missing members {sorted(missing)}")
+    mu, logvar = decode_npy(fields[MU_FIELD]), decode_npy(fields[LOGVAR_FIELD])
+    if mu.ndim != 1 or mu.shape != logvar.shape or mu.dtype.name not in REGRESSION_DTYPES \
+            or logvar.dtype != mu.dtype:
+        raise FormatError(f"mu {mu.dtype} {mu.shape} and logvar {logvar.dtype} {logvar.shape} must be float32 or "
+                          f"float16 vectors of one shape")
+    real = decode_npy(fields[REAL_TARGET_FIELD]) if REAL_TARGET_FIELD in fields else None
+    if real is not None and real.shape != mu.shape:
+        raise FormatError(f"{REAL_TARGET_FIELD} has shape {real.shape}, mu has {mu.shape}")
+    return {"image": decode_png(fields["png"]), "meta": json.loads(fields["json"]), "mu": mu.astype(np.float32),
+            "logvar": logvar.astype(np.float32), "real_target": real, "label": -1, "dtype": mu.dtype.name}
+
+
 def decode_fields(fields: dict[str, bytes]) -> dict[str, Any]:
     """Decode one sample's raw members without pickle: image, meta, logp (dense, whatever the
-    stored target kind), label (-1 if none)."""
+    stored target kind), label (-1 if none). A regression record (with ``mu.npy``) gives
+    :func:`decode_gaussian`'s fields instead of ``logp``."""
+    if MU_FIELD in fields:
+        return decode_gaussian(fields)
     target = LOGP_FIELD if LOGP_FIELD in fields else TOPK_FIELD
     missing = {"png", "json", target} - fields.keys()
     if missing:
@@ -346,6 +399,11 @@ def manifest_row(meta: dict[str, Any]) -> dict[str, Any]:
     """A sample's manifest row, derived from its stored metadata (the tar is the source of truth)."""
     params = meta.get("params", {})
     lam = params.get("lam")
+    if "sigma" in meta:  # a regression record
+        return {"key": meta["key"], "shard": int(meta["shard"]), "index": int(meta["index"]),
+                "sampler": meta["sampler"], "lam": float("nan") if lam is None else float(lam),
+                **{name: float(meta[name]) for name in ("sigma", "aleatoric", "epistemic")},
+                "params": json.dumps(params, sort_keys=True)}
     kl = meta.get("target_kl")
     return {
         "key": meta["key"],
@@ -367,7 +425,8 @@ def write_manifest(set_dir: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     import pyarrow.parquet as pq
 
     ordered = sorted(rows, key=lambda row: row["key"])
-    table = pa.table({name: [row[name] for row in ordered] for name in MANIFEST_COLUMNS})
+    columns = REGRESSION_MANIFEST_COLUMNS if ordered and "sigma" in ordered[0] else MANIFEST_COLUMNS
+    table = pa.table({name: [row[name] for row in ordered] for name in columns})
     out = io.BytesIO()
     pq.write_table(table, out)
     atomic_write(storage.join(set_dir, MANIFEST_NAME), out.getvalue())

@@ -6,7 +6,8 @@ of the teachers' argmax class, the bytes the targets take per sample and the KL 
 between the teachers' full distribution and what a reader gets back from the stored target.
 The KL is measured by running the set's teacher checkpoints (when they are still at the paths
 the index lists, with the same sha256) on the stored images of a sample of records; otherwise
-it is the mean of the ``target_kl`` the writer recorded.
+it is the mean of the ``target_kl`` the writer recorded. Regression sets are described by
+:mod:`pipeline.inspect_regression` (predicted σ, its aleatoric and epistemic parts, σ by λ).
 """
 
 from __future__ import annotations
@@ -71,13 +72,14 @@ def _teacher_kl(index: dict[str, Any], records: list[dict[str, Any]]) -> np.ndar
     return fmt.kl_divergence(full, stored)
 
 
-def _by_lambda(lam: np.ndarray, entropy: np.ndarray) -> list[dict[str, Any]]:
+def _by_lambda(lam: np.ndarray, entropy: np.ndarray, key: str = "entropy_mean") -> list[dict[str, Any]]:
+    """Mean of a per-sample value (Ĥ, or a predicted σ) in LAMBDA_BINS equal bins of λ."""
     rows = []
     edges = np.linspace(0.0, 1.0, LAMBDA_BINS + 1)
     for low, high in zip(edges[:-1], edges[1:], strict=True):
         inside = (lam >= low) & ((lam < high) if high < 1 else (lam <= high))
         rows.append({"lam_low": round(float(low), 3), "lam_high": round(float(high), 3), "count": int(inside.sum()),
-                     "entropy_mean": float(entropy[inside].mean()) if inside.any() else None})
+                     key: float(entropy[inside].mean()) if inside.any() else None})
     return rows
 
 
@@ -91,6 +93,10 @@ def inspect_set(set_dir: str | Path, kl_samples: int = 256) -> dict[str, Any]:
         table = fmt.read_manifest(set_dir).to_pydict()
     except (fmt.FormatError, OSError) as err:
         raise UserError(f"inspect: {set_dir}: {err}") from err
+    if index.get("task") == "regress":
+        from pipeline.inspect_regression import inspect_regression
+
+        return inspect_regression(set_dir, index, table, kl_samples)
     entropy = np.asarray(table["entropy"], dtype=np.float64)
     lam = np.asarray(table["lam"], dtype=np.float64)
     classes = index.get("classes") or [str(c) for c in range(int(index["num_classes"]))]
@@ -122,13 +128,22 @@ def inspect_set(set_dir: str | Path, kl_samples: int = 256) -> dict[str, Any]:
     }
 
 
+def header_lines(stats: dict[str, Any], task: str) -> list[str]:
+    """The first two lines of ``inspect``'s text, for either task: where, how much, which samplers."""
+    return [f"set {stats['name']} at {stats['set']}: {stats['samples']} samples in {stats['shards']} shards, "
+            f"{task}, fingerprint {str(stats['fingerprint'])[:12]}",
+            "samplers: " + ", ".join(f"{k} {v}" for k, v in stats["per_sampler"].items())]
+
+
 def format_report(stats: dict[str, Any]) -> str:
     """The statistics as text for the terminal."""
+    if stats.get("task") == "regress":
+        from pipeline.inspect_regression import format_regression
+
+        return format_regression(stats)
     ent = stats["entropy"]
     lines = [
-        f"set {stats['name']} at {stats['set']}: {stats['samples']} samples in {stats['shards']} shards, "
-        f"{stats['num_classes']} classes, fingerprint {str(stats['fingerprint'])[:12]}",
-        "samplers: " + ", ".join(f"{k} {v}" for k, v in stats["per_sampler"].items()),
+        *header_lines(stats, f"{stats['num_classes']} classes"),
         f"entropy Ĥ: mean {ent['mean']:.4f} std {ent['std']:.4f} p10 {ent['p10']:.4f} median {ent['median']:.4f} "
         f"p90 {ent['p90']:.4f}; disagreement mean {stats['disagreement_mean']:.4f}",
         f"targets: {stats['target']['kind']}{' k=' + str(stats['target']['k']) if 'k' in stats['target'] else ''}, "
@@ -149,9 +164,10 @@ def format_report(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_plots(set_dir: str | Path, out_dir: str | Path) -> list[str]:
+def write_plots(set_dir: str | Path, out_dir: str | Path, models: dict[str, str | Path] | None = None) -> list[str]:
     """PNGs: entropy histogram, entropy vs λ (XCL fig. 1), a grid of images with their top
-    teacher classes. Returns their paths."""
+    teacher classes. Returns their paths. A regression set gets σ plots instead, with the σ the
+    ``models`` (name → regression checkpoint) predict on its stored mixes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,6 +178,12 @@ def write_plots(set_dir: str | Path, out_dir: str | Path) -> list[str]:
     index = fmt.read_index(set_dir)
     if index is None:
         raise UserError(f"inspect: {set_dir} has no {fmt.INDEX_NAME}")
+    if index.get("task") == "regress":
+        from pipeline.inspect_regression import write_regression_plots
+
+        return write_regression_plots(set_dir, out, index, models or {})
+    if models:
+        raise UserError("inspect --model: model σ curves are for regression sets")
     table = fmt.read_manifest(set_dir).to_pydict()
     entropy, lam = np.asarray(table["entropy"]), np.asarray(table["lam"], dtype=np.float64)
     samplers = np.asarray(table["sampler"])

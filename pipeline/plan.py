@@ -66,6 +66,8 @@ class SetPlan:
     index: dict[str, Any] | None  # the existing index (same fingerprint), if any
     summaries: dict[int, dict[str, Any]] = field(default_factory=dict)  # shard → summary, once known
     generator_stage: GeneratorStageConfig = field(default_factory=GeneratorStageConfig)  # gan samplers' actors
+    task: str = "classify"  # or "regress": Gaussian targets of dimension out_dim
+    out_dim: int = 0
 
     @property
     def shards(self) -> int:
@@ -74,6 +76,15 @@ class SetPlan:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def outputs(self) -> int:
+        """What the teachers predict: classes, or the regression target's dimension."""
+        return self.out_dim if self.task == "regress" else self.num_classes
+
+    @property
+    def target_dtype(self) -> str:
+        return self.set_cfg.targets.dtype or "float32"
 
     def planned(self, shard: int) -> int:
         """Samples written to ``shard`` (the last shard may be short)."""
@@ -132,15 +143,17 @@ def check_out_dir(out_dir: str, fingerprint: str) -> dict[str, Any] | None:
     return None
 
 
-def check_teachers(paths: list[str], num_classes: int, channels: int) -> list[dict[str, Any]]:
-    """Check every checkpoint fits the job (task, classes, channels); their index entries."""
+def check_teachers(paths: list[str], num_classes: int, channels: int, task: str = "classify",
+                   out_dim: int = 0) -> list[dict[str, Any]]:
+    """Check every checkpoint fits the job (task, classes or target dimension, channels); their
+    index entries."""
     from pipeline.models import load_model
 
     if not paths:
         raise UserError("teachers: no checkpoints given")
     entries = []
     for path in paths:
-        _, payload = load_model(path, task="classify", num_classes=num_classes)
+        _, payload = load_model(path, task=task, num_classes=num_classes, out_dim=out_dim)
         wanted = int(payload["input"]["channels"])
         if wanted != channels and not (channels == 1 and wanted == 3):
             raise UserError(f"checkpoint {path}: expects {wanted}-channel images, the source has {channels}")
@@ -166,6 +179,21 @@ def resolve_samplers(set_cfg: SetConfig, teachers: list[dict[str, Any]], channel
     return set_cfg.model_copy(update={key: resolved[0] if key == "sampler" else resolved})
 
 
+def resolve_targets(set_cfg: SetConfig, task: str) -> SetConfig:
+    """Regression sets store dense μ and log σ² (float32 unless asked otherwise); classification
+    sets store float16 log-probabilities, so a dtype is meaningless there."""
+    targets = set_cfg.targets
+    if task == "regress":
+        if targets.kind != "dense":
+            raise UserError("targets.kind: top-k targets are for classification; a regression set stores dense "
+                            "mu and logvar (remove targets.kind)")
+        return set_cfg.model_copy(update={"targets": targets.model_copy(update={"dtype": targets.dtype or "float32"})})
+    if targets.dtype is not None:
+        raise UserError("targets.dtype: classification targets are always float16 log-probabilities; "
+                        "dtype is for regression sets (remove it)")
+    return set_cfg
+
+
 def plan_set(*, set_name: str, set_cfg: SetConfig, source_cfg: SourceConfig, seed: int,
              teacher_paths: list[str | Path], out_dir: str | Path, stage_cfg: TeacherStageConfig,
              cache: str | None = None, source: Source | None = None,
@@ -180,8 +208,9 @@ def plan_set(*, set_name: str, set_cfg: SetConfig, source_cfg: SourceConfig, see
                         "teacher actors no GPU; set teacher_stage.num_gpus (e.g. 1) or device 'auto'")
     source = source if source is not None else load_source(source_cfg, "train")
     paths = [str(p) for p in teacher_paths]
-    teachers = check_teachers(paths, source.num_classes, source.shape[2])
-    resolved = resolve_gan_samplers(resolve_samplers(set_cfg, teachers, source.shape[2]), source)
+    teachers = check_teachers(paths, source.num_classes, source.shape[2], source.task, source.out_dim)
+    resolved = resolve_targets(resolve_gan_samplers(resolve_samplers(set_cfg, teachers, source.shape[2]), source),
+                               source.task)
     fingerprint = set_fingerprint(resolved, source, [t["sha256"] for t in teachers], seed, stage_cfg.autocast)
     location = set_location(set_cfg, set_name, out_dir, fingerprint, cache)
     return SetPlan(
@@ -190,6 +219,7 @@ def plan_set(*, set_name: str, set_cfg: SetConfig, source_cfg: SourceConfig, see
         stage_cfg=stage_cfg, classes=list(source.classes), image_shape=source.shape,
         total=set_size(resolved, source), fingerprint=fingerprint, index=check_out_dir(location, fingerprint),
         generator_stage=generator_stage or GeneratorStageConfig(),
+        task=source.task, out_dim=source.out_dim,
     )
 
 
@@ -239,11 +269,17 @@ def resume(plan: SetPlan, progress: Callable[[str], None]) -> list[int]:
 
 
 def statistics(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    entropy = np.asarray([r["entropy"] for r in rows], dtype=np.float64)
-    disagreement = np.asarray([r["disagreement"] for r in rows], dtype=np.float64)
     per_sampler: dict[str, int] = {}
     for row in rows:
         per_sampler[row["sampler"]] = per_sampler.get(row["sampler"], 0) + 1
+    if rows and "sigma" in rows[0]:  # regression: predicted σ and its two parts
+        sigma, aleatoric, epistemic = (np.asarray([r[k] for r in rows], dtype=np.float64)
+                                       for k in ("sigma", "aleatoric", "epistemic"))
+        return {"sigma_mean": float(sigma.mean()), "sigma_std": float(sigma.std()),
+                "aleatoric_mean": float(aleatoric.mean()), "epistemic_mean": float(epistemic.mean()),
+                "per_sampler": per_sampler}
+    entropy = np.asarray([r["entropy"] for r in rows], dtype=np.float64)
+    disagreement = np.asarray([r["disagreement"] for r in rows], dtype=np.float64)
     return {
         "entropy_mean": float(entropy.mean()) if len(rows) else 0.0,
         "entropy_std": float(entropy.std()) if len(rows) else 0.0,
@@ -266,17 +302,22 @@ def finish(plan: SetPlan) -> dict[str, int]:
     # shard call that died mid-write and was re-run elsewhere (a lost node), never listed.
     fmt.remove_stale_temps(plan.out_dir)
     fmt.write_manifest(plan.out_dir, rows)
+    outputs: dict[str, Any] = {"task": "classify", "classes": plan.classes, "num_classes": plan.num_classes}
+    if plan.task == "regress":
+        outputs = {"task": "regress", "out_dim": plan.out_dim}
+    # Keys a classification set never uses stay out of its index (its bytes predate them).
+    unused = {"targets": {"dtype"}} if plan.set_cfg.targets.dtype is None else None
+    source_unused = {name for name in ("samples", "test_samples", "metric")
+                     if getattr(plan.source_cfg, name) is None} or None
     fmt.write_index(plan.out_dir, {
         "fingerprint": plan.fingerprint,
         "name": plan.name,
-        "task": "classify",
-        "classes": plan.classes,
-        "num_classes": plan.num_classes,
+        **outputs,
         "image": {"height": height, "width": width, "channels": channels, "encoding": "png"},
         "target": target_spec(plan),
         "teachers": plan.teachers,
-        "config": {"set": plan.set_cfg.model_dump(mode="json"), "source": plan.source_cfg.model_dump(mode="json"),
-                   "seed": plan.seed},
+        "config": {"set": plan.set_cfg.model_dump(mode="json", exclude=unused),
+                   "source": plan.source_cfg.model_dump(mode="json", exclude=source_unused), "seed": plan.seed},
         "shards": [{k: s[k] for k in ("name", "samples", "bytes", "sha256")} for s in ordered],
         "totals": totals,
         "statistics": statistics(rows),
@@ -290,6 +331,10 @@ def finish(plan: SetPlan) -> dict[str, int]:
 def target_spec(plan: SetPlan) -> dict[str, Any]:
     """The index's description of the stored targets."""
     targets = plan.set_cfg.targets
+    if plan.task == "regress":
+        size = np.dtype(plan.target_dtype).itemsize * plan.out_dim
+        return {"kind": "gaussian", "dtype": plan.target_dtype, "members": [fmt.MU_FIELD, fmt.LOGVAR_FIELD],
+                "logvar": "per dimension", "payload_bytes": 2 * size}
     spec: dict[str, Any] = {"kind": "logp", "dtype": "float16", "temperature_free": True}
     if targets.kind == "topk":
         k = min(targets.k, plan.num_classes)

@@ -60,6 +60,7 @@ def train_members(cfg: Config, jobs: list[tuple[int, Path, int]], progress: Prog
     import ray
 
     from pipeline.driver import ensure_ray
+    from pipeline.report import score
 
     ensure_ray(cfg.ray)
     cpus = cfg.teachers.cpus_per_member
@@ -73,7 +74,7 @@ def train_members(cfg: Config, jobs: list[tuple[int, Path, int]], progress: Prog
         done, _ = ray.wait(list(pending), num_returns=1)
         member = pending.pop(done[0])
         results[member] = ray.get(done[0])
-        progress(f"teacher {member}: accuracy {results[member]['accuracy']:.4f}")
+        progress(f"teacher {member}: {score(results[member])}")
     return results
 
 

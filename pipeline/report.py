@@ -1,6 +1,7 @@
 """The job report: teacher and student accuracies on the held-out split, and the KD gap closed.
 
 gap(student) = teacher accuracy − student accuracy; reduction = 1 − gap(method) / gap(baseline).
+A regression job's report (error instead of accuracy) is :mod:`pipeline.regression_report`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,19 @@ def gap_reduction(teacher: float, baseline: float, method: float) -> float | Non
     return 1.0 - (teacher - method) / gap_baseline
 
 
+def score(result: dict[str, Any]) -> str:
+    """A trained model's headline for a progress line: accuracy, or the regression error."""
+    if "error" in result:
+        return f"{result.get('metric', '')} error {result['error']:.4f}".strip()
+    return f"accuracy {result['accuracy']:.4f}"
+
+
 def build_report(cfg: Config, teachers: list[Path], students: dict[str, dict[str, Any]],
-                 test: Source) -> dict[str, Any]:
+                 test: Source, out: Path | None = None) -> dict[str, Any]:
+    if test.task == "regress":
+        from pipeline.regression_report import build_regression_report
+
+        return build_regression_report(cfg, teachers, students, test, out)
     teacher_acc, member_acc = ensemble_accuracy(teachers, test)
     report: dict[str, Any] = {
         "config": cfg.name,
@@ -56,6 +68,10 @@ def build_report(cfg: Config, teachers: list[Path], students: dict[str, dict[str
 
 def format_table(report: dict[str, Any]) -> str:
     """The report as a fixed-width table for the terminal."""
+    if report.get("task") == "regress":
+        from pipeline.regression_report import format_regression_table
+
+        return format_regression_table(report)
     teacher = report["teacher"]["accuracy"]
     lines = [
         f"{'model':<12} {'objective':<10} {'params':>8} {'steps':>6} {'accuracy':>9} {'gap':>7}",

@@ -17,6 +17,29 @@ from pipeline import storage
 
 # float16 log-probabilities: exp() of each entry is within ~1e-3 relative, summed over C classes.
 LOGP_SUM_TOLERANCE = 1e-2
+# σ in the metadata vs σ from the stored log σ² (float16 storage: ~1e-3 relative per entry).
+SIGMA_TOLERANCE = 1e-2
+
+
+def _check_gaussian(where: str, record: dict[str, Any], index: dict[str, Any]) -> list[str]:
+    """A regression record: mu and logvar of the index's dtype and dimension, finite, and a
+    metadata σ that matches them."""
+    if "mu" not in record:
+        return [f"{where}: no {fmt.MU_FIELD} member, the index says task 'regress'"]
+    dims, dtype = index.get("out_dim"), index.get("target", {}).get("dtype")
+    problems = []
+    if record["mu"].shape != (dims,) or record["dtype"] != dtype:
+        problems.append(f"{where}: mu/logvar are {record['dtype']} {record['mu'].shape}, expected {dtype} ({dims},)")
+    if not (np.isfinite(record["mu"]).all() and np.isfinite(record["logvar"]).all()):
+        problems.append(f"{where}: mu or logvar is not finite")
+    sigma = record["meta"].get("sigma")
+    expected = float(np.sqrt(np.exp(record["logvar"].astype(np.float64)).mean()))
+    if not isinstance(sigma, int | float) or not abs(sigma - expected) <= SIGMA_TOLERANCE * max(expected, 1e-12):
+        problems.append(f"{where}: metadata sigma {sigma!r} differs from the stored logvar's {expected:.6g}")
+    real = record["real_target"]
+    if real is not None and (real.shape != (dims,) or not np.isfinite(real).all()):
+        problems.append(f"{where}: {fmt.REAL_TARGET_FIELD} is {real.shape}, not {dims} finite values")
+    return problems
 
 
 def _check_record(
@@ -34,10 +57,18 @@ def _check_record(
         return [f"{where}: malformed key"]
     if key_shard != shard:
         problems.append(f"{where}: key prefix says shard {key_shard}")
-    meta, logp, image = record["meta"], record["logp"], record["image"]
+    meta, image = record["meta"], record["image"]
     if not isinstance(meta, dict) or meta.get("key") != key:
         problems.append(f"{where}: metadata key is {meta.get('key') if isinstance(meta, dict) else meta!r}")
         return problems
+    spec = index.get("image", {})
+    expected = (spec.get("height"), spec.get("width"), spec.get("channels"))
+    if None not in expected and tuple(image.shape) != expected:
+        problems.append(f"{where}: image {tuple(image.shape)}, index says {expected}")
+    if index.get("task") == "regress":
+        return problems + _check_gaussian(where, record, index)
+    if "logp" not in record:
+        return problems + [f"{where}: a regression record in a set whose index says task 'classify'"]
     classes = index.get("num_classes")
     target = index.get("target", {})
     member = fmt.TOPK_FIELD if target.get("kind") == "topk" else fmt.LOGP_FIELD
@@ -47,6 +78,7 @@ def _check_record(
     elif member == fmt.TOPK_FIELD and fmt.decode_npy(fields[member]).dtype != fmt.topk_dtype(target.get("k", 0),
                                                                                              classes or 0):
         problems.append(f"{where}: {member} is not a top-k record of k={target.get('k')} for {classes} classes")
+    logp = record["logp"]
     if logp.dtype != dtype or logp.ndim != 1 or (classes is not None and logp.shape[0] != classes):
         problems.append(f"{where}: logp is {logp.dtype} {logp.shape}, expected {np.dtype(dtype).name} ({classes},)")
     else:
@@ -56,10 +88,6 @@ def _check_record(
     entropy = meta.get("entropy")
     if not isinstance(entropy, int | float) or not 0.0 <= entropy <= 1.0:
         problems.append(f"{where}: entropy {entropy!r} outside [0, 1]")
-    spec = index.get("image", {})
-    expected = (spec.get("height"), spec.get("width"), spec.get("channels"))
-    if None not in expected and tuple(image.shape) != expected:
-        problems.append(f"{where}: image {tuple(image.shape)}, index says {expected}")
     if int(meta.get("label", -1)) != record["label"]:
         problems.append(f"{where}: .cls label {record['label']} differs from metadata {meta.get('label')}")
     return problems

@@ -1,11 +1,14 @@
 """A bundled regression data set: procedurally rendered grey eye images with a 2-D gaze target.
 
 Images are 36×60 like MPIIGaze's normalised eye patches. The gaze (yaw, pitch) in radians moves
-the iris and pupil over a spherical eyeball; the eyelids follow the pitch; a head-pose-like
-shift, roll and scale move the whole eye; lighting (gain, gradient, gamma), blur and sensor noise
-vary per image. Every image is a pure function of ``(seed, index)``, rendered at 2× and
-box-filtered down, so the iris position is resolved below one pixel: the mapping from pixels to
-gaze is smooth and learnable, as on real eyes.
+the iris and pupil over a spherical eyeball; the eyelids follow the pitch and close more or
+less per image (squints occlude the iris); eye width varies; a head-pose-like shift, roll and
+scale move the whole eye; lighting (gain, gradient, gamma), an occasional reflection of glasses,
+blur, contrast loss and sensor noise vary per image, with a per-image degradation drawn so that
+some eyes are crisp and some are webcam-poor (as in MPIIGaze's in-the-wild captures). The
+degradation makes the task's uncertainty depend on the image (heteroscedastic), which is what a
+Gaussian head can learn. Every image is a pure function of ``(seed, index)``, rendered at 2×
+and box-filtered down, so the iris position is resolved below one pixel.
 
 Gaze vectors follow MPIIGaze: g = (−cos φ·sin θ, −sin φ, −cos φ·cos θ) for yaw θ, pitch φ.
 """
@@ -21,25 +24,35 @@ SUPERSAMPLE = 2
 YAW_RANGE = (-0.6, 0.6)  # radians (±34°), about MPIIGaze's normalised range
 PITCH_RANGE = (-0.45, 0.3)  # radians (−26° … 17°): people look down more often than up
 GAZE_STREAM = 0x6A7E  # keeps these draws apart from every other use of (seed, index)
+# Test images are indices TEST_OFFSET, TEST_OFFSET + 1, ...: never the training images.
+TEST_OFFSET = 1 << 32
+# Bump when the renderer's pixels change, so cached renders are not reused.
+RENDER_VERSION = 3
+
+
+# Pixel centres of the supersampled canvas (rows, columns), shared by every render.
+_GRID = np.mgrid[0:HEIGHT * SUPERSAMPLE, 0:WIDTH * SUPERSAMPLE].astype(np.float64) + 0.5
 
 
 def _render_one(rng: np.random.Generator, yaw: float, pitch: float) -> np.ndarray:
     """One eye as float [0, 1] at SUPERSAMPLE× resolution, then box-filtered to 36×60."""
     s = SUPERSAMPLE
     height, width = HEIGHT * s, WIDTH * s
-    scale = rng.uniform(0.9, 1.1) * s
-    cx = width / 2 + rng.normal(0, 2.0) * s
-    cy = height / 2 + rng.normal(0, 1.5) * s
-    roll = rng.normal(0, 0.08)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
+    scale = rng.uniform(0.85, 1.15) * s
+    cx = width / 2 + rng.normal(0, 3.0) * s
+    cy = height / 2 + rng.normal(0, 2.0) * s
+    roll = rng.normal(0, 0.12)
+    degrade = rng.uniform(0.0, 1.0)  # 0: a crisp capture, 1: a dark, blurred, noisy webcam frame
+    ys, xs = _GRID
     # Eye-centred coordinates (u right, v down), rotated by the head roll.
     u = (xs - cx) * math.cos(roll) + (ys - cy) * math.sin(roll)
     v = -(xs - cx) * math.sin(roll) + (ys - cy) * math.cos(roll)
 
     radius = 13.0 * scale  # eyeball
-    half_width = 21.0 * scale  # eye corners at ±half_width
-    upper = (8.5 + 9.0 * pitch + rng.normal(0, 0.6)) * scale  # the upper lid rises when looking up
-    lower = (6.5 - 3.0 * pitch + rng.normal(0, 0.4)) * scale
+    half_width = rng.uniform(18.5, 23.0) * scale  # eye corners at ±half_width
+    opening = rng.uniform(0.65, 1.15)  # below 1: a squint, the lids cover more of the iris
+    upper = (8.5 + 9.0 * pitch + rng.normal(0, 0.6)) * scale * opening  # the upper lid rises when looking up
+    lower = (6.5 - 3.0 * pitch + rng.normal(0, 0.4)) * scale * opening
     shape = np.clip(1.0 - (u / half_width) ** 2, 0.0, None)
     open_eye = (v > -upper * shape) & (v < lower * shape)
 
@@ -65,23 +78,41 @@ def _render_one(rng: np.random.Generator, yaw: float, pitch: float) -> np.ndarra
     # The upper lid's lashes darken the top of the opening.
     image -= 0.18 * open_eye * np.exp(-((v + upper * shape) / (1.2 * scale)) ** 2)
 
-    gain, gradient = rng.uniform(0.6, 1.25), rng.normal(0, 0.25, size=2)
+    if rng.uniform() < 0.25:  # a reflection on glasses: a bright smear over part of the eye
+        gu, gv = rng.uniform(-0.8, 0.8) * half_width, rng.uniform(-1.0, 1.0) * 8.0 * scale
+        size, angle = rng.uniform(3.0, 9.0) * scale, rng.uniform(0.0, math.pi)
+        along = (u - gu) * math.cos(angle) + (v - gv) * math.sin(angle)
+        across = -(u - gu) * math.sin(angle) + (v - gv) * math.cos(angle)
+        image = image + rng.uniform(0.25, 0.7) * np.exp(-(along / size) ** 2 - (across / (0.35 * size)) ** 2)
+
+    gain, gradient = rng.uniform(0.6, 1.25) * (1.0 - 0.3 * degrade), rng.normal(0, 0.25, size=2)
     image = image * gain * (1.0 + gradient[0] * (xs / width - 0.5) + gradient[1] * (ys / height - 0.5))
     image = np.clip(image, 0.0, 1.0) ** rng.uniform(0.8, 1.25)
     small = image.reshape(HEIGHT, s, WIDTH, s).mean(axis=(1, 3))
-    blur = rng.uniform(0.0, 1.0)
+    blur = rng.uniform(0.0, 0.6 + 0.9 * degrade)
     if blur > 0.2:
         small = _gaussian_blur(small, blur)
-    return np.clip(small + rng.normal(0, rng.uniform(0.004, 0.025), small.shape), 0.0, 1.0)
+    contrast = 1.0 - 0.35 * degrade * rng.uniform()
+    small = small.mean() + contrast * (small - small.mean())
+    noise = 0.004 + 0.035 * degrade**2 * rng.uniform(0.5, 1.0)
+    return np.clip(small + rng.normal(0, noise, small.shape), 0.0, 1.0)
 
 
-def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+def _blur_matrix(size: int, sigma: float) -> np.ndarray:
+    """(size, size) matrix of a 1-D Gaussian blur with edge-replicating borders."""
     radius = max(1, int(math.ceil(2.5 * sigma)))
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     taps /= taps.sum()
-    padded = np.pad(image, radius, mode="edge")
-    rows = np.stack([np.convolve(row, taps, mode="valid") for row in padded])
-    return np.stack([np.convolve(col, taps, mode="valid") for col in rows.T]).T
+    matrix = np.zeros((size, size))
+    rows = np.arange(size)
+    for offset, tap in zip(range(-radius, radius + 1), taps, strict=True):
+        np.add.at(matrix, (rows, np.clip(rows + offset, 0, size - 1)), tap)
+    return matrix
+
+
+def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur (edges replicated), as two small matrix products."""
+    return _blur_matrix(image.shape[0], sigma) @ image @ _blur_matrix(image.shape[1], sigma).T
 
 
 def draw_gaze(rng: np.random.Generator) -> tuple[float, float]:
@@ -102,6 +133,11 @@ def render_eyes(seed: int, start: int, count: int) -> tuple[np.ndarray, np.ndarr
     if not pairs:
         return np.zeros((0, HEIGHT, WIDTH, 1), np.uint8), np.zeros((0, 2), np.float32)
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def render_split(seed: int, split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``train`` (indices 0…) or ``test`` (indices TEST_OFFSET…) split of the set ``seed``."""
+    return render_eyes(seed, 0 if split == "train" else TEST_OFFSET, count)
 
 
 # ---------------------------------------------------------------- gaze geometry

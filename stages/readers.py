@@ -8,6 +8,7 @@ split seeds) and describes its data by an ``identity`` that changes when the dat
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,11 @@ SPLIT_ARGUMENT = {"SVHN": {"train": "train", "test": "test"}, "STL10": {"train":
 
 @dataclass
 class Source:
-    """Images of one split. ``image(i)`` is uint8 HWC; ``labels[i]`` its class index."""
+    """Images of one split. ``image(i)`` is uint8 HWC; ``labels[i]`` its class index.
+
+    A regression source has no classes: ``labels`` are all −1 and ``targets`` holds the float32
+    targets (N, D); ``metric`` names the error to report (``angular`` or ``euclidean``).
+    """
 
     name: str
     classes: list[str]
@@ -39,9 +44,20 @@ class Source:
     _images: np.ndarray | None = None
     _files: list[str] = field(default_factory=list)  # paths or fsspec URLs
     shape: tuple[int, int, int] = (0, 0, 0)
+    targets: np.ndarray | None = None
+    metric: str | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def task(self) -> str:
+        return "classify" if self.targets is None else "regress"
+
+    @property
+    def out_dim(self) -> int:
+        """Dimension of a regression target (0 for a classification source)."""
+        return 0 if self.targets is None else int(self.targets.shape[1])
 
     @property
     def num_classes(self) -> int:
@@ -154,6 +170,11 @@ def read_npz(cfg: SourceConfig, split: Split) -> Source:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError) as err:
         raise UserError(f"source.path: {path} is not a readable .npz without pickle ({err})") from err
+    if "targets" in arrays:
+        if "labels" in arrays:
+            raise UserError(f"source.path: {path} has both labels and targets; keep labels (classification) "
+                            f"or targets (regression)")
+        return read_npz_regression(cfg, split, arrays, path)
     missing = {"images", "labels"} - arrays.keys()
     if missing:
         raise UserError(f"source.path: {path} has no {sorted(missing)} arrays (found {sorted(arrays)})")
@@ -175,6 +196,82 @@ def read_npz(cfg: SourceConfig, split: Split) -> Source:
         pad=4 if images.shape[1] >= 16 else 1, flip=images.shape[3] == 3, _images=images,
         shape=tuple(int(d) for d in images.shape[1:]),  # type: ignore[arg-type]
     )
+
+
+def _regression_targets(targets: np.ndarray, count: int, where: str) -> np.ndarray:
+    targets = np.asarray(targets)
+    targets = targets[:, None] if targets.ndim == 1 else targets
+    if targets.ndim != 2 or len(targets) != count or not np.issubdtype(targets.dtype, np.floating) \
+            or not np.isfinite(targets).all():
+        raise UserError(f"{where}: targets must be {count} finite float rows (N, D) or (N,), "
+                        f"got {targets.dtype} {targets.shape}")
+    return np.ascontiguousarray(targets, dtype=np.float32)
+
+
+def _regression_source(name: str, images: np.ndarray, targets: np.ndarray, identity: dict[str, Any],
+                       pad: int, metric: str) -> Source:
+    return Source(name=name, classes=[], labels=np.full(len(images), -1, np.int64), identity=identity,
+                  pad=pad, flip=False, _images=images, shape=tuple(int(d) for d in images.shape[1:]),  # type: ignore[arg-type]
+                  targets=targets, metric=metric)
+
+
+def read_npz_regression(cfg: SourceConfig, split: Split, arrays: dict[str, np.ndarray], path: Path) -> Source:
+    """An .npz with float ``targets`` (N, D) — e.g. MPIIGaze normalised eyes with (yaw, pitch) —
+    and optionally ``test_images`` / ``test_targets``; otherwise a seeded random ``test_fraction``."""
+    images, _ = _checked_images(arrays["images"], np.zeros(len(arrays["images"]), np.int64), f"{path} images")
+    targets = _regression_targets(arrays["targets"], len(images), f"{path} targets")
+    if "test_images" in arrays:
+        if split == "test":
+            if "test_targets" not in arrays:
+                raise UserError(f"source.path: {path} has test_images but no test_targets")
+            images, _ = _checked_images(arrays["test_images"], np.zeros(len(arrays["test_images"]), np.int64),
+                                        f"{path} test_images")
+            targets = _regression_targets(arrays["test_targets"], len(images), f"{path} test_targets")
+        split_rule: dict[str, Any] = {"test": "test_images"}
+    else:
+        order = np.random.default_rng([cfg.split_seed, 0x5917]).permutation(len(images))
+        cut = int(round(len(images) * cfg.test_fraction))
+        chosen = np.sort(order[cut:] if split == "train" else order[:cut])
+        images, targets = images[chosen], targets[chosen]
+        split_rule = {"test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed}
+    identity = {"kind": "npz", "task": "regress", "split": split, "sha256": content_hash(images, targets),
+                **split_rule}
+    return _regression_source(f"npz:{path}", images, targets, identity, 4 if images.shape[1] >= 16 else 1,
+                              cfg.metric or "euclidean")
+
+
+GAZE_SAMPLES = {"train": 8000, "test": 2000}
+
+
+def read_gaze(cfg: SourceConfig, split: Split) -> Source:
+    """The bundled gaze set (:mod:`stages.gaze`), rendered once and cached as an .npz (rendering
+    takes milliseconds per image, and every worker process would otherwise render it again)."""
+    from pipeline.plan import cache_root
+    from pipeline.storage import atomic_write
+    from stages.gaze import RENDER_VERSION, render_split
+
+    count = (cfg.samples if split == "train" else cfg.test_samples) or GAZE_SAMPLES[split]
+    directory = Path(cfg.path) if cfg.path else Path(cache_root(None)) / "gaze"
+    cached = directory / f"gaze-v{RENDER_VERSION}-seed{cfg.split_seed}-{split}-{count}.npz"
+    images = targets = None
+    if cached.is_file():
+        try:
+            with np.load(cached, allow_pickle=False) as archive:
+                images, targets = archive["images"], archive["targets"]
+        except (OSError, ValueError, KeyError):
+            images = None  # damaged: render again
+    if images is None or targets is None or len(images) != count:
+        images, targets = render_split(cfg.split_seed, split, count)
+        buffer = io.BytesIO()
+        np.savez(buffer, images=images, targets=targets)
+        try:
+            atomic_write(cached, buffer.getvalue())
+        except OSError as err:
+            raise UserError(f"source.path: cannot cache rendered gaze images in {directory} ({err}); "
+                            f"set source.path to a writable directory") from err
+    identity = {"kind": "gaze", "split": split, "seed": cfg.split_seed, "samples": count,
+                "sha256": content_hash(images, targets)}
+    return _regression_source(f"gaze:{cfg.split_seed}", images, targets, identity, 2, cfg.metric or "angular")
 
 
 def read_torchvision(cfg: SourceConfig, split: Split) -> Source:
@@ -214,4 +311,5 @@ def read_torchvision(cfg: SourceConfig, split: Split) -> Source:
     )
 
 
-READERS = {"digits": read_digits, "imagefolder": read_imagefolder, "npz": read_npz, "torchvision": read_torchvision}
+READERS = {"digits": read_digits, "imagefolder": read_imagefolder, "npz": read_npz, "torchvision": read_torchvision,
+           "gaze": read_gaze}

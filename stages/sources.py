@@ -36,6 +36,7 @@ def select(source: Source, keep: np.ndarray, label_map: np.ndarray | None = None
         identity={**source.identity, **identity}, pad=source.pad, flip=source.flip,
         _images=None if source._images is None else source._images[keep],
         _files=[source._files[i] for i in keep] if source._images is None else [], shape=source.shape,
+        targets=None if source.targets is None else source.targets[keep], metric=source.metric,
     )
 
 
@@ -94,6 +95,8 @@ def load_source(cfg: SourceConfig, split: Split) -> Source:
     shrink only the training split, as the papers' data-size experiments do.
     """
     source = _with_options(READERS[cfg.kind](cfg, split), cfg)
+    if source.task == "regress":
+        _check_regression_options(source, cfg)
     if cfg.classes is not None:
         source = class_subset(source, cfg.classes)
     if split == "train":
@@ -106,6 +109,17 @@ def load_source(cfg: SourceConfig, split: Split) -> Source:
     if len(source) == 0:
         raise UserError(f"source: the {split} split of {source.name} holds no images after subsetting")
     return source
+
+
+def _check_regression_options(source: Source, cfg: SourceConfig) -> None:
+    """Class subsets and flips have no meaning for (or change) a regression target: refuse them."""
+    used = [name for name in ("classes", "imbalance") if getattr(cfg, name) is not None]
+    used += ["fraction"] if cfg.fraction < 1 else []
+    if used:
+        raise UserError(f"source {source.name}: {used} select classes; a regression source has none (remove them)")
+    if source.flip:
+        raise UserError(f"source {source.name}: flip: true mirrors the image but not its regression target "
+                        f"(e.g. the gaze yaw); set source.flip: false")
 
 
 # Workers decode a file-backed source once when it fits in this many bytes (random partner
@@ -136,4 +150,5 @@ def load_in_memory(source: Source) -> Source:
     return Source(
         name=source.name, classes=source.classes, labels=source.labels, identity=source.identity,
         pad=source.pad, flip=source.flip, _images=source.images(), shape=source.shape,
+        targets=source.targets, metric=source.metric,
     )

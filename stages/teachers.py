@@ -25,7 +25,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.errors import UserError
-from pipeline.models import load_model
+from pipeline.models import load_model, split_gaussian
+from stages.gaussian import GaussianOutput, gaussian_ensemble_targets
 from stages.targets import EnsembleOutput
 
 __all__ = ["Ensemble", "EnsembleOutput", "ensemble_targets", "resolve_device"]
@@ -83,7 +84,9 @@ class _Member:
 
 
 class Ensemble:
-    """Teacher checkpoints of one classification task, ready to label uint8 NHWC images.
+    """Teacher checkpoints of one task, ready to label uint8 NHWC images: class probabilities
+    (``task="classify"``, ``num_classes`` classes) or Gaussians (``task="regress"``, where
+    ``num_classes`` is the target's dimension D; members may predict 1 or D log-variances).
 
     Each member sees the images the way it was trained: /255, resized (antialiased bilinear)
     to its input size, normalised with its own mean/std — so members trained at different
@@ -96,7 +99,7 @@ class Ensemble:
     def __init__(
         self, paths: Sequence[str | Path], num_classes: int, *, device: str = "auto", threads: int = 1,
         batch_size: int = 512, allowed_factories: Iterable[str] = (), autocast: str = "none",
-        channels_last: bool = True, pin_memory: bool = True,
+        channels_last: bool = True, pin_memory: bool = True, task: str = "classify",
     ) -> None:
         if not paths:
             raise UserError("teachers: no checkpoints given")
@@ -106,11 +109,13 @@ class Ensemble:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.pin_memory = pin_memory and self.device.type == "cuda"
         self.num_classes = num_classes
+        self.task = task
+        self.width = 2 * num_classes if task == "regress" else num_classes  # regress: μ, then log σ² per dim
         self.batch_size = batch_size
         self.payloads: list[dict[str, Any]] = []
         self.members: list[_Member] = []
         for path in paths:
-            model, payload = load_model(path, task="classify", num_classes=num_classes,
+            model, payload = load_model(path, task=task, num_classes=num_classes, out_dim=num_classes,
                                         allowed_factories=allowed_factories)
             spec = payload["input"]
             channels = int(spec["channels"])
@@ -168,13 +173,24 @@ class Ensemble:
                 if member.key not in prepared:
                     prepared[member.key] = self._prepare(member, x)
                 with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                    outputs.append(member.model(prepared[member.key]).float())
+                    outputs.append(self._widen(member.model(prepared[member.key]).float()))
             chunks.append(torch.stack(outputs).cpu())
         if not chunks:
-            return torch.zeros((len(self.members), 0, self.num_classes))
+            return torch.zeros((len(self.members), 0, self.width))
         return torch.cat(chunks, dim=1)
 
-    def predict(self, images: np.ndarray | torch.Tensor) -> EnsembleOutput:
+    def _widen(self, output: torch.Tensor) -> torch.Tensor:
+        """Regression: ``[μ, s]`` with one s per dimension, so isotropic and diagonal members stack."""
+        if self.task != "regress":
+            return output
+        mu, logvar = split_gaussian(output, self.num_classes)
+        return torch.cat([mu, logvar.expand_as(mu)], dim=1)
+
+    def predict(self, images: np.ndarray | torch.Tensor) -> EnsembleOutput | GaussianOutput:
         """Targets for uint8 NHWC images (the decoded stored pixels: what is stored is labelled),
-        a numpy array or a tensor on any device."""
-        return ensemble_targets(self._member_logits(images))
+        a numpy array or a tensor on any device: log p̄ and its statistics, or the moment-matched
+        Gaussian of a regression ensemble."""
+        outputs = self._member_logits(images)
+        if self.task == "regress":
+            return gaussian_ensemble_targets(outputs[..., :self.num_classes], outputs[..., self.num_classes:])
+        return ensemble_targets(outputs)

@@ -18,9 +18,10 @@ import numpy as np
 from pipeline import format as fmt
 from pipeline import storage
 from pipeline.config import SelectConfig, SetConfig
-from stages.samplers import draw_shard, sample_label, set_size, shard_images
+from stages.gaussian import GaussianOutput
+from stages.samplers import SAMPLERS, draw_shard, sample_label, set_size, shard_images
 from stages.samplers.generating import Generate, cached_runner, set_generator
-from stages.sources import load_source_cached
+from stages.sources import Source, load_source_cached
 from stages.targets import EnsembleOutput
 
 # Statistics in the JSON metadata are rounded so the text does not pretend float64 precision.
@@ -34,7 +35,8 @@ def make_shard(
     set_cfg: SetConfig | str, source_cfg_json: str, seed: int, shard: int, generate: Generate | None = None,
 ) -> tuple[np.ndarray, Drawn, np.ndarray]:
     """Images (uint8 NHWC), ``(sampler, parameters)`` and real labels (-1 if none) of every
-    candidate of one shard.
+    candidate of one shard. For a regression source the labels are the real targets instead,
+    float32 (N, D), NaN where a sample has none (mixes, synthetic images).
 
     A pure function of its arguments: the RNG of every sample is seeded from (seed, shard,
     index), the source is opened from its config (cached per process). ``generate`` makes the
@@ -50,31 +52,73 @@ def make_shard(
         runner = cached_runner(generator, source_cfg_json)
         generate = lambda params: runner.generate(params).cpu().numpy()  # noqa: E731
     images = shard_images(drawn, source, generate)
+    if source.task == "regress":
+        return images, drawn, real_targets(drawn, source)
     labels = np.asarray([sample_label(kind, params, source) for kind, params in drawn], dtype=np.int64)
     return images, drawn, labels
 
 
-def choose(output: EnsembleOutput, count: int, select: SelectConfig | None) -> np.ndarray:
+def real_targets(drawn: Drawn, source: Source) -> np.ndarray:
+    """Real regression targets of label-preserving samples of real images; NaN rows otherwise."""
+    assert source.targets is not None
+    rows = np.full((len(drawn), source.out_dim), np.nan, dtype=np.float32)
+    for n, (kind, params) in enumerate(drawn):
+        if SAMPLERS[kind].keeps_label:
+            rows[n] = source.targets[params["image"]]
+    return rows
+
+
+Output = EnsembleOutput | GaussianOutput
+
+
+def uncertainty(output: Output, by: str) -> np.ndarray:
+    """The score ``select`` ranks by. Classification: Ĥ or disagreement. Regression: the
+    Gaussian's differential entropy ½·Σ_d log σ_d² (+ a constant) for ``entropy``, the epistemic
+    variance (the members' disagreement) for ``disagreement``."""
+    if isinstance(output, GaussianOutput):
+        return output.logvar.astype(np.float64).sum(1) if by == "entropy" else output.epistemic.astype(np.float64)
+    return (output.entropy if by == "entropy" else output.disagreement).astype(np.float64)
+
+
+def choose(output: Output, count: int, select: SelectConfig | None) -> np.ndarray:
     """Candidate indices to write, ascending. Without ``select``: every valid candidate. With it:
     the ``count`` most uncertain valid ones (ties go to the lower index, so it is deterministic)."""
     valid = np.flatnonzero(output.valid)
     if select is None:
         return valid
-    score = (output.entropy if select.by == "entropy" else output.disagreement)[valid].astype(np.float64)
+    score = uncertainty(output, select.by)[valid]
     ranked = valid[np.lexsort((valid, -score))]
     return np.sort(ranked[:count])
 
 
+def _stat(value: float) -> float:
+    """A statistic for the JSON metadata: 6 significant digits (no pretended float64 precision)."""
+    return float(f"{float(value):.6g}")
+
+
+def _regression_sample(key: str, image: np.ndarray, meta: dict[str, Any], output: GaussianOutput, candidate: int,
+                       real: np.ndarray, dtype: str) -> fmt.Sample:
+    """A regression record: σ = √(mean_d σ_d²) and its aleatoric / epistemic parts in the metadata."""
+    variance = float(np.exp(output.logvar[candidate].astype(np.float64)).mean())
+    meta = {**meta, "sigma": _stat(np.sqrt(variance)), "aleatoric": _stat(output.aleatoric[candidate]),
+            "epistemic": _stat(output.epistemic[candidate])}
+    return fmt.Sample(key=key, image=image, logp=None, meta=meta, mu=output.mu[candidate],
+                      logvar=output.logvar[candidate], real_target=None if np.isnan(real).any() else real,
+                      dtype=dtype)
+
+
 def write_shard(
-    set_dir: str | Path, shard: int, images: np.ndarray, drawn: Drawn, labels: np.ndarray, output: EnsembleOutput,
-    *, count: int | None = None, select: SelectConfig | None = None, topk: int = 0,
+    set_dir: str | Path, shard: int, images: np.ndarray, drawn: Drawn, labels: np.ndarray, output: Output,
+    *, count: int | None = None, select: SelectConfig | None = None, topk: int = 0, dtype: str = "float32",
 ) -> dict[str, Any]:
     """Commit shard ``shard`` and return its summary: ``{shard, name, samples, bytes, sha256,
     rejected, planned, rows}``.
 
     ``count`` is the number of samples the shard should hold (default: one per candidate); with
     ``select`` the most uncertain ``count`` candidates are kept. Invalid candidates (non-finite
-    teacher outputs) are never written and count as rejected.
+    teacher outputs) are never written and count as rejected. A :class:`GaussianOutput` makes
+    regression records (``labels`` are then the real targets, see :func:`make_shard`) with μ and
+    log σ² stored as ``dtype``.
     """
     candidates = len(drawn)
     count = candidates if count is None else count
@@ -87,6 +131,13 @@ def write_shard(
         index = position if select is not None else int(candidate)
         key = fmt.sample_key(shard, index)
         kind, params = drawn[candidate]
+        if isinstance(output, GaussianOutput):
+            meta = {"key": key, "shard": int(shard), "index": index, "sampler": kind, "params": params}
+            if select is not None:
+                meta["candidate"] = int(candidate)
+            samples.append(_regression_sample(key, images[candidate], meta, output, int(candidate),
+                                              labels[candidate], dtype))
+            continue
         label = int(labels[candidate])
         meta = {
             "key": key,

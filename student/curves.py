@@ -26,7 +26,14 @@ def plot_curves(metrics_path: Path, out_path: Path, title: str) -> None:
     lr_axis = left.twinx()
     lr_axis.plot([r["step"] for r in train], [r["lr"] for r in train], color="grey", lw=0.6, ls="--")
     lr_axis.set_ylabel("learning rate")
-    if evals:
+    if evals and "error" in evals[0]:  # a regression model
+        steps = [r["step"] for r in evals]
+        right.plot(steps, [r["error"] for r in evals], marker="o", label=f"{evals[0].get('metric', '')} error")
+        calibration = right.twinx()
+        calibration.plot(steps, [r.get("calibration_error", float("nan")) for r in evals], marker="x", color="C1")
+        calibration.set_ylabel("σ calibration error (x)")
+        right.legend(loc="best")
+    elif evals:
         steps = [r["step"] for r in evals]
         right.plot(steps, [r["accuracy"] for r in evals], marker="o", label="top-1")
         right.plot(steps, [r.get("top5", float("nan")) for r in evals], marker=".", label="top-5")

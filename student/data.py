@@ -85,11 +85,13 @@ def real_batches(
     source: Source, batch_size: int, seed: int, augment: bool = True, class_balanced: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless ``(uint8 NCHW images, int64 labels)`` batches of the real split, drawn by a
-    :class:`SplitSampler`; augmentation follows the source's ``pad`` and ``flip``."""
+    :class:`SplitSampler`; augmentation follows the source's ``pad`` and ``flip``. A regression
+    source gives its float32 targets (N, D) in place of the labels."""
     if len(source) == 0:
         raise UserError(f"source {source.name}: the training split has no images")
     images = torch.from_numpy(np.ascontiguousarray(source.images()))
-    labels = torch.from_numpy(np.asarray(source.labels, dtype=np.int64))
+    labels = torch.from_numpy(np.asarray(source.labels, dtype=np.int64) if source.targets is None
+                              else np.ascontiguousarray(source.targets, dtype=np.float32))
     sampler = SplitSampler(source.labels, seed, class_balanced)
     pad, flip = (source.pad, source.flip) if augment else (0, False)
     while True:

@@ -6,6 +6,8 @@ teachers and students trained at different resolutions can be evaluated and aver
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,36 @@ def _device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
+@contextmanager
+def eval_mode(models: list[nn.Module]) -> Iterator[None]:
+    """Models in eval mode for the block, restored to their previous mode afterwards."""
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
+
+
+def image_batches(images: Source | np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+    """uint8 NCHW batches of a split or of a uint8 NHWC array, in order."""
+    for start in range(0, len(images), batch_size):
+        indices = np.arange(start, min(start + batch_size, len(images)))
+        chunk = images.images(indices) if isinstance(images, Source) else images[indices]
+        yield torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2)
+
+
+def forward(model: nn.Module, spec: dict[str, Any], images: torch.Tensor) -> torch.Tensor:
+    """One model's float64 outputs (on the CPU) for uint8 NCHW images, through its input spec."""
+    device = _device(model)
+    x = prepare(images.to(device), spec)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model(x).double().cpu()
+
+
 @torch.no_grad()
 def predict_probs(
     models: list[nn.Module], input_specs: list[dict[str, Any]], source: Source, batch_size: int = 512
@@ -50,26 +82,14 @@ def predict_probs(
     """
     if not models or len(models) != len(input_specs):
         raise ValueError(f"need one input spec per model, got {len(models)} models, {len(input_specs)} specs")
-    modes = [model.training for model in models]
-    for model in models:
-        model.eval()
     chunks = []
-    try:
-        for start in range(0, len(source), batch_size):
-            indices = np.arange(start, min(start + batch_size, len(source)))
-            images = torch.from_numpy(np.ascontiguousarray(source.images(indices))).permute(0, 3, 1, 2)
+    with eval_mode(models):
+        for images in image_batches(source, batch_size):
             total = None
             for model, spec in zip(models, input_specs, strict=True):
-                device = _device(model)
-                x = prepare(images.to(device), spec)
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                probs = torch.softmax(model(x).double(), dim=1).cpu()
+                probs = torch.softmax(forward(model, spec, images), dim=1)
                 total = probs if total is None else total + probs
             chunks.append((total / len(models)).numpy())
-    finally:
-        for model, mode in zip(models, modes, strict=True):
-            model.train(mode)
     if not chunks:
         return np.zeros((0, source.num_classes))
     return np.concatenate(chunks)

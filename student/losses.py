@@ -141,21 +141,28 @@ def gaussian_nll(mu: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor) 
     """XCL eq 5, the teacher's loss: ``½·exp(−s)·‖μ − y‖² + (d/2)·s`` per sample with
     ``s = log σ²`` one value per sample (the isotropic Gaussian of the supplement's gaze model),
     mean over the batch. For d = 1 this is eq 5 as printed; for d > 1 the ``d/2`` keeps it the
-    exact negative log-likelihood (up to a constant)."""
-    n = len(mu)
-    d = mu[0].numel()
-    s = log_var.reshape(n)
-    sq = (mu - target).pow(2).reshape(n, -1).sum(dim=1)
-    return (0.5 * torch.exp(-s) * sq + 0.5 * d * s).mean()
+    exact negative log-likelihood (up to a constant). ``log_var`` may also hold one value per
+    dimension (a diagonal Gaussian): ``Σ_d ½·[exp(−s_d)·(μ_d − y_d)² + s_d]``."""
+    mu, target = _float(mu).reshape(len(mu), -1), _float(target).reshape(len(mu), -1)
+    s = _float(log_var).reshape(len(mu), -1).expand_as(mu)
+    return (0.5 * (torch.exp(-s) * (mu - target).pow(2) + s)).sum(dim=1).mean()
 
 
 def gaussian_kl(mu_t: torch.Tensor, log_var_t: torch.Tensor, mu_s: torch.Tensor,
                 log_var_s: torch.Tensor) -> torch.Tensor:
     """XCL eq 6, the student's loss: ``KL(N(μᵗ, σᵗ²·I) ‖ N(μ, σ²·I)) =
     ½·[d·exp(sᵗ − s) + exp(−s)·‖μᵗ − μ‖² − d·(sᵗ − s) − d]`` per sample, mean over the batch
-    (eq 6 as printed for d = 1; exact for any d)."""
+    (eq 6 as printed for d = 1; exact for any d). Either log-variance may hold one value per
+    sample (isotropic) or one per dimension (diagonal, as the ensemble's moment-matched targets
+    are): the KL is then the sum of the per-dimension terms."""
     n = len(mu_s)
-    d = mu_s[0].numel()
-    s_t, s = log_var_t.reshape(n), log_var_s.reshape(n)
-    sq = (mu_t - mu_s).pow(2).reshape(n, -1).sum(dim=1)
-    return (0.5 * (d * torch.exp(s_t - s) + torch.exp(-s) * sq - d * (s_t - s) - d)).mean()
+    mu_t, mu_s = _float(mu_t).reshape(n, -1), _float(mu_s).reshape(n, -1)
+    s_t = _float(log_var_t).reshape(n, -1).expand_as(mu_s)
+    s = _float(log_var_s).reshape(n, -1).expand_as(mu_s)
+    return (0.5 * (torch.exp(s_t - s) + torch.exp(-s) * (mu_t - mu_s).pow(2) - (s_t - s) - 1)).sum(dim=1).mean()
+
+
+def mse_loss(mu: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``‖μ − y‖²`` per sample, mean over the batch: ERM's and plain KD's regression loss."""
+    n = len(mu)
+    return (_float(mu).reshape(n, -1) - _float(target).reshape(n, -1)).pow(2).sum(dim=1).mean()

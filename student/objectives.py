@@ -94,7 +94,9 @@ class ERMObjective(Objective):
                                     class_balanced=cfg.class_balanced)
         self.mix_rng = torch.Generator().manual_seed(derive_seed(self.seed, MIX_STREAM, epoch, self.rank))
 
-    def step(self, model: nn.Module, plain: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float | None]:
+        """``(input, labels, partner labels, λ)`` of the next batch: CutMix or MixUp by their
+        probabilities (λ None and the partner labels equal to the labels when neither is drawn)."""
         assert self.batches is not None, "begin_epoch first"
         cfg = self.cfg
         images, labels = next(self.batches)
@@ -103,8 +105,14 @@ class ERMObjective(Objective):
         draw = float(torch.rand((), generator=self.mix_rng)) if mixing > 0 else 1.0
         if draw < mixing:
             mix = cutmix if draw < cfg.cutmix else mixup
-            x, labels_a, labels_b, lam = mix(x, labels, self.mix_rng, cfg.mix_alpha)
-            return self.loss(model, x, lambda z: mixed_label_loss(z, labels_a, labels_b, lam, cfg.label_smoothing)), {}
+            return mix(x, labels, self.mix_rng, cfg.mix_alpha)
+        return x, labels, labels, None
+
+    def step(self, model: nn.Module, plain: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        x, labels, labels_b, lam = self.next_batch()
+        if lam is not None:
+            return self.loss(model, x, lambda z: mixed_label_loss(z, labels, labels_b, lam, cfg.label_smoothing)), {}
         return self.loss(model, x, lambda z: smoothed_cross_entropy(z, labels, cfg.label_smoothing).mean()), {}
 
 
@@ -118,11 +126,15 @@ class KDObjective(Objective):
         self.loader = TransferLoader(sets, plan, real)
         self.stream = iter(self.loader)
 
-    def step(self, model: nn.Module, plain: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+    def next_batch(self) -> dict[str, torch.Tensor]:
         batch = next(self.stream)
         if tuple(batch["image"].shape[1:]) != self.expected_shape:
             raise UserError(f"transfer set images are {tuple(batch['image'].shape[1:])} (C, H, W), "
                             f"the source's are {self.expected_shape}; make the sets from the same source")
+        return batch
+
+    def step(self, model: nn.Module, plain: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = self.next_batch()
         x = self.to_input(batch["image"])
         logp = batch["logp"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)

@@ -10,7 +10,8 @@ The shards stay the source of truth: the cache is only ever filled from them.
 Why every shard's sample count is checked: a tar cut at a member boundary reads like a shorter
 archive, so a damaged shard would silently look short. Records are decoded by
 ``pipeline.format.decode_fields`` (no pickle), which also turns any stored target form into a
-dense ``logp`` row.
+dense ``logp`` row. A regression set's records become one ``[μ, log σ²]`` row of 2·D values
+per sample in the same slot, so the stream carries both tasks unchanged.
 """
 
 from __future__ import annotations
@@ -35,12 +36,19 @@ class SetShards:
     samples: tuple[int, ...]
     num_classes: int
     task: str
+    out_dim: int = 0  # regression: the target's dimension D
+
+    @property
+    def width(self) -> int:
+        """Values per sample in the target slot: classes, or μ and log σ² (2·D) for regression."""
+        return 2 * self.out_dim if self.task == "regress" else self.num_classes
 
 
 @dataclass(frozen=True)
 class ShardArrays:
-    """A decoded shard: ``images`` uint8 (N, H, W, C), ``logp`` float32 (N, classes), ``labels``
-    int64 (N,) with −1 where a sample has no real label."""
+    """A decoded shard: ``images`` uint8 (N, H, W, C), ``logp`` float32 (N, classes) — for a
+    regression set (N, 2·D) rows ``[μ, log σ²]`` — and ``labels`` int64 (N,) with −1 where a
+    sample has no real class label."""
 
     url: str
     images: np.ndarray
@@ -96,11 +104,16 @@ def _open_set(set_dir: str, weight: float, check_sizes: bool) -> SetShards:
         if check_sizes and "bytes" in entry and storage.size(url) != int(entry["bytes"]):
             raise UserError(damage_message(
                 url, set_dir, f"{storage.size(url)} bytes, the index says {entry['bytes']}"))
+    task = str(index.get("task", "classify"))
+    if task == "regress":
+        out_dim = int(index.get("out_dim", 0))
+        if out_dim < 1:
+            raise UserError(f"transfer set {set_dir}: a regression index.json gives no out_dim")
+        return SetShards(str(set_dir), float(weight), tuple(urls), samples, 0, task, out_dim)
     num_classes = index.get("num_classes", len(index.get("classes", [])))
     if not num_classes:
         raise UserError(f"transfer set {set_dir}: index.json gives no num_classes")
-    return SetShards(str(set_dir), float(weight), tuple(urls), samples, int(num_classes),
-                     str(index.get("task", "classify")))
+    return SetShards(str(set_dir), float(weight), tuple(urls), samples, int(num_classes), task)
 
 
 def open_transfer_sets(sets: list[tuple[str, float]], *, task: str = "classify",
@@ -118,9 +131,9 @@ def open_transfer_sets(sets: list[tuple[str, float]], *, task: str = "classify",
         if shards.task != task:
             raise UserError(f"transfer set {shards.directory}: task {shards.task!r}, the student is "
                             f"trained for {task!r}; use a set made by teachers of the same task")
-    counts = {s.directory: s.num_classes for s in opened}
+    counts = {s.directory: s.width for s in opened}
     if len(set(counts.values())) > 1:
-        raise UserError(f"transfer sets disagree on the number of classes: {counts}")
+        raise UserError(f"transfer sets disagree on the number of classes (or target values): {counts}")
     return opened
 
 
@@ -128,13 +141,14 @@ def open_transfer_sets(sets: list[tuple[str, float]], *, task: str = "classify",
 
 
 def decode_shard(url: str, expected_samples: int, num_classes: int) -> ShardArrays:
-    """Read and decode every record of one shard; raises :class:`ShardDamage` naming it."""
+    """Read and decode every record of one shard; raises :class:`ShardDamage` naming it.
+    ``num_classes`` is the width of the target row (2·D for a regression set)."""
     images, logps, labels = [], [], []
     key = "?"
     try:
         for key, fields in iter_tar(url):  # noqa: B007  # key names the bad sample below
             decoded = decode_fields(fields)
-            logp = decoded["logp"]
+            logp = decoded["logp"] if "mu" not in decoded else np.concatenate([decoded["mu"], decoded["logvar"]])
             if logp.shape != (num_classes,):
                 raise FormatError(f"logp shape {logp.shape}, expected ({num_classes},)")
             images.append(decoded["image"])

@@ -125,7 +125,7 @@ class ShardStream:
             shard, first, stride = self.part[int(self.rng.integers(len(self.part)))]
             url = self.shards.urls[shard]
             try:
-                arrays = self.cache.get(url, self.shards.samples[shard], self.shards.num_classes)
+                arrays = self.cache.get(url, self.shards.samples[shard], self.shards.width)
             except ShardDamage:
                 if self.on_bad_shard != "skip":
                     raise

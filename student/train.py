@@ -29,11 +29,13 @@ from pipeline.format import atomic_write, read_index
 from pipeline.models import build_model, count_parameters, save_checkpoint, stochastic_blocks
 from stages.sources import Source, load_in_memory
 from student import distributed
+from student import regression as reg
 from student.curves import TensorBoard, plot_curves
 from student.data import derive_seed, source_input_spec
 from student.evaluate import classification_metrics, predict_probs
 from student.objectives import TRANSFER_STREAM, ERMObjective, KDObjective, Objective, SelfGuided
 from student.optim import lr_factor, make_optimizer, set_lr
+from student.regression_eval import evaluate_regression
 from student.shards import open_transfer_sets
 from student.state import STATE_NAME, load_state, restore, save_state, spec_hash
 from student.stream import RealPart, StreamPlan
@@ -117,7 +119,7 @@ def _build_objective(
 ) -> Objective:
     common = (train_cfg, spec, ctx.device, seed, ctx.rank)
     if objective == "erm":
-        return ERMObjective(source, *common)
+        return reg.RegressionERM(source.out_dim, source, *common) if source.out_dim else ERMObjective(source, *common)
     if kd_cfg is None:
         raise UserError("objective 'kd' needs a kd config (temperature, alpha)")
     _, real_weight = _kd_sets(sets)
@@ -134,6 +136,8 @@ def _build_objective(
         cache_bytes=int(train_cfg.cache_mb * 2**20), on_bad_shard=train_cfg.on_bad_shard,
     )
     expected = (source.shape[2], source.shape[0], source.shape[1])
+    if source.out_dim:
+        return reg.RegressionKD(source.out_dim, opened, real, kd_cfg, plan, expected, *common)
     return KDObjective(opened, real, kd_cfg, plan, expected, *common)
 
 
@@ -154,7 +158,9 @@ def train_model(
 
     ``sets`` (set directories and weights; the name ``source`` stands for the real split) feed
     the ``kd`` objective; ``erm`` trains on ``train_source``. Every input is checked before
-    anything is written. Returns the result dict (also in ``result.json``).
+    anything is written. Returns the result dict (also in ``result.json``). A regression source
+    (float targets) trains a Gaussian head (:mod:`student.regression`) and reports its error,
+    NLL and σ calibration instead of accuracy.
     """
     started = time.perf_counter()
     if objective not in ("erm", "kd"):
@@ -164,18 +170,25 @@ def train_model(
     device = ctx.device
     test_source = load_in_memory(test_source)
     transfer_sets, real_weight = _kd_sets(sets)
+    task, out_dim = train_source.task, train_source.out_dim
+    if task == "regress":
+        reg.check_options(name, objective, train_cfg, kd_cfg, real_weight)
     opened: list[Any] = []
     if objective == "kd":
-        opened = open_transfer_sets(transfer_sets, task="classify", on_bad_shard=train_cfg.on_bad_shard)
-        if opened[0].num_classes != train_source.num_classes:
-            raise UserError(f"transfer sets have {opened[0].num_classes} classes, "
-                            f"the source has {train_source.num_classes}")
+        opened = open_transfer_sets(transfer_sets, task=task, on_bad_shard=train_cfg.on_bad_shard)
+        if (opened[0].num_classes, opened[0].out_dim) != (train_source.num_classes, out_dim):
+            what = "target values" if task == "regress" else "classes"
+            have = (opened[0].out_dim, out_dim) if task == "regress" else (opened[0].num_classes,
+                                                                           train_source.num_classes)
+            raise UserError(f"transfer sets have {have[0]} {what}, the source has {have[1]}")
     if objective == "erm" or real_weight > 0:
         train_source = load_in_memory(train_source)
     samples = len(train_source) if objective == "erm" else sum(sum(s.samples) for s in opened)
     epoch = epoch_steps(train_cfg, samples)
     torch.manual_seed(seed)
-    plain = build_model(model_cfg.arch, train_source.shape[2], train_source.num_classes, model_cfg.arch_kwargs)
+    regression_head = reg.head(model_cfg, train_source) if task == "regress" else None
+    width = sum(regression_head.values()) if regression_head else train_source.num_classes
+    plain = build_model(model_cfg.arch, train_source.shape[2], width, model_cfg.arch_kwargs)
     if train_cfg.self_guidance is not None and not stochastic_blocks(plain):
         raise UserError(f"{name}: train.self_guidance needs a stochastic-depth model, e.g. arch resnet_cifar "
                         f"with arch_kwargs.survival < 1")
@@ -209,12 +222,14 @@ def train_model(
                                epoch, opened)
 
     def evaluate() -> dict[str, Any]:
+        if task == "regress":
+            return evaluate_regression([plain], [spec], test_source, out_dim)
         return classification_metrics(predict_probs([plain], [spec], test_source), test_source.labels)
 
     steps, batch = train_cfg.steps, train_cfg.batch_size
     every_log, every_progress = log_interval(steps), max(1, steps // 10)
     logged, shown = _Window(device), _Window(device)
-    train_seconds, final = 0.0, {"accuracy": float("nan")}
+    train_seconds, final = 0.0, {"error" if task == "regress" else "accuracy": float("nan")}
     metrics_path = out_dir / "metrics.jsonl"
     kept: list[str] = []
     if ctx.is_main:
@@ -286,7 +301,8 @@ def train_model(
             tensorboard.close()
 
     result = {
-        "name": name, "objective": objective, "accuracy": final["accuracy"], "steps": steps,
+        "name": name, "objective": objective, **({"accuracy": final["accuracy"]} if task != "regress" else {}),
+        "steps": steps,
         "seconds": time.perf_counter() - started,
         "samples_per_s": (steps - start_step) * batch / max(train_seconds, 1e-9),
         "parameters": count_parameters(plain),
@@ -299,11 +315,12 @@ def train_model(
     if ctx.is_main:
         result["checkpoint_sha256"] = save_checkpoint(
             out_dir / "model.pt", plain, arch=model_cfg.arch, arch_kwargs=model_cfg.arch_kwargs,
-            num_classes=train_source.num_classes, input=spec,
+            num_classes=train_source.num_classes, input=spec, task=task, head=regression_head,
             train={**train_cfg.model_dump(), "objective": objective, "seed": seed,
                    **({"kd": kd_cfg.model_dump()} if objective == "kd" and kd_cfg is not None else {})},
         )
         result.update({k: final[k] for k in ("top5", "ece") if k in final})
+        result.update(reg.headline(final) if task == "regress" else {})
         if stats.get("shards_skipped"):
             result["shards_skipped"] = stats["shards_skipped"]
         plot_curves(metrics_path, out_dir / "curves.png", name)

@@ -48,7 +48,8 @@ def build_teachers(directory: Path, members: int = 2, steps: int = 30, width: in
             optimizer.step()
         path = directory / f"{task}-{member}.pt"
         save_checkpoint(path, model.eval(), arch="tiny_cnn", arch_kwargs={"width": width}, num_classes=10,
-                        input=input_spec(8, 8, 1, [0.5], [0.25]), task=task)
+                        input=input_spec(8, 8, 1, [0.5], [0.25]), task=task,
+                        head={"out_dim": 9, "logvar_dim": 1} if task == "regress" else None)
         paths.append(path)
     return paths
 

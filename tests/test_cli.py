@@ -148,7 +148,7 @@ def test_teacher_of_the_wrong_task_exits_2(finished_run, tmp_path):
     wrong = tmp_path / "regress.pt"
     save_checkpoint(wrong, build_model("tiny_cnn", 1, 10, {"width": 4}), arch="tiny_cnn",
                     arch_kwargs={"width": 4}, num_classes=10, input=input_spec(8, 8, 1, [0.0], [1.0]),
-                    task="regress")
+                    task="regress", head={"out_dim": 9, "logvar_dim": 1})
     before = {p: p.read_bytes() for p in sorted((out / "sets").rglob("*")) if p.is_file()}
     result = transferset("generate", QUICKSTART, "--out", out,
                          *with_overrides(TINY + [f"teachers.checkpoints=[{wrong}]"]), check=False)

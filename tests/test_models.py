@@ -31,7 +31,7 @@ def test_checkpoint_roundtrip_restores_identical_outputs(tmp_path):
 def test_wrong_task_and_class_count_are_user_errors(tmp_path):
     model = build_model("tiny_cnn", 1, 10, {"width": 4})
     save_checkpoint(tmp_path / "r.pt", model, arch="tiny_cnn", arch_kwargs={"width": 4}, num_classes=10,
-                    input=input_spec(8, 8, 1, [0.0], [1.0]), task="regress")
+                    input=input_spec(8, 8, 1, [0.0], [1.0]), task="regress", head={"out_dim": 9, "logvar_dim": 1})
     with pytest.raises(UserError, match="task is 'regress'"):
         load_model(tmp_path / "r.pt")
     save_checkpoint(tmp_path / "c.pt", model, arch="tiny_cnn", arch_kwargs={"width": 4}, num_classes=10,

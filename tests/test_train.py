@@ -92,7 +92,8 @@ def test_kd_from_a_transfer_set_learns_digits(digits, smoothed_set, tmp_path):
     result = run(digits, tmp_path, objective="kd", sets=[(smoothed_set, 1.0)], num_workers=1)
     assert result["accuracy"] > 0.6 and result["objective"] == "kd"
     assert len(rows(tmp_path, "train")) == 150
-    assert read_checkpoint(tmp_path / "model.pt")["train"]["kd"] == {"temperature": 4.0, "alpha": 0.5, "pick": None}
+    assert read_checkpoint(tmp_path / "model.pt")["train"]["kd"] == {"temperature": 4.0, "alpha": 0.5, "pick": None,
+                                                                      "regression_loss": "gaussian_kl"}
 
 
 def test_same_seed_gives_identical_weights(digits, smoothed_set, tmp_path):

@@ -1,0 +1,129 @@
+"""The report of a regression job, like XCL Table 3 and fig. 1.
+
+Every model is evaluated on the held-out split: the teacher ensemble through its moment-matched
+Gaussian, each student through its own head. The error is the source's metric (mean angular
+error in degrees for gaze; lower is better), gap = student error − teacher error, and the gap
+reduction of a method against the baseline (KD) is 1 − gap(method) / gap(KD). NLL and σ
+calibration are shown only for models whose σ was trained (NLL teachers, ERM with NLL, KD with
+the Gaussian KL); an MSE-trained head's σ output is untrained noise.
+
+Fig. 1: the mean σ that the teachers and the σ-trained students predict on the stored mixes of
+the first set with a mixing sampler, binned by λ (``sigma_vs_lambda.png`` next to the report).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, StudentConfig
+from pipeline.report import gap_reduction
+from stages.sources import Source
+
+MIXING = ("mix", "mixup", "cutmix")
+SHOWN = ("error", "error_median", "rmse", "nll", "calibration_error", "z2_ratio", "sigma_mean")
+
+
+def error_gap_reduction(teacher: float, baseline: float, method: float) -> float | None:
+    """1 − gap(method) / gap(baseline) with gap = error − teacher error (None: no baseline gap).
+    :func:`pipeline.report.gap_reduction` is written for accuracies; negated errors fit it."""
+    return gap_reduction(-teacher, -baseline, -method)
+
+
+def sigma_trained(student: StudentConfig) -> bool:
+    if student.objective == "erm":
+        return student.train.regression_loss == "nll"
+    return student.kd.regression_loss == "gaussian_kl"
+
+
+def method(student: StudentConfig) -> str:
+    """How a student learned, in the words of XCL Table 3's rows."""
+    if student.objective == "erm":
+        mixes = [f"{name}" for name in ("mixup", "cutmix") if getattr(student.train, name) > 0]
+        return "+".join([f"erm {student.train.regression_loss}", *mixes])
+    return f"kd {student.kd.regression_loss}"
+
+
+def _teacher(teachers: list[Path], test: Source) -> dict[str, Any]:
+    from pipeline.models import load_model
+    from student.regression_eval import evaluate_regression
+
+    loaded = [load_model(path, task="regress", out_dim=test.out_dim) for path in teachers]
+    models, specs = [m for m, _ in loaded], [p["input"] for _, p in loaded]
+    ensemble = evaluate_regression(models, specs, test, test.out_dim)
+    members = [evaluate_regression([m], [s], test, test.out_dim)["error"] for m, s in zip(models, specs, strict=True)]
+    return {**{k: ensemble[k] for k in SHOWN}, "members": members}
+
+
+def _sigma_curves(cfg: Config, out: Path, report: dict[str, Any]) -> None:
+    """σ vs λ on the first mixing set, for the teachers and the σ-trained students."""
+    from pipeline.chain import locate_set
+    from pipeline.inspect_regression import plot_sigma_by_lambda, sigma_by_lambda
+
+    mixing = [name for name, set_cfg in cfg.sets.items() if any(s.kind in MIXING for s in set_cfg.sampler_list())]
+    if not mixing:
+        return
+    models = {name: out / "students" / name / "model.pt" for name, student in cfg.students.items()
+              if sigma_trained(student) and (out / "students" / name / "model.pt").is_file()}
+    curves = sigma_by_lambda(locate_set(cfg, out, mixing[0]), models)
+    report["sigma_by_lambda"] = {**curves, "set": mixing[0], "path": curves["set"]}
+    report["plots"] = [plot_sigma_by_lambda(curves, out / "sigma_vs_lambda.png", f"{cfg.name}: σ vs λ")]
+
+
+def build_regression_report(cfg: Config, teachers: list[Path], students: dict[str, dict[str, Any]],
+                            test: Source, out: Path | None = None) -> dict[str, Any]:
+    teacher = _teacher(teachers, test)
+    report: dict[str, Any] = {
+        "config": cfg.name, "task": "regress", "metric": test.metric, "test_samples": len(test),
+        "teacher": teacher, "students": {}, "gap_reduction": {},
+    }
+    for name, result in students.items():
+        student = cfg.students[name]
+        row = {key: result[key] for key in ("objective", "steps", "parameters", "seconds") if key in result}
+        row.update({k: result[k] for k in SHOWN if k in result})
+        sets = "+".join(student.sets) if student.objective == "kd" else "source"
+        row.update({"method": method(student), "sets": sets, "sigma_trained": sigma_trained(student),
+                    "gap": result["error"] - teacher["error"]})
+        report["students"][name] = row
+    baseline = cfg.report.baseline
+    if baseline in students:
+        for name in cfg.report.compare:
+            report["gap_reduction"][f"{name}_vs_{baseline}"] = error_gap_reduction(
+                teacher["error"], students[baseline]["error"], students[name]["error"])
+    if out is not None:
+        _sigma_curves(cfg, out, report)
+    return report
+
+
+def format_regression_table(report: dict[str, Any]) -> str:
+    """The report as a fixed-width table (XCL Table 3's columns, plus NLL and σ calibration)."""
+    unit = "°" if report.get("metric") == "angular" else ""
+    teacher = report["teacher"]
+    header = (f"{'model':<12} {'method':<22} {'sets':<10} {'params':>8} {'steps':>6} {'error' + unit:>8} "
+              f"{'gap':>7} {'NLL':>7} {'calib':>6}")
+    lines = [header, f"{'teacher':<12} {'ensemble of ' + str(len(teacher['members'])):<22} {'':<10} {'':>8} "
+                     f"{'':>6} {teacher['error']:>8.3f} {'':>7} {teacher['nll']:>7.3f} "
+                     f"{teacher['calibration_error']:>6.3f}"]
+    for name, row in report["students"].items():
+        nll, calibration = (f"{row['nll']:>7.3f}", f"{row['calibration_error']:>6.3f}") if row["sigma_trained"] \
+            else (f"{'-':>7}", f"{'-':>6}")
+        lines.append(f"{name:<12} {row['method']:<22} {row['sets']:<10} {row['parameters']:>8} "
+                     f"{row['steps']:>6} {row['error']:>8.3f} {row['gap']:>7.3f} {nll} {calibration}")
+    for name, value in report["gap_reduction"].items():
+        shown = "n/a (baseline has no gap)" if value is None else f"{value:+.1%}"
+        lines.append(f"gap reduction {name}: {shown}")
+    curves = report.get("sigma_by_lambda", {}).get("curves", {})
+    if curves:
+        lines.append(f"mean σ by λ on set {report['sigma_by_lambda']['set']} "
+                     f"({report['sigma_by_lambda']['samples']} stored mixes):")
+        bins = [r for r in next(iter(curves.values())) if r["count"]]
+        lines.append(f"  {'λ':<10}" + "".join(f"{name[:14]:>15}" for name in curves))
+        for position, row in enumerate(bins):
+            values = []
+            for rows in curves.values():
+                kept = [r for r in rows if r["count"]]
+                values.append(f"{kept[position]['sigma_mean']:>15.4f}")
+            lines.append(f"  [{row['lam_low']:.1f}, {row['lam_high']:.1f}) " + "".join(values))
+    for path in report.get("plots", []):
+        lines.append(f"plot: {path}")
+    return "\n".join(lines)
