@@ -1,4 +1,5 @@
-"""The exception types the CLI turns into one `error:` line: bad input (exit 2), a failed job (exit 1)."""
+"""The exception types the CLI turns into one `error:` line: bad input and damaged sets (exit 2),
+a failed job (exit 1)."""
 
 
 class UserError(Exception):
@@ -13,3 +14,7 @@ class JobFailure(Exception):
     """A job that the environment failed, not the input: the cluster kept losing nodes, the
     execution kept stalling. Says what happened and how to resume; the CLI exits with code 1.
     """
+
+
+class FormatError(ValueError):
+    """A shard, index or manifest that does not follow the shard contract (:mod:`pipeline.format`)."""

@@ -7,19 +7,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+from pipeline.train_config import Strict
 
 # The options each generator kind reads (besides kind, truncation, batch_size, autocast, sha256).
 GENERATOR_OPTIONS: dict[str, tuple[str, ...]] = {"biggan": ("weights",), "pca": ("rank",),
                                                  "factory": ("factory", "kwargs")}
 
 
-class GeneratorConfig(_Strict):
+class GeneratorConfig(Strict):
     """The class-conditional generator G(z, class_vector) → images in [−1, 1] of a ``gan`` sampler.
 
     ``biggan``: pytorch-pretrained-biggan ``weights`` by pretrained name (``biggan-deep-128/256/512``,
@@ -70,7 +67,7 @@ class GeneratorConfig(_Strict):
 
 
 
-class GeneratorStageConfig(_Strict):
+class GeneratorStageConfig(Strict):
     """Where the ``gan`` samplers' generators run (resources only: they never change the bytes).
 
     Unfused (default): a pool of ``actors`` generator actors feeds the teacher actors; a shard's

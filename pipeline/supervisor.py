@@ -32,7 +32,7 @@ from pipeline.plan import SetPlan
 
 NODE_POLL_S = 1.0
 # The last line of a remote traceback that names one of our user-facing errors.
-REMOTE_USER_ERROR = re.compile(r"^(?:pipeline\.errors\.UserError|pipeline\.format\.FormatError): (.+)$", re.M)
+REMOTE_USER_ERROR = re.compile(r"^pipeline\.errors\.(?:UserError|FormatError): (.+)$", re.M)
 
 
 def restartable(err: BaseException) -> str | None:

@@ -1,0 +1,81 @@
+"""Classification targets as stored: float16 temperature-free log-probabilities, dense or as a
+compact top-k record. Part of the shard contract (:mod:`pipeline.format` re-exports every name);
+kept apart because it is numerics, not file layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pipeline.errors import FormatError
+
+LOGP_DTYPE = np.float16
+# float16 cannot hold -inf; log-probabilities below this carry no information anyway.
+LOGP_FLOOR = -1e4
+
+
+def quantize_logp(logp: np.ndarray) -> np.ndarray:
+    return np.maximum(np.asarray(logp, dtype=np.float32), LOGP_FLOOR).astype(LOGP_DTYPE)
+
+
+def topk_dtype(k: int, num_classes: int) -> np.dtype:
+    """One record: the k largest log-probabilities (float16, descending), their class indices
+    (the smallest unsigned type that holds them), log of the remaining mass, the class count."""
+    index = np.uint8 if num_classes <= 256 else np.uint16 if num_classes <= 65536 else np.uint32
+    return np.dtype([("logp", "<f2", (k,)), ("index", np.dtype(index).newbyteorder("<"), (k,)),
+                     ("log_tail", "<f2"), ("classes", "<u4")])
+
+
+def compress_topk(logp: np.ndarray, k: int) -> np.ndarray:
+    """The top-k record of a dense log p̄ (computed in float64; the tail mass is summed from the
+    tail itself, not 1 − top, so it keeps its precision when it is tiny)."""
+    full = np.asarray(logp, dtype=np.float64).reshape(-1)
+    classes = len(full)
+    k = min(k, classes)
+    order = np.argsort(-full, kind="stable")
+    top, tail = order[:k], full[order[k:]]
+    peak = tail.max() if len(tail) else 0.0
+    log_tail = peak + math.log(np.exp(tail - peak).sum()) if len(tail) else LOGP_FLOOR
+    record = np.zeros((), dtype=topk_dtype(k, classes))
+    record["logp"] = np.maximum(full[top], LOGP_FLOOR)
+    record["index"] = top
+    record["log_tail"] = max(log_tail, LOGP_FLOOR)
+    record["classes"] = classes
+    return record
+
+
+def reconstruct_logp(record: np.ndarray) -> np.ndarray:
+    """Dense float32 log p̄ from a top-k record: the k stored entries, and the tail mass spread
+    evenly over the other classes (the maximum-entropy completion), renormalised."""
+    if np.size(record) != 1:
+        raise FormatError(f"top-k record holds {np.size(record)} entries, expected 1")
+    record = np.asarray(record).reshape(())
+    classes = int(record["classes"])
+    top = np.asarray(record["logp"], dtype=np.float64).reshape(-1)
+    index = np.asarray(record["index"], dtype=np.int64).reshape(-1)
+    if len(np.unique(index)) != len(index) or (len(index) and (index.max() >= classes)):
+        raise FormatError(f"top-k record has invalid class indices for {classes} classes")
+    rest = classes - len(index)
+    full = np.full(classes, -np.inf if rest == 0 else float(record["log_tail"]) - math.log(max(rest, 1)))
+    full[index] = top
+    peak = full.max()
+    full -= peak + math.log(np.exp(full - peak).sum())
+    return np.maximum(full, LOGP_FLOOR).astype(np.float32)
+
+
+def kl_divergence(logp: np.ndarray, logq: np.ndarray) -> np.ndarray:
+    """KL(p ‖ q) in nats along the last axis, from log-probabilities (float64)."""
+    logp, logq = np.asarray(logp, np.float64), np.asarray(logq, np.float64)
+    return np.sum(np.exp(logp) * (logp - logq), axis=-1)
+
+
+def stored_logp(logp: np.ndarray, topk: int) -> np.ndarray:
+    """What a reader gets back for ``logp`` stored densely (``topk`` 0) or as top-k."""
+    return reconstruct_logp(compress_topk(logp, topk)) if topk else quantize_logp(logp)
+
+
+def target_payload_bytes(num_classes: int, topk: int) -> int:
+    """Bytes of target data per sample, without the .npy header and tar framing."""
+    return topk_dtype(min(topk, num_classes), num_classes).itemsize if topk else 2 * num_classes
