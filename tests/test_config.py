@@ -61,3 +61,11 @@ def test_override_syntax_errors():
         apply_override({}, "no-equals-sign")
     with pytest.raises(UserError, match="not a section"):
         apply_override({"name": "x"}, "name.sub=1")
+
+
+def test_teachers_parallel_off_reads_as_written_in_yaml():
+    """YAML 1.1 turns a bare `off` into false; the config takes it as the `off` it was."""
+    cfg = load_config(QUICKSTART, ["teachers.parallel=off"])
+    assert cfg.teachers.parallel == "off"
+    with pytest.raises(UserError, match="teachers.parallel"):
+        load_config(QUICKSTART, ["teachers.parallel=true"])
