@@ -98,8 +98,7 @@ def generator_stage_run(set_cfg: Any, source_cfg: Any, teachers: list[str], out:
             first_at, first_samples = time.perf_counter() - began, samples
     seconds = time.perf_counter() - began
     return {"samples": samples, "samples_per_s": round(samples / seconds, 1), "first_shard_s": round(first_at, 3),
-            "steady_samples_per_s": round((samples - first_samples) / max(seconds - first_at, 1e-9), 1),
-            "driver_peak_rss_mb": 0.0}
+            "steady_samples_per_s": round((samples - first_samples) / max(seconds - first_at, 1e-9), 1)}
 
 
 def gan_main(args: argparse.Namespace, bench: ModuleType) -> None:

@@ -72,6 +72,15 @@ def _teacher_kl(index: dict[str, Any], records: list[dict[str, Any]]) -> np.ndar
     return fmt.kl_divergence(full, stored)
 
 
+def quantile_stats(values: np.ndarray) -> dict[str, float]:
+    """mean, std and the 10/50/90 % quantiles (zeros for no values)."""
+    if not len(values):
+        return {"mean": 0.0, "std": 0.0, "p10": 0.0, "median": 0.0, "p90": 0.0}
+    p10, median, p90 = np.quantile(values, [0.1, 0.5, 0.9])
+    return {"mean": float(values.mean()), "std": float(values.std()), "p10": float(p10), "median": float(median),
+            "p90": float(p90)}
+
+
 def _by_lambda(lam: np.ndarray, entropy: np.ndarray, key: str = "entropy_mean") -> list[dict[str, Any]]:
     """Mean of a per-sample value (Ĥ, or a predicted σ) in LAMBDA_BINS equal bins of λ."""
     rows = []
@@ -108,14 +117,12 @@ def inspect_set(set_dir: str | Path, kl_samples: int = 256) -> dict[str, Any]:
     stored_kl = stored_kl[np.isfinite(stored_kl)]
     kl = measured if measured is not None else (stored_kl if len(stored_kl) else None)
     topk = index["target"].get("kind") == "topk"
-    quantiles = np.quantile(entropy, [0.1, 0.5, 0.9]) if len(entropy) else [0.0] * 3
     return {
         "set": set_dir, "name": index.get("name"), "fingerprint": index.get("fingerprint"),
         "samples": int(index["totals"]["samples"]), "shards": len(index["shards"]),
         "num_classes": int(index["num_classes"]), "target": index["target"],
         "per_sampler": {str(k): int(v) for k, v in zip(samplers, counts, strict=True)},
-        "entropy": {"mean": float(entropy.mean()) if len(entropy) else 0.0, "std": float(entropy.std()) if len(entropy)
-                    else 0.0, "p10": float(quantiles[0]), "median": float(quantiles[1]), "p90": float(quantiles[2])},
+        "entropy": quantile_stats(entropy),
         "disagreement_mean": float(np.mean(table["disagreement"])) if len(entropy) else 0.0,
         "entropy_by_lambda": _by_lambda(lam[np.isfinite(lam)], entropy[np.isfinite(lam)]),
         "teacher_argmax": {classes[c]: int(n) for c, n in enumerate(argmax)},

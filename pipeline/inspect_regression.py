@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import format as fmt
 from pipeline.errors import UserError
-from pipeline.inspect import GRID_SAMPLES, _by_lambda, _records, _save, header_lines
+from pipeline.inspect import GRID_SAMPLES, _by_lambda, _records, _save, header_lines, quantile_stats
 
 # Stored mixes a σ-vs-λ curve is measured on (teacher σ from the records, models run on them).
 CURVE_SAMPLES = 2000
@@ -28,14 +28,6 @@ PARTS = ("sigma", "aleatoric", "epistemic")
 def metric_of(index: dict[str, Any]) -> str:
     source = index.get("config", {}).get("source", {})
     return source.get("metric") or ("angular" if source.get("kind") == "gaze" else "euclidean")
-
-
-def _quantiles(values: np.ndarray) -> dict[str, float]:
-    if not len(values):
-        return {"mean": 0.0, "std": 0.0, "p10": 0.0, "median": 0.0, "p90": 0.0}
-    p10, median, p90 = np.quantile(values, [0.1, 0.5, 0.9])
-    return {"mean": float(values.mean()), "std": float(values.std()), "p10": float(p10), "median": float(median),
-            "p90": float(p90)}
 
 
 def _binned(lam: np.ndarray, table: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -72,7 +64,7 @@ def inspect_regression(set_dir: str, index: dict[str, Any], table: dict[str, lis
         "samples": int(index["totals"]["samples"]), "shards": len(index["shards"]), "out_dim": int(index["out_dim"]),
         "target": index["target"], "metric": metric,
         "per_sampler": {str(k): int(v) for k, v in zip(samplers, counts, strict=True)},
-        "sigma": _quantiles(values["sigma"]),
+        "sigma": quantile_stats(values["sigma"]),
         "aleatoric_mean": float(values["aleatoric"].mean()) if len(lam) else 0.0,
         "epistemic_mean": float(values["epistemic"].mean()) if len(lam) else 0.0,
         "epistemic_share": float(values["epistemic"].sum() / total) if total > 0 else 0.0,

@@ -46,13 +46,11 @@ def method(student: StudentConfig) -> str:
 
 def _teacher(teachers: list[Path], test: Source) -> dict[str, Any]:
     from pipeline.models import load_model
-    from student.regression_eval import evaluate_regression
+    from student.regression_eval import evaluate_ensemble
 
     loaded = [load_model(path, task="regress", out_dim=test.out_dim) for path in teachers]
-    models, specs = [m for m, _ in loaded], [p["input"] for _, p in loaded]
-    ensemble = evaluate_regression(models, specs, test, test.out_dim)
-    members = [evaluate_regression([m], [s], test, test.out_dim)["error"] for m, s in zip(models, specs, strict=True)]
-    return {**{k: ensemble[k] for k in SHOWN}, "members": members}
+    ensemble, members = evaluate_ensemble([m for m, _ in loaded], [p["input"] for _, p in loaded], test, test.out_dim)
+    return {**{k: ensemble[k] for k in SHOWN}, "members": [member["error"] for member in members]}
 
 
 def _sigma_curves(cfg: Config, out: Path, report: dict[str, Any]) -> None:
@@ -116,14 +114,11 @@ def format_regression_table(report: dict[str, Any]) -> str:
     if curves:
         lines.append(f"mean σ by λ on set {report['sigma_by_lambda']['set']} "
                      f"({report['sigma_by_lambda']['samples']} stored mixes):")
-        bins = [r for r in next(iter(curves.values())) if r["count"]]
         lines.append(f"  {'λ':<10}" + "".join(f"{name[:14]:>15}" for name in curves))
-        for position, row in enumerate(bins):
-            values = []
-            for rows in curves.values():
-                kept = [r for r in rows if r["count"]]
-                values.append(f"{kept[position]['sigma_mean']:>15.4f}")
-            lines.append(f"  [{row['lam_low']:.1f}, {row['lam_high']:.1f}) " + "".join(values))
+        for rows in zip(*curves.values(), strict=True):  # every curve is binned on the same λ of the same records
+            if rows[0]["count"]:
+                lines.append(f"  [{rows[0]['lam_low']:.1f}, {rows[0]['lam_high']:.1f}) "
+                             + "".join(f"{row['sigma_mean']:>15.4f}" for row in rows))
     for path in report.get("plots", []):
         lines.append(f"plot: {path}")
     return "\n".join(lines)

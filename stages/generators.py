@@ -74,25 +74,30 @@ class BigGANGenerator(nn.Module):
 
 
 def _biggan_files(name_or_dir: str, cache_dir: str | None) -> tuple[Path, Path]:
-    """Local (config, weights) paths: a directory as is, a pretrained name through the package's
-    download cache (the only step that needs the internet)."""
+    """Local (config, weights) paths, both present: a directory as is, a pretrained name through
+    the package's download cache (the only step that needs the internet)."""
     from pytorch_pretrained_biggan.model import PRETRAINED_CONFIG_ARCHIVE_MAP, PRETRAINED_MODEL_ARCHIVE_MAP
 
     if name_or_dir in PRETRAINED_MODEL_ARCHIVE_MAP:
         from pytorch_pretrained_biggan.file_utils import cached_path
 
         try:
-            return (Path(cached_path(PRETRAINED_CONFIG_ARCHIVE_MAP[name_or_dir], cache_dir=cache_dir)),
-                    Path(cached_path(PRETRAINED_MODEL_ARCHIVE_MAP[name_or_dir], cache_dir=cache_dir)))
+            files = (Path(cached_path(PRETRAINED_CONFIG_ARCHIVE_MAP[name_or_dir], cache_dir=cache_dir)),
+                     Path(cached_path(PRETRAINED_MODEL_ARCHIVE_MAP[name_or_dir], cache_dir=cache_dir)))
         except Exception as err:  # requests / boto3 raise many types; any of them means no weights
             raise UserError(f"generator {name_or_dir!r}: download failed ({type(err).__name__}); on a machine "
-                            f"without internet, point generator.path at a local directory") from err
-    directory = Path(name_or_dir)
-    if not directory.is_dir():
-        names = sorted(PRETRAINED_MODEL_ARCHIVE_MAP)
-        raise UserError(f"generator {name_or_dir!r}: neither a pretrained name ({names}) "
-                        f"nor a directory with {BIGGAN_CONFIG_NAME} and {BIGGAN_WEIGHTS_NAME}")
-    return directory / BIGGAN_CONFIG_NAME, directory / BIGGAN_WEIGHTS_NAME
+                            f"without internet, point generator.weights at a local directory") from err
+    else:
+        directory = Path(name_or_dir)
+        if not directory.is_dir():
+            names = sorted(PRETRAINED_MODEL_ARCHIVE_MAP)
+            raise UserError(f"generator {name_or_dir!r}: neither a pretrained name ({names}) "
+                            f"nor a directory with {BIGGAN_CONFIG_NAME} and {BIGGAN_WEIGHTS_NAME}")
+        files = (directory / BIGGAN_CONFIG_NAME, directory / BIGGAN_WEIGHTS_NAME)
+    for path in files:
+        if not path.is_file():
+            raise UserError(f"generator {name_or_dir!r}: {path} is missing")
+    return files
 
 
 def load_biggan(name_or_dir: str, truncation: float = 0.4, cache_dir: str | None = None) -> BigGANGenerator:
@@ -100,9 +105,6 @@ def load_biggan(name_or_dir: str, truncation: float = 0.4, cache_dir: str | None
     from pytorch_pretrained_biggan import BigGAN, BigGANConfig
 
     config_path, weights_path = _biggan_files(name_or_dir, cache_dir)
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise UserError(f"generator {name_or_dir!r}: {path} is missing")
     try:
         config = BigGANConfig.from_json_file(str(config_path))
         model = BigGAN(config)
@@ -132,9 +134,6 @@ def biggan_digest(name_or_dir: str, cache_dir: str | None = None) -> tuple[str, 
     from pipeline.format import sha256_file
 
     config_path, weights_path = _biggan_files(name_or_dir, cache_dir)
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise UserError(f"generator {name_or_dir!r}: {path} is missing")
     try:
         num_classes = int(json.loads(config_path.read_text())["num_classes"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:

@@ -31,12 +31,12 @@ def select(source: Source, keep: np.ndarray, label_map: np.ndarray | None = None
     """The images ``keep`` (sorted indices) of ``source``, labels mapped through ``label_map``."""
     keep = np.sort(np.asarray(keep, dtype=np.int64))
     labels = source.labels[keep] if label_map is None else label_map[source.labels[keep]]
-    return Source(
-        name=source.name, classes=classes or source.classes, labels=labels.astype(np.int64),
-        identity={**source.identity, **identity}, pad=source.pad, flip=source.flip,
+    return replace(
+        source, classes=classes or source.classes, labels=labels.astype(np.int64),
+        identity={**source.identity, **identity},
         _images=None if source._images is None else source._images[keep],
-        _files=[source._files[i] for i in keep] if source._images is None else [], shape=source.shape,
-        targets=None if source.targets is None else source.targets[keep], metric=source.metric,
+        _files=[source._files[i] for i in keep] if source._images is None else [],
+        targets=None if source.targets is None else source.targets[keep],
     )
 
 
@@ -147,8 +147,4 @@ def load_in_memory(source: Source) -> Source:
     """The same source with every image decoded once (fast random access for small sets)."""
     if source._images is not None:
         return source
-    return Source(
-        name=source.name, classes=source.classes, labels=source.labels, identity=source.identity,
-        pad=source.pad, flip=source.flip, _images=source.images(), shape=source.shape,
-        targets=source.targets, metric=source.metric,
-    )
+    return replace(source, _images=source.images(), _files=[])

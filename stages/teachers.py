@@ -14,7 +14,8 @@ No Ray here: the class runs the same inside a Ray actor, a test, or a notebook.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,18 @@ class _Member:
     mean: torch.Tensor  # [1, C, 1, 1] on the device
     std: torch.Tensor
     key: tuple[Any, ...]  # members with equal keys share one prepared input
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Exactly ``count`` torch threads inside (float sums on a CPU depend on the split), then the
+    caller's setting again, so the process is left as it was found."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class Ensemble:
@@ -151,14 +164,9 @@ class Ensemble:
         return self._member_logits(images).clone()  # clone outside inference mode: editable
 
     def _member_logits(self, images: np.ndarray) -> torch.Tensor:
-        """Runs with exactly ``threads`` torch threads (CPU float sums depend on the split), then
-        restores the caller's setting so the process is left as it was found."""
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
+        """Runs with exactly ``threads`` torch threads (see :func:`torch_threads`)."""
+        with torch_threads(self.threads):
             return self._forward(images)
-        finally:
-            torch.set_num_threads(previous)
 
     @torch.inference_mode()
     def _forward(self, images: np.ndarray) -> torch.Tensor:

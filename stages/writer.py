@@ -20,7 +20,7 @@ from pipeline import storage
 from pipeline.config import SelectConfig, SetConfig
 from stages.gaussian import GaussianOutput
 from stages.samplers import SAMPLERS, draw_shard, sample_label, set_size, shard_images
-from stages.samplers.generating import Generate, cached_runner, set_generator
+from stages.samplers.generating import Generate, generate_images, set_generator
 from stages.sources import Source, load_source_cached
 from stages.targets import EnsembleOutput
 
@@ -49,8 +49,7 @@ def make_shard(
         raise ValueError(f"shard {shard} is past the end of the set ({set_size(cfg, source)} samples)")
     generator = set_generator(cfg)
     if generate is None and generator is not None:
-        runner = cached_runner(generator, source_cfg_json)
-        generate = lambda params: runner.generate(params).cpu().numpy()  # noqa: E731
+        generate = lambda params: generate_images(generator, params, source_cfg_json)  # noqa: E731
     images = shard_images(drawn, source, generate)
     if source.task == "regress":
         return images, drawn, real_targets(drawn, source)
@@ -131,30 +130,23 @@ def write_shard(
         index = position if select is not None else int(candidate)
         key = fmt.sample_key(shard, index)
         kind, params = drawn[candidate]
+        meta: dict[str, Any] = {"key": key, "shard": int(shard), "index": index, "sampler": kind, "params": params}
+        if select is not None:
+            meta["candidate"] = int(candidate)
         if isinstance(output, GaussianOutput):
-            meta = {"key": key, "shard": int(shard), "index": index, "sampler": kind, "params": params}
-            if select is not None:
-                meta["candidate"] = int(candidate)
             samples.append(_regression_sample(key, images[candidate], meta, output, int(candidate),
                                               labels[candidate], dtype))
             continue
         label = int(labels[candidate])
-        meta = {
-            "key": key,
-            "shard": int(shard),
-            "index": index,
-            "sampler": kind,
-            "params": params,
+        meta.update({
             "label": label,
             "entropy": round(float(output.entropy[candidate]), STAT_DIGITS),
             "disagreement": round(float(output.disagreement[candidate]), STAT_DIGITS),
             "teacher_argmax": int(output.argmax[candidate]),
-        }
-        if select is not None:
-            meta["candidate"] = int(candidate)
+        })
         if topk:
             kl = fmt.kl_divergence(output.logp[candidate], fmt.stored_logp(output.logp[candidate], topk))
-            meta["target_kl"] = float(f"{max(float(kl), 0.0):.6g}")
+            meta["target_kl"] = _stat(max(float(kl), 0.0))
         samples.append(fmt.Sample(key=key, image=images[candidate], logp=output.logp[candidate], meta=meta,
                                   label=label if label >= 0 else None, topk=topk))
     data = fmt.tar_bytes(samples)

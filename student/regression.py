@@ -30,7 +30,7 @@ def erm_loss(outputs: torch.Tensor, target: torch.Tensor, out_dim: int, loss: st
 def kd_loss(outputs: torch.Tensor, teacher: torch.Tensor, out_dim: int, loss: str) -> torch.Tensor:
     """Distillation from a teacher row ``[μᵗ, log σᵗ²]``: eq 6, or MSE of μ (plain KD)."""
     mu, log_var = split_gaussian(outputs, out_dim)
-    mu_t, log_var_t = teacher[:, :out_dim], teacher[:, out_dim:]
+    mu_t, log_var_t = split_gaussian(teacher, out_dim)
     return gaussian_kl(mu_t, log_var_t, mu, log_var) if loss == "gaussian_kl" else mse_loss(mu, mu_t)
 
 

@@ -96,7 +96,19 @@ def regression_metrics(mu: np.ndarray, logvar: np.ndarray, targets: np.ndarray, 
 def evaluate_regression(models: list[nn.Module], input_specs: list[dict[str, Any]], source: Source,
                         out_dim: int) -> dict[str, Any]:
     """Metrics of one model or of an ensemble (its moment-matched Gaussian) on a split."""
+    return evaluate_ensemble(models, input_specs, source, out_dim, members=False)[0]
+
+
+def evaluate_ensemble(models: list[nn.Module], input_specs: list[dict[str, Any]], source: Source, out_dim: int,
+                      members: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics of the ensemble's moment-matched Gaussian and (``members``) of each member alone,
+    from one pass of every model over the split."""
     if source.targets is None:
         raise ValueError(f"source {source.name} has no regression targets")
-    mu, logvar = ensemble_gaussian(*predict_gaussians(models, input_specs, source, out_dim))
-    return regression_metrics(mu, logvar, source.targets, source.metric or "euclidean")
+    mu, logvar = predict_gaussians(models, input_specs, source, out_dim)
+
+    def score(mu: np.ndarray, logvar: np.ndarray) -> dict[str, Any]:
+        return regression_metrics(*ensemble_gaussian(mu, logvar), source.targets, source.metric or "euclidean")
+
+    alone = [score(mu[m:m + 1], logvar[m:m + 1]) for m in range(len(models))] if members else []
+    return score(mu, logvar), alone

@@ -101,9 +101,9 @@ def _open_set(set_dir: str, weight: float, check_sizes: bool) -> SetShards:
     for url, entry in zip(urls, entries, strict=True):  # local paths or fsspec URLs
         if not storage.is_file(url):
             raise UserError(damage_message(url, set_dir, "file missing"))
-        if check_sizes and "bytes" in entry and storage.size(url) != int(entry["bytes"]):
-            raise UserError(damage_message(
-                url, set_dir, f"{storage.size(url)} bytes, the index says {entry['bytes']}"))
+        size = storage.size(url) if check_sizes and "bytes" in entry else None
+        if size is not None and size != int(entry["bytes"]):
+            raise UserError(damage_message(url, set_dir, f"{size} bytes, the index says {entry['bytes']}"))
     task = str(index.get("task", "classify"))
     if task == "regress":
         out_dim = int(index.get("out_dim", 0))

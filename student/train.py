@@ -176,11 +176,11 @@ def train_model(
     opened: list[Any] = []
     if objective == "kd":
         opened = open_transfer_sets(transfer_sets, task=task, on_bad_shard=train_cfg.on_bad_shard)
-        if (opened[0].num_classes, opened[0].out_dim) != (train_source.num_classes, out_dim):
-            what = "target values" if task == "regress" else "classes"
-            have = (opened[0].out_dim, out_dim) if task == "regress" else (opened[0].num_classes,
-                                                                           train_source.num_classes)
-            raise UserError(f"transfer sets have {have[0]} {what}, the source has {have[1]}")
+        what = "target values" if task == "regress" else "classes"
+        got = opened[0].out_dim if task == "regress" else opened[0].num_classes
+        want = out_dim if task == "regress" else train_source.num_classes
+        if got != want:
+            raise UserError(f"transfer sets have {got} {what}, the source has {want}")
     if objective == "erm" or real_weight > 0:
         train_source = load_in_memory(train_source)
     samples = len(train_source) if objective == "erm" else sum(sum(s.samples) for s in opened)

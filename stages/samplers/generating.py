@@ -21,8 +21,7 @@ mixes. ``class_i`` / ``class_j`` record the teacher classes the generator was as
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -135,19 +134,6 @@ def resolve_gan_samplers(set_cfg: SetConfig, source: Source) -> SetConfig:
 # ---------------------------------------------------------------- running a generator
 
 
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Exactly ``count`` torch threads inside (float sums on a CPU depend on the split)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def build_generator(cfg: GeneratorConfig, source: Source) -> Any:
     """The generator module G(z, class_vectors) on the CPU, in eval mode."""
     from stages.generators import build_factory_generator, fit_pca_generator, load_biggan
@@ -174,7 +160,7 @@ class GeneratorRunner:
     def __init__(self, cfg: GeneratorConfig, source: Source, *, device: str = "cpu", threads: int = 1) -> None:
         import torch
 
-        from stages.teachers import AUTOCAST_DTYPES, resolve_device
+        from stages.teachers import AUTOCAST_DTYPES, resolve_device, torch_threads
 
         self.cfg, self.threads = cfg, threads
         self.device = resolve_device(device)
@@ -202,6 +188,7 @@ class GeneratorRunner:
         import torch
 
         from stages.generators import quantize
+        from stages.teachers import torch_threads
 
         if not params:
             return torch.zeros((0, *self.size, self.channels), dtype=torch.uint8, device=self.device)
