@@ -216,6 +216,12 @@ class SetConfig(Strict):
     def sampler_list(self) -> list[SamplerConfig]:
         return [self.sampler] if self.sampler is not None else list(self.samplers or [])
 
+    def with_samplers(self, samplers: list[SamplerConfig]) -> SetConfig:
+        """The set with ``samplers`` in place of its own, in the same shape (one ``sampler`` or a list)."""
+        if self.sampler is not None:
+            return self.model_copy(update={"sampler": samplers[0]})
+        return self.model_copy(update={"samplers": samplers})
+
     def enumerates_source(self) -> bool:
         """A views-only set visits every real image in order instead of drawing at random."""
         return [s.kind for s in self.sampler_list()] == ["views"]

@@ -40,17 +40,23 @@ def _records(set_dir: str, index: dict[str, Any], limit: int) -> list[dict[str, 
     return records
 
 
+def stored_bytes(set_dir: str, index: dict[str, Any], members: tuple[str, ...]) -> dict[str, float]:
+    """Bytes per sample of the target's tar members (with .npy headers; first shard) and of whole shards."""
+    sizes = [sum(len(fields[m]) for m in members) for _, fields in fmt.iter_tar(fmt.shard_urls(set_dir, index)[0])]
+    return {"target_npy_bytes_per_sample": float(np.mean(sizes)) if sizes else 0.0,
+            "shard_bytes_per_sample": sum(s["bytes"] for s in index["shards"]) / max(index["totals"]["samples"], 1)}
+
+
 def _target_bytes(set_dir: str, index: dict[str, Any]) -> dict[str, float]:
     """Payload bytes of one target, its tar member with .npy header, and whole tar bytes, per sample."""
     member = fmt.TOPK_FIELD if index["target"].get("kind") == "topk" else fmt.LOGP_FIELD
-    sizes = [len(fields[member]) for _, fields in fmt.iter_tar(fmt.shard_urls(set_dir, index)[0])]
-    samples = max(index["totals"]["samples"], 1)
+    stored = stored_bytes(set_dir, index, (member,))
     classes = int(index["num_classes"])
     return {
         "target_bytes_per_sample": fmt.target_payload_bytes(classes, int(index["target"].get("k", 0))),
-        "target_npy_bytes_per_sample": float(np.mean(sizes)) if sizes else 0.0,
+        "target_npy_bytes_per_sample": stored["target_npy_bytes_per_sample"],
         "dense_float16_bytes_per_sample": fmt.target_payload_bytes(classes, 0),
-        "shard_bytes_per_sample": sum(s["bytes"] for s in index["shards"]) / samples,
+        "shard_bytes_per_sample": stored["shard_bytes_per_sample"],
     }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import format as fmt
 from pipeline.errors import UserError
-from pipeline.inspect import GRID_SAMPLES, _by_lambda, _records, _save, header_lines, quantile_stats
+from pipeline.inspect import GRID_SAMPLES, _by_lambda, _records, _save, header_lines, quantile_stats, stored_bytes
 
 # Stored mixes a σ-vs-λ curve is measured on (teacher σ from the records, models run on them).
 CURVE_SAMPLES = 2000
@@ -55,9 +55,6 @@ def inspect_regression(set_dir: str, index: dict[str, Any], table: dict[str, lis
 
         teacher_error = float(errors(np.stack([r["mu"] for r in real]), np.stack([r["real_target"] for r in real]),
                                      metric).mean())
-    member = fmt.MU_FIELD
-    sizes = [len(fields[member]) + len(fields[fmt.LOGVAR_FIELD])
-             for _, fields in fmt.iter_tar(fmt.shard_urls(set_dir, index)[0])]
     total = values["aleatoric"].sum() + values["epistemic"].sum()
     return {
         "set": set_dir, "name": index.get("name"), "fingerprint": index.get("fingerprint"), "task": "regress",
@@ -71,8 +68,7 @@ def inspect_regression(set_dir: str, index: dict[str, Any], table: dict[str, lis
         "sigma_by_lambda": _binned(lam[mixed], {k: v[mixed] for k, v in values.items()}),
         "teacher_error_on_real": teacher_error, "real_samples_checked": len(real),
         "target_bytes_per_sample": int(index["target"].get("payload_bytes", 0)),
-        "target_npy_bytes_per_sample": float(np.mean(sizes)) if sizes else 0.0,
-        "shard_bytes_per_sample": sum(s["bytes"] for s in index["shards"]) / max(index["totals"]["samples"], 1),
+        **stored_bytes(set_dir, index, (fmt.MU_FIELD, fmt.LOGVAR_FIELD)),
     }
 
 

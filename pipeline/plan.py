@@ -175,8 +175,7 @@ def resolve_samplers(set_cfg: SetConfig, teachers: list[dict[str, Any]], channel
             raise UserError(f"gaussian_image: mean/std have {len(sampler.mean or [])} values, the images have "
                             f"{channels} channels")
         resolved.append(sampler)
-    key = "sampler" if set_cfg.sampler is not None else "samplers"
-    return set_cfg.model_copy(update={key: resolved[0] if key == "sampler" else resolved})
+    return set_cfg.with_samplers(resolved)
 
 
 def resolve_targets(set_cfg: SetConfig, task: str) -> SetConfig:

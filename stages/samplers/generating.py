@@ -127,8 +127,7 @@ def resolve_gan_samplers(set_cfg: SetConfig, source: Source) -> SetConfig:
         return set_cfg
     resolved_generator = resolve_generator(generator, source)
     samplers = [resolve_gan(s, source, resolved_generator) if s.kind == "gan" else s for s in set_cfg.sampler_list()]
-    key = "sampler" if set_cfg.sampler is not None else "samplers"
-    return set_cfg.model_copy(update={key: samplers[0] if key == "sampler" else samplers})
+    return set_cfg.with_samplers(samplers)
 
 
 # ---------------------------------------------------------------- running a generator
