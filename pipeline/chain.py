@@ -2,7 +2,7 @@
 
 Output layout under ``OUT``::
 
-    teachers/member-<m>/model.pt     sets/<name>/     students/<name>/     report.json
+    teachers/member-<m>/model.pt     sets/<name>/     students/<name>/seed-<s>/     report.json
 
 A finished step leaves a ``spec.json`` describing what it was made from; a rerun whose spec is
 unchanged reuses the step's output instead of redoing it.
@@ -178,32 +178,91 @@ def student_sets(cfg: Config, out: Path, name: str, task: str = "classify") -> l
     return sets
 
 
-def train_student(cfg: Config, out: Path, name: str, train: Source, test: Source,
-                  progress: Progress, force: bool = False) -> dict[str, Any]:
-    from pipeline.report import score
-    from student.train import train_model
+def student_dir(out: Path, name: str, seed_index: int) -> Path:
+    """Where run ``seed_index`` of student ``name`` lives: ``OUT/students/NAME/seed-S``."""
+    return Path(out) / "students" / name / f"seed-{seed_index}"
 
+
+def _file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest()
+
+
+def _student_spec(cfg: Config, out: Path, name: str, seed: int, sets: list[tuple[str, float]]) -> dict[str, Any]:
+    """What one run of a student is made from; its seed list is not part of it, so adding a seed
+    reuses the runs already made."""
+    student = cfg.students[name]
+    spec = {"student": student.model_dump(exclude={"seeds"}), "source": cfg.source.model_dump(), "seed": seed,
+            "sets": {storage.name_of(d): [w, read_index(d)["fingerprint"] if d != SOURCE_SET else None]
+                     for d, w in sets}}
+    if student.objective == "kd_online":
+        spec["teachers"] = [_file_sha256(path) for path in require_teachers(cfg, out)]
+    return spec
+
+
+def student_runs(cfg: Config, out: Path, name: str, task: str = "classify",
+                 seeds: list[int] | None = None) -> list[dict[str, Any]]:
+    """The runs of student ``name`` (one per seed), each checked for its inputs: ``{seed_index,
+    seed, out_dir, sets, spec}``."""
     if name not in cfg.students:
         raise UserError(f"--student {name!r}: not one of {sorted(cfg.students)}")
     student = cfg.students[name]
-    sets = student_sets(cfg, out, name, train.task) if student.objective == "kd" else []
-    out_dir = out / "students" / name
-    seed = derive_seed(cfg.seed, "student", name)
-    spec = {"student": student.model_dump(), "source": cfg.source.model_dump(), "seed": seed,
-            "sets": {storage.name_of(d): [w, read_index(d)["fingerprint"] if d != SOURCE_SET else None]
-                     for d, w in sets}}
-    if not force and _reusable(out_dir, spec, "result.json"):
-        progress(f"student {name}: reused {out_dir}")
-        return json.loads((out_dir / "result.json").read_text())
-    progress(f"student {name}: training {student.model.arch} ({student.objective}) for {student.train.steps} steps")
+    unknown = sorted(set(seeds or []) - set(student.seeds))
+    if unknown:
+        raise UserError(f"--seed {unknown[0]}: student {name!r} has seeds {student.seeds}")
+    sets = student_sets(cfg, out, name, task) if student.objective == "kd" else []
+    runs = []
+    for seed_index in seeds or student.seeds:
+        seed = derive_seed(cfg.seed, "student", name, seed_index)
+        runs.append({"name": name, "seed_index": seed_index, "seed": seed, "sets": sets,
+                     "out_dir": student_dir(out, name, seed_index),
+                     "spec": _student_spec(cfg, out, name, seed, sets)})
+    return runs
+
+
+def train_student_run(cfg: Config, out: Path, run: dict[str, Any], train: Source, test: Source,
+                      progress: Progress) -> dict[str, Any]:
+    """Train one run of :func:`student_runs` and mark it done."""
+    from pipeline.report import score
+    from student.train import train_model
+
+    name, student, label = run["name"], cfg.students[run["name"]], f"{run['name']}/seed-{run['seed_index']}"
+    progress(f"student {label}: training {student.model.arch} ({student.objective}) for {student.train.steps} steps")
+    teachers = list(require_teachers(cfg, out)) if student.objective == "kd_online" else None
     result = train_model(
         name=name, model_cfg=student.model, train_cfg=student.train, objective=student.objective,
-        kd_cfg=student.kd, sets=sets, train_source=train, test_source=test, out_dir=out_dir,
-        seed=seed, progress=progress,
+        kd_cfg=student.kd, sets=run["sets"], train_source=train, test_source=test, out_dir=run["out_dir"],
+        seed=run["seed"], progress=progress, teachers=teachers,
     )
-    _mark_done(out_dir, spec)
-    progress(f"student {name}: {score(result)}")
+    result["seed_index"] = run["seed_index"]
+    _mark_done(run["out_dir"], run["spec"])
+    progress(f"student {label}: {score(result)}")
     return result
+
+
+def train_students(cfg: Config, out: Path, names: list[str], train: Source, test: Source, progress: Progress,
+                   force: bool = False, seeds: list[int] | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+    """Every run (student × seed) of ``names``: reused when done, else trained — as parallel Ray
+    tasks when the CPUs allow (``student_stage.parallel``), else one after the other here.
+    Returns ``{name: {seed_index: result}}``."""
+    from pipeline.ray_train import train_runs_on_ray, use_ray_for_runs
+
+    runs = [run for name in names for run in student_runs(cfg, out, name, train.task, seeds)]
+    results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in names}
+    pending = []
+    for run in runs:
+        if not force and _reusable(run["out_dir"], run["spec"], "result.json"):
+            progress(f"student {run['name']}/seed-{run['seed_index']}: reused {run['out_dir']}")
+            results[run["name"]][run["seed_index"]] = {
+                **json.loads((run["out_dir"] / "result.json").read_text()), "seed_index": run["seed_index"]}
+        else:
+            pending.append(run)
+    if use_ray_for_runs(cfg, len(pending)):
+        for run, result in zip(pending, train_runs_on_ray(cfg, out, pending, progress), strict=True):
+            results[run["name"]][run["seed_index"]] = result
+    else:
+        for run in pending:
+            results[run["name"]][run["seed_index"]] = train_student_run(cfg, out, run, train, test, progress)
+    return {name: dict(sorted(by_seed.items())) for name, by_seed in results.items()}
 
 
 # ---------------------------------------------------------------- the whole job
@@ -220,7 +279,7 @@ def run_job(cfg: Config, out: Path, progress: Progress) -> dict[str, Any]:
     train, test = load_splits(cfg)
     teachers = train_teachers(cfg, out, train, test, progress)
     generate_sets(cfg, out, teachers, progress)
-    students = {name: train_student(cfg, out, name, train, test, progress) for name in cfg.students}
-    report = build_report(cfg, teachers, students, test, out)
+    students = train_students(cfg, out, list(cfg.students), train, test, progress)
+    report = build_report(cfg, teachers, students, test, out, train)
     atomic_write(out / "report.json", json.dumps(report, indent=1).encode())
     return report

@@ -94,13 +94,15 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
           ray: Annotated[bool, typer.Option("--ray", help="train the student with Ray Train (DDP workers)")] = False,
           workers: Annotated[int, typer.Option("--workers", help="--ray: number of training workers")] = 2,
           gpu: Annotated[bool, typer.Option("--gpu", help="--ray: one GPU per worker")] = False,
+          seed: Annotated[list[int] | None, typer.Option(
+              "--seed", help="train only this run of the student's seeds (repeatable)")] = None,
           address: AddressOption = None) -> None:
-    """Train one student from existing transfer sets (or, with --teachers, the ensemble).
+    """Train one student from existing transfer sets, each of its seeds (or, with --teachers, the ensemble).
 
     Under ``torchrun --nproc_per_node N -m pipeline.cli train ...`` the student is trained with
     DDP over N processes; ``--ray`` does the same through Ray Train on a Ray cluster.
     """
-    from pipeline.chain import load_splits, student_sets, train_student, train_teachers
+    from pipeline.chain import load_splits, student_runs, train_students, train_teachers
 
     cfg, out_url = _setup(config, out, set_, address)
     out_dir = _local(out_url, "train")
@@ -108,22 +110,25 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
         raise UserError("train: give exactly one of --student NAME or --teachers")
     if ray and (teachers or workers < 1):
         raise UserError("train --ray: needs --student NAME and --workers >= 1")
+    if teachers and seed:
+        raise UserError("train --seed: picks runs of a student; teachers are trained as members")
     train_split, test_split = load_splits(cfg)
     if teachers:
         for path in train_teachers(cfg, out_dir, train_split, test_split, progress):
             print(path)
         return
+    assert student is not None
+    student_runs(cfg, out_dir, student, train_split.task, seed)  # check the sets exist before training
     if ray:
         from pipeline.ray_train import train_student_on_ray
 
-        if student not in cfg.students:
-            raise UserError(f"--student {student!r}: not one of {sorted(cfg.students)}")
-        student_sets(cfg, out_dir, student, train_split.task)  # check the sets exist before starting a cluster job
-        print(json.dumps(train_student_on_ray(cfg, out_dir, student, workers, gpu, progress)))
+        for result in train_student_on_ray(cfg, out_dir, student, workers, gpu, progress, seed):
+            print(json.dumps(result))
         return
-    result = train_student(cfg, out_dir, student, train_split, test_split, progress)
+    results = train_students(cfg, out_dir, [student], train_split, test_split, progress, seeds=seed)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(result))
+        for result in results[student].values():
+            print(json.dumps(result))
 
 
 @app.command()

@@ -16,11 +16,14 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pipeline.errors import UserError
 from pipeline.generator_config import GeneratorConfig, GeneratorStageConfig
 from pipeline.train_config import (  # noqa: F401  (re-exported: the job config is one namespace)
+    SOURCE_SET,
     KDConfig,
     ModelConfig,
     PickConfig,
     SelfGuidanceConfig,
     Strict,
+    StudentConfig,
+    StudentStageConfig,
     TrainConfig,
 )
 
@@ -255,32 +258,6 @@ class RayConfig(Strict):
                                                    "a cluster failure (also --max-restarts)")
 
 
-# The student set name that means "the real training split" (labels, no teacher targets).
-SOURCE_SET = "source"
-
-
-class StudentConfig(Strict):
-    model: ModelConfig
-    objective: Literal["erm", "kd"]
-    sets: dict[str, float] = {}
-    kd: KDConfig = KDConfig()
-    train: TrainConfig
-
-    @model_validator(mode="after")
-    def _sets_for_kd(self) -> StudentConfig:
-        if self.objective == "kd":
-            if not self.sets:
-                raise ValueError("a 'kd' student needs sets: {name: weight}")
-            if any(w < 0 for w in self.sets.values()) or sum(self.sets.values()) <= 0:
-                raise ValueError("set weights must be >= 0 and sum to more than 0")
-            if set(self.sets) == {SOURCE_SET}:
-                raise ValueError(f"a 'kd' student needs a transfer set besides {SOURCE_SET!r}")
-            if self.sets.get(SOURCE_SET, 0) > 0 and self.kd.alpha >= 1:
-                raise ValueError(f"set {SOURCE_SET!r} carries labels only, which kd.alpha = 1 ignores; "
-                                 f"lower kd.alpha or drop it")
-        return self
-
-
 class ReportConfig(Strict):
     baseline: str = "kd"
     compare: list[str] = []
@@ -293,6 +270,7 @@ class Config(Strict):
     teachers: TeachersConfig
     teacher_stage: TeacherStageConfig = TeacherStageConfig()
     generator_stage: GeneratorStageConfig = GeneratorStageConfig()
+    student_stage: StudentStageConfig = StudentStageConfig()
     cache_root: str | None = Field(None, description="where 'out: auto' sets live (default $TRANSFERSET_CACHE "
                                                      "or ~/.cache/transferset)")
     ray: RayConfig = RayConfig()

@@ -19,6 +19,35 @@ from pipeline.config import Config
 Progress = Callable[[str], None]
 
 
+ERROR_KEY = "__error__"
+
+
+def _user_errors_as_values(body: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """A task body whose bad-input errors come back as ``{ERROR_KEY: message}``: the driver then
+    raises the same one-line error as a local run, never a Ray traceback or a retry."""
+    import functools
+
+    @functools.wraps(body)
+    def task(*args: Any) -> dict[str, Any]:
+        from pipeline.errors import FormatError, UserError
+
+        try:
+            return body(*args)
+        except (UserError, FormatError) as err:
+            return {ERROR_KEY: str(err)}
+
+    return task
+
+
+def _result(value: dict[str, Any]) -> dict[str, Any]:
+    if ERROR_KEY in value:
+        from pipeline.errors import UserError
+
+        raise UserError(value[ERROR_KEY])
+    return value
+
+
+@_user_errors_as_values
 def _train_member(cfg_json: str, member: int, member_dir: str, seed: int, threads: int) -> dict[str, Any]:
     """Body of one Ray task: load the splits and train teacher member ``member``."""
     import torch
@@ -73,14 +102,62 @@ def train_members(cfg: Config, jobs: list[tuple[int, Path, int]], progress: Prog
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         member = pending.pop(done[0])
-        results[member] = ray.get(done[0])
+        results[member] = _result(ray.get(done[0]))
         progress(f"teacher {member}: {score(results[member])}")
     return results
 
 
+@_user_errors_as_values
+def _train_student_task(cfg_json: str, out: str, run: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Body of one Ray task: load the splits and train one run (student × seed)."""
+    import torch
+
+    from pipeline.chain import load_splits, train_student_run
+
+    torch.set_num_threads(threads)
+    cfg = Config.model_validate_json(cfg_json)
+    train, test = load_splits(cfg)
+    return train_student_run(cfg, Path(out), {**run, "out_dir": Path(run["out_dir"])}, train, test, lambda line: None)
+
+
+def use_ray_for_runs(cfg: Config, pending: int) -> bool:
+    """``student_stage.parallel: auto`` trains student runs on Ray when at least two fit side by side."""
+    mode = cfg.student_stage.parallel
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return False  # under torchrun every process trains the same run (DDP)
+    if mode == "off" or pending < 2:
+        return mode == "ray" and pending > 0
+    return mode == "ray" or cluster_cpus(cfg) >= 2 * cfg.student_stage.cpus_per_run
+
+
+def train_runs_on_ray(cfg: Config, out: Path, runs: list[dict[str, Any]], progress: Progress) -> list[dict[str, Any]]:
+    """Train student runs (:func:`pipeline.chain.student_runs`) as Ray tasks of
+    ``student_stage.cpus_per_run`` CPUs each, reporting each as it finishes; results in order."""
+    import ray
+
+    from pipeline.driver import ensure_ray
+    from pipeline.report import score
+
+    ensure_ray(cfg.ray)
+    cpus = cfg.student_stage.cpus_per_run
+    task = ray.remote(num_cpus=cpus, max_retries=1)(_train_student_task)
+    cfg_json, threads = cfg.model_dump_json(), max(1, int(cpus))
+    refs = [task.remote(cfg_json, str(out), {**run, "out_dir": str(run["out_dir"])}, threads) for run in runs]
+    progress(f"students: training {len(runs)} run(s) as Ray tasks ({cpus:g} CPU each)")
+    label = {ref: f"{run['name']}/seed-{run['seed_index']}" for ref, run in zip(refs, runs, strict=True)}
+    waiting = list(refs)
+    results: dict[Any, dict[str, Any]] = {}
+    while waiting:
+        done, waiting = ray.wait(waiting, num_returns=1)
+        results[done[0]] = _result(ray.get(done[0]))
+        progress(f"student {label[done[0]]}: {score(results[done[0]])}")
+    return [results[ref] for ref in refs]
+
+
 def train_student_on_ray(cfg: Config, out: Path, name: str, workers: int, use_gpu: bool,
-                         progress: Progress) -> dict[str, Any]:
-    """One student trained by ``workers`` Ray Train workers (DDP; gloo on CPU, NCCL on GPUs)."""
+                         progress: Progress, seeds: list[int] | None = None) -> list[dict[str, Any]]:
+    """Each run (seed) of one student trained by ``workers`` Ray Train workers (DDP; gloo on CPU,
+    NCCL on GPUs), one run after the other."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -89,21 +166,27 @@ def train_student_on_ray(cfg: Config, out: Path, name: str, workers: int, use_gp
     ensure_ray(cfg.ray)
     cfg_json, out_dir = cfg.model_dump_json(), str(out.resolve())
 
-    def loop(_: dict[str, Any]) -> None:
-        from pipeline.chain import load_splits, train_student
+    def loop(config_: dict[str, Any]) -> None:
+        from pipeline.chain import load_splits, student_runs, train_student_run
 
         config = Config.model_validate_json(cfg_json)
         train, test = load_splits(config)
-        train_student(config, Path(out_dir), name, train, test, lambda line: None, force=True)
+        for run in student_runs(config, Path(out_dir), name, train.task, [config_["seed_index"]]):
+            train_student_run(config, Path(out_dir), run, train, test, lambda line: None)
 
     cpus = max(0.5, (cluster_cpus(cfg) if cluster_cpus(cfg) != float("inf") else workers) / max(workers, 1) - 0.25)
-    trainer = TorchTrainer(
-        loop, scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus} if not use_gpu else None),
-        run_config=ray.train.RunConfig(storage_path=str(Path(out_dir) / "ray_train"), name=name),
-    )
-    progress(f"student {name}: Ray Train with {workers} worker(s)")
-    trainer.fit()
-    import json
+    results = []
+    for seed_index in seeds or cfg.students[name].seeds:
+        trainer = TorchTrainer(
+            loop, train_loop_config={"seed_index": seed_index}, scaling_config=ray.train.ScalingConfig(
+                num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus} if not use_gpu else None),
+            run_config=ray.train.RunConfig(storage_path=str(Path(out_dir) / "ray_train"), name=f"{name}-{seed_index}"),
+        )
+        progress(f"student {name}/seed-{seed_index}: Ray Train with {workers} worker(s)")
+        trainer.fit()
+        import json
 
-    return json.loads((Path(out_dir) / "students" / name / "result.json").read_text())
+        from pipeline.chain import student_dir
+
+        results.append(json.loads((student_dir(Path(out_dir), name, seed_index) / "result.json").read_text()))
+    return results

@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.aggregate import gap_reduction, gap_reduction_spread, summarize_runs
 from pipeline.config import Config, StudentConfig
-from pipeline.report import gap_reduction
 from stages.sources import Source
 
 MIXING = ("mix", "mixup", "cutmix")
@@ -61,33 +61,42 @@ def _sigma_curves(cfg: Config, out: Path, report: dict[str, Any]) -> None:
     mixing = [name for name, set_cfg in cfg.sets.items() if any(s.kind in MIXING for s in set_cfg.sampler_list())]
     if not mixing:
         return
-    models = {name: out / "students" / name / "model.pt" for name, student in cfg.students.items()
-              if sigma_trained(student) and (out / "students" / name / "model.pt").is_file()}
+    from pipeline.chain import student_dir
+
+    first = {name: student_dir(out, name, student.seeds[0]) / "model.pt" for name, student in cfg.students.items()}
+    models = {name: path for name, path in first.items() if sigma_trained(cfg.students[name]) and path.is_file()}
     curves = sigma_by_lambda(locate_set(cfg, out, mixing[0]), models)
     report["sigma_by_lambda"] = {**curves, "set": mixing[0], "path": curves["set"]}
     report["plots"] = [plot_sigma_by_lambda(curves, out / "sigma_vs_lambda.png", f"{cfg.name}: σ vs λ")]
 
 
-def build_regression_report(cfg: Config, teachers: list[Path], students: dict[str, dict[str, Any]],
+def build_regression_report(cfg: Config, teachers: list[Path], students: dict[str, dict[int, dict[str, Any]]],
                             test: Source, out: Path | None = None) -> dict[str, Any]:
+    """``students``: each student's results by seed; the figures are means over the seeds
+    (``<key>_std`` beside them), σ-by-λ curves use each student's first seed."""
     teacher = _teacher(teachers, test)
     report: dict[str, Any] = {
         "config": cfg.name, "task": "regress", "metric": test.metric, "test_samples": len(test),
         "teacher": teacher, "students": {}, "gap_reduction": {},
     }
-    for name, result in students.items():
-        student = cfg.students[name]
-        row = {key: result[key] for key in ("objective", "steps", "parameters", "seconds") if key in result}
-        row.update({k: result[k] for k in SHOWN if k in result})
+    for name, results in students.items():
+        student, first = cfg.students[name], results[min(results)]
+        row = {key: first[key] for key in ("objective", "steps", "parameters") if key in first}
+        row.update(summarize_runs(results, SHOWN))
         sets = "+".join(student.sets) if student.objective == "kd" else "source"
         row.update({"method": method(student), "sets": sets, "sigma_trained": sigma_trained(student),
-                    "gap": result["error"] - teacher["error"]})
+                    "gap": row["error"] - teacher["error"],
+                    "seconds": sum(float(r.get("seconds", 0.0)) for r in results.values())})
         report["students"][name] = row
     baseline = cfg.report.baseline
     if baseline in students:
+        report["gap_reduction_spread"] = {}
+        negated = {name: {s: -e for s, e in zip(row["seeds"], row["error_by_seed"], strict=True)}
+                   for name, row in report["students"].items()}
         for name in cfg.report.compare:
-            report["gap_reduction"][f"{name}_vs_{baseline}"] = error_gap_reduction(
-                teacher["error"], students[baseline]["error"], students[name]["error"])
+            spread = gap_reduction_spread(-teacher["error"], negated[baseline], negated[name])
+            report["gap_reduction"][f"{name}_vs_{baseline}"] = spread["value"]
+            report["gap_reduction_spread"][f"{name}_vs_{baseline}"] = spread
     if out is not None:
         _sigma_curves(cfg, out, report)
     return report
@@ -105,8 +114,9 @@ def format_regression_table(report: dict[str, Any]) -> str:
     for name, row in report["students"].items():
         nll, calibration = (f"{row['nll']:>7.3f}", f"{row['calibration_error']:>6.3f}") if row["sigma_trained"] \
             else (f"{'-':>7}", f"{'-':>6}")
+        error = f"{row['error']:>8.3f}" + (f" ± {row['error_std']:.3f}" if len(row["seeds"]) > 1 else "")
         lines.append(f"{name:<12} {row['method']:<22} {row['sets']:<10} {row['parameters']:>8} "
-                     f"{row['steps']:>6} {row['error']:>8.3f} {row['gap']:>7.3f} {nll} {calibration}")
+                     f"{row['steps']:>6} {error} {row['gap']:>7.3f} {nll} {calibration}")
     for name, value in report["gap_reduction"].items():
         shown = "n/a (baseline has no gap)" if value is None else f"{value:+.1%}"
         lines.append(f"gap reduction {name}: {shown}")

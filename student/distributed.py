@@ -71,3 +71,12 @@ def sync_buffers(model: nn.Module, ctx: Dist) -> None:
     if ctx.enabled:
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
+
+
+def sum_over_ranks(values: list[int], ctx: Dist) -> list[int]:
+    """Element-wise sum of an integer list over the ranks (every rank gets the sum)."""
+    if not ctx.enabled or not values:
+        return list(values)
+    total = torch.tensor(values, dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(total)
+    return [int(v) for v in total.tolist()]

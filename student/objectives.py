@@ -44,20 +44,47 @@ class SelfGuided(nn.Module):
         return full, self.model(x)
 
 
+class RowCounts:
+    """Rows drawn and rows trained on, by origin (the student's sets, then the real split): how
+    many times each stored view was seen is ``trained / samples`` (:func:`student.train.views_seen`).
+    Kept in the resumable state, so a resumed run counts like an uninterrupted one."""
+
+    def __init__(self, origins: int) -> None:
+        self.drawn = [0] * origins
+        self.trained = [0] * origins
+
+    @staticmethod
+    def _add(into: list[int], origin: torch.Tensor) -> None:
+        for where, count in enumerate(torch.bincount(origin.long().cpu(), minlength=len(into)).tolist()):
+            into[where] += int(count)
+
+    def add(self, drawn: torch.Tensor, trained: torch.Tensor) -> None:
+        self._add(self.drawn, drawn)
+        self._add(self.trained, trained)
+
+    def state(self) -> dict[str, list[int]]:
+        return {"drawn": list(self.drawn), "trained": list(self.trained)}
+
+    def restore(self, state: dict[str, list[int]]) -> None:
+        if len(state.get("trained", [])) == len(self.trained):
+            self.drawn, self.trained = list(state["drawn"]), list(state["trained"])
+
+
 class Objective:
     """Base: turns inputs and a per-logits base loss into the step's loss (with Self-Guidance)."""
 
     def __init__(self, train_cfg: TrainConfig, spec: dict[str, Any], device: torch.device, seed: int,
-                 rank: int) -> None:
+                 rank: int, origins: int = 1) -> None:
         self.cfg, self.device, self.seed, self.rank = train_cfg, device, seed, rank
+        self.counts = RowCounts(origins)
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(spec["mean"], dtype=torch.float32, device=device).view(shape)
         self.inv_std = 1.0 / torch.tensor(spec["std"], dtype=torch.float32, device=device).view(shape)
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 NCHW → normalised float input on the device (channels-last on CUDA)."""
+        """uint8 NCHW → normalised float input on the device (channels-last unless turned off)."""
         x = (images.to(self.device, non_blocking=True).float().div_(255.0) - self.mean).mul_(self.inv_std)
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def begin_epoch(self, epoch: int) -> None:
         torch.manual_seed(derive_seed(self.seed, TORCH_STREAM, epoch, self.rank))  # stochastic depth, dropout
@@ -101,6 +128,8 @@ class ERMObjective(Objective):
         cfg = self.cfg
         images, labels = next(self.batches)
         x, labels = self.to_input(images), labels.to(self.device, non_blocking=True)
+        self.counts.drawn[0] += len(labels)
+        self.counts.trained[0] += len(labels)
         mixing = cfg.cutmix + cfg.mixup
         draw = float(torch.rand((), generator=self.mix_rng)) if mixing > 0 else 1.0
         if draw < mixing:
@@ -121,7 +150,7 @@ class KDObjective(Objective):
 
     def __init__(self, sets: list[SetShards], real: RealPart | None, kd_cfg: KDConfig, plan: StreamPlan,
                  expected_shape: tuple[int, int, int], *args: Any) -> None:
-        super().__init__(*args)
+        super().__init__(*args, origins=len(sets) + 1)
         self.kd, self.expected_shape, self.has_real = kd_cfg, expected_shape, real is not None
         self.loader = TransferLoader(sets, plan, real)
         self.stream = iter(self.loader)
@@ -140,6 +169,7 @@ class KDObjective(Objective):
         labels = batch["label"].to(self.device, non_blocking=True)
         target = batch["target"].to(self.device, non_blocking=True) if self.has_real else None
         extras: dict[str, float] = {}
+        origin = batch["origin"]
         pick = self.kd.pick
         if pick is not None:
             with full_network(plain):
@@ -149,6 +179,9 @@ class KDObjective(Objective):
             extras["pick_kl_ratio"] = kl_ratio(d, chosen, target)
             x, logp, labels = x[chosen], logp[chosen], labels[chosen]
             target = None if target is None else target[chosen]
+            self.counts.add(origin, origin[chosen.cpu()])
+        else:
+            self.counts.add(origin, origin)
         kd = self.kd
         return self.loss(model, x, lambda z: kd_loss(z, logp, labels, kd.temperature, kd.alpha, target)), extras
 

@@ -59,6 +59,7 @@ class RegressionKD(KDObjective):
         batch = self.next_batch()
         x = self.to_input(batch["image"])
         teacher = batch["logp"].to(self.device, non_blocking=True)
+        self.counts.add(batch["origin"], batch["origin"])
         return self.loss(model, x, lambda z: kd_loss(z, teacher, self.out_dim, self.kd.regression_loss)), {}
 
 

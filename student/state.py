@@ -1,6 +1,7 @@
 """Resumable train states: model, optimizer, AMP scaler and step, written at epoch ends.
 
-Why nothing else: the learning rate is a pure function of the step (:mod:`student.optim`) and
+Why nothing else (but the rows counted so far, for the views-seen figure): the learning rate
+is a pure function of the step (:mod:`student.optim`) and
 every random stream restarts at each epoch from ``(seed, epoch, rank)`` (:mod:`student.stream`,
 :mod:`student.objectives`), so a run resumed from the state of epoch e continues exactly as the
 uninterrupted run did. A state from a different run (another config, seed, data or reader
@@ -29,9 +30,10 @@ def spec_hash(spec: dict[str, Any]) -> str:
 
 
 def save_state(path: Path, *, spec: str, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler | None) -> None:
+               scaler: torch.amp.GradScaler | None, counts: dict[str, list[int]] | None = None) -> None:
+    """``counts``: the objective's rows by origin so far (:class:`student.objectives.RowCounts`)."""
     payload = {
-        "format": STATE_FORMAT, "spec": spec, "step": step,
+        "format": STATE_FORMAT, "spec": spec, "step": step, "counts": dict(counts or {}),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},

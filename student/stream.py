@@ -36,7 +36,7 @@ from pipeline.errors import UserError
 from student.shards import DecodedCache, SetShards, ShardArrays, ShardDamage, damage_message
 
 ERROR_KEY = "__error__"
-FIELDS = ("image", "logp", "label", "target")
+FIELDS = ("image", "logp", "label", "target", "origin")
 Chunk = dict[str, np.ndarray]
 
 
@@ -96,9 +96,10 @@ def concat(parts: list[Chunk]) -> Chunk:
     return {name: np.concatenate([p[name] for p in parts]) for name in FIELDS}
 
 
-def shard_chunk(arrays: ShardArrays) -> Chunk:
+def shard_chunk(arrays: ShardArrays, origin: int) -> Chunk:
+    """A decoded shard as stream rows; ``origin`` is the set's position among the student's sets."""
     return {"image": arrays.images, "logp": arrays.logp, "label": arrays.labels,
-            "target": np.ones(len(arrays), dtype=bool)}
+            "target": np.ones(len(arrays), dtype=bool), "origin": np.full(len(arrays), origin, dtype=np.int16)}
 
 
 def consumer_part(num_shards: int, samples: tuple[int, ...], consumer: int,
@@ -114,8 +115,8 @@ class ShardStream:
     """Samples of one set for one consumer: resampled shards, each decoded whole, rows permuted."""
 
     def __init__(self, shards: SetShards, part: list[tuple[int, int, int]], rng: np.random.Generator,
-                 cache: DecodedCache, on_bad_shard: str, log: ReadLog) -> None:
-        self.shards, self.part, self.rng, self.cache = shards, list(part), rng, cache
+                 cache: DecodedCache, on_bad_shard: str, log: ReadLog, origin: int = 0) -> None:
+        self.shards, self.part, self.rng, self.cache, self.origin = shards, list(part), rng, cache, origin
         self.on_bad_shard, self.log = on_bad_shard, log
         self.chunk: Chunk | None = None
         self.pos = 0
@@ -134,7 +135,7 @@ class ShardStream:
                 continue
             self.log.visited.append(url)
             rows = np.arange(first, len(arrays), stride)
-            self.chunk = gather(shard_chunk(arrays), self.rng.permutation(rows))
+            self.chunk = gather(shard_chunk(arrays, self.origin), self.rng.permutation(rows))
             self.pos = 0
             return
         raise UserError(f"transfer set {self.shards.directory}: every shard this reader was given is "
@@ -156,10 +157,10 @@ class ShardStream:
 class RealStream:
     """Augmented images of the real split (epoch permutations or class-balanced draws)."""
 
-    def __init__(self, real: RealPart, num_classes: int, rng: np.random.Generator) -> None:
+    def __init__(self, real: RealPart, num_classes: int, rng: np.random.Generator, origin: int = 0) -> None:
         from student.data import SplitSampler
 
-        self.real, self.num_classes = real, num_classes
+        self.real, self.num_classes, self.origin = real, num_classes, origin
         self.sampler = SplitSampler(real.labels, int(rng.integers(2**62)), real.class_balanced)
         self.images = torch.from_numpy(real.images)
         self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -171,7 +172,8 @@ class RealStream:
         images = crop_flip(self.images[rows], self.real.pad, self.real.flip, self.generator)
         return {"image": images.permute(0, 2, 3, 1).numpy(),
                 "logp": np.zeros((n, self.num_classes), dtype=np.float32),
-                "label": self.real.labels[rows.numpy()], "target": np.zeros(n, dtype=bool)}
+                "label": self.real.labels[rows.numpy()], "target": np.zeros(n, dtype=bool),
+                "origin": np.full(n, self.origin, dtype=np.int16)}
 
 
 class ShuffledMix:
@@ -217,6 +219,7 @@ def to_item(batches: list[Chunk], log: ReadLog) -> dict[str, Any]:
         "logp": torch.from_numpy(np.stack([b["logp"] for b in batches])),
         "label": torch.from_numpy(np.stack([b["label"] for b in batches])),
         "target": torch.from_numpy(np.stack([b["target"] for b in batches])),
+        "origin": torch.from_numpy(np.stack([b["origin"] for b in batches])),
         **log.take(),
     }
 
@@ -259,12 +262,13 @@ class TransferStream(IterableDataset):
             if mine:
                 seeds = np.random.SeedSequence([plan.seed, segment, plan.rank, consumer]).spawn(len(self.sets) + 2)
                 streams: list[Any] = [
-                    ShardStream(s, part, np.random.default_rng(sd), cache, plan.on_bad_shard, log)
-                    for s, part, sd in zip(self.sets, parts, seeds, strict=False)
+                    ShardStream(s, part, np.random.default_rng(sd), cache, plan.on_bad_shard, log, origin)
+                    for origin, (s, part, sd) in enumerate(zip(self.sets, parts, seeds, strict=False))
                 ]
                 weights = [s.weight for s in self.sets]
                 if self.real is not None:
-                    streams.append(RealStream(self.real, self.num_classes, np.random.default_rng(seeds[-2])))
+                    streams.append(RealStream(self.real, self.num_classes, np.random.default_rng(seeds[-2]),
+                                              origin=len(self.sets)))
                     weights.append(self.real.weight)
                 mix = ShuffledMix(streams, weights, plan.shuffle_buffer, np.random.default_rng(seeds[-1]))
                 for item in mine:
@@ -275,8 +279,9 @@ class TransferStream(IterableDataset):
 
 class TransferLoader:
     """Endless batches ``{"image": uint8 NCHW, "logp": float32 (N, C), "label": int64 (N,),
-    "target": bool (N,)}``; ``label`` is −1 where a sample has no real label, ``target`` is False
-    where it has no teacher target (real-split samples). ``visited`` / ``skipped`` collect the
+    "target": bool (N,), "origin": int16 (N,)}``; ``label`` is −1 where a sample has no real label,
+    ``target`` is False where it has no teacher target (real-split samples), ``origin`` is the
+    position of the sample's set in ``sets`` (``len(sets)`` for the real split). ``visited`` / ``skipped`` collect the
     shard urls read and the damaged ones skipped, for the metrics."""
 
     def __init__(self, sets: list[SetShards], plan: StreamPlan, real: RealPart | None = None) -> None:

@@ -23,10 +23,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from pipeline import storage
 from pipeline.config import SOURCE_SET, KDConfig, ModelConfig, TrainConfig
 from pipeline.errors import UserError
 from pipeline.format import atomic_write, read_index
-from pipeline.models import build_model, count_parameters, save_checkpoint, stochastic_blocks
+from pipeline.models import build_model, count_parameters, load_model, save_checkpoint, stochastic_blocks
 from stages.sources import Source, load_in_memory
 from student import distributed
 from student import regression as reg
@@ -34,6 +35,7 @@ from student.curves import TensorBoard, plot_curves
 from student.data import derive_seed, source_input_spec
 from student.evaluate import classification_metrics, predict_probs
 from student.objectives import TRANSFER_STREAM, ERMObjective, KDObjective, Objective, SelfGuided
+from student.online import OnlineKDObjective, Teacher
 from student.optim import lr_factor, make_optimizer, set_lr
 from student.regression_eval import evaluate_regression
 from student.shards import open_transfer_sets
@@ -115,13 +117,15 @@ def batches_per_transfer(cfg: TrainConfig, batch_size: int, source: Source) -> i
 def _build_objective(
     objective: str, train_cfg: TrainConfig, kd_cfg: KDConfig | None, sets: list[tuple[str, float]],
     source: Source, spec: dict[str, Any], ctx: distributed.Dist, seed: int, start_step: int, epoch: int,
-    opened: list[Any],
+    opened: list[Any], teachers: list[Teacher],
 ) -> Objective:
     common = (train_cfg, spec, ctx.device, seed, ctx.rank)
     if objective == "erm":
         return reg.RegressionERM(source.out_dim, source, *common) if source.out_dim else ERMObjective(source, *common)
     if kd_cfg is None:
-        raise UserError("objective 'kd' needs a kd config (temperature, alpha)")
+        raise UserError(f"objective {objective!r} needs a kd config (temperature, alpha)")
+    if objective == "kd_online":
+        return OnlineKDObjective(teachers, source, kd_cfg, *common)
     _, real_weight = _kd_sets(sets)
     real = None
     if real_weight > 0:
@@ -150,21 +154,24 @@ def _weights_sha(model: nn.Module) -> str:
 
 
 def train_model(
-    *, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, objective: Literal["erm", "kd"],
+    *, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, objective: Literal["erm", "kd", "kd_online"],
     kd_cfg: KDConfig | None, sets: list[tuple[str, float]], train_source: Source, test_source: Source,
     out_dir: Path, seed: int, progress: Callable[[str], None] | None = None, resume: bool = True,
+    teachers: list[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Train one model; write ``metrics.jsonl``, ``curves.png``, ``model.pt`` and ``result.json``.
 
     ``sets`` (set directories and weights; the name ``source`` stands for the real split) feed
-    the ``kd`` objective; ``erm`` trains on ``train_source``. Every input is checked before
+    the ``kd`` objective; ``erm`` trains on ``train_source``; ``kd_online`` trains on fresh
+    augmentations of ``train_source`` labelled by the ``teachers`` checkpoints every step
+    (:mod:`student.online`). Every input is checked before
     anything is written. Returns the result dict (also in ``result.json``). A regression source
     (float targets) trains a Gaussian head (:mod:`student.regression`) and reports its error,
     NLL and σ calibration instead of accuracy.
     """
     started = time.perf_counter()
-    if objective not in ("erm", "kd"):
-        raise UserError(f"objective {objective!r}: expected 'erm' or 'kd'")
+    if objective not in ("erm", "kd", "kd_online"):
+        raise UserError(f"objective {objective!r}: expected 'erm', 'kd' or 'kd_online'")
     ctx = distributed.setup()
     _set_threads(train_cfg, ctx)
     device = ctx.device
@@ -181,9 +188,18 @@ def train_model(
         want = out_dim if task == "regress" else train_source.num_classes
         if got != want:
             raise UserError(f"transfer sets have {got} {what}, the source has {want}")
-    if objective == "erm" or real_weight > 0:
+    online_teachers: list[Teacher] = []
+    if objective == "kd_online":
+        if task == "regress":
+            raise UserError(f"{name}: objective 'kd_online' is for classification; distil a regression "
+                            f"ensemble from a transfer set (objective 'kd')")
+        if not teachers:
+            raise UserError(f"{name}: objective 'kd_online' needs the teachers' checkpoints")
+        online_teachers = [(model, payload["input"]) for model, payload in
+                           (load_model(path, num_classes=train_source.num_classes) for path in teachers)]
+    if objective != "kd" or real_weight > 0:
         train_source = load_in_memory(train_source)
-    samples = len(train_source) if objective == "erm" else sum(sum(s.samples) for s in opened)
+    samples = len(train_source) if objective != "kd" else sum(sum(s.samples) for s in opened)
     epoch = epoch_steps(train_cfg, samples)
     torch.manual_seed(seed)
     regression_head = reg.head(model_cfg, train_source) if task == "regress" else None
@@ -194,7 +210,7 @@ def train_model(
                         f"with arch_kwargs.survival < 1")
     tensorboard = TensorBoard(Path(out_dir) / "tensorboard") if train_cfg.tensorboard and ctx.is_main else None
     plain = plain.to(device)
-    if device.type == "cuda":
+    if train_cfg.channels_last:
         plain = plain.to(memory_format=torch.channels_last)
     spec = source_input_spec(train_source)
     optimizer = make_optimizer(plain, train_cfg)
@@ -204,7 +220,8 @@ def train_model(
     out_dir = Path(out_dir)
     run_spec = spec_hash({
         "model": model_cfg.model_dump(), "train": train_cfg.model_dump(), "objective": objective,
-        "kd": kd_cfg.model_dump() if kd_cfg is not None and objective == "kd" else None, "seed": seed,
+        "kd": kd_cfg.model_dump() if kd_cfg is not None and objective != "erm" else None, "seed": seed,
+        "teachers": [str(t) for t in teachers or []] if objective == "kd_online" else [],
         "sets": [(d, w, (read_index(d) or {}).get("fingerprint")) for d, w in transfer_sets] if opened else [],
         "real_weight": real_weight, "world_size": ctx.world_size, "source": train_source.identity,
     })
@@ -219,7 +236,9 @@ def train_model(
     model = distributed.wrap(guided, ctx, find_unused=bool(stochastic_blocks(plain))
                              and train_cfg.self_guidance is None)
     step_fn = _build_objective(objective, train_cfg, kd_cfg, sets, train_source, spec, ctx, seed, start_step,
-                               epoch, opened)
+                               epoch, opened, online_teachers)
+    if payload is not None and ctx.is_main:
+        step_fn.counts.restore(payload.get("counts", {}))  # rank 0 keeps the sum over ranks
 
     def evaluate() -> dict[str, Any]:
         if task == "regress":
@@ -289,8 +308,10 @@ def train_model(
                 final = evaluate()
                 write({"kind": "eval", "step": step, **final})
             if step % (epoch * train_cfg.checkpoint_epochs) == 0 and step < steps:
+                counts = _summed_counts(step_fn, ctx)
                 if ctx.is_main:
-                    save_state(state_path, spec=run_spec, step=step, model=plain, optimizer=optimizer, scaler=scaler)
+                    save_state(state_path, spec=run_spec, step=step, model=plain, optimizer=optimizer, scaler=scaler,
+                               counts=counts)
                 distributed.barrier(ctx)
         distributed.sync_buffers(plain, ctx)
     finally:
@@ -308,6 +329,7 @@ def train_model(
         "parameters": count_parameters(plain),
     }
     stats = step_fn.stats()
+    result["seen"] = views_seen(_summed_counts(step_fn, ctx), opened, len(train_source), objective)
     if ctx.enabled:
         visited = sorted(set(getattr(step_fn, "loader", None).visited)) if objective == "kd" else []
         atomic_write(out_dir / f"rank-{ctx.rank}.json", json.dumps(
@@ -317,7 +339,7 @@ def train_model(
             out_dir / "model.pt", plain, arch=model_cfg.arch, arch_kwargs=model_cfg.arch_kwargs,
             num_classes=train_source.num_classes, input=spec, task=task, head=regression_head,
             train={**train_cfg.model_dump(), "objective": objective, "seed": seed,
-                   **({"kd": kd_cfg.model_dump()} if objective == "kd" and kd_cfg is not None else {})},
+                   **({"kd": kd_cfg.model_dump()} if objective != "erm" and kd_cfg is not None else {})},
         )
         result.update({k: final[k] for k in ("top5", "ece") if k in final})
         result.update(reg.headline(final) if task == "regress" else {})
@@ -328,6 +350,30 @@ def train_model(
         state_path.unlink(missing_ok=True)
     distributed.barrier(ctx)
     return result
+
+
+def _summed_counts(step_fn: Objective, ctx: distributed.Dist) -> dict[str, list[int]]:
+    """The objective's row counts summed over the ranks (a collective: every rank calls it)."""
+    return {key: distributed.sum_over_ranks(values, ctx) for key, values in step_fn.counts.state().items()}
+
+
+def views_seen(counts: dict[str, list[int]], opened: list[Any], source_samples: int,
+               objective: str) -> list[dict[str, Any]]:
+    """How often the run saw each sample of each of its sets: one row per transfer set, then the
+    real split where it was used, with the samples, the rows drawn and trained on (they differ
+    with ``pick``) and ``seen`` = trained / samples. A stored view is the same pixels and target
+    each time it is seen; the real split's rows are fresh augmentations (``stored: false``)."""
+    origins = [(storage.name_of(s.directory), sum(max(0, n) for n in s.samples), True)
+               for s in opened] if objective == "kd" else []
+    origins.append(("source", source_samples, False))  # the last origin is always the real split
+    rows = []
+    for where, (name, samples, stored) in enumerate(origins):
+        trained, drawn = counts["trained"][where], counts["drawn"][where]
+        if not stored and objective == "kd" and not drawn:
+            continue  # a kd student without the real split
+        rows.append({"set": name, "stored": stored, "samples": samples, "drawn": drawn, "trained": trained,
+                     "seen": trained / samples if samples else 0.0})
+    return rows
 
 
 def _counts(step_fn: Objective) -> dict[str, int]:

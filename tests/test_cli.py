@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +18,7 @@ TINY = [
     "sets.gen.samples=1536", "sets.gen.samples_per_shard=512",
     *(f"students.{s}.train.steps=40" for s in ("erm", "kd", "xcl_mix", "xcl_gen")),
     *(f"students.{s}.train.num_workers=0" for s in ("erm", "kd", "xcl_mix", "xcl_gen")),
+    "students.erm.seeds=[0, 1]",
 ]
 
 
@@ -47,9 +49,19 @@ def test_run_writes_layout_report_and_table(finished_run):
     assert 0.0 <= report["teacher"]["accuracy"] <= 1.0
     assert len(report["teacher"]["members"]) == 2
     for name, student in report["students"].items():
-        stored = json.loads((out / "students" / name / "result.json").read_text())
-        assert stored["accuracy"] == student["accuracy"], "the report must show what the run measured"
-        assert student["steps"] == 40
+        seeds = [0, 1] if name == "erm" else [0]
+        assert student["seeds"] == seeds
+        stored = [json.loads((out / "students" / name / f"seed-{s}" / "result.json").read_text()) for s in seeds]
+        assert student["accuracy_by_seed"] == [r["accuracy"] for r in stored], "the report shows what the runs measured"
+        assert student["accuracy"] == pytest.approx(np.mean(student["accuracy_by_seed"]))
+        assert student["steps"] == 40 and 0.0 <= student["agreement"] <= 1.0 and student["kl"] >= 0.0
+    erm = report["students"]["erm"]
+    assert erm["accuracy_std"] == pytest.approx(np.std(erm["accuracy_by_seed"], ddof=1))
+    assert erm["seen"] == [{"set": "source", "stored": False, "samples": 1437, "seen": pytest.approx(40 * 128 / 1437)}]
+    kd = json.loads((out / "students" / "kd" / "seed-0" / "result.json").read_text())
+    assert kd["seen"][0]["set"] == "real" and kd["seen"][0]["trained"] == 40 * 128
+    assert report["students"]["kd"]["seen"] == [{"set": "real", "stored": True, "samples": 2874,
+                                                 "seen": pytest.approx(40 * 128 / 2874)}]
     kd, teacher = report["students"]["kd"]["accuracy"], report["teacher"]["accuracy"]
     for name in ("xcl_mix", "xcl_gen"):
         xcl = report["students"][name]["accuracy"]
@@ -113,7 +125,8 @@ def test_bad_config_exits_2_and_leaves_sets_untouched(finished_run, overrides, n
 @pytest.mark.parametrize(
     ("overrides", "needles"),
     [
-        (["students.kd.objective=distill"], ["students.kd.objective", "'erm' or 'kd'"]),
+        (["students.kd.objective=distill"], ["students.kd.objective", "'erm', 'kd' or 'kd_online'"]),
+        (["students.kd.seeds=[1, 1]"], ["students.kd", "distinct"]),
         (["students.kd.kd.temperature=0"], ["students.kd.kd.temperature", "greater than 0"]),
         (["students.kd.sets={real: 0}"], ["students.kd", "sum to more than 0"]),
         (["students.kd.sets={source: 1}"], ["students.kd", "besides 'source'"]),
@@ -168,8 +181,47 @@ def test_train_ray_runs_ddp_through_ray_train(finished_run, tmp_path):
     shutil.copytree(out / "sets", tmp_path / "sets")
     result = transferset("train", QUICKSTART, "--out", tmp_path, "--student", "kd", "--ray", "--workers", "2",
                          *with_overrides(TINY + ["students.kd.train.steps=20"]))
-    stored = json.loads((tmp_path / "students" / "kd" / "result.json").read_text())
+    stored = json.loads((tmp_path / "students" / "kd" / "seed-0" / "result.json").read_text())
     assert json.loads(result.stdout.strip().splitlines()[-1]) == stored and stored["steps"] == 20
-    ranks = [json.loads((tmp_path / "students" / "kd" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((tmp_path / "students" / "kd" / "seed-0" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert ranks[0]["visited"] and set(ranks[0]["visited"]).isdisjoint(ranks[1]["visited"])
+
+
+def test_the_agreement_in_the_report_is_the_students_own(finished_run):
+    """Recomputed from the checkpoints: the student's and the ensemble's top-1 on the test split."""
+    from pipeline.config import load_config
+    from pipeline.models import load_model
+    from stages.sources import load_source
+    from student.evaluate import predict_probs
+
+    out, _ = finished_run
+    report = json.loads((out / "report.json").read_text())
+    test = load_source(load_config(QUICKSTART).source, "test")
+    loaded = [load_model(out / "teachers" / f"member-{m}" / "model.pt", num_classes=10) for m in (0, 1)]
+    teacher = predict_probs([m for m, _ in loaded], [p["input"] for _, p in loaded], test)
+    model, payload = load_model(out / "students" / "xcl_mix" / "seed-0" / "model.pt", num_classes=10)
+    student = predict_probs([model], [payload["input"]], test)
+    agree = float(np.mean(teacher.argmax(1) == student.argmax(1)))
+    assert report["students"]["xcl_mix"]["agreement"] == pytest.approx(agree)
+    assert report["students"]["xcl_mix"]["kl"] == pytest.approx(
+        float(np.mean(np.sum(teacher * (np.log(teacher) - np.log(student)), axis=1))), rel=1e-6)
+
+
+def test_more_seeds_reuse_the_runs_already_made(finished_run, tmp_path):
+    import shutil
+
+    out, _ = finished_run
+    shutil.copytree(out / "sets", tmp_path / "sets")
+    shutil.copytree(out / "students" / "erm", tmp_path / "students" / "erm")
+    result = transferset("train", QUICKSTART, "--out", tmp_path, "--student", "erm",
+                         *with_overrides(TINY + ["students.erm.seeds=[0, 1, 2]"]))
+    assert "erm/seed-0: reused" in result.stderr and "erm/seed-1: reused" in result.stderr
+    printed = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [row["seed_index"] for row in printed] == [0, 1, 2]
+    fresh = json.loads((tmp_path / "students" / "erm" / "seed-2" / "result.json").read_text())
+    assert printed[2] == {**fresh, "seed_index": 2}
+    assert len({row["checkpoint_sha256"] for row in printed}) == 3  # three seeds, three different students
+    one = transferset("train", QUICKSTART, "--out", tmp_path, "--student", "erm", "--seed", "3",
+                      *with_overrides(TINY + ["students.erm.seeds=[0, 1, 2]"]), check=False)
+    assert_one_line_error(one, "--seed 3", "[0, 1, 2]")

@@ -45,7 +45,7 @@ def test_the_report_holds_the_measured_errors_and_gap_reductions(gaze_run) -> No
     assert set(report["students"]) == set(STUDENTS) and len(report["teacher"]["members"]) == 2
     teacher = report["teacher"]["error"]
     for name, row in report["students"].items():
-        stored = json.loads((out / "students" / name / "result.json").read_text())
+        stored = json.loads((out / "students" / name / "seed-0" / "result.json").read_text())
         assert row["error"] == stored["error"] and row["steps"] == 8
         assert row["gap"] == pytest.approx(stored["error"] - teacher)
     kd_gap = report["students"]["kd"]["gap"]

@@ -58,7 +58,7 @@ def test_erm_learns_digits_and_writes_consistent_outputs(digits, tmp_path):
     assert result["accuracy"] > 0.6  # chance is 0.1
     assert json.loads((tmp_path / "result.json").read_text()) == result
     assert set(result) == {"name", "objective", "accuracy", "steps", "seconds", "samples_per_s", "parameters",
-                           "checkpoint_sha256", "top5", "ece"}
+                           "checkpoint_sha256", "top5", "ece", "seen"}
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "state.pt").exists()  # a finished run leaves no resumable state
     assert result["steps"] == 150 and result["objective"] == "erm" and result["samples_per_s"] > 0
@@ -92,8 +92,8 @@ def test_kd_from_a_transfer_set_learns_digits(digits, smoothed_set, tmp_path):
     result = run(digits, tmp_path, objective="kd", sets=[(smoothed_set, 1.0)], num_workers=1)
     assert result["accuracy"] > 0.6 and result["objective"] == "kd"
     assert len(rows(tmp_path, "train")) == 150
-    assert read_checkpoint(tmp_path / "model.pt")["train"]["kd"] == {"temperature": 4.0, "alpha": 0.5, "pick": None,
-                                                                      "regression_loss": "gaussian_kl"}
+    assert read_checkpoint(tmp_path / "model.pt")["train"]["kd"] == {
+        "temperature": 4.0, "alpha": 0.5, "pick": None, "regression_loss": "gaussian_kl", "online_mix": 0.0}
 
 
 def test_same_seed_gives_identical_weights(digits, smoothed_set, tmp_path):
@@ -159,6 +159,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(digits, smo
     second = read_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert resumed["checkpoint_sha256"] == whole["checkpoint_sha256"]
+    assert resumed["seen"] == whole["seen"] and whole["seen"][0]["trained"] == 40 * 64  # counted across the resume
     steps = [r["step"] for r in rows(tmp_path / "cut", "train")]
     assert steps == list(range(1, 41))  # no missing, no duplicate rows
     ratios = [r["pick_kl_ratio"] for r in rows(tmp_path / "cut", "train")]

@@ -1,0 +1,109 @@
+"""How often a student saw each stored view (counted, not estimated), and KD with the teachers in
+the loop (``kd_online``): the reference that tells the stored views apart from the loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transfer_fixtures import log_softmax, write_set
+
+from pipeline.config import KDConfig, ModelConfig, PickConfig, SourceConfig, StudentConfig, TrainConfig
+from pipeline.errors import UserError
+from stages.sources import load_source
+from student.online import ensemble_log_probs, mix_rows
+from student.train import train_model
+
+MODEL = ModelConfig(arch="tiny_cnn", arch_kwargs={"width": 4})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    cfg = SourceConfig(kind="digits")
+    return load_source(cfg, "train"), load_source(cfg, "test")
+
+
+@pytest.fixture(scope="module")
+def two_sets(digits, tmp_path_factory):
+    """``a``: 400 real images; ``b``: 300 other ones; both with random teacher targets."""
+    train, _ = digits
+    root = tmp_path_factory.mktemp("seen")
+    rng = np.random.default_rng(0)
+    for name, rows in (("a", np.arange(400)), ("b", np.arange(400, 700))):
+        write_set(root / name, train.images(rows), log_softmax(rng.normal(size=(len(rows), 10))),
+                  [int(y) for y in train.labels[rows]], samples_per_shard=100)
+    return root
+
+
+def train(digits, out, objective="kd", sets=(), steps=30, kd=None, teachers=None, **options):
+    train_source, test_source = digits
+    cfg = TrainConfig(steps=steps, batch_size=32, num_workers=0, **options)
+    return train_model(name="m", model_cfg=MODEL, train_cfg=cfg, objective=objective,
+                       kd_cfg=kd or KDConfig(alpha=1.0), sets=list(sets), train_source=train_source,
+                       test_source=test_source, out_dir=out, seed=0, teachers=teachers)
+
+
+def test_one_set_counts_every_trained_row(digits, two_sets, tmp_path):
+    result = train(digits, tmp_path, sets=[(str(two_sets / "a"), 1.0)], steps=25)
+    assert result["seen"] == [{"set": "a", "stored": True, "samples": 400, "drawn": 800, "trained": 800,
+                               "seen": 2.0}]  # 25 steps × 32 rows over 400 stored views
+
+
+def test_weighted_sets_and_the_real_split_share_the_rows(digits, two_sets, tmp_path):
+    sets = [(str(two_sets / "a"), 0.5), (str(two_sets / "b"), 0.25), ("source", 0.25)]
+    result = train(digits, tmp_path, sets=sets, steps=40, kd=KDConfig(alpha=0.5))
+    seen = {row["set"]: row for row in result["seen"]}
+    assert list(seen) == ["a", "b", "source"] and not seen["source"]["stored"]
+    assert sum(row["trained"] for row in seen.values()) == 40 * 32
+    for name, share in (("a", 0.5), ("b", 0.25), ("source", 0.25)):
+        expected = share * 40 * 32
+        assert abs(seen[name]["trained"] - expected) < 4 * np.sqrt(expected)  # binomial draws by weight
+        assert seen[name]["seen"] == pytest.approx(seen[name]["trained"] / seen[name]["samples"])
+    assert seen["source"]["samples"] == len(digits[0])
+
+
+def test_pick_draws_ratio_times_the_rows_it_trains_on(digits, two_sets, tmp_path):
+    result = train(digits, tmp_path, sets=[(str(two_sets / "a"), 1.0)], steps=10,
+                   kd=KDConfig(alpha=1.0, pick=PickConfig(ratio=2.0)))
+    (row,) = result["seen"]
+    assert (row["drawn"], row["trained"], row["seen"]) == (640, 320, 0.8)
+
+
+def test_erm_sees_fresh_views_of_the_real_split(digits, tmp_path):
+    result = train(digits, tmp_path, objective="erm", steps=12)
+    assert result["seen"] == [{"set": "source", "stored": False, "samples": len(digits[0]), "drawn": 384,
+                               "trained": 384, "seen": 384 / len(digits[0])}]
+
+
+def test_mix_rows_blends_the_first_rows_with_partners_and_rounds() -> None:
+    images = torch.arange(4 * 3 * 2 * 2, dtype=torch.uint8).view(4, 3, 2, 2) * 4
+    mixed = mix_rows(images, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(mixed[2:], images[2:])  # the other rows are untouched
+    generator = torch.Generator().manual_seed(0)
+    partners = images[torch.randperm(4, generator=generator)[:2]]
+    lam = torch.rand(2, 1, 1, 1, generator=generator, dtype=torch.float64)
+    expected = (lam * images[:2].double() + (1 - lam) * partners.double()).round().to(torch.uint8)
+    assert torch.equal(mixed[:2], expected)
+
+
+def test_online_kd_learns_from_the_teachers_on_fresh_views(digits, teachers, tmp_path):
+    from pipeline.models import load_model
+
+    result = train(digits, tmp_path, objective="kd_online", steps=60, teachers=teachers,
+                   kd=KDConfig(alpha=1.0, temperature=2.0, online_mix=0.25), lr=0.05)
+    assert result["accuracy"] > 0.3 and result["objective"] == "kd_online"  # chance is 0.1
+    assert result["seen"][0]["trained"] == 60 * 32 and not result["seen"][0]["stored"]
+    loaded = [load_model(path, num_classes=10) for path in teachers]
+    images = torch.from_numpy(digits[0].images(np.arange(8))).permute(0, 3, 1, 2)
+    logp = ensemble_log_probs([(m, p["input"]) for m, p in loaded], images)
+    assert torch.allclose(logp.exp().sum(dim=1), torch.ones(8), atol=1e-5)
+
+
+def test_online_kd_needs_teachers_and_refuses_sets(digits, tmp_path):
+    with pytest.raises(UserError, match="needs the teachers"):
+        train(digits, tmp_path, objective="kd_online", steps=2)
+    with pytest.raises(ValueError, match="drop its sets"):
+        StudentConfig(model=MODEL, objective="kd_online", sets={"real": 1.0}, train=TrainConfig(steps=1))
+    with pytest.raises(ValueError, match="for objective 'kd_online'"):
+        StudentConfig(model=MODEL, objective="kd", sets={"real": 1.0}, kd=KDConfig(online_mix=0.5),
+                      train=TrainConfig(steps=1))
