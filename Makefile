@@ -18,8 +18,10 @@ run: $(STAMP)
 test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests
 
+# ruff, then the floors' import contracts (pyproject.toml [tool.importlinter]; also run by the tests).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Benchmarks print their figures and end with one JSON line; figures go to docs/BENCHMARKS.md.
 bench: bench-generate bench-train bench-topk

@@ -42,7 +42,7 @@ def biggan_32(directory: Path) -> Path:
 
 
 def gan_set(weights: Path, samples: int, per_shard: int, gen_batch: int) -> Any:
-    from pipeline.config import SetConfig
+    from core.config import SetConfig
 
     return SetConfig.model_validate({
         "sampler": {"kind": "gan", "generator": {"kind": "biggan", "weights": str(weights), "batch_size": gen_batch}},
@@ -53,9 +53,9 @@ def generator_bare(set_cfg: Any, source_cfg: Any, samples: int, per_shard: int) 
     """Samples/s of the generator alone (one call per shard, as an actor makes them) and the images."""
     import numpy as np
 
+    from core.sources import load_source
     from stages.samplers import draw_shard
     from stages.samplers.generating import GeneratorRunner, resolve_gan_samplers
-    from stages.sources import load_source
 
     source = load_source(source_cfg, "train")
     resolved = resolve_gan_samplers(set_cfg, source)
@@ -78,19 +78,16 @@ def teacher_bare(images: Any, teachers: list[str], batch_size: int, per_shard: i
     return len(images) / (time.perf_counter() - began)
 
 
-def generator_stage_run(set_cfg: Any, source_cfg: Any, teachers: list[str], out: str, stage: Any,
-                        generator_stage: Any) -> dict[str, Any]:
-    """The Ray generator stage alone over every shard of the set (runs in the worker process)."""
+def generator_stage_run(cfg: Any, teachers: list[str], out: str) -> dict[str, Any]:
+    """The Ray generator stage alone over every shard of set ``bench`` of the job ``cfg`` (runs in
+    the worker process)."""
     from pipeline import driver
-    from pipeline.config import RayConfig
     from pipeline.plan import plan_set
 
-    plan = plan_set(set_name="bench", set_cfg=set_cfg, source_cfg=source_cfg, seed=0, teacher_paths=teachers,
-                    out_dir=out, stage_cfg=stage, generator_stage=generator_stage)
-    ray_cfg = RayConfig(num_cpus=2)
-    driver.ensure_ray(ray_cfg)
-    driver._configure_data_context(ray_cfg)
-    ds = driver.generator_stage(driver.shard_specs(plan, list(range(plan.shards))), plan)
+    spec = plan_set(cfg, "bench", out, teachers).spec
+    driver.ensure_ray(cfg.ray)
+    driver._configure_data_context(cfg.ray)
+    ds = driver.generator_stage(driver.shard_specs(spec, list(range(spec.shards))), spec)
     began, first_at, first_samples, samples = time.perf_counter(), 0.0, 0, 0
     for row in ds.iter_rows():
         samples += len(row["generated"])
@@ -104,8 +101,8 @@ def generator_stage_run(set_cfg: Any, source_cfg: Any, teachers: list[str], out:
 def gan_main(args: argparse.Namespace, bench: ModuleType) -> None:
     import shutil
 
-    from pipeline.config import GeneratorStageConfig
-    from stages.sources import load_source
+    from core.config import GeneratorStageConfig
+    from core.sources import load_source
 
     shutil.rmtree(args.out, ignore_errors=True)
     source = load_source(bench.source_config(), "train")

@@ -42,7 +42,7 @@ CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
 
 def source_config():
-    from pipeline.config import SourceConfig
+    from core.config import SourceConfig
 
     if CIFAR_MINI is not None:
         return SourceConfig(kind="imagefolder", path=str(CIFAR_MINI))
@@ -52,7 +52,7 @@ def source_config():
 def build_teachers(out: Path, members: int, depth: int, width: int, channels: int, size: int) -> list[str]:
     import torch
 
-    from pipeline.models import CifarResNet, input_spec, save_checkpoint
+    from core.models import CifarResNet, input_spec, save_checkpoint
 
     paths = []
     for member in range(members):
@@ -67,15 +67,26 @@ def build_teachers(out: Path, members: int, depth: int, width: int, channels: in
 
 
 def set_config(samples: int, per_shard: int):
-    from pipeline.config import SamplerConfig, SetConfig
+    from core.config import SamplerConfig, SetConfig
 
     return SetConfig(sampler=SamplerConfig(kind="mix"), samples=samples, samples_per_shard=per_shard)
 
 
 def stage_config(batch_size: int):
-    from pipeline.config import TeacherStageConfig
+    from core.config import TeacherStageConfig
 
     return TeacherStageConfig(batch_size=batch_size, threads=1)
+
+
+def bench_config(set_cfg, teachers: list[str], stage, generator_stage=None):
+    """The job config of one benchmark set, named ``bench``."""
+    from core.config import GeneratorStageConfig, parse_config
+
+    return parse_config({"name": "bench", "seed": 0, "source": source_config(),
+                         "teachers": {"model": {"arch": "resnet_cifar"}, "train": {"steps": 1},
+                                      "checkpoints": list(teachers)},
+                         "teacher_stage": stage, "generator_stage": generator_stage or GeneratorStageConfig(),
+                         "ray": {"num_cpus": 2}, "sets": {"bench": set_cfg}})
 
 
 # ---------------------------------------------------------------- measurements
@@ -85,13 +96,13 @@ def bare_rate(args: argparse.Namespace, teachers: list[str], samples: int) -> tu
     """Samples/s of the ensemble alone on the images the pipeline labels for ``samples``."""
     import numpy as np
 
+    from pipeline.plan import plan_set
     from stages.teachers import Ensemble
     from stages.writer import make_shard
 
     set_cfg, stage = set_config(samples, args.per_shard), stage_config(args.batch_size)
-    source_json = source_config().model_dump_json()
-    shards = -(-samples // args.per_shard)
-    images = np.concatenate([make_shard(set_cfg, source_json, 0, s)[0] for s in range(shards)])
+    spec = plan_set(bench_config(set_cfg, teachers, stage), "bench", args.out / "bare", teachers).spec
+    images = np.concatenate([make_shard(spec, s)[0] for s in range(spec.shards)])
     ensemble = Ensemble(teachers, 10, device="cpu", threads=stage.torch_threads(), batch_size=stage.batch_size,
                         channels_last=stage.channels_last)
     ensemble.predict(images[: stage.batch_size])  # warm-up, as the actor's first shard would be
@@ -144,7 +155,7 @@ def pipeline_run(args: argparse.Namespace, teachers: list[str], samples: int, ou
 def worker(job: dict) -> None:
     """Runs inside the measured process: one set, then its result and the driver's peak RSS.
     ``job`` may carry the set, teacher stage and generator stage as JSON (the gan runs)."""
-    from pipeline.config import GeneratorStageConfig, RayConfig, SetConfig, TeacherStageConfig
+    from core.config import GeneratorStageConfig, SetConfig, TeacherStageConfig
     from pipeline.driver import generate_set
 
     set_cfg = SetConfig.model_validate_json(job["set"]) if "set" in job else set_config(job["samples"],
@@ -152,14 +163,13 @@ def worker(job: dict) -> None:
     stage = TeacherStageConfig.model_validate_json(job["stage"]) if "stage" in job else stage_config(job["batch_size"])
     generator_stage = GeneratorStageConfig.model_validate_json(job.get("generator_stage", "{}"))
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    cfg = bench_config(set_cfg, job["teachers"], stage, generator_stage)
     if job.get("generator_only"):
         from gan import generator_stage_run
 
-        result = generator_stage_run(set_cfg, source_config(), job["teachers"], job["out"], stage, generator_stage)
+        result = generator_stage_run(cfg, job["teachers"], job["out"])
     else:
-        result = generate_set(set_name="bench", set_cfg=set_cfg, source_cfg=source_config(), seed=0,
-                              teacher_paths=job["teachers"], out_dir=job["out"], stage_cfg=stage,
-                              ray_cfg=RayConfig(num_cpus=2), progress=progress, generator_stage=generator_stage)
+        result = generate_set(cfg, "bench", job["out"], job["teachers"], progress)
     result["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result), flush=True)
 
@@ -186,7 +196,7 @@ def main() -> None:
 
     import shutil
 
-    from stages.sources import load_source
+    from core.sources import load_source
 
     shutil.rmtree(args.out, ignore_errors=True)
     source = load_source(source_config(), "train")

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 from common import ROOT  # noqa: E402  (also puts the repo on sys.path)
 
-from pipeline.config import apply_override, parse_config  # noqa: E402
+from core.config import apply_override, parse_config  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "cifar10.yaml"
 GROUPS = ("methods", "small", "views", "budget", "alpha", "lr", "mix")

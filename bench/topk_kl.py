@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 from common import ROOT  # also puts the repo on sys.path
 
-from pipeline.target_codec import target_payload_bytes
+from core.target_codec import target_payload_bytes
 
 # The largest k whose 100-class record fits 64 bytes: 19 × (2-byte value + 1-byte index) +
 # 2-byte tail + 4-byte class count = 63 bytes.
@@ -46,8 +46,8 @@ def SETS(k: int) -> dict[str, tuple[dict, int]]:  # noqa: N802 — a table, name
 def digit_pairs(out: Path, train_pairs: int, test_pairs: int) -> Path:
     """An ``.npz`` source of two-digit numbers: uint8 (N, 8, 16, 1) images and labels 10·a + b.
     Every number appears equally often; the digits of a pair are drawn from one split only."""
-    from pipeline.config import SourceConfig
-    from stages.sources import load_source
+    from core.config import SourceConfig
+    from core.sources import load_source
 
     rng = np.random.default_rng(0)
     arrays = {}

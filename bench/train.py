@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from transfer_fixtures import write_set  # noqa: E402
 
-from pipeline.config import ModelConfig, SourceConfig, TrainConfig  # noqa: E402
-from pipeline.models import load_model  # noqa: E402
+from core.config import ModelConfig, SourceConfig, TrainConfig  # noqa: E402
+from core.models import load_model  # noqa: E402
+from core.sources import load_in_memory, load_source  # noqa: E402
 from stages.samplers import apply_aug, draw_aug  # noqa: E402
-from stages.sources import load_in_memory, load_source  # noqa: E402
 from student.data import crop_flip, real_batches, source_input_spec  # noqa: E402
 from student.evaluate import prepare  # noqa: E402
 from student.losses import kd_loss  # noqa: E402
@@ -71,7 +71,7 @@ def train_teachers(workdir: Path, train, test, model_cfg: ModelConfig, members: 
                     train_cfg=TrainConfig(steps=steps, batch_size=BATCH, cutmix=0.5, num_workers=0, threads=1),
                     objective="erm", kd_cfg=None, sets=[], train_source=train, test_source=test, out_dir=out,
                     seed=member)
-        model, payload = load_model(out / "model.pt", num_classes=10)
+        model, payload = load_model(out / "model.pt", outputs=10)
         teachers.append((model.eval(), payload["input"]))
     return teachers
 
@@ -95,7 +95,7 @@ def make_views_set(set_dir: Path, train, teachers, views: int) -> None:
 
 def student_step(spec, model_cfg: ModelConfig, channels: int
                  ) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor], torch.optim.Optimizer]:
-    from pipeline.models import build_model
+    from core.models import build_model
 
     torch.manual_seed(0)
     model = build_model(model_cfg.arch, channels, 10, model_cfg.arch_kwargs)
@@ -143,7 +143,7 @@ def main() -> None:
 
     arrays = [decode_shard(url, n, 10) for url, n in zip(opened[0].urls, opened[0].samples, strict=True)]
     mem_images = torch.from_numpy(np.concatenate([a.images for a in arrays])).permute(0, 3, 1, 2).contiguous()
-    mem_logp = torch.from_numpy(np.concatenate([a.logp for a in arrays]))
+    mem_logp = torch.from_numpy(np.concatenate([a.target for a in arrays]))
     mem_labels = torch.from_numpy(np.concatenate([a.labels for a in arrays]))
     generator = torch.Generator().manual_seed(0)
 
@@ -168,7 +168,7 @@ def main() -> None:
 
         def stream_step() -> None:
             batch = next(stream)
-            optimise(kd_loss(model(to_input(batch["image"])), batch["logp"], batch["label"], TAU, 1.0))
+            optimise(kd_loss(model(to_input(batch["image"])), batch["target"], batch["label"], TAU, 1.0))
 
         return stream_step
 

@@ -15,10 +15,16 @@ from typing import Annotated
 
 import typer
 
-from pipeline import storage
-from pipeline.config import Config, load_config
-from pipeline.errors import JobFailure, UserError
-from pipeline.format import FormatError
+from core import storage
+from core.config import Config, load_config
+from core.errors import FormatError, JobFailure, UserError
+from pipeline.chain import generate_sets, run_job, train_students, train_teachers
+from pipeline.driver import shutdown_ray
+from pipeline.inspect import format_report, inspect_set, write_plots
+from pipeline.ray_train import train_student_on_ray
+from pipeline.report import format_table
+from pipeline.runs import load_splits, require_teachers, student_runs
+from pipeline.verify import verify_set
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -58,9 +64,6 @@ def _local(out: str, command: str) -> Path:
 def run(config: Path, out: OutOption = None, set_: SetOption = None, address: AddressOption = None,
         max_restarts: RestartsOption = None) -> None:
     """The whole chain: teachers → transfer sets → students → report."""
-    from pipeline.chain import run_job
-    from pipeline.report import format_table
-
     cfg, out_url = _setup(config, out, set_, address, max_restarts)
     out_dir = _local(out_url, "run")
     started = time.perf_counter()
@@ -74,8 +77,6 @@ def generate(config: Path, out: OutOption = None, set_: SetOption = None, addres
              only: Annotated[list[str] | None, typer.Option("--only", help="generate only these sets")] = None,
              max_restarts: RestartsOption = None) -> None:
     """Only the transfer sets (the teachers must exist)."""
-    from pipeline.chain import generate_sets, require_teachers
-
     cfg, out_dir = _setup(config, out, set_, address, max_restarts)
     unknown = [name for name in only or [] if name not in cfg.sets]
     if unknown:
@@ -102,8 +103,6 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
     Under ``torchrun --nproc_per_node N -m pipeline.cli train ...`` the student is trained with
     DDP over N processes; ``--ray`` does the same through Ray Train on a Ray cluster.
     """
-    from pipeline.chain import load_splits, student_runs, train_students, train_teachers
-
     cfg, out_url = _setup(config, out, set_, address)
     out_dir = _local(out_url, "train")
     if teachers == (student is not None):
@@ -120,8 +119,6 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
     assert student is not None
     student_runs(cfg, out_dir, student, train_split.task, seed)  # check the sets exist before training
     if ray:
-        from pipeline.ray_train import train_student_on_ray
-
         for result in train_student_on_ray(cfg, out_dir, student, workers, gpu, progress, seed):
             print(json.dumps(result))
         return
@@ -134,8 +131,6 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
 @app.command()
 def verify(set_dir: str) -> None:
     """Check a transfer set: checksums, counts, every record decodes. Exit 1 on any problem."""
-    from pipeline.verify import verify_set
-
     if not storage.is_dir(set_dir):
         raise UserError(f"verify: {set_dir} is not a directory")
     problems = verify_set(set_dir)
@@ -158,8 +153,6 @@ def inspect(set_dir: str,
                                 "joins the σ-vs-λ plot (repeatable)")] = None) -> None:
     """Statistics of a transfer set: samplers, entropy (by λ), argmax classes, target size and KL
     (regression sets: predicted σ, aleatoric/epistemic parts, σ by λ)."""
-    from pipeline.inspect import format_report, inspect_set, write_plots
-
     if model and plots is None:
         raise UserError("inspect --model: give --plots DIR too (the models' σ goes into the σ-vs-λ plot)")
     stats = inspect_set(set_dir, kl_samples=kl_samples)
@@ -198,8 +191,6 @@ def main() -> None:
         raise
     finally:
         if "ray" in sys.modules:
-            from pipeline.driver import shutdown_ray
-
             shutdown_ray()
 
 

@@ -1,23 +1,30 @@
-"""Ray around the Ray-free trainer: teacher members as parallel Ray tasks, and students on a
-cluster through Ray Train's TorchTrainer (``transferset train --ray``).
+"""Ray around the Ray-free trainer: teacher members and student runs (student × seed) as
+parallel Ray tasks, and students on a cluster through Ray Train's TorchTrainer
+(``transferset train --ray``).
 
-This is a driver module (Ray lives only in ``pipeline/`` driver code): each task or Ray Train
-worker imports ``student.train`` and calls :func:`student.train.train_model` exactly as a local
-run does; Ray only places the processes. Ray Train initialises the torch process group itself,
-which :mod:`student.distributed` picks up.
+One of the three driver modules that import Ray (with :mod:`pipeline.driver` and
+:mod:`pipeline.supervisor`): each task or Ray Train worker calls the same functions as a local
+run (:mod:`pipeline.runs`, hence :func:`student.train.train_model`); Ray only places the
+processes. Ray Train initialises the torch process group itself, which
+:mod:`student.distributed` picks up. Ray is imported inside the functions that use it.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config
+import torch
 
-Progress = Callable[[str], None]
-
+from core.config import Config
+from core.errors import FormatError, UserError
+from core.tasks import score
+from pipeline.driver import ensure_ray
+from pipeline.runs import Progress, load_splits, student_dir, student_runs, train_member, train_student_run
 
 ERROR_KEY = "__error__"
 
@@ -25,12 +32,9 @@ ERROR_KEY = "__error__"
 def _user_errors_as_values(body: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
     """A task body whose bad-input errors come back as ``{ERROR_KEY: message}``: the driver then
     raises the same one-line error as a local run, never a Ray traceback or a retry."""
-    import functools
 
     @functools.wraps(body)
     def task(*args: Any) -> dict[str, Any]:
-        from pipeline.errors import FormatError, UserError
-
         try:
             return body(*args)
         except (UserError, FormatError) as err:
@@ -41,8 +45,6 @@ def _user_errors_as_values(body: Callable[..., dict[str, Any]]) -> Callable[...,
 
 def _result(value: dict[str, Any]) -> dict[str, Any]:
     if ERROR_KEY in value:
-        from pipeline.errors import UserError
-
         raise UserError(value[ERROR_KEY])
     return value
 
@@ -50,18 +52,10 @@ def _result(value: dict[str, Any]) -> dict[str, Any]:
 @_user_errors_as_values
 def _train_member(cfg_json: str, member: int, member_dir: str, seed: int, threads: int) -> dict[str, Any]:
     """Body of one Ray task: load the splits and train teacher member ``member``."""
-    import torch
-
-    from pipeline.chain import load_splits
-    from student.train import train_model
-
     torch.set_num_threads(threads)
     cfg = Config.model_validate_json(cfg_json)
     train, test = load_splits(cfg)
-    return train_model(
-        name=f"teacher-{member}", model_cfg=cfg.teachers.model, train_cfg=cfg.teachers.train, objective="erm",
-        kd_cfg=None, sets=[], train_source=train, test_source=test, out_dir=Path(member_dir), seed=seed,
-    )
+    return train_member(cfg, member, Path(member_dir), seed, train, test)
 
 
 def cluster_cpus(cfg: Config) -> float:
@@ -88,9 +82,6 @@ def train_members(cfg: Config, jobs: list[tuple[int, Path, int]], progress: Prog
     reporting each member as it finishes. Returns the results by member."""
     import ray
 
-    from pipeline.driver import ensure_ray
-    from pipeline.report import score
-
     ensure_ray(cfg.ray)
     cpus = cfg.teachers.cpus_per_member
     task = ray.remote(num_cpus=cpus, max_retries=1)(_train_member)
@@ -110,10 +101,6 @@ def train_members(cfg: Config, jobs: list[tuple[int, Path, int]], progress: Prog
 @_user_errors_as_values
 def _train_student_task(cfg_json: str, out: str, run: dict[str, Any], threads: int) -> dict[str, Any]:
     """Body of one Ray task: load the splits and train one run (student × seed)."""
-    import torch
-
-    from pipeline.chain import load_splits, train_student_run
-
     torch.set_num_threads(threads)
     cfg = Config.model_validate_json(cfg_json)
     train, test = load_splits(cfg)
@@ -131,12 +118,9 @@ def use_ray_for_runs(cfg: Config, pending: int) -> bool:
 
 
 def train_runs_on_ray(cfg: Config, out: Path, runs: list[dict[str, Any]], progress: Progress) -> list[dict[str, Any]]:
-    """Train student runs (:func:`pipeline.chain.student_runs`) as Ray tasks of
+    """Train student runs (:func:`pipeline.runs.student_runs`) as Ray tasks of
     ``student_stage.cpus_per_run`` CPUs each, reporting each as it finishes; results in order."""
     import ray
-
-    from pipeline.driver import ensure_ray
-    from pipeline.report import score
 
     ensure_ray(cfg.ray)
     cpus = cfg.student_stage.cpus_per_run
@@ -161,14 +145,10 @@ def train_student_on_ray(cfg: Config, out: Path, name: str, workers: int, use_gp
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipeline.driver import ensure_ray
-
     ensure_ray(cfg.ray)
     cfg_json, out_dir = cfg.model_dump_json(), str(out.resolve())
 
     def loop(config_: dict[str, Any]) -> None:
-        from pipeline.chain import load_splits, student_runs, train_student_run
-
         config = Config.model_validate_json(cfg_json)
         train, test = load_splits(config)
         for run in student_runs(config, Path(out_dir), name, train.task, [config_["seed_index"]]):
@@ -184,9 +164,5 @@ def train_student_on_ray(cfg: Config, out: Path, name: str, workers: int, use_gp
         )
         progress(f"student {name}/seed-{seed_index}: Ray Train with {workers} worker(s)")
         trainer.fit()
-        import json
-
-        from pipeline.chain import student_dir
-
         results.append(json.loads((student_dir(Path(out_dir), name, seed_index) / "result.json").read_text()))
     return results

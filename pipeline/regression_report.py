@@ -16,17 +16,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from core.config import Config, StudentConfig
+from core.models import load_model
+from core.sources import Source
+from core.tasks import REGRESS
 from pipeline.aggregate import gap_reduction, gap_reduction_spread, summarize_runs
-from pipeline.config import Config, StudentConfig
-from stages.sources import Source
+from pipeline.inspect_regression import plot_sigma_by_lambda, sigma_by_lambda
+from pipeline.runs import locate_set, student_dir
+from student.regression_eval import evaluate_ensemble
 
 MIXING = ("mix", "mixup", "cutmix")
-SHOWN = ("error", "error_median", "rmse", "nll", "calibration_error", "z2_ratio", "sigma_mean")
+SHOWN = REGRESS.report_keys
 
 
 def error_gap_reduction(teacher: float, baseline: float, method: float) -> float | None:
     """1 − gap(method) / gap(baseline) with gap = error − teacher error (None: no baseline gap).
-    :func:`pipeline.report.gap_reduction` is written for accuracies; negated errors fit it."""
+    :func:`pipeline.aggregate.gap_reduction` is written for accuracies; negated errors fit it."""
     return gap_reduction(-teacher, -baseline, -method)
 
 
@@ -45,24 +50,16 @@ def method(student: StudentConfig) -> str:
 
 
 def _teacher(teachers: list[Path], test: Source) -> dict[str, Any]:
-    from pipeline.models import load_model
-    from student.regression_eval import evaluate_ensemble
-
-    loaded = [load_model(path, task="regress", out_dim=test.out_dim) for path in teachers]
+    loaded = [load_model(path, task=REGRESS.name, outputs=test.out_dim) for path in teachers]
     ensemble, members = evaluate_ensemble([m for m, _ in loaded], [p["input"] for _, p in loaded], test, test.out_dim)
     return {**{k: ensemble[k] for k in SHOWN}, "members": [member["error"] for member in members]}
 
 
 def _sigma_curves(cfg: Config, out: Path, report: dict[str, Any]) -> None:
     """σ vs λ on the first mixing set, for the teachers and the σ-trained students."""
-    from pipeline.chain import locate_set
-    from pipeline.inspect_regression import plot_sigma_by_lambda, sigma_by_lambda
-
     mixing = [name for name, set_cfg in cfg.sets.items() if any(s.kind in MIXING for s in set_cfg.sampler_list())]
     if not mixing:
         return
-    from pipeline.chain import student_dir
-
     first = {name: student_dir(out, name, student.seeds[0]) / "model.pt" for name, student in cfg.students.items()}
     models = {name: path for name, path in first.items() if sigma_trained(cfg.students[name]) and path.is_file()}
     curves = sigma_by_lambda(locate_set(cfg, out, mixing[0]), models)
@@ -71,12 +68,13 @@ def _sigma_curves(cfg: Config, out: Path, report: dict[str, Any]) -> None:
 
 
 def build_regression_report(cfg: Config, teachers: list[Path], students: dict[str, dict[int, dict[str, Any]]],
-                            test: Source, out: Path | None = None) -> dict[str, Any]:
+                            test: Source, out: Path | None = None, train: Source | None = None) -> dict[str, Any]:
     """``students``: each student's results by seed; the figures are means over the seeds
-    (``<key>_std`` beside them), σ-by-λ curves use each student's first seed."""
+    (``<key>_std`` beside them), σ-by-λ curves use each student's first seed. (``train`` is not
+    used: the regression report measures the ensemble on the test split only.)"""
     teacher = _teacher(teachers, test)
     report: dict[str, Any] = {
-        "config": cfg.name, "task": "regress", "metric": test.metric, "test_samples": len(test),
+        "config": cfg.name, "task": REGRESS.name, "metric": test.metric, "test_samples": len(test),
         "teacher": teacher, "students": {}, "gap_reduction": {},
     }
     for name, results in students.items():

@@ -14,7 +14,8 @@ restarts), so a node loss usually costs only the shards in flight; when it does 
 
 Errors of our own code are not retried: a ``UserError`` raised inside an actor (an unreadable
 image, say) crosses the process boundary only as traceback text, so it is recognised there and
-raised again as the one-line error it was. Ray is imported lazily; this is a driver module.
+raised again as the one-line error it was. One of the three driver modules that import Ray (with
+:mod:`pipeline.driver` and :mod:`pipeline.ray_train`), inside the functions that use it.
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pipeline.errors import JobFailure, UserError
-from pipeline.format import FormatError
+from core.errors import FormatError, JobFailure, UserError
 from pipeline.plan import SetPlan
 
 NODE_POLL_S = 1.0
 # The last line of a remote traceback that names one of our user-facing errors.
-REMOTE_USER_ERROR = re.compile(r"^pipeline\.errors\.(?:UserError|FormatError): (.+)$", re.M)
+REMOTE_USER_ERROR = re.compile(r"^core\.errors\.(?:UserError|FormatError): (.+)$", re.M)
 
 
 def restartable(err: BaseException) -> str | None:
@@ -72,7 +72,7 @@ def capacity_hint(plan: SetPlan) -> str:
     """What a stalled set's actors ask for against what the cluster has: the usual cause."""
     import ray
 
-    stage = plan.stage_cfg
+    stage = plan.spec.teacher_stage
     have = ray.cluster_resources() if ray.is_initialized() else {}
     if stage.num_gpus > have.get("GPU", 0) or stage.num_cpus > have.get("CPU", 0):
         return (f"; each teacher actor asks for num_cpus={stage.num_cpus:g}, num_gpus={stage.num_gpus:g} and the "
@@ -149,10 +149,10 @@ def supervise(plan: SetPlan, execute: Callable[[SetPlan], dict[str, Any]], progr
                     first += capacity_hint(plan)
                 if restarts >= max_restarts:
                     raise JobFailure(
-                        f"set {plan.name}: {reason} ({first}); gave up after {restarts} restart(s). Committed "
+                        f"set {plan.spec.name}: {reason} ({first}); gave up after {restarts} restart(s). Committed "
                         f"shards are kept: run the same command again to resume, or raise --max-restarts") from err
                 restarts += 1
-                progress(f"set {plan.name}: {reason} after {time.monotonic() - began:.0f} s ({first}); "
+                progress(f"set {plan.spec.name}: {reason} after {time.monotonic() - began:.0f} s ({first}); "
                          f"restart {restarts}/{max_restarts} from the committed shards")
                 plan = replan()
     return {**result, "restarts": restarts, "nodes_lost": len(lost)}

@@ -7,13 +7,19 @@ student trains on it. Every problem names the shard file (or index/manifest) it 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from pipeline import format as fmt
-from pipeline import storage
+from core import format as fmt
+from core import set_index as sx
+from core import storage
+from core.errors import FormatError
+from core.set_index import SetIndex, ShardEntry
+from core.tasks import CLASSIFY, REGRESS, Record, decode_fields
+from core.tasks.classification import LOGP_FIELD, TOPK_FIELD
+from core.tasks.regression import MU_FIELD, REAL_TARGET_FIELD
 
 # float16 log-probabilities: exp() of each entry is within ~1e-3 relative, summed over C classes.
 LOGP_SUM_TOLERANCE = 1e-2
@@ -21,12 +27,12 @@ LOGP_SUM_TOLERANCE = 1e-2
 SIGMA_TOLERANCE = 1e-2
 
 
-def _check_gaussian(where: str, record: dict[str, Any], index: dict[str, Any]) -> list[str]:
+def _check_gaussian(where: str, record: Record, fields: dict[str, bytes], index: SetIndex) -> list[str]:
     """A regression record: mu and logvar of the index's dtype and dimension, finite, and a
     metadata σ that matches them."""
     if "mu" not in record:
-        return [f"{where}: no {fmt.MU_FIELD} member, the index says task 'regress'"]
-    dims, dtype = index.get("out_dim"), index.get("target", {}).get("dtype")
+        return [f"{where}: no {MU_FIELD} member, the index says task 'regress'"]
+    dims, dtype = index.out_dim, index.target.dtype
     problems = []
     if record["mu"].shape != (dims,) or record["dtype"] != dtype:
         problems.append(f"{where}: mu/logvar are {record['dtype']} {record['mu'].shape}, expected {dtype} ({dims},)")
@@ -38,46 +44,23 @@ def _check_gaussian(where: str, record: dict[str, Any], index: dict[str, Any]) -
         problems.append(f"{where}: metadata sigma {sigma!r} differs from the stored logvar's {expected:.6g}")
     real = record["real_target"]
     if real is not None and (real.shape != (dims,) or not np.isfinite(real).all()):
-        problems.append(f"{where}: {fmt.REAL_TARGET_FIELD} is {real.shape}, not {dims} finite values")
+        problems.append(f"{where}: {REAL_TARGET_FIELD} is {real.shape}, not {dims} finite values")
     return problems
 
 
-def _check_record(
-    name: str, shard: int, key: str, fields: dict[str, bytes], index: dict[str, Any]
-) -> list[str]:
-    where = f"{name}: sample {key}"
-    try:
-        record = fmt.decode_fields(fields)
-    except Exception as err:  # noqa: BLE001 — any decoder error is a finding, not a crash
-        return [f"{where}: cannot decode ({type(err).__name__}: {err})"]
-    problems = []
-    try:
-        key_shard, _ = fmt.parse_key(key)
-    except ValueError:
-        return [f"{where}: malformed key"]
-    if key_shard != shard:
-        problems.append(f"{where}: key prefix says shard {key_shard}")
-    meta, image = record["meta"], record["image"]
-    if not isinstance(meta, dict) or meta.get("key") != key:
-        problems.append(f"{where}: metadata key is {meta.get('key') if isinstance(meta, dict) else meta!r}")
-        return problems
-    spec = index.get("image", {})
-    expected = (spec.get("height"), spec.get("width"), spec.get("channels"))
-    if None not in expected and tuple(image.shape) != expected:
-        problems.append(f"{where}: image {tuple(image.shape)}, index says {expected}")
-    if index.get("task") == "regress":
-        return problems + _check_gaussian(where, record, index)
+def _check_logp(where: str, record: Record, fields: dict[str, bytes], index: SetIndex) -> list[str]:
+    """A classification record: the index's kind of target, a log-probability vector over its
+    classes that sums to 1, Ĥ in [0, 1], and a .cls label that agrees with the metadata."""
     if "logp" not in record:
-        return problems + [f"{where}: a regression record in a set whose index says task 'classify'"]
-    classes = index.get("num_classes")
-    target = index.get("target", {})
-    member = fmt.TOPK_FIELD if target.get("kind") == "topk" else fmt.LOGP_FIELD
-    dtype = np.float32 if member == fmt.TOPK_FIELD else fmt.LOGP_DTYPE
+        return [f"{where}: a regression record in a set whose index says task 'classify'"]
+    classes, target, meta = index.num_classes, index.target, record["meta"]
+    member = TOPK_FIELD if target.kind == "topk" else LOGP_FIELD
+    dtype = np.float32 if member == TOPK_FIELD else fmt.LOGP_DTYPE
+    problems = []
     if member not in fields:
-        problems.append(f"{where}: no {member} member, the index says targets are {target.get('kind')!r}")
-    elif member == fmt.TOPK_FIELD and fmt.decode_npy(fields[member]).dtype != fmt.topk_dtype(target.get("k", 0),
-                                                                                             classes or 0):
-        problems.append(f"{where}: {member} is not a top-k record of k={target.get('k')} for {classes} classes")
+        problems.append(f"{where}: no {member} member, the index says targets are {target.kind!r}")
+    elif member == TOPK_FIELD and fmt.decode_npy(fields[member]).dtype != fmt.topk_dtype(target.k or 0, classes or 0):
+        problems.append(f"{where}: {member} is not a top-k record of k={target.k} for {classes} classes")
     logp = record["logp"]
     if logp.dtype != dtype or logp.ndim != 1 or (classes is not None and logp.shape[0] != classes):
         problems.append(f"{where}: logp is {logp.dtype} {logp.shape}, expected {np.dtype(dtype).name} ({classes},)")
@@ -93,23 +76,52 @@ def _check_record(
     return problems
 
 
-def _check_shard(set_dir: str, entry: dict[str, Any], index: dict[str, Any],
-                 seen: dict[str, str]) -> list[str]:
-    name = str(entry.get("name", ""))
-    if fmt.TMP_MARKER in name:
+# task → what its records must satisfy beyond key, metadata and image
+CHECKS: dict[str, Callable[[str, Record, dict[str, bytes], SetIndex], list[str]]] = {
+    CLASSIFY.name: _check_logp,
+    REGRESS.name: _check_gaussian,
+}
+
+
+def _check_record(name: str, shard: int, key: str, fields: dict[str, bytes], index: SetIndex) -> list[str]:
+    where = f"{name}: sample {key}"
+    try:
+        record = decode_fields(fields)
+    except Exception as err:  # noqa: BLE001 — any decoder error is a finding, not a crash
+        return [f"{where}: cannot decode ({type(err).__name__}: {err})"]
+    problems = []
+    try:
+        key_shard, _ = fmt.parse_key(key)
+    except ValueError:
+        return [f"{where}: malformed key"]
+    if key_shard != shard:
+        problems.append(f"{where}: key prefix says shard {key_shard}")
+    meta, image = record["meta"], record["image"]
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        problems.append(f"{where}: metadata key is {meta.get('key') if isinstance(meta, dict) else meta!r}")
+        return problems
+    expected = index.image.shape if index.image is not None else (None,)
+    if None not in expected and tuple(image.shape) != expected:
+        problems.append(f"{where}: image {tuple(image.shape)}, index says {expected}")
+    return problems + CHECKS[index.kind.name](where, record, fields, index)
+
+
+def _check_shard(set_dir: str, entry: ShardEntry, index: SetIndex, seen: dict[str, str]) -> list[str]:
+    name = str(entry.name or "")
+    if storage.TMP_MARKER in name:
         return [f"index lists temp file {name}"]
-    if not (name.startswith("shard-") and name.endswith(".tar") and name[6:-4].isdigit()):
+    shard = sx.parse_shard_name(name)
+    if shard is None:
         return [f"index lists {name!r}, not a shard name"]
-    path = storage.join(set_dir, fmt.SHARDS_DIR, name)
+    path = storage.join(set_dir, sx.SHARDS_DIR, name)
     if not storage.is_file(path):
         return [f"{name}: listed in the index but missing"]
     problems = []
     size = storage.size(path)
-    if size != entry.get("bytes"):
-        problems.append(f"{name}: {size} bytes, index says {entry.get('bytes')} (truncated or replaced)")
-    if fmt.sha256_file(path) != entry.get("sha256"):
+    if size != entry.bytes:
+        problems.append(f"{name}: {size} bytes, index says {entry.bytes} (truncated or replaced)")
+    if fmt.sha256_file(path) != entry.sha256:
         problems.append(f"{name}: sha256 differs from the index (corrupted)")
-    shard = int(name[6:-4])
     count = 0
     try:
         for key, fields in fmt.iter_tar(path):
@@ -118,11 +130,11 @@ def _check_shard(set_dir: str, entry: dict[str, Any], index: dict[str, Any],
                 problems.append(f"{name}: sample {key} also in {seen[key]}")
             seen[key] = name
             problems += _check_record(name, shard, key, fields, index)
-    except fmt.FormatError as err:
+    except FormatError as err:
         problems.append(f"{name}: {err}")
         return problems
-    if count != entry.get("samples"):
-        problems.append(f"{name}: {count} samples, index says {entry.get('samples')}")
+    if count != entry.samples:
+        problems.append(f"{name}: {count} samples, index says {entry.samples}")
     return problems
 
 
@@ -130,31 +142,29 @@ def verify_set(set_dir: str | Path) -> list[str]:
     """Problems found in the set at ``set_dir`` (empty list = the set is sound)."""
     set_dir = str(set_dir)
     try:
-        index = fmt.read_index(set_dir)
-    except fmt.FormatError as err:
+        index = sx.read_index(set_dir)
+    except FormatError as err:
         return [str(err)]
     if index is None:
-        return [f"{set_dir}: no {fmt.INDEX_NAME} (the set is incomplete; run generate again)"]
-    listed = index.get("shards")
-    if not isinstance(listed, list):
-        return [f"{fmt.INDEX_NAME}: no shard list"]
+        return [f"{set_dir}: no {sx.INDEX_NAME} (the set is incomplete; run generate again)"]
+    if index.shards is None:
+        return [f"{sx.INDEX_NAME}: no shard list"]
     problems: list[str] = []
     seen: dict[str, str] = {}
-    for entry in listed:
-        problems += _check_shard(set_dir, entry if isinstance(entry, dict) else {}, index, seen)
-    totals = index.get("totals", {})
-    if totals.get("samples") != sum(e.get("samples", 0) for e in listed if isinstance(e, dict)):
-        problems.append(f"{fmt.INDEX_NAME}: totals.samples {totals.get('samples')} differs from its shards")
+    for entry in index.shards:
+        problems += _check_shard(set_dir, entry, index, seen)
+    if index.totals.samples != sum(entry.samples or 0 for entry in index.shards):
+        problems.append(f"{sx.INDEX_NAME}: totals.samples {index.totals.samples} differs from its shards")
     try:
-        keys = fmt.read_manifest(set_dir).column("key").to_pylist()
+        keys = sx.read_manifest(set_dir).column("key").to_pylist()
     except Exception as err:  # noqa: BLE001 — missing or unreadable parquet
-        problems.append(f"{fmt.MANIFEST_NAME}: unreadable ({type(err).__name__}: {err})")
+        problems.append(f"{sx.MANIFEST_NAME}: unreadable ({type(err).__name__}: {err})")
     else:
         if len(keys) != len(seen) or set(keys) != set(seen):
-            problems.append(f"{fmt.MANIFEST_NAME}: {len(keys)} rows / {len(set(keys))} keys, "
+            problems.append(f"{sx.MANIFEST_NAME}: {len(keys)} rows / {len(set(keys))} keys, "
                             f"the shards hold {len(seen)} samples; key sets differ")
-    names = {e.get("name") for e in listed if isinstance(e, dict)}
-    for path in sorted(fmt.committed_shards(set_dir).values()):
+    names = {entry.name for entry in index.shards}
+    for path in sorted(sx.committed_shards(set_dir).values()):
         if storage.name_of(path) not in names:
-            problems.append(f"{storage.name_of(path)}: on disk but not listed in {fmt.INDEX_NAME}")
+            problems.append(f"{storage.name_of(path)}: on disk but not listed in {sx.INDEX_NAME}")
     return problems

@@ -25,7 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import UserError
+from core.errors import UserError
+from core.format import sha256_file
+from core.models import resolve_factory
+from core.storage import atomic_write
 
 BIGGAN_CONFIG_NAME = "config.json"
 BIGGAN_WEIGHTS_NAME = "pytorch_model.bin"
@@ -131,8 +134,6 @@ def load_biggan(name_or_dir: str, truncation: float = 0.4, cache_dir: str | None
 def biggan_digest(name_or_dir: str, cache_dir: str | None = None) -> tuple[str, int]:
     """sha256 over the config and weights files of a BigGAN, and its class count (what the plan
     needs without building the model)."""
-    from pipeline.format import sha256_file
-
     config_path, weights_path = _biggan_files(name_or_dir, cache_dir)
     try:
         num_classes = int(json.loads(config_path.read_text())["num_classes"])
@@ -154,9 +155,7 @@ def module_digest(module: nn.Module) -> str:
 
 
 def build_factory_generator(factory: str, kwargs: dict[str, Any]) -> nn.Module:
-    """``module:factory(**kwargs)``: code the config names, as ``pipeline.models`` allows it."""
-    from pipeline.models import resolve_factory
-
+    """``module:factory(**kwargs)``: code the config names, as ``core.models`` allows it."""
     try:
         model = resolve_factory(factory, allowed_factories=[factory])(**kwargs)
     except TypeError as err:
@@ -192,8 +191,6 @@ def fresh_biggan(config: Any, seed: int = 0, warmup_passes: int = 4) -> nn.Modul
 def save_biggan(model: nn.Module, directory: str | Path) -> Path:
     """Write ``config.json`` + ``pytorch_model.bin`` (a plain state dict), the layout
     :func:`load_biggan` and the package's own loader read."""
-    from pipeline.format import atomic_write
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write(directory / BIGGAN_CONFIG_NAME, model.config.to_json_string().encode())

@@ -1,19 +1,15 @@
 """The teacher stage: an ensemble of checkpoints turned into temperature-free targets.
 
-The stored target is log p̄, the log of the mean of the members' softmaxes, so a student can
-apply any temperature later (softmax(log p̄ / τ)). Alongside it we keep two uncertainty
-statistics, both divided by log C so they lie in [0, 1] whatever the class count:
-
-* entropy Ĥ = H(p̄) / log C, the total uncertainty;
-* disagreement = (H(p̄) − mean_m H(p_m)) / log C, the ensemble's mutual information
-  (epistemic part), normalised like Ĥ.
+Each member runs on the images the way it was trained; the stacked member outputs become the
+task's targets (:mod:`core.tasks`): for classification log p̄, the log of the mean of the
+members' softmaxes (a student applies any temperature later) with Ĥ and the disagreement; for
+regression the moment-matched Gaussian of the members' mixture.
 
 No Ray here: the class runs the same inside a Ray actor, a test, or a notebook.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,45 +21,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.errors import UserError
-from pipeline.models import load_model, split_gaussian
-from stages.gaussian import GaussianOutput, gaussian_ensemble_targets
-from stages.targets import EnsembleOutput
+from core.errors import UserError
+from core.models import load_model
+from core.tasks import Task, task_named
 
-__all__ = ["Ensemble", "EnsembleOutput", "ensemble_targets", "resolve_device"]
+__all__ = ["Ensemble", "resolve_device", "torch_threads"]
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def ensemble_targets(member_logits: torch.Tensor) -> EnsembleOutput:
-    """Targets from raw member logits ``[M, N, C]``, computed stably in float64.
-
-    log p̄ = logsumexp_m(log_softmax(z_m)) − log M never forms a tiny probability and takes its
-    log. Samples with a non-finite member logit are marked invalid (their other fields are
-    finite placeholders, computed from zeroed logits).
-    """
-    if member_logits.ndim != 3:
-        raise ValueError(f"member logits must be [M, N, C], got {tuple(member_logits.shape)}")
-    members, _, classes = member_logits.shape
-    if members < 1 or classes < 2:
-        raise ValueError(f"need at least 1 member and 2 classes, got M={members}, C={classes}")
-    z = member_logits.detach().to("cpu", torch.float64)
-    valid = torch.isfinite(z).all(dim=2).all(dim=0)
-    z = torch.where(valid[None, :, None], z, torch.zeros((), dtype=z.dtype))
-    member_logp = F.log_softmax(z, dim=-1)  # [M, N, C]
-    logp = torch.logsumexp(member_logp, dim=0) - math.log(members)  # [N, C]
-    log_c = math.log(classes)
-    h_mean = -(logp.exp() * logp).sum(-1)  # exp(logp)·logp → 0 as p → 0, no 0·(−inf)
-    h_members = -(member_logp.exp() * member_logp).sum(-1).mean(0)
-    entropy = (h_mean / log_c).clamp(0.0, 1.0)
-    disagreement = ((h_mean - h_members) / log_c).clamp(0.0, 1.0)  # ≥ 0 by Jensen; clamp rounding
-    return EnsembleOutput(
-        logp=logp.float().numpy(),
-        entropy=entropy.float().numpy(),
-        disagreement=disagreement.float().numpy(),
-        argmax=logp.argmax(-1).numpy().astype(np.int64),
-        valid=valid.numpy(),
-    )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -97,9 +61,9 @@ def torch_threads(count: int) -> Iterator[None]:
 
 
 class Ensemble:
-    """Teacher checkpoints of one task, ready to label uint8 NHWC images: class probabilities
-    (``task="classify"``, ``num_classes`` classes) or Gaussians (``task="regress"``, where
-    ``num_classes`` is the target's dimension D; members may predict 1 or D log-variances).
+    """Teacher checkpoints of one task, ready to label uint8 NHWC images. ``outputs`` is what
+    they predict: the number of classes (``task="classify"``), or the regression target's
+    dimension D (``task="regress"``; members may predict 1 or D log-variances).
 
     Each member sees the images the way it was trained: /255, resized (antialiased bilinear)
     to its input size, normalised with its own mean/std — so members trained at different
@@ -110,9 +74,9 @@ class Ensemble:
     """
 
     def __init__(
-        self, paths: Sequence[str | Path], num_classes: int, *, device: str = "auto", threads: int = 1,
+        self, paths: Sequence[str | Path], outputs: int, *, device: str = "auto", threads: int = 1,
         batch_size: int = 512, allowed_factories: Iterable[str] = (), autocast: str = "none",
-        channels_last: bool = True, pin_memory: bool = True, task: str = "classify",
+        channels_last: bool = True, pin_memory: bool = True, task: str | Task = "classify",
     ) -> None:
         if not paths:
             raise UserError("teachers: no checkpoints given")
@@ -121,15 +85,14 @@ class Ensemble:
         self.autocast = AUTOCAST_DTYPES[autocast] if self.device.type == "cuda" else None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.pin_memory = pin_memory and self.device.type == "cuda"
-        self.num_classes = num_classes
-        self.task = task
-        self.width = 2 * num_classes if task == "regress" else num_classes  # regress: μ, then log σ² per dim
+        self.outputs = outputs
+        self.task = task_named(task)
+        self.width = self.task.width(outputs)  # values per member and sample: classes, or μ then log σ² per dim
         self.batch_size = batch_size
         self.payloads: list[dict[str, Any]] = []
         self.members: list[_Member] = []
         for path in paths:
-            model, payload = load_model(path, task=task, num_classes=num_classes, out_dim=num_classes,
-                                        allowed_factories=allowed_factories)
+            model, payload = load_model(path, task=self.task.name, outputs=outputs, allowed_factories=allowed_factories)
             spec = payload["input"]
             channels = int(spec["channels"])
             stats = [torch.tensor(spec[k], dtype=torch.float32).reshape(1, -1, 1, 1).to(self.device)
@@ -176,29 +139,20 @@ class Ensemble:
         for start in range(0, len(images), self.batch_size):
             x = self._to_device(images[start:start + self.batch_size])
             prepared: dict[tuple[Any, ...], torch.Tensor] = {}
-            outputs = []
+            rows = []
             for member in self.members:
                 if member.key not in prepared:
                     prepared[member.key] = self._prepare(member, x)
                 with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                    outputs.append(self._widen(member.model(prepared[member.key]).float()))
-            chunks.append(torch.stack(outputs).cpu())
+                    rows.append(self.task.member_row(member.model(prepared[member.key]).float(), self.outputs))
+            chunks.append(torch.stack(rows).cpu())
         if not chunks:
             return torch.zeros((len(self.members), 0, self.width))
         return torch.cat(chunks, dim=1)
 
-    def _widen(self, output: torch.Tensor) -> torch.Tensor:
-        """Regression: ``[μ, s]`` with one s per dimension, so isotropic and diagonal members stack."""
-        if self.task != "regress":
-            return output
-        mu, logvar = split_gaussian(output, self.num_classes)
-        return torch.cat([mu, logvar.expand_as(mu)], dim=1)
-
-    def predict(self, images: np.ndarray | torch.Tensor) -> EnsembleOutput | GaussianOutput:
-        """Targets for uint8 NHWC images (the decoded stored pixels: what is stored is labelled),
-        a numpy array or a tensor on any device: log p̄ and its statistics, or the moment-matched
-        Gaussian of a regression ensemble."""
-        outputs = self._member_logits(images)
-        if self.task == "regress":
-            return gaussian_ensemble_targets(outputs[..., :self.num_classes], outputs[..., self.num_classes:])
-        return ensemble_targets(outputs)
+    def predict(self, images: np.ndarray | torch.Tensor) -> Any:
+        """The task's targets for uint8 NHWC images (the decoded stored pixels: what is stored is
+        labelled), a numpy array or a tensor on any device: log p̄ and its statistics
+        (``EnsembleOutput``), or the moment-matched Gaussian of a regression ensemble
+        (``GaussianOutput``)."""
+        return self.task.combine(self._member_logits(images), self.outputs)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 
 def plot_curves(metrics_path: Path, out_path: Path, title: str) -> None:

@@ -14,25 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import UserError
-from pipeline.models import input_spec
-from stages.sources import Source
+from core.errors import UserError
+from core.models import input_spec
+from core.sources import Source
 
-__all__ = ["SplitSampler", "crop_flip", "derive_seed", "normalize", "real_batches", "source_input_spec"]
+__all__ = ["SplitSampler", "crop_flip", "normalize", "real_batches", "source_input_spec"]
 
 _STATS_CHUNK = 4096
-
-
-def derive_seed(seed: int, *stream: int) -> int:
-    """A seed for one of a run's random streams (model init, data order, CutMix, ...), e.g.
-    ``derive_seed(seed, CUTMIX_STREAM, epoch)``.
-
-    Seeding two generators with the same number gives the same sequence twice; deriving each
-    from ``(seed, *stream)`` keeps the streams independent.
-    """
-    words = [seed % 2**64, *(s % 2**64 for s in stream)]
-    state = np.random.SeedSequence(words).generate_state(1, np.uint64)[0]
-    return int(state >> np.uint64(1))  # 63 bits: valid for torch.Generator.manual_seed
 
 
 # ---------------------------------------------------------------- real images

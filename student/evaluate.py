@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import UserError
-from stages.sources import Source
+from core.errors import UserError
+from core.sources import Source
 from student.data import normalize
 
 

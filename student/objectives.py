@@ -15,17 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import KDConfig, TrainConfig
-from pipeline.errors import UserError
-from pipeline.models import full_network
-from stages.sources import Source
-from student.data import derive_seed, real_batches
+from core.config import KDConfig, TrainConfig
+from core.errors import UserError
+from core.models import full_network
+from core.seeds import stream_seed
+from core.sources import Source
+from student.data import real_batches
 from student.losses import cutmix, kd_loss, mixed_label_loss, mixup, self_guidance_kl, smoothed_cross_entropy
 from student.pick import kl_ratio, pick_hardest, pick_scores, scoring_forward
 from student.shards import SetShards
 from student.stream import RealPart, StreamPlan, TransferLoader
 
-# Random streams of a run, each seeded with derive_seed(seed, stream, epoch, rank).
+# Random streams of a run, each seeded with stream_seed(seed, stream, epoch, rank).
 DATA_STREAM, MIX_STREAM, TRANSFER_STREAM, TORCH_STREAM = 1, 2, 3, 4
 BaseLoss = Callable[[torch.Tensor], torch.Tensor]
 
@@ -87,7 +88,7 @@ class Objective:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def begin_epoch(self, epoch: int) -> None:
-        torch.manual_seed(derive_seed(self.seed, TORCH_STREAM, epoch, self.rank))  # stochastic depth, dropout
+        torch.manual_seed(stream_seed(self.seed, TORCH_STREAM, epoch, self.rank))  # stochastic depth, dropout
 
     def loss(self, model: nn.Module, x: torch.Tensor, base: BaseLoss) -> torch.Tensor:
         guidance = self.cfg.self_guidance
@@ -101,6 +102,10 @@ class Objective:
 
     def stats(self) -> dict[str, Any]:
         return {}
+
+    def visited(self) -> list[str]:
+        """The shards this rank read (for its ``rank-<r>.json``; none without transfer sets)."""
+        return []
 
     def close(self) -> None:
         pass
@@ -117,9 +122,9 @@ class ERMObjective(Objective):
     def begin_epoch(self, epoch: int) -> None:
         super().begin_epoch(epoch)
         cfg = self.cfg
-        self.batches = real_batches(self.source, cfg.batch_size, derive_seed(self.seed, DATA_STREAM, epoch, self.rank),
+        self.batches = real_batches(self.source, cfg.batch_size, stream_seed(self.seed, DATA_STREAM, epoch, self.rank),
                                     class_balanced=cfg.class_balanced)
-        self.mix_rng = torch.Generator().manual_seed(derive_seed(self.seed, MIX_STREAM, epoch, self.rank))
+        self.mix_rng = torch.Generator().manual_seed(stream_seed(self.seed, MIX_STREAM, epoch, self.rank))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float | None]:
         """``(input, labels, partner labels, λ)`` of the next batch: CutMix or MixUp by their
@@ -165,9 +170,9 @@ class KDObjective(Objective):
     def step(self, model: nn.Module, plain: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.next_batch()
         x = self.to_input(batch["image"])
-        logp = batch["logp"].to(self.device, non_blocking=True)
+        logp = batch["target"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
-        target = batch["target"].to(self.device, non_blocking=True) if self.has_real else None
+        has_target = batch["has_target"].to(self.device, non_blocking=True) if self.has_real else None
         extras: dict[str, float] = {}
         origin = batch["origin"]
         pick = self.kd.pick
@@ -175,19 +180,22 @@ class KDObjective(Objective):
             with full_network(plain):
                 scores, d = pick_scores(scoring_forward(plain, x), logp, self.kd.temperature, pick.criterion)
             keep = self.cfg.batch_size
-            chosen = pick_hardest(scores, keep, target)
-            extras["pick_kl_ratio"] = kl_ratio(d, chosen, target)
+            chosen = pick_hardest(scores, keep, has_target)
+            extras["pick_kl_ratio"] = kl_ratio(d, chosen, has_target)
             x, logp, labels = x[chosen], logp[chosen], labels[chosen]
-            target = None if target is None else target[chosen]
+            has_target = None if has_target is None else has_target[chosen]
             self.counts.add(origin, origin[chosen.cpu()])
         else:
             self.counts.add(origin, origin)
         kd = self.kd
-        return self.loss(model, x, lambda z: kd_loss(z, logp, labels, kd.temperature, kd.alpha, target)), extras
+        return self.loss(model, x, lambda z: kd_loss(z, logp, labels, kd.temperature, kd.alpha, has_target)), extras
 
     def stats(self) -> dict[str, Any]:
         return {"shards_visited": len(self.loader.visited), "shards_skipped": len(set(self.loader.skipped)),
                 "skipped": sorted(set(self.loader.skipped))}
+
+    def visited(self) -> list[str]:
+        return sorted(set(self.loader.visited))
 
     def close(self) -> None:
         self.stream.close()  # type: ignore[attr-defined]  # a generator: close() stops the workers

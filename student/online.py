@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import KDConfig
-from stages.sources import Source
-from student.data import derive_seed, real_batches
+from core.config import KDConfig
+from core.seeds import stream_seed
+from core.sources import Source
+from student.data import real_batches
 from student.evaluate import prepare
 from student.losses import kd_loss
 from student.objectives import DATA_STREAM, MIX_STREAM, Objective
@@ -69,9 +70,9 @@ class OnlineKDObjective(Objective):
     def begin_epoch(self, epoch: int) -> None:
         super().begin_epoch(epoch)
         self.batches = real_batches(self.source, self.cfg.batch_size,
-                                    derive_seed(self.seed, DATA_STREAM, epoch, self.rank),
+                                    stream_seed(self.seed, DATA_STREAM, epoch, self.rank),
                                     class_balanced=self.cfg.class_balanced)
-        self.mix_rng = torch.Generator().manual_seed(derive_seed(self.seed, MIX_STREAM, epoch, self.rank))
+        self.mix_rng = torch.Generator().manual_seed(stream_seed(self.seed, MIX_STREAM, epoch, self.rank))
 
     def step(self, model: nn.Module, plain: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
         assert self.batches is not None, "begin_epoch first"

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from pipeline.config import TrainConfig
+from core.config import TrainConfig
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -18,10 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.models import split_gaussian
-from stages.gaussian import gaussian_ensemble_targets
-from stages.gaze import angular_error_degrees
-from stages.sources import Source
+from core.gaze import angular_error_degrees
+from core.sources import Source
+from core.tasks.regression import gaussian_ensemble_targets, split_gaussian
 from student.evaluate import eval_mode, forward, image_batches
 
 LEVELS = np.linspace(0.05, 0.95, 19)

@@ -8,10 +8,10 @@ per-process cache (:class:`DecodedCache`), so later epochs touch no PNG, JSON or
 The shards stay the source of truth: the cache is only ever filled from them.
 
 Why every shard's sample count is checked: a tar cut at a member boundary reads like a shorter
-archive, so a damaged shard would silently look short. Records are decoded by
-``pipeline.format.decode_fields`` (no pickle), which also turns any stored target form into a
-dense ``logp`` row. A regression set's records become one ``[μ, log σ²]`` row of 2·D values
-per sample in the same slot, so the stream carries both tasks unchanged.
+archive, so a damaged shard would silently look short. Records are decoded by their task
+(:func:`core.tasks.decode_fields`, no pickle) into one dense ``target`` row per sample: C
+log-probabilities (whatever the stored form: dense or top-k), or ``[μ, log σ²]`` (2·D values)
+for a regression set, so the stream carries every task unchanged.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline import storage
-from pipeline.errors import UserError
-from pipeline.format import FormatError, decode_fields, iter_tar, read_index, shard_urls
+from core import storage
+from core.errors import FormatError, UserError
+from core.format import iter_tar
+from core.set_index import read_index, shard_urls
+from core.tasks import Task, decode_fields, task_named
 
 
 @dataclass(frozen=True)
@@ -34,30 +36,33 @@ class SetShards:
     weight: float
     urls: tuple[str, ...]
     samples: tuple[int, ...]
-    num_classes: int
     task: str
-    out_dim: int = 0  # regression: the target's dimension D
+    outputs: int  # what its teachers predict: classes, or the regression target's dimension D
+
+    @property
+    def kind(self) -> Task:
+        return task_named(self.task)
 
     @property
     def width(self) -> int:
         """Values per sample in the target slot: classes, or μ and log σ² (2·D) for regression."""
-        return 2 * self.out_dim if self.task == "regress" else self.num_classes
+        return self.kind.width(self.outputs)
 
 
 @dataclass(frozen=True)
 class ShardArrays:
-    """A decoded shard: ``images`` uint8 (N, H, W, C), ``logp`` float32 (N, classes) — for a
-    regression set (N, 2·D) rows ``[μ, log σ²]`` — and ``labels`` int64 (N,) with −1 where a
-    sample has no real class label."""
+    """A decoded shard: ``images`` uint8 (N, H, W, C), ``target`` float32 (N, width) — log p̄
+    over the classes, or rows ``[μ, log σ²]`` of a regression set — and ``labels`` int64 (N,)
+    with −1 where a sample has no real class label."""
 
     url: str
     images: np.ndarray
-    logp: np.ndarray
+    target: np.ndarray
     labels: np.ndarray
 
     @property
     def nbytes(self) -> int:
-        return self.images.nbytes + self.logp.nbytes + self.labels.nbytes
+        return self.images.nbytes + self.target.nbytes + self.labels.nbytes
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -94,29 +99,22 @@ def _open_set(set_dir: str, weight: float, check_sizes: bool) -> SetShards:
         urls = shard_urls(set_dir, index)
     except FormatError as err:
         raise UserError(f"transfer set {set_dir}: {err}") from err
-    entries = index["shards"]
-    samples = tuple(int(entry.get("samples", -1)) for entry in entries)
+    entries = index.shards or []
+    samples = tuple(int(entry.samples if entry.samples is not None else -1) for entry in entries)
     if not urls or (min(samples) >= 0 and sum(samples) == 0):
         raise UserError(f"transfer set {set_dir}: its index lists no samples; regenerate the set")
     for url, entry in zip(urls, entries, strict=True):  # local paths or fsspec URLs
         if not storage.is_file(url):
             raise UserError(damage_message(url, set_dir, "file missing"))
-        size = storage.size(url) if check_sizes and "bytes" in entry else None
-        if size is not None and size != int(entry["bytes"]):
-            raise UserError(damage_message(url, set_dir, f"{size} bytes, the index says {entry['bytes']}"))
-    task = str(index.get("task", "classify"))
-    if task == "regress":
-        out_dim = int(index.get("out_dim", 0))
-        if out_dim < 1:
-            raise UserError(f"transfer set {set_dir}: a regression index.json gives no out_dim")
-        return SetShards(str(set_dir), float(weight), tuple(urls), samples, 0, task, out_dim)
-    num_classes = index.get("num_classes", len(index.get("classes", [])))
-    if not num_classes:
-        raise UserError(f"transfer set {set_dir}: index.json gives no num_classes")
-    return SetShards(str(set_dir), float(weight), tuple(urls), samples, int(num_classes), task)
+        size = storage.size(url) if check_sizes and entry.bytes is not None else None
+        if size is not None and size != int(entry.bytes):
+            raise UserError(damage_message(url, set_dir, f"{size} bytes, the index says {entry.bytes}"))
+    if index.outputs < 1:
+        raise UserError(f"transfer set {set_dir}: {index.kind.missing_outputs()}")
+    return SetShards(str(set_dir), float(weight), tuple(urls), samples, index.kind.name, index.outputs)
 
 
-def open_transfer_sets(sets: list[tuple[str, float]], *, task: str = "classify",
+def open_transfer_sets(sets: list[tuple[str, float]], *, task: str | Task = "classify",
                        on_bad_shard: str = "error") -> list[SetShards]:
     """Check every set before training: index, shard files (and sizes, unless damaged shards
     are to be skipped), one class count, and the task the student is trained for."""
@@ -127,6 +125,7 @@ def open_transfer_sets(sets: list[tuple[str, float]], *, task: str = "classify",
     opened = [_open_set(str(d), w, check_sizes=on_bad_shard == "error") for d, w in sets if w > 0]
     if not opened:
         raise UserError("transfer set weights are all 0; give at least one set a positive weight")
+    task = task_named(task).name
     for shards in opened:
         if shards.task != task:
             raise UserError(f"transfer set {shards.directory}: task {shards.task!r}, the student is "
@@ -140,19 +139,18 @@ def open_transfer_sets(sets: list[tuple[str, float]], *, task: str = "classify",
 # ---------------------------------------------------------------- decoding
 
 
-def decode_shard(url: str, expected_samples: int, num_classes: int) -> ShardArrays:
+def decode_shard(url: str, expected_samples: int, width: int) -> ShardArrays:
     """Read and decode every record of one shard; raises :class:`ShardDamage` naming it.
-    ``num_classes`` is the width of the target row (2·D for a regression set)."""
-    images, logps, labels = [], [], []
+    ``width`` is the width of the target row (classes; 2·D for a regression set)."""
+    images, targets, labels = [], [], []
     key = "?"
     try:
         for key, fields in iter_tar(url):  # noqa: B007  # key names the bad sample below
             decoded = decode_fields(fields)
-            logp = decoded["logp"] if "mu" not in decoded else np.concatenate([decoded["mu"], decoded["logvar"]])
-            if logp.shape != (num_classes,):
-                raise FormatError(f"logp shape {logp.shape}, expected ({num_classes},)")
+            if decoded["target"].shape != (width,):
+                raise FormatError(f"target shape {decoded['target'].shape}, expected ({width},)")
             images.append(decoded["image"])
-            logps.append(logp)
+            targets.append(decoded["target"])
             labels.append(decoded["label"])
     except FileNotFoundError as err:
         raise ShardDamage(url, "file missing") from err
@@ -166,7 +164,7 @@ def decode_shard(url: str, expected_samples: int, num_classes: int) -> ShardArra
     shapes = {image.shape for image in images}
     if len(shapes) > 1:
         raise ShardDamage(url, f"images of different shapes {sorted(shapes)}")
-    return ShardArrays(url, np.stack(images), np.stack(logps).astype(np.float32),
+    return ShardArrays(url, np.stack(images), np.stack(targets).astype(np.float32),
                        np.asarray(labels, dtype=np.int64))
 
 
@@ -179,12 +177,12 @@ class DecodedCache:
         self.bytes = 0
         self.decoded = 0  # shards decoded from disk (cache misses)
 
-    def get(self, url: str, expected_samples: int, num_classes: int) -> ShardArrays:
+    def get(self, url: str, expected_samples: int, width: int) -> ShardArrays:
         found = self.items.get(url)
         if found is not None:
             self.items.move_to_end(url)
             return found
-        arrays = decode_shard(url, expected_samples, num_classes)
+        arrays = decode_shard(url, expected_samples, width)
         self.decoded += 1
         if arrays.nbytes <= self.max_bytes:
             self.items[url] = arrays

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.format import atomic_write
+from core.storage import atomic_write
 
 STATE_NAME = "state.pt"
 STATE_FORMAT = "transferset-train-state/1"

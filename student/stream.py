@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.errors import UserError
-from student.shards import DecodedCache, SetShards, ShardArrays, ShardDamage, damage_message
+from core.errors import UserError
+from student.data import SplitSampler, crop_flip
+from student.shards import DecodedCache, SetShards, ShardArrays, ShardDamage, damage_message, open_transfer_sets
 
 ERROR_KEY = "__error__"
-FIELDS = ("image", "logp", "label", "target", "origin")
+FIELDS = ("image", "target", "label", "has_target", "origin")
 Chunk = dict[str, np.ndarray]
 
 
@@ -98,8 +99,8 @@ def concat(parts: list[Chunk]) -> Chunk:
 
 def shard_chunk(arrays: ShardArrays, origin: int) -> Chunk:
     """A decoded shard as stream rows; ``origin`` is the set's position among the student's sets."""
-    return {"image": arrays.images, "logp": arrays.logp, "label": arrays.labels,
-            "target": np.ones(len(arrays), dtype=bool), "origin": np.full(len(arrays), origin, dtype=np.int16)}
+    return {"image": arrays.images, "target": arrays.target, "label": arrays.labels,
+            "has_target": np.ones(len(arrays), dtype=bool), "origin": np.full(len(arrays), origin, dtype=np.int16)}
 
 
 def consumer_part(num_shards: int, samples: tuple[int, ...], consumer: int,
@@ -155,24 +156,21 @@ class ShardStream:
 
 
 class RealStream:
-    """Augmented images of the real split (epoch permutations or class-balanced draws)."""
+    """Augmented images of the real split (epoch permutations or class-balanced draws), with a
+    zero row of ``width`` values in the target slot (they have no teacher target)."""
 
-    def __init__(self, real: RealPart, num_classes: int, rng: np.random.Generator, origin: int = 0) -> None:
-        from student.data import SplitSampler
-
-        self.real, self.num_classes, self.origin = real, num_classes, origin
+    def __init__(self, real: RealPart, width: int, rng: np.random.Generator, origin: int = 0) -> None:
+        self.real, self.width, self.origin = real, width, origin
         self.sampler = SplitSampler(real.labels, int(rng.integers(2**62)), real.class_balanced)
         self.images = torch.from_numpy(real.images)
         self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
 
     def take(self, n: int) -> Chunk:
-        from student.data import crop_flip
-
         rows = self.sampler.draw(n)
         images = crop_flip(self.images[rows], self.real.pad, self.real.flip, self.generator)
         return {"image": images.permute(0, 2, 3, 1).numpy(),
-                "logp": np.zeros((n, self.num_classes), dtype=np.float32),
-                "label": self.real.labels[rows.numpy()], "target": np.zeros(n, dtype=bool),
+                "target": np.zeros((n, self.width), dtype=np.float32),
+                "label": self.real.labels[rows.numpy()], "has_target": np.zeros(n, dtype=bool),
                 "origin": np.full(n, self.origin, dtype=np.int16)}
 
 
@@ -216,9 +214,9 @@ def to_item(batches: list[Chunk], log: ReadLog) -> dict[str, Any]:
     images = np.stack([b["image"] for b in batches])
     return {
         "image": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3))),
-        "logp": torch.from_numpy(np.stack([b["logp"] for b in batches])),
-        "label": torch.from_numpy(np.stack([b["label"] for b in batches])),
         "target": torch.from_numpy(np.stack([b["target"] for b in batches])),
+        "label": torch.from_numpy(np.stack([b["label"] for b in batches])),
+        "has_target": torch.from_numpy(np.stack([b["has_target"] for b in batches])),
         "origin": torch.from_numpy(np.stack([b["origin"] for b in batches])),
         **log.take(),
     }
@@ -232,7 +230,7 @@ class TransferStream(IterableDataset):
         if plan.start_step % plan.epoch_steps:
             raise ValueError(f"start_step {plan.start_step} is not a multiple of epoch_steps {plan.epoch_steps}")
         self.sets, self.plan, self.real = sets, plan, real
-        self.num_classes = sets[0].num_classes if sets else 0
+        self.width = sets[0].width if sets else 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -267,7 +265,7 @@ class TransferStream(IterableDataset):
                 ]
                 weights = [s.weight for s in self.sets]
                 if self.real is not None:
-                    streams.append(RealStream(self.real, self.num_classes, np.random.default_rng(seeds[-2]),
+                    streams.append(RealStream(self.real, self.width, np.random.default_rng(seeds[-2]),
                                               origin=len(self.sets)))
                     weights.append(self.real.weight)
                 mix = ShuffledMix(streams, weights, plan.shuffle_buffer, np.random.default_rng(seeds[-1]))
@@ -278,15 +276,16 @@ class TransferStream(IterableDataset):
 
 
 class TransferLoader:
-    """Endless batches ``{"image": uint8 NCHW, "logp": float32 (N, C), "label": int64 (N,),
-    "target": bool (N,), "origin": int16 (N,)}``; ``label`` is −1 where a sample has no real label,
-    ``target`` is False where it has no teacher target (real-split samples), ``origin`` is the
-    position of the sample's set in ``sets`` (``len(sets)`` for the real split). ``visited`` / ``skipped`` collect the
-    shard urls read and the damaged ones skipped, for the metrics."""
+    """Endless batches ``{"image": uint8 NCHW, "target": float32 (N, width), "label": int64 (N,),
+    "has_target": bool (N,), "origin": int16 (N,)}``. ``target`` is the teacher's target row (log p̄
+    over the classes, or ``[μ, log σ²]``), ``label`` −1 where a sample has no real label,
+    ``has_target`` False where it has no teacher target (real-split samples), ``origin`` the
+    position of the sample's set in ``sets`` (``len(sets)`` for the real split). ``visited`` /
+    ``skipped`` collect the shard urls read and the damaged ones skipped, for the metrics."""
 
     def __init__(self, sets: list[SetShards], plan: StreamPlan, real: RealPart | None = None) -> None:
         self.sets, self.plan = sets, plan
-        self.num_classes = sets[0].num_classes
+        self.width = sets[0].width if sets else 0  # values per row in the target slot
         self.dataset = TransferStream(sets, plan, real)
         self.loader = DataLoader(
             self.dataset, batch_size=None, num_workers=plan.num_workers,
@@ -311,8 +310,6 @@ class TransferLoader:
 def transfer_loader(sets: list[tuple[str, float]], batch_size: int, seed: int, num_workers: int = 0,
                     shuffle_buffer: int = 2000, epoch_steps: int = 1000, **plan: Any) -> TransferLoader:
     """Open and check ``(set directory, weight)`` pairs, and stream them (see :class:`StreamPlan`)."""
-    from student.shards import open_transfer_sets
-
     opened = open_transfer_sets(sets, on_bad_shard=plan.get("on_bad_shard", "error"))
     return TransferLoader(opened, StreamPlan(batch_size=batch_size, seed=seed, epoch_steps=epoch_steps,
                                              num_workers=num_workers, shuffle_buffer=shuffle_buffer, **plan))

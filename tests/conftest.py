@@ -28,9 +28,9 @@ def build_teachers(directory: Path, members: int = 2, steps: int = 30, width: in
     """Tiny CNN checkpoints, each trained a few SGD steps on digits (seeded, so reproducible)."""
     import torch
 
-    from pipeline.config import SourceConfig
-    from pipeline.models import TinyCNN, input_spec, save_checkpoint
-    from stages.sources import load_source
+    from core.config import SourceConfig
+    from core.models import TinyCNN, input_spec, save_checkpoint
+    from core.sources import load_source
 
     source = load_source(SourceConfig(kind="digits"), "train")
     x = (torch.from_numpy(source.images()).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
@@ -54,17 +54,52 @@ def build_teachers(directory: Path, members: int = 2, steps: int = 30, width: in
     return paths
 
 
+def job_config(sets: dict[str, Any], source: Any = None, seed: int = 0, **sections: Any) -> Any:
+    """A job config around ``sets`` (name → SetConfig or dict) for the set tests: digits, and the
+    test resources (2 CPUs, one 0.5-CPU teacher actor with batch 128). The teacher section is a
+    placeholder: the tests give plan_set the checkpoints themselves."""
+    from core.config import parse_config
+
+    raw = {"name": "test", "seed": seed, "source": {"kind": "digits"} if source is None else source,
+           "teachers": {"model": {"arch": "tiny_cnn"}, "train": {"steps": 1}},
+           "teacher_stage": {"batch_size": 128}, "ray": {"num_cpus": 2},
+           "sets": dict(sets), **sections}
+    return parse_config(raw)
+
+
+def plan_in(out: Path | str, set_cfg: Any, teachers: list[Path], seed: int = 0, name: str = "s", **job: Any) -> Any:
+    """plan_set of one set (``out``: where it goes unless its ``out`` says otherwise)."""
+    from pipeline.plan import plan_set
+
+    return plan_set(job_config({name: set_cfg}, seed=seed, **job), name, out, teachers)
+
+
+def draw_spec(set_cfg: Any, source_cfg: Any = None, seed: int = 0, out_dir: str | Path = "") -> Any:
+    """A spec to draw and make shards with, without teachers (no fingerprint, no checkpoints):
+    for ``make_shard`` only; ``set_cfg`` must be resolved already."""
+    from core.config import GeneratorStageConfig, SourceConfig, TeacherStageConfig
+    from core.sources import load_source
+    from core.spec import SetSpec
+    from stages.samplers import set_size
+
+    source_cfg = source_cfg or SourceConfig(kind="digits")
+    source = load_source(source_cfg, "train")
+    return SetSpec(name="draw", out_dir=str(out_dir), set_cfg=set_cfg, source_cfg=source_cfg, seed=seed,
+                   task=source.task.name, classes=tuple(source.classes), outputs=source.task.outputs(source),
+                   image_shape=source.shape, total=set_size(set_cfg, source), fingerprint="", teachers=(),
+                   teacher_stage=TeacherStageConfig(), generator_stage=GeneratorStageConfig())
+
+
 def generate_set_in(out: Path, set_cfg: Any, teachers: list[Path], seed: int = 0,
-                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """generate_set on digits with the test resources (2 CPUs, one 0.5-CPU teacher actor)."""
-    from pipeline.config import RayConfig, SourceConfig, TeacherStageConfig
+                    progress: Callable[[str], None] | None = None, name: str | None = None,
+                    **job: Any) -> dict[str, Any]:
+    """generate_set on digits with the test resources (2 CPUs, one 0.5-CPU teacher actor), into
+    ``out``; the set is named after its sampler unless ``name`` is given."""
     from pipeline.driver import generate_set
 
-    return generate_set(
-        set_name=set_cfg.sampler.kind, set_cfg=set_cfg, source_cfg=SourceConfig(kind="digits"), seed=seed,
-        teacher_paths=teachers, out_dir=out, stage_cfg=TeacherStageConfig(batch_size=128),
-        ray_cfg=RayConfig(num_cpus=2), progress=progress or (lambda _: None),
-    )
+    name = name or set_cfg.sampler.kind
+    return generate_set(job_config({name: set_cfg}, seed=seed, **job), name, out, teachers,
+                        progress or (lambda _: None))
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -81,7 +116,7 @@ def teachers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """An embedded 2-CPU Ray shared by every Ray test (generate_set reuses an initialised Ray)."""
-    from pipeline.config import RayConfig
+    from core.config import RayConfig
     from pipeline.driver import ensure_ray, shutdown_ray
 
     ensure_ray(RayConfig(address=None, num_cpus=2))

@@ -3,8 +3,8 @@
 import sys
 from pathlib import Path
 
-from pipeline.config import KDConfig, ModelConfig, SourceConfig, TrainConfig
-from stages.sources import load_source
+from core.config import KDConfig, ModelConfig, SourceConfig, TrainConfig
+from core.sources import load_source
 from student.train import train_model
 
 out_dir, set_dir = Path(sys.argv[1]), sys.argv[2]

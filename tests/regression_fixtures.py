@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import SourceConfig
-from pipeline.models import TinyCNN, save_checkpoint
-from stages.sources import load_source
+from core.config import SourceConfig
+from core.models import TinyCNN, save_checkpoint
+from core.sources import load_source
 from student.data import source_input_spec
 from student.losses import gaussian_nll
 

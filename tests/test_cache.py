@@ -12,17 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import snapshot
+from conftest import plan_in, snapshot
 
-from pipeline import format as fmt
-from pipeline.chain import generate_sets, locate_set
-from pipeline.config import SamplerConfig, SetConfig, SourceConfig, TeacherStageConfig, parse_config
-from pipeline.errors import UserError
+from core import format as fmt
+from core import set_index as sx
+from core.config import SamplerConfig, SetConfig, SourceConfig, parse_config
+from core.errors import UserError
+from core.sources import load_source
+from core.tasks import decode_fields
+from pipeline.chain import generate_sets
 from pipeline.inspect import inspect_set
-from pipeline.plan import finish, plan_set, resume, start
+from pipeline.plan import SetProgress, finish, plan_set, resume, start
+from pipeline.runs import locate_set
 from pipeline.verify import verify_set
 from stages.samplers import apply_params
-from stages.sources import load_source
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 
@@ -58,9 +61,9 @@ def cached(ray_session, teachers, tmp_path_factory) -> dict:
 
 def test_sets_land_in_the_cache_by_fingerprint(cached) -> None:
     for name, result in cached["results"].items():
-        index = fmt.read_index(result["set_dir"])
+        index = sx.read_index(result["set_dir"])
         assert Path(result["set_dir"]).parent == cached["root"] / "cache"
-        assert Path(result["set_dir"]).name == f"{name}-{index['fingerprint'][:12]}"
+        assert Path(result["set_dir"]).name == f"{name}-{index.fingerprint[:12]}"
         assert result["teacher_forward_samples"] == (256 if name == "uncertain" else 192)
         assert verify_set(result["set_dir"]) == []
     assert locate_set(cached["cfg"], cached["root"] / "first", "mixed") == cached["results"]["mixed"]["set_dir"]
@@ -69,7 +72,7 @@ def test_sets_land_in_the_cache_by_fingerprint(cached) -> None:
 def test_mixed_set_replays_and_is_labelled_on_stored_pixels(cached, teachers) -> None:
     set_dir = cached["results"]["mixed"]["set_dir"]
     source = load_source(SourceConfig(kind="digits"), "train")
-    records = [fmt.decode_fields(f) for url in fmt.shard_urls(set_dir) for _, f in fmt.iter_tar(url)]
+    records = [decode_fields(f) for url in sx.shard_urls(set_dir) for _, f in fmt.iter_tar(url)]
     assert {r["meta"]["sampler"] for r in records} == {"mixup", "cutmix", "autoaugment"}
     for record in records:
         meta = record["meta"]
@@ -85,7 +88,7 @@ def test_mixed_set_replays_and_is_labelled_on_stored_pixels(cached, teachers) ->
 
 def test_selected_set_is_more_uncertain_than_plain_draws(cached) -> None:
     stats = inspect_set(cached["results"]["uncertain"]["set_dir"])
-    first = fmt.read_manifest(cached["results"]["uncertain"]["set_dir"]).column("params").to_pylist()
+    first = sx.read_manifest(cached["results"]["uncertain"]["set_dir"]).column("params").to_pylist()
     assert stats["samples"] == 128 and len(first) == 128
     assert stats["entropy"]["mean"] > 0 and stats["entropy_by_lambda"][0]["lam_low"] == 0.0
 
@@ -118,7 +121,7 @@ def test_more_samples_add_only_new_shards(cached, teachers, tmp_path) -> None:
     assert (result["shards_made"], result["shards_total"], result["teacher_forward_samples"]) == (3, 6, 192)
     grown, old = snapshot(cache / original.name), snapshot(original)
     for shard in range(3):
-        name = f"shards/{fmt.shard_name(shard)}"
+        name = f"shards/{sx.shard_name(shard)}"
         assert grown[name] == old[name]
     assert verify_set(result["set_dir"]) == []
 
@@ -126,10 +129,9 @@ def test_more_samples_add_only_new_shards(cached, teachers, tmp_path) -> None:
 def test_mismatching_fingerprint_is_refused(cached, teachers) -> None:
     holder = cached["results"]["mixed"]["set_dir"]
     before = snapshot(Path(holder))
-    other = SetConfig.model_validate({**SETS["uncertain"], "out": holder})
+    cfg = parse_config(job("other", 4, teachers, cached["root"] / "cache", uncertain={"out": holder}))
     with pytest.raises(UserError, match="fingerprint .* choose another --out"):
-        plan_set(set_name="uncertain", set_cfg=other, source_cfg=SourceConfig(kind="digits"), seed=0,
-                 teacher_paths=teachers, out_dir="unused", stage_cfg=TeacherStageConfig())
+        plan_set(cfg, "uncertain", "unused", teachers)
     assert snapshot(Path(holder)) == before
 
 
@@ -137,7 +139,7 @@ def test_file_url_output_through_ray(ray_session, teachers, tmp_path) -> None:
     cfg = parse_config(job("url", 4, teachers, tmp_path / "cache",
                            mixed={"out": f"file://{tmp_path}/by-url", "samples": 64}))
     result = generate_sets(cfg, tmp_path / "job", teachers, lambda _: None, names=["mixed"])["mixed"]
-    assert result["shards_made"] == 1 and fmt.read_index(tmp_path / "by-url")["totals"]["samples"] == 64
+    assert result["shards_made"] == 1 and sx.read_index(tmp_path / "by-url").totals.samples == 64
     assert verify_set(f"file://{tmp_path}/by-url") == []
 
 
@@ -146,15 +148,16 @@ def test_memory_url_set_commits_verifies_and_inspects(teachers) -> None:
     url = "memory://transferset-test/sets/mem"
     set_cfg = SetConfig(sampler=SamplerConfig(kind="cutmix"), samples=40, samples_per_shard=16,
                         targets={"kind": "topk", "k": 4})
-    plan = plan_set(set_name="mem", set_cfg=set_cfg, source_cfg=SourceConfig(kind="digits"), seed=0,
-                    teacher_paths=teachers, out_dir=url, stage_cfg=TeacherStageConfig())
+    plan = plan_in(url, set_cfg, teachers, name="mem")
     start(plan)
     ensemble = Ensemble(teachers, 10, device="cpu")
-    for shard in resume(plan, lambda _: None):
-        images, drawn, labels = make_shard(set_cfg, SourceConfig(kind="digits").model_dump_json(), 0, shard)
-        plan.summaries[shard] = write_shard(url, shard, images, drawn, labels, ensemble.predict(images),
-                                            count=plan.planned(shard), topk=4)
-    assert finish(plan)["samples"] == 40
+    state = resume(plan, lambda _: None)
+    assert state.summaries == {} and isinstance(state, SetProgress)
+    for shard in state.missing(plan.spec):
+        images, drawn, labels = make_shard(plan.spec, shard)
+        state.summaries[shard] = write_shard(plan.spec, shard, images, drawn, labels, ensemble.predict(images),
+                                             count=plan.spec.planned(shard))
+    assert finish(plan, state)["samples"] == 40
     assert verify_set(url) == [] and inspect_set(url)["per_sampler"] == {"cutmix": 40}
     import fsspec
 
@@ -172,7 +175,7 @@ def test_inspect_cli_prints_json_and_plots(cached, tmp_path) -> None:
                              str(tmp_path / "plots")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     stats = json.loads(result.stdout.strip().splitlines()[-1])
-    table = fmt.read_manifest(set_dir).to_pydict()
+    table = sx.read_manifest(set_dir).to_pydict()
     assert stats["entropy"]["mean"] == pytest.approx(float(np.mean(table["entropy"])))
     assert sum(stats["teacher_argmax"].values()) == stats["samples"] == 192
     lam = np.asarray(table["lam"])

@@ -7,8 +7,8 @@ import pytest
 from conftest import CIFAR10_MINI
 from transfer_fixtures import write_set
 
-from pipeline.config import KDConfig, ModelConfig, SourceConfig, TrainConfig
-from stages.sources import load_in_memory, load_source
+from core.config import KDConfig, ModelConfig, SourceConfig, TrainConfig
+from core.sources import load_in_memory, load_source
 from student.train import train_model
 
 CIFAR = CIFAR10_MINI

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import CIFAR10_MINI
 
-from pipeline.config import load_config
+from core.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "cifar10.yaml"

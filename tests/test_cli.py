@@ -155,7 +155,7 @@ def test_a_set_of_another_task_is_refused_before_training(finished_run, tmp_path
 
 
 def test_teacher_of_the_wrong_task_exits_2(finished_run, tmp_path):
-    from pipeline.models import build_model, input_spec, save_checkpoint
+    from core.models import build_model, input_spec, save_checkpoint
 
     out, _ = finished_run
     wrong = tmp_path / "regress.pt"
@@ -190,17 +190,17 @@ def test_train_ray_runs_ddp_through_ray_train(finished_run, tmp_path):
 
 def test_the_agreement_in_the_report_is_the_students_own(finished_run):
     """Recomputed from the checkpoints: the student's and the ensemble's top-1 on the test split."""
-    from pipeline.config import load_config
-    from pipeline.models import load_model
-    from stages.sources import load_source
+    from core.config import load_config
+    from core.models import load_model
+    from core.sources import load_source
     from student.evaluate import predict_probs
 
     out, _ = finished_run
     report = json.loads((out / "report.json").read_text())
     test = load_source(load_config(QUICKSTART).source, "test")
-    loaded = [load_model(out / "teachers" / f"member-{m}" / "model.pt", num_classes=10) for m in (0, 1)]
+    loaded = [load_model(out / "teachers" / f"member-{m}" / "model.pt", outputs=10) for m in (0, 1)]
     teacher = predict_probs([m for m, _ in loaded], [p["input"] for _, p in loaded], test)
-    model, payload = load_model(out / "students" / "xcl_mix" / "seed-0" / "model.pt", num_classes=10)
+    model, payload = load_model(out / "students" / "xcl_mix" / "seed-0" / "model.pt", outputs=10)
     student = predict_probs([model], [payload["input"]], test)
     agree = float(np.mean(teacher.argmax(1) == student.argmax(1)))
     assert report["students"]["xcl_mix"]["agreement"] == pytest.approx(agree)

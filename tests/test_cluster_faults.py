@@ -22,8 +22,9 @@ import pytest
 import yaml
 from conftest import generate_set_in, kill_session, snapshot
 
-from pipeline import format as fmt
-from pipeline.config import SamplerConfig, SetConfig
+from core import format as fmt
+from core import set_index as sx
+from core.config import SamplerConfig, SetConfig
 from pipeline.verify import verify_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def launch(config: Path, out: Path, address: str, log: Path) -> subprocess.Popen
 
 
 def committed(set_dir: Path) -> int:
-    return len(fmt.committed_shards(set_dir)) if set_dir.is_dir() else 0
+    return len(sx.committed_shards(set_dir)) if set_dir.is_dir() else 0
 
 
 def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
@@ -125,9 +126,9 @@ def last_result(log: Path) -> dict:
 
 def assert_exactly_the_reference(set_dir: Path, reference: Path) -> None:
     expected = [fmt.sample_key(s, i) for s in range(SHARDS) for i in range(PER_SHARD)]
-    keys = [key for url in fmt.shard_urls(set_dir) for key, _ in fmt.iter_tar(url)]
+    keys = [key for url in sx.shard_urls(set_dir) for key, _ in fmt.iter_tar(url)]
     assert keys == expected  # none lost, none duplicated, in order
-    assert fmt.read_manifest(set_dir).column("key").to_pylist() == expected
+    assert sx.read_manifest(set_dir).column("key").to_pylist() == expected
     assert verify_set(set_dir) == []
     assert snapshot(set_dir) == snapshot(reference)  # shards, manifest, index: byte for byte, no temp files
 
@@ -174,7 +175,7 @@ def test_driver_killed_at_five_random_points(cluster, reference, teachers, tmp_p
         finally:
             kill_session(proc)
         kills.append((before, committed(set_dir)))
-    assert fmt.read_index(set_dir) is None, "the set completed although every run was killed"
+    assert sx.read_index(set_dir) is None, "the set completed although every run was killed"
     assert kills[-1][1] > 0 and all(b <= a for b, a in kills), kills
     assert any(0 < before for before, _ in kills[1:]), kills  # later runs resumed from committed shards
 

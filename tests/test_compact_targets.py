@@ -6,10 +6,16 @@ import io
 
 import numpy as np
 import pytest
+from conftest import plan_in
 from transfer_fixtures import log_softmax
 
-from pipeline import format as fmt
-from pipeline.config import SamplerConfig, SelectConfig, SetConfig, SourceConfig
+from core import format as fmt
+from core import set_index as sx
+from core import storage
+from core.config import SamplerConfig, SelectConfig, SetConfig, SourceConfig
+from core.errors import FormatError
+from core.tasks import CLASSIFY, decode_fields
+from core.tasks.classification import LOGP_FIELD, TOPK_FIELD
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 
@@ -50,23 +56,25 @@ def test_kl_of_topk_shrinks_with_k() -> None:
 def test_topk_member_decodes_with_plain_numpy_no_pickle() -> None:
     logp = peaked(1, 300)[0]
     key = fmt.sample_key(0, 0)
-    sample = fmt.Sample(key=key, image=np.zeros((4, 4, 1), np.uint8), logp=logp, meta={"key": key}, topk=7)
+    sample = CLASSIFY.sample(key, np.zeros((4, 4, 1), np.uint8), {"key": key}, logp, topk=7)
     fields = fmt.encode_sample(sample)
-    assert fmt.LOGP_FIELD not in fields and fmt.TOPK_FIELD in fields
-    raw = np.load(io.BytesIO(fields[fmt.TOPK_FIELD]), allow_pickle=False)
+    assert LOGP_FIELD not in fields and TOPK_FIELD in fields
+    raw = np.load(io.BytesIO(fields[TOPK_FIELD]), allow_pickle=False)
     assert raw["index"].dtype == np.uint16 and raw["classes"] == 300  # 300 classes need 16-bit indices
-    decoded = fmt.decode_fields(fields)
+    decoded = decode_fields(fields)
     np.testing.assert_allclose(decoded["logp"], fmt.stored_logp(logp, 7))
-    with pytest.raises(fmt.FormatError, match="missing members"):
-        fmt.decode_fields({"png": fields["png"], "json": fields["json"]})
+    with pytest.raises(FormatError, match="missing members"):
+        decode_fields({"png": fields["png"], "json": fields["json"]})
 
 
 def test_writer_records_the_kl_it_costs(teachers, tmp_path) -> None:
-    set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=64, samples_per_shard=64)
-    images, drawn, labels = make_shard(set_cfg, DIGITS.model_dump_json(), 0, 0)
+    set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=64, samples_per_shard=64,
+                        targets={"kind": "topk", "k": 3})
+    spec = plan_in(tmp_path, set_cfg, teachers).spec
+    images, drawn, labels = make_shard(spec, 0)
     output = Ensemble(teachers, 10, device="cpu").predict(images)
-    write_shard(tmp_path, 0, images, drawn, labels, output, topk=3)
-    records = [fmt.decode_fields(f) for _, f in fmt.iter_tar(fmt.shard_path(tmp_path, 0))]
+    write_shard(spec, 0, images, drawn, labels, output)
+    records = [decode_fields(f) for _, f in fmt.iter_tar(sx.shard_path(tmp_path, 0))]
     for record, full in zip(records, output.logp, strict=True):
         assert record["meta"]["target_kl"] == pytest.approx(float(fmt.kl_divergence(full, record["logp"])),
                                                             rel=1e-3, abs=1e-7)
@@ -75,29 +83,32 @@ def test_writer_records_the_kl_it_costs(teachers, tmp_path) -> None:
 def test_select_keeps_the_most_uncertain_candidates(teachers, tmp_path) -> None:
     select = SelectConfig(by="entropy", keep=0.25)
     set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=40, samples_per_shard=40, select=select)
-    images, drawn, labels = make_shard(set_cfg, DIGITS.model_dump_json(), 0, 0)
+    spec = plan_in(tmp_path, set_cfg, teachers).spec
+    images, drawn, labels = make_shard(spec, 0)
     assert len(drawn) == 160  # 40 / 0.25 candidates
     output = Ensemble(teachers, 10, device="cpu").predict(images)
-    summary = write_shard(tmp_path, 0, images, drawn, labels, output, count=40, select=select)
-    assert (summary["samples"], summary["rejected"], summary["planned"]) == (40, 0, 40)
-    records = [fmt.decode_fields(f) for _, f in fmt.iter_tar(fmt.shard_path(tmp_path, 0))]
+    summary = write_shard(spec, 0, images, drawn, labels, output, count=40)
+    assert (summary.samples, summary.rejected, summary.planned) == (40, 0, 40)
+    records = [decode_fields(f) for _, f in fmt.iter_tar(sx.shard_path(tmp_path, 0))]
     kept = [r["meta"]["candidate"] for r in records]
     assert kept == sorted(kept) and [r["meta"]["index"] for r in records] == list(range(40))
     dropped = np.setdiff1d(np.arange(160), kept)
     assert output.entropy[kept].min() >= output.entropy[dropped].max()
     for record in records:
         assert record["meta"]["params"] == drawn[record["meta"]["candidate"]][1]
-    again = write_shard(tmp_path / "again", 0, images, drawn, labels, output, count=40, select=select)
-    assert again["sha256"] == summary["sha256"]
-    by_mi = write_shard(tmp_path / "mi", 0, images, drawn, labels, output, count=40,
-                        select=SelectConfig(by="disagreement", keep=0.25))
+    again = write_shard(spec.model_copy(update={"out_dir": str(tmp_path / "again")}), 0, images, drawn, labels,
+                        output, count=40)
+    assert again.sha256 == summary.sha256
+    by_disagreement = set_cfg.model_copy(update={"select": SelectConfig(by="disagreement", keep=0.25)})
+    by_mi = write_shard(spec.model_copy(update={"out_dir": str(tmp_path / "mi"), "set_cfg": by_disagreement}), 0,
+                        images, drawn, labels, output, count=40)
     mi_kept = [r["candidate"] for r in (json_rows(tmp_path / "mi"))]
     assert output.disagreement[mi_kept].min() >= output.disagreement[np.setdiff1d(np.arange(160), mi_kept)].max()
-    assert by_mi["sha256"] != summary["sha256"]
+    assert by_mi.sha256 != summary.sha256
 
 
 def json_rows(set_dir) -> list[dict]:
-    return [fmt.decode_fields(f)["meta"] for _, f in fmt.iter_tar(fmt.shard_path(set_dir, 0))]
+    return [decode_fields(f)["meta"] for _, f in fmt.iter_tar(sx.shard_path(set_dir, 0))]
 
 
 def test_student_loader_reads_topk_sets_unchanged(tmp_path) -> None:
@@ -105,16 +116,15 @@ def test_student_loader_reads_topk_sets_unchanged(tmp_path) -> None:
     from student.stream import transfer_loader
 
     logp = peaked(48, 20, seed=3)
-    samples = [fmt.Sample(key=fmt.sample_key(0, i), image=np.full((4, 4, 1), i, np.uint8), logp=logp[i],
-                          meta={"key": fmt.sample_key(0, i)}, topk=4) for i in range(48)]
+    samples = [CLASSIFY.sample(fmt.sample_key(0, i), np.full((4, 4, 1), i, np.uint8), {"key": fmt.sample_key(0, i)},
+                               logp[i], topk=4) for i in range(48)]
     data = fmt.tar_bytes(samples)
-    fmt.atomic_write(fmt.shard_url(tmp_path, 0), data)
-    fmt.write_index(tmp_path, {"num_classes": 20, "classes": [str(c) for c in range(20)],
-                               "shards": [{"name": fmt.shard_name(0), "samples": 48, "bytes": len(data),
-                                           "sha256": fmt.sha256_bytes(data)}]})
+    storage.atomic_write(sx.shard_url(tmp_path, 0), data)
+    sx.write_index(tmp_path, sx.SetIndex(num_classes=20, classes=[str(c) for c in range(20)], shards=[
+        sx.ShardEntry(name=sx.shard_name(0), samples=48, bytes=len(data), sha256=fmt.sha256_bytes(data))]))
     batch = next(iter(transfer_loader([(str(tmp_path), 1.0)], 16, seed=0, num_workers=0, shuffle_buffer=1)))
-    assert batch["logp"].shape == (16, 20)
-    for image, target in zip(batch["image"], batch["logp"], strict=True):
+    assert batch["target"].shape == (16, 20)
+    for image, target in zip(batch["image"], batch["target"], strict=True):
         expected = fmt.stored_logp(logp[int(image[0, 0, 0])], 4)
         np.testing.assert_allclose(target.numpy(), expected, atol=1e-6)
         assert abs(float(target.double().exp().sum()) - 1) < 1e-5

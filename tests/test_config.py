@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import apply_override, load_config
-from pipeline.errors import UserError
+from core.config import apply_override, load_config
+from core.errors import UserError
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
 

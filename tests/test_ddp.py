@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from transfer_fixtures import write_set
 
-from pipeline.config import SourceConfig
-from pipeline.models import read_checkpoint
-from stages.sources import load_source
+from core.config import SourceConfig
+from core.models import read_checkpoint
+from core.sources import load_source
 from student.train import _weights_sha
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,31 +10,30 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import snapshot
+from conftest import generate_set_in, snapshot
 from gan_fixtures import tiny_config
 
-from pipeline import format as fmt
-from pipeline.config import GeneratorStageConfig, RayConfig, SetConfig, SourceConfig, TeacherStageConfig
-from pipeline.driver import generate_set
+from core import format as fmt
+from core import set_index as sx
+from core.config import GeneratorStageConfig, SetConfig, SourceConfig
+from core.sources import load_source
+from core.tasks import decode_fields
 from pipeline.verify import verify_set
 from stages.generators import fresh_biggan, save_biggan
 from stages.samplers import apply_params
 from stages.samplers.generating import generate_images
-from stages.sources import load_source
 from stages.teachers import Ensemble
 
 DIGITS = SourceConfig(kind="digits")
 
 
 def generate(out: Path, set_cfg: SetConfig, teachers: list[Path], fuse: bool) -> dict[str, Any]:
-    return generate_set(set_name="gan", set_cfg=set_cfg, source_cfg=DIGITS, seed=0, teacher_paths=teachers,
-                        out_dir=out, stage_cfg=TeacherStageConfig(batch_size=128), ray_cfg=RayConfig(num_cpus=2),
-                        progress=lambda _: None, generator_stage=GeneratorStageConfig(fuse=fuse))
+    return generate_set_in(out, set_cfg, teachers, name="gan", generator_stage=GeneratorStageConfig(fuse=fuse))
 
 
 def records(set_dir: Path) -> list[dict[str, Any]]:
-    index = fmt.read_index(set_dir)
-    return [fmt.decode_fields(fields) for url in fmt.shard_urls(set_dir, index) for _, fields in fmt.iter_tar(url)]
+    index = sx.read_index(set_dir)
+    return [decode_fields(fields) for url in sx.shard_urls(set_dir, index) for _, fields in fmt.iter_tar(url)]
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +62,10 @@ def test_fused_and_unfused_give_the_same_bytes(made) -> None:
 
 def test_every_stored_sample_replays_from_its_parameters(made) -> None:
     set_dir = made["root"] / "unfused"
-    index = fmt.read_index(set_dir)
+    index = sx.read_index(set_dir)
     stored = records(set_dir)
     assert len(stored) == 150 and all(r["meta"]["sampler"] == "gan" for r in stored)
-    generator = SetConfig.model_validate(index["config"]["set"]).sampler.generator
+    generator = index.set_config().sampler.generator
     for record in stored[::7]:  # one pass of its own per sample
         replayed = generate_images(generator, [record["meta"]["params"]], DIGITS)[0]
         assert np.array_equal(replayed, record["image"]), record["meta"]["key"]
@@ -85,7 +84,7 @@ def test_generated_samples_carry_teacher_targets_and_no_label(made) -> None:
     logp = np.stack([r["logp"] for r in stored]).astype(np.float32)
     np.testing.assert_allclose(np.exp(logp).sum(1), 1.0, atol=5e-3)
     np.testing.assert_allclose(logp, expected.logp, atol=2e-3)
-    manifest = fmt.read_manifest(set_dir)
+    manifest = sx.read_manifest(set_dir)
     lam = np.array([r["meta"]["params"]["lam"] for r in stored])
     np.testing.assert_allclose(np.sort(manifest.column("lam").to_numpy()), np.sort(lam))
 
@@ -96,7 +95,7 @@ def test_a_set_mixing_views_and_generated_samples(made) -> None:
     kinds = [r["meta"]["sampler"] for r in stored]
     assert kinds.count("views") == kinds.count("gan") == 75  # exact quotas by share
     source = load_source(DIGITS, "train")
-    generator = SetConfig.model_validate(fmt.read_index(set_dir)["config"]["set"]).samplers[1].generator
+    generator = sx.read_index(set_dir).set_config().samplers[1].generator
     for record in stored[:40]:
         meta = record["meta"]
         if meta["sampler"] == "views":

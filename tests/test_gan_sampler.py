@@ -10,15 +10,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import draw_spec
 from gan_fixtures import tiny_config
 
-from pipeline.config import SetConfig, SourceConfig
-from pipeline.errors import UserError
-from pipeline.fingerprint import set_fingerprint
+from core.config import SetConfig, SourceConfig
+from core.errors import UserError
+from core.fingerprint import set_fingerprint
+from core.sources import load_source
 from stages.generators import BIGGAN_WEIGHTS_NAME, fresh_biggan, save_biggan
 from stages.samplers import apply_params, sample_label, sample_rng
 from stages.samplers.generating import GeneratorRunner, draw_gan, generate_images, resolve_gan_samplers
-from stages.sources import load_source
 from stages.writer import make_shard
 
 DIGITS = SourceConfig(kind="digits")
@@ -103,7 +104,7 @@ def test_gan_samples_are_not_applied_one_by_one(digits) -> None:
 
 
 def make(cfg: SetConfig, shard: int = 0) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    images, drawn, labels = make_shard(cfg, DIGITS.model_dump_json(), 0, shard)
+    images, drawn, labels = make_shard(draw_spec(cfg, DIGITS), shard)
     assert (labels == -1).all()
     return images, [params for _, params in drawn]
 
@@ -215,7 +216,7 @@ def test_factory_runs_only_what_the_config_names(digits) -> None:
     ({"kind": "mix", "mix_classes": False}, "does not take ['mix_classes']"),
 ])
 def test_bad_gan_configs_name_the_problem(sampler, needle) -> None:
-    from pipeline.config import parse_config
+    from core.config import parse_config
 
     raw = {"name": "x", "source": {"kind": "digits"}, "sets": {"g": {"sampler": sampler, "samples": 10}},
            "teachers": {"model": {"arch": "tiny_cnn"}, "train": {"steps": 1}}}
@@ -236,7 +237,7 @@ def test_one_generator_per_set() -> None:
 def test_generator_stage_on_cuda_needs_a_gpu_share() -> None:
     from pydantic import ValidationError
 
-    from pipeline.config import GeneratorStageConfig
+    from core.config import GeneratorStageConfig
 
     with pytest.raises(ValidationError, match="num_gpus is 0"):
         GeneratorStageConfig(device="cuda")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.gaussian import gaussian_ensemble_targets
+from core.tasks.regression import gaussian_ensemble_targets
 
 
 def test_moments_equal_a_monte_carlo_estimate_of_the_mixture() -> None:

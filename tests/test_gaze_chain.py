@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import format as fmt
+from core import set_index as sx
 from pipeline.verify import verify_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,6 @@ def test_sigma_by_lambda_covers_the_teachers_and_the_gaussian_students(gaze_run)
 def test_both_sets_are_sound_regression_sets(gaze_run) -> None:
     out, _ = gaze_run
     for name, samples in (("real", 320), ("mix", 320)):
-        index = fmt.read_index(out / "sets" / name)
-        assert (index["task"], index["totals"]["samples"]) == ("regress", samples)
+        index = sx.read_index(out / "sets" / name)
+        assert (index.task, index.totals.samples) == ("regress", samples)
         assert verify_set(out / "sets" / name) == []

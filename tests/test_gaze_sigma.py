@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config import ModelConfig, SourceConfig, TrainConfig
+from core.config import ModelConfig, SourceConfig, TrainConfig
+from core.sources import load_source
 from stages.samplers import apply_params
 from stages.samplers.base import identity_aug
-from stages.sources import load_source
 from stages.teachers import Ensemble
 from student.train import train_model
 

@@ -19,14 +19,16 @@ import numpy as np
 import pytest
 from conftest import build_teachers, generate_set_in, snapshot
 
-from pipeline import format as fmt
-from pipeline.config import SamplerConfig, SetConfig, SourceConfig
-from pipeline.errors import UserError
-from pipeline.fingerprint import set_fingerprint
+from core import format as fmt
+from core import set_index as sx
+from core.config import SamplerConfig, SetConfig, SourceConfig
+from core.errors import UserError
+from core.fingerprint import set_fingerprint
+from core.sources import load_source
+from core.tasks import decode_fields
 from pipeline.plan import MARKER_NAME
 from pipeline.verify import verify_set
 from stages.samplers import apply_params
-from stages.sources import load_source
 from stages.teachers import Ensemble
 
 DIGITS = SourceConfig(kind="digits")
@@ -41,8 +43,8 @@ def generate(name: str, out: Path, teachers: list[Path], seed: int = 0, **kw: An
 
 
 def records(set_dir: Path) -> list[tuple[str, dict[str, Any]]]:
-    index = fmt.read_index(set_dir)
-    return [(key, fmt.decode_fields(fields)) for url in fmt.shard_urls(set_dir, index)
+    index = sx.read_index(set_dir)
+    return [(key, decode_fields(fields)) for url in sx.shard_urls(set_dir, index)
             for key, fields in fmt.iter_tar(url)]
 
 
@@ -64,10 +66,10 @@ def test_same_config_gives_identical_bytes(made, name) -> None:
     a, b = made["root"] / f"{name}-a", made["root"] / f"{name}-b"
     assert made["results"][f"{name}-a"]["shards_made"] == (4 if name == "views" else 5)
     assert snapshot(a) == snapshot(b)  # shards, manifest and index.json byte for byte
-    index = fmt.read_index(a)
-    assert [s["sha256"] for s in index["shards"]] == [s["sha256"] for s in fmt.read_index(b)["shards"]]
-    assert [fmt.sha256_file(p) for p in sorted((a / fmt.SHARDS_DIR).iterdir())] == \
-        [s["sha256"] for s in index["shards"]]
+    index = sx.read_index(a)
+    assert [s.sha256 for s in index.shards] == [s.sha256 for s in sx.read_index(b).shards]
+    assert [fmt.sha256_file(p) for p in sorted((a / sx.SHARDS_DIR).iterdir())] == \
+        [s.sha256 for s in index.shards]
 
 
 def test_rerun_on_complete_set_makes_nothing(made) -> None:
@@ -86,10 +88,10 @@ def test_more_samples_only_add_shards(made, teachers, tmp_path) -> None:
     assert generate_set_in(grown, bigger, teachers)["shards_made"] == 3  # shard 4 (was 44 samples), 5, 6
     original = snapshot(made["root"] / "mix-a")
     after = snapshot(grown)
-    kept = [f"shards/{fmt.shard_name(i)}" for i in range(4)]
+    kept = [f"shards/{sx.shard_name(i)}" for i in range(4)]
     assert [after[name] for name in kept] == [original[name] for name in kept]
-    assert fmt.read_index(grown)["fingerprint"] == fmt.read_index(made["root"] / "mix-a")["fingerprint"]
-    assert fmt.read_manifest(grown).num_rows == 400 and verify_set(grown) == []
+    assert sx.read_index(grown).fingerprint == sx.read_index(made["root"] / "mix-a").fingerprint
+    assert sx.read_manifest(grown).num_rows == 400 and verify_set(grown) == []
 
 
 @pytest.mark.parametrize("name", list(SETS))
@@ -101,7 +103,7 @@ def test_verify_finds_no_problems(made, name) -> None:
 def test_samples_replay_and_index_describes_them(made, teachers, name) -> None:
     set_dir = made["root"] / f"{name}-a"
     source = load_source(DIGITS, "train")
-    index = fmt.read_index(set_dir)
+    index = sx.read_index(set_dir)
     stored = records(set_dir)
     for key, record in stored:
         meta = record["meta"]
@@ -113,13 +115,14 @@ def test_samples_replay_and_index_describes_them(made, teachers, name) -> None:
         expected_label = int(source.labels[meta["params"]["image"]]) if name == "views" else -1
         assert record["label"] == meta["label"] == expected_label
     keys = [key for key, _ in stored]
-    assert keys == sorted(keys) and len(set(keys)) == len(keys) == index["totals"]["samples"]
-    assert fmt.read_manifest(set_dir).column("key").to_pylist() == keys
-    assert index["task"] == "classify" and index["num_classes"] == 10 and index["fingerprint"]
-    assert index["target"] == {"kind": "logp", "dtype": "float16", "temperature_free": True, "payload_bytes": 20}
-    assert index["image"] == {"height": 8, "width": 8, "channels": 1, "encoding": "png"}
-    assert [t["sha256"] for t in index["teachers"]] == [fmt.sha256_file(p) for p in teachers]
-    assert index["statistics"]["per_sampler"] == {name: len(keys)}
+    assert keys == sorted(keys) and len(set(keys)) == len(keys) == index.totals.samples
+    assert sx.read_manifest(set_dir).column("key").to_pylist() == keys
+    assert index.task == "classify" and index.num_classes == 10 and index.fingerprint
+    assert index.target.to_dict() == {"kind": "logp", "dtype": "float16", "temperature_free": True,
+                                      "payload_bytes": 20}
+    assert index.image == sx.ImageSpec(height=8, width=8, channels=1, encoding="png")
+    assert [t.sha256 for t in index.teachers] == [fmt.sha256_file(p) for p in teachers]
+    assert index.statistics["per_sampler"] == {name: len(keys)}
     # What is stored is what was labelled: the teachers on the decoded images give the stored targets.
     first = [r for k, r in stored if k.startswith("000000-")]
     ensemble = Ensemble(teachers, 10, device="cpu", batch_size=128)
@@ -139,7 +142,7 @@ READER = textwrap.dedent("""
         assert isinstance(sample["json"], dict) and sample["json"]["key"] == sample["__key__"]
         label = sample["cls"] if "cls" in sample else None
         out.append([sample["__key__"], label, type(sample["png"]).__name__])
-    print(json.dumps({"samples": out, "project": any(m in sys.modules for m in ("pipeline", "stages"))}))
+    print(json.dumps({"samples": out, "project": any(m in sys.modules for m in ("core", "pipeline", "stages"))}))
 """)
 
 
@@ -155,8 +158,8 @@ def test_plain_webdataset_reads_shards_in_secure_mode(made, tmp_path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        urls = [f"{base}/{name}-a/shards/{entry['name']}" for name in SETS
-                for entry in fmt.read_index(made["root"] / f"{name}-a")["shards"]]
+        urls = [f"{base}/{name}-a/shards/{entry.name}" for name in SETS
+                for entry in sx.read_index(made["root"] / f"{name}-a").shards]
         (tmp_path / "reader.py").write_text(READER)
         result = subprocess.run([sys.executable, "reader.py", *urls], cwd=tmp_path, capture_output=True,
                                 text=True, timeout=120, env={**os.environ, "WDS_SECURE": "1"})
@@ -200,10 +203,10 @@ def test_wrong_task_checkpoint_is_refused_before_writing(teachers, tmp_path) -> 
 def test_other_fingerprint_is_refused_and_files_untouched(made, teachers) -> None:
     set_dir = made["root"] / "mix-a"
     before = snapshot(set_dir)
-    index = fmt.read_index(set_dir)
+    index = sx.read_index(set_dir)
     with pytest.raises(UserError, match="fingerprint") as err:
         generate("mix", set_dir, teachers, seed=1)
-    assert index["fingerprint"] in str(err.value) and "choose another --out" in str(err.value)
+    assert index.fingerprint in str(err.value) and "choose another --out" in str(err.value)
     with pytest.raises(UserError, match="fingerprint"):
         generate("mix", set_dir, teachers[:1])  # other teachers
     assert snapshot(set_dir) == before
@@ -216,9 +219,9 @@ def test_foreign_or_unfinished_directories_are_refused(teachers, tmp_path) -> No
     with pytest.raises(UserError, match="not empty"):
         generate("mix", foreign, teachers)
     unfinished = tmp_path / "unfinished"
-    (unfinished / fmt.SHARDS_DIR).mkdir(parents=True)
+    (unfinished / sx.SHARDS_DIR).mkdir(parents=True)
     (unfinished / MARKER_NAME).write_text("0" * 64 + "\n")
-    (unfinished / fmt.SHARDS_DIR / fmt.shard_name(0)).write_bytes(b"x")
+    (unfinished / sx.SHARDS_DIR / sx.shard_name(0)).write_bytes(b"x")
     before = snapshot(unfinished)
     with pytest.raises(UserError, match="unfinished set with fingerprint 0000"):
         generate("mix", unfinished, teachers)

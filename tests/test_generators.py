@@ -12,8 +12,9 @@ import pytest
 import torch
 from gan_fixtures import tiny_config
 
-from pipeline.config import SourceConfig
-from pipeline.errors import UserError
+from core.config import SourceConfig
+from core.errors import UserError
+from core.sources import load_source
 from stages.generators import (
     BIGGAN_WEIGHTS_NAME,
     class_vector,
@@ -24,7 +25,6 @@ from stages.generators import (
     to_uint8_images,
     truncated_normal,
 )
-from stages.sources import load_source
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import argparse
 import pytest
 import torch
 
-from pipeline.errors import UserError
-from pipeline.models import build_model, input_spec, load_model, read_checkpoint, save_checkpoint
+from core.errors import UserError
+from core.models import build_model, input_spec, load_model, read_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize(("arch", "kwargs"), [("tiny_cnn", {"width": 4}), ("resnet_cifar", {"depth": 8, "width": 4})])
@@ -22,7 +22,7 @@ def test_checkpoint_roundtrip_restores_identical_outputs(tmp_path):
     sha = save_checkpoint(tmp_path / "m.pt", model, arch="tiny_cnn", arch_kwargs={"width": 4},
                           num_classes=10, input=spec)
     assert len(sha) == 64
-    loaded, payload = load_model(tmp_path / "m.pt", num_classes=10)
+    loaded, payload = load_model(tmp_path / "m.pt", outputs=10)
     x = torch.randn(5, 1, 8, 8)
     assert torch.equal(model(x), loaded(x))
     assert payload["input"] == spec
@@ -37,7 +37,7 @@ def test_wrong_task_and_class_count_are_user_errors(tmp_path):
     save_checkpoint(tmp_path / "c.pt", model, arch="tiny_cnn", arch_kwargs={"width": 4}, num_classes=10,
                     input=input_spec(8, 8, 1, [0.0], [1.0]))
     with pytest.raises(UserError, match="10 classes, the data has 100"):
-        load_model(tmp_path / "c.pt", num_classes=100)
+        load_model(tmp_path / "c.pt", outputs=100)
 
 
 def test_checkpoint_cannot_choose_code_the_config_did_not_name(tmp_path):
@@ -57,7 +57,7 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_stochastic_depth_survival_decays_linearly_and_eval_scales_by_it():
     import torch
 
-    from pipeline.models import CifarResNet, full_network, stochastic_blocks
+    from core.models import CifarResNet, full_network, stochastic_blocks
 
     model = CifarResNet(1, 10, depth=14, width=4, survival=0.5)  # 6 blocks
     blocks = stochastic_blocks(model)
@@ -95,7 +95,7 @@ def test_checkpoints_load_from_fsspec_urls(tmp_path):
     url = "memory://transferset-test/teachers/model.pt"
     with fsspec.open(url, "wb") as handle:
         handle.write(local.read_bytes())
-    from_url, payload = load_model(url, num_classes=10)
+    from_url, payload = load_model(url, outputs=10)
     x = torch.randn(3, 1, 8, 8)
     assert torch.equal(from_url(x), model(x)) and payload["arch"] == "tiny_cnn"
     with pytest.raises(UserError, match="memory://transferset-test/none.pt: file not found"):

@@ -16,27 +16,26 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import generate_set_in, plan_in
 from regression_fixtures import build_regression_teachers, gaze_config
 
-from pipeline import format as fmt
-from pipeline.config import (
+from core import format as fmt
+from core import set_index as sx
+from core.config import (
     KDConfig,
     ModelConfig,
     PickConfig,
-    RayConfig,
     SamplerConfig,
     SetConfig,
-    TeacherStageConfig,
     TrainConfig,
 )
-from pipeline.driver import generate_set
-from pipeline.errors import UserError
+from core.errors import UserError
+from core.sources import load_source
+from core.tasks import REGRESS, decode_fields
+from core.tasks.regression import gaussian_ensemble_targets
 from pipeline.inspect import inspect_set, write_plots
-from pipeline.plan import plan_set
 from pipeline.verify import verify_set
-from stages.gaussian import gaussian_ensemble_targets
 from stages.samplers import apply_params
-from stages.sources import load_source
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 from student.shards import open_transfer_sets
@@ -51,8 +50,8 @@ SETS = {
 
 
 def records(set_dir: Path) -> list[tuple[str, dict[str, Any]]]:
-    index = fmt.read_index(set_dir)
-    return [(key, fmt.decode_fields(fields)) for url in fmt.shard_urls(set_dir, index)
+    index = sx.read_index(set_dir)
+    return [(key, decode_fields(fields)) for url in sx.shard_urls(set_dir, index)
             for key, fields in fmt.iter_tar(url)]
 
 
@@ -61,22 +60,18 @@ def made(ray_session, tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("regression")
     source_cfg = gaze_config(root / "gaze")
     teachers = build_regression_teachers(root, source_cfg)
-    results = {}
-    for name, set_cfg in SETS.items():
-        results[name] = generate_set(
-            set_name=name, set_cfg=set_cfg, source_cfg=source_cfg, seed=3, teacher_paths=teachers,
-            out_dir=root / name, stage_cfg=TeacherStageConfig(batch_size=64), ray_cfg=RayConfig(num_cpus=2),
-            progress=lambda _: None)
+    results = {name: generate_set_in(root / name, set_cfg, teachers, seed=3, name=name, source=source_cfg,
+                                     teacher_stage={"batch_size": 64}) for name, set_cfg in SETS.items()}
     return {"root": root, "source_cfg": source_cfg, "teachers": teachers, "results": results}
 
 
 def test_targets_are_the_moment_matched_ensemble_on_the_stored_pixels(made) -> None:
     set_dir = made["root"] / "mix"
-    index = fmt.read_index(set_dir)
-    assert (index["task"], index["out_dim"], "num_classes" in index) == ("regress", 2, False)
-    assert index["target"] == {"kind": "gaussian", "dtype": "float32", "members": ["mu.npy", "logvar.npy"],
-                               "logvar": "per dimension", "payload_bytes": 16}
-    assert index["totals"]["samples"] == 120 and len(index["shards"]) == 3
+    index = sx.read_index(set_dir)
+    assert (index.task, index.out_dim, "num_classes" in index.to_dict()) == ("regress", 2, False)
+    assert index.target.to_dict() == {"kind": "gaussian", "dtype": "float32", "members": ["mu.npy", "logvar.npy"],
+                                      "logvar": "per dimension", "payload_bytes": 16}
+    assert index.totals.samples == 120 and len(index.shards) == 3
     got = records(set_dir)
     images = np.stack([r["image"] for _, r in got])
     ensemble = Ensemble(made["teachers"], 2, device="cpu", task="regress")
@@ -94,17 +89,17 @@ def test_targets_are_the_moment_matched_ensemble_on_the_stored_pixels(made) -> N
         assert meta["epistemic"] == pytest.approx(float(want.epistemic[n]), rel=1e-5, abs=1e-12)
         assert np.array_equal(apply_params(meta["sampler"], meta["params"], source), record["image"])
         assert record["real_target"] is None and "entropy" not in meta  # mixes have no real target
-    table = fmt.read_manifest(set_dir).to_pydict()
-    assert tuple(table) == fmt.REGRESSION_MANIFEST_COLUMNS
+    table = sx.read_manifest(set_dir).to_pydict()
+    assert tuple(table) == REGRESS.manifest_columns
     assert table["sigma"] == [r["meta"]["sigma"] for _, r in got]
-    assert index["statistics"]["sigma_mean"] == pytest.approx(np.mean(table["sigma"]))
+    assert index.statistics["sigma_mean"] == pytest.approx(np.mean(table["sigma"]))
 
 
 def test_real_views_carry_their_real_targets_in_float16_sets(made) -> None:
     set_dir = made["root"] / "real"
     source = load_source(made["source_cfg"], "train")
     got = records(set_dir)
-    assert len(got) == 2 * len(source) and fmt.read_index(set_dir)["target"]["dtype"] == "float16"
+    assert len(got) == 2 * len(source) and sx.read_index(set_dir).target.dtype == "float16"
     for _, record in got:
         assert record["dtype"] == "float16"
         np.testing.assert_array_equal(record["real_target"], source.targets[record["meta"]["params"]["image"]])
@@ -113,7 +108,7 @@ def test_real_views_carry_their_real_targets_in_float16_sets(made) -> None:
 def test_shards_pass_verify_and_decode_with_plain_webdataset_in_secure_mode(made) -> None:
     for name in SETS:
         assert verify_set(made["root"] / name) == []
-    urls = fmt.shard_urls(made["root"] / "real")
+    urls = sx.shard_urls(made["root"] / "real")
     script = textwrap.dedent(f"""
         import json, webdataset as wds
         out = []
@@ -134,14 +129,14 @@ def test_shards_pass_verify_and_decode_with_plain_webdataset_in_secure_mode(made
 
 def test_a_shard_made_again_without_ray_has_the_same_bytes(made) -> None:
     set_dir = made["root"] / "mix"
-    set_cfg = SETS["mix"]
-    images, drawn, real = make_shard(set_cfg, made["source_cfg"].model_dump_json(), 3, 1)
+    again = made["root"] / "again"
+    spec = plan_in(again, SETS["mix"], made["teachers"], seed=3, name="mix", source=made["source_cfg"]).spec
+    images, drawn, real = make_shard(spec, 1)
     assert np.isnan(real).all()  # mixes carry no real target
     output = Ensemble(made["teachers"], 2, device="cpu", threads=1, batch_size=64, task="regress").predict(images)
-    again = made["root"] / "again"
-    summary = write_shard(again, 1, images, drawn, real, output, dtype="float32")
-    assert fmt.shard_path(again, 1).read_bytes() == fmt.shard_path(set_dir, 1).read_bytes()
-    assert summary["sha256"] == fmt.read_index(set_dir)["shards"][1]["sha256"]
+    summary = write_shard(spec, 1, images, drawn, real, output)
+    assert sx.shard_path(again, 1).read_bytes() == sx.shard_path(set_dir, 1).read_bytes()
+    assert summary.sha256 == sx.read_index(set_dir).shards[1].sha256
 
 
 def test_verify_names_a_record_whose_sigma_does_not_fit_its_logvar(made, tmp_path) -> None:
@@ -149,13 +144,12 @@ def test_verify_names_a_record_whose_sigma_does_not_fit_its_logvar(made, tmp_pat
 
     copy = tmp_path / "mix"
     shutil.copytree(made["root"] / "mix", copy)
-    path = fmt.shard_path(copy, 0)
+    path = sx.shard_path(copy, 0)
     samples = []
     for key, fields in fmt.iter_tar(path):
-        record = fmt.decode_fields(fields)
+        record = decode_fields(fields)
         meta = record["meta"] if key != "000000-000003" else {**record["meta"], "sigma": 9.0}
-        samples.append(fmt.Sample(key=key, image=record["image"], logp=None, meta=meta, mu=record["mu"],
-                                  logvar=record["logvar"]))
+        samples.append(REGRESS.sample(key, record["image"], meta, record["mu"], record["logvar"]))
     path.write_bytes(fmt.tar_bytes(samples))
     problems = verify_set(copy)
     assert any("000000-000003: metadata sigma 9.0" in p for p in problems)
@@ -165,7 +159,7 @@ def test_verify_names_a_record_whose_sigma_does_not_fit_its_logvar(made, tmp_pat
 def test_inspect_shows_sigma_by_lambda_and_plots_model_curves(made, tmp_path) -> None:
     stats = inspect_set(made["root"] / "mix")
     assert stats["task"] == "regress" and stats["per_sampler"] == {"mix": 120}
-    table = fmt.read_manifest(made["root"] / "mix").to_pydict()
+    table = sx.read_manifest(made["root"] / "mix").to_pydict()
     assert stats["sigma"]["mean"] == pytest.approx(np.mean(table["sigma"]))
     assert sum(row["count"] for row in stats["sigma_by_lambda"]) == 120
     real = inspect_set(made["root"] / "real")
@@ -179,13 +173,11 @@ def test_planning_refuses_mismatched_teachers_and_topk(made) -> None:
     from conftest import build_teachers
 
     classify = build_teachers(made["root"], members=1, steps=1)
-    plan = {"set_name": "x", "source_cfg": made["source_cfg"], "seed": 0, "out_dir": made["root"] / "x",
-            "stage_cfg": TeacherStageConfig()}
     with pytest.raises(UserError, match="task is 'classify', this job needs 'regress'"):
-        plan_set(set_cfg=SETS["mix"], teacher_paths=classify, **plan)
+        plan_in(made["root"] / "x", SETS["mix"], classify, source=made["source_cfg"])
     topk = SetConfig(sampler=SamplerConfig(kind="mix"), samples=10, targets={"kind": "topk"})
     with pytest.raises(UserError, match="top-k targets are for classification"):
-        plan_set(set_cfg=topk, teacher_paths=made["teachers"], **plan)
+        plan_in(made["root"] / "x", topk, made["teachers"], source=made["source_cfg"])
     assert not (made["root"] / "x").exists()
 
 
@@ -194,11 +186,11 @@ def test_planning_refuses_mismatched_teachers_and_topk(made) -> None:
 
 def test_the_stream_carries_each_records_mu_and_logvar(made) -> None:
     opened = open_transfer_sets([(str(made["root"] / "mix"), 1.0)], task="regress")
-    assert (opened[0].out_dim, opened[0].width) == (2, 4)
+    assert (opened[0].outputs, opened[0].width) == (2, 4)
     stored = {r["image"].tobytes(): np.concatenate([r["mu"], r["logvar"]]) for _, r in records(made["root"] / "mix")}
     loader = TransferLoader(opened, StreamPlan(batch_size=16, seed=0, epoch_steps=4, shuffle_buffer=32))
     batch = next(iter(loader))
-    for image, row in zip(batch["image"], batch["logp"], strict=True):
+    for image, row in zip(batch["image"], batch["target"], strict=True):
         np.testing.assert_array_equal(row.numpy(), stored[image.permute(1, 2, 0).numpy().tobytes()])
     with pytest.raises(UserError, match="task 'regress', the student is trained for 'classify'"):
         open_transfer_sets([(str(made["root"] / "mix"), 1.0)])

@@ -4,18 +4,21 @@ metrics against direct formulas."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline import format as fmt
-from pipeline.config import SourceConfig
-from pipeline.errors import UserError
-from pipeline.models import build_model, input_spec, load_model, save_checkpoint, split_gaussian
+from core import format as fmt
+from core.config import SourceConfig
+from core.errors import UserError
+from core.gaze import RENDER_VERSION
+from core.models import build_model, input_spec, load_model, save_checkpoint
+from core.sources import load_source
+from core.tasks import REGRESS, decode_fields
+from core.tasks.regression import split_gaussian
 from pipeline.regression_report import error_gap_reduction
-from stages.gaze import RENDER_VERSION
-from stages.sources import load_source
 from student.losses import gaussian_kl, gaussian_nll, mse_loss
 from student.regression_eval import chi2_cdf, regression_metrics, sigma_of
 
@@ -46,14 +49,14 @@ def test_regression_checkpoint_round_trip_and_checks(tmp_path) -> None:
     spec = input_spec(36, 60, 1, [0.5], [0.2])
     save_checkpoint(tmp_path / "r.pt", model, arch="lenet", arch_kwargs={"conv1": 4, "conv2": 8, "hidden": 16},
                     num_classes=0, input=spec, task="regress", head={"out_dim": 2, "logvar_dim": 1})
-    loaded, payload = load_model(tmp_path / "r.pt", task="regress", out_dim=2)
+    loaded, payload = load_model(tmp_path / "r.pt", task="regress", outputs=2)
     assert (payload["out_dim"], payload["logvar_dim"]) == (2, 1) and "num_classes" not in payload
     x = torch.randn(3, 1, 36, 60)
     assert torch.equal(loaded(x), model(x))
     with pytest.raises(UserError, match="task is 'regress'"):
         load_model(tmp_path / "r.pt")
     with pytest.raises(UserError, match="predicts 2 values, the data has 3"):
-        load_model(tmp_path / "r.pt", task="regress", out_dim=3)
+        load_model(tmp_path / "r.pt", task="regress", outputs=3)
     with pytest.raises(ValueError, match="logvar_dim"):
         save_checkpoint(tmp_path / "bad.pt", model, arch="lenet", arch_kwargs={}, num_classes=0, input=spec,
                         task="regress", head={"out_dim": 2, "logvar_dim": 3})
@@ -62,52 +65,54 @@ def test_regression_checkpoint_round_trip_and_checks(tmp_path) -> None:
 # ---------------------------------------------------------------- records
 
 
-def regression_sample(index: int, dtype: str = "float32", real: bool = True) -> fmt.Sample:
+def regression_record(index: int, dtype: str = "float32", real: bool = True) -> dict[str, Any]:
+    """The arguments of ``REGRESS.sample`` for record ``index``."""
     rng = np.random.default_rng(index)
     key = fmt.sample_key(1, index)
-    return fmt.Sample(key=key, image=rng.integers(0, 256, (36, 60, 1), dtype=np.uint8), logp=None,
-                      meta={"key": key, "sigma": 0.1}, mu=rng.normal(0, 0.3, 2), logvar=rng.normal(-4, 1, 2),
-                      real_target=rng.normal(0, 0.3, 2) if real else None, dtype=dtype)
+    return {"key": key, "image": rng.integers(0, 256, (36, 60, 1), dtype=np.uint8), "meta": {"key": key, "sigma": 0.1},
+            "mu": rng.normal(0, 0.3, 2), "logvar": rng.normal(-4, 1, 2),
+            "real_target": rng.normal(0, 0.3, 2) if real else None, "dtype": dtype}
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-6), ("float16", 2e-3)])
 def test_regression_records_round_trip(dtype: str, tolerance: float) -> None:
-    samples = [regression_sample(i, dtype, real=i % 2 == 0) for i in range(4)]
+    made = [regression_record(i, dtype, real=i % 2 == 0) for i in range(4)]
+    samples = [REGRESS.sample(**m) for m in made]
     data = fmt.tar_bytes(samples)
     assert data == fmt.tar_bytes(list(reversed(samples)))
-    for (key, fields), sample in zip(fmt.iter_tar(data), samples, strict=True):
-        assert set(fields) == {"png", "json", "mu.npy", "logvar.npy"} | ({"label.npy"} if sample.real_target
+    for (key, fields), sample in zip(fmt.iter_tar(data), made, strict=True):
+        assert set(fields) == {"png", "json", "mu.npy", "logvar.npy"} | ({"label.npy"} if sample["real_target"]
                                                                           is not None else set())
         assert fmt.decode_npy(fields["mu.npy"]).dtype == np.dtype(dtype)
-        out = fmt.decode_fields(fields)
-        assert key == sample.key and out["dtype"] == dtype and out["label"] == -1 and "logp" not in out
-        np.testing.assert_allclose(out["mu"], sample.mu, rtol=tolerance, atol=tolerance)
-        np.testing.assert_allclose(out["logvar"], sample.logvar, rtol=tolerance, atol=tolerance)
-        assert np.array_equal(out["image"], sample.image)
-        if sample.real_target is None:
+        out = decode_fields(fields)
+        assert key == sample["key"] and out["dtype"] == dtype and out["label"] == -1 and "logp" not in out
+        np.testing.assert_allclose(out["mu"], sample["mu"], rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(out["logvar"], sample["logvar"], rtol=tolerance, atol=tolerance)
+        np.testing.assert_array_equal(out["target"], np.concatenate([out["mu"], out["logvar"]]))
+        assert np.array_equal(out["image"], sample["image"])
+        if sample["real_target"] is None:
             assert out["real_target"] is None
         else:
-            np.testing.assert_array_equal(out["real_target"], sample.real_target.astype(np.float32))
+            np.testing.assert_array_equal(out["real_target"], sample["real_target"].astype(np.float32))
 
 
 def test_regression_records_refuse_bad_targets() -> None:
-    good = regression_sample(0)
+    good = regression_record(0)
     for change, message in [({"logvar": None}, "need mu, logvar"), ({"dtype": "float64"}, "need mu, logvar"),
                             ({"mu": np.array([np.nan, 0.0])}, "finite"), ({"logvar": np.zeros(3)}, "same shape")]:
-        bad = fmt.Sample(**{**good.__dict__, **change})
         with pytest.raises(fmt.FormatError, match=message):
-            fmt.encode_sample(bad)
-    fields = fmt.encode_sample(good)
+            fmt.encode_sample(REGRESS.sample(**{**good, **change}))
+    fields = fmt.encode_sample(REGRESS.sample(**good))
     fields["logvar.npy"] = fmt.encode_npy(np.zeros(2, np.float16))  # dtype differs from mu's
     with pytest.raises(fmt.FormatError, match="float32 or float16 vectors"):
-        fmt.decode_fields(fields)
+        decode_fields(fields)
 
 
 def test_regression_manifest_rows_carry_sigma_and_its_parts() -> None:
     meta = {"key": "000001-000002", "shard": 1, "index": 2, "sampler": "mix", "params": {"lam": 0.25, "i": 3},
             "sigma": 0.2, "aleatoric": 0.03, "epistemic": 0.01}
-    row = fmt.manifest_row(meta)
-    assert tuple(row) == fmt.REGRESSION_MANIFEST_COLUMNS
+    row = REGRESS.manifest_row(meta)
+    assert tuple(row) == REGRESS.manifest_columns
     assert (row["lam"], row["sigma"], row["aleatoric"], row["epistemic"]) == (0.25, 0.2, 0.03, 0.01)
 
 
@@ -117,7 +122,7 @@ def test_regression_manifest_rows_carry_sigma_and_its_parts() -> None:
 def test_gaze_source_renders_once_and_reads_its_cache(tmp_path) -> None:
     cfg = SourceConfig(kind="gaze", samples=40, test_samples=12, path=str(tmp_path))
     train, test = load_source(cfg, "train"), load_source(cfg, "test")
-    assert (train.task, train.out_dim, train.shape, len(train), len(test)) == ("regress", 2, (36, 60, 1), 40, 12)
+    assert (train.task.name, train.out_dim, train.shape, len(train), len(test)) == ("regress", 2, (36, 60, 1), 40, 12)
     assert train.metric == "angular" and train.classes == [] and (train.labels == -1).all()
     assert not np.isin(test.images().reshape(12, -1).sum(1), train.images().reshape(40, -1).sum(1)).all()
     cached = sorted(p.name for p in tmp_path.iterdir())

@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from core.config import KDConfig, ModelConfig, SourceConfig, TrainConfig, parse_config
+from core.errors import UserError
+from core.models import read_checkpoint
+from core.readers import read_imagefolder, read_npz
+from core.sources import load_source
 from pipeline.chain import generate_sets
-from pipeline.config import KDConfig, ModelConfig, SourceConfig, TrainConfig, parse_config
-from pipeline.errors import UserError
-from pipeline.models import read_checkpoint
 from pipeline.verify import verify_set
-from stages.readers import read_imagefolder, read_npz
-from stages.sources import load_source
 from student.train import train_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,22 +16,23 @@ from pathlib import Path
 import pytest
 from conftest import generate_set_in, kill_session, snapshot
 
-from pipeline import format as fmt
-from pipeline.config import SamplerConfig, SetConfig
+from core import format as fmt
+from core import set_index as sx
+from core import storage
+from core.config import SamplerConfig, SetConfig
 from pipeline.verify import verify_set
 
 SHARDS, PER_SHARD = 40, 32
 SET = SetConfig(sampler=SamplerConfig(kind="mix"), samples=SHARDS * PER_SHARD, samples_per_shard=PER_SHARD)
 SCRIPT = textwrap.dedent("""
     import json, sys
-    from pathlib import Path
-    from pipeline.config import RayConfig, SetConfig, SourceConfig, TeacherStageConfig
+    from core.config import parse_config
     from pipeline.driver import generate_set
     args = json.loads(sys.argv[1])
-    generate_set(set_name="mix", set_cfg=SetConfig.model_validate(args["set"]),
-                 source_cfg=SourceConfig(kind="digits"), seed=0, teacher_paths=args["teachers"],
-                 out_dir=Path(args["out"]), stage_cfg=TeacherStageConfig(batch_size=128),
-                 ray_cfg=RayConfig(num_cpus=2), progress=lambda m: print(m, flush=True))
+    cfg = parse_config({"name": "test", "seed": 0, "source": {"kind": "digits"},
+                        "teachers": {"model": {"arch": "tiny_cnn"}, "train": {"steps": 1}},
+                        "teacher_stage": {"batch_size": 128}, "ray": {"num_cpus": 2}, "sets": {"mix": args["set"]}})
+    generate_set(cfg, "mix", args["out"], args["teachers"], lambda m: print(m, flush=True))
 """)
 
 
@@ -54,40 +55,40 @@ def test_killed_run_resumes_exactly_once(clean, teachers, tmp_path) -> None:
                                 start_new_session=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     try:
         deadline = time.monotonic() + 120
-        while len(fmt.committed_shards(out)) < 2:
+        while len(sx.committed_shards(out)) < 2:
             assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no shards committed in 120 s"
             time.sleep(0.02)
     finally:
         kill_session(proc)
-    survived = set(fmt.committed_shards(out))
-    assert 2 <= len(survived) < SHARDS and fmt.read_index(out) is None
+    survived = set(sx.committed_shards(out))
+    assert 2 <= len(survived) < SHARDS and sx.read_index(out) is None
 
     result = generate_set_in(out, SET, teachers)
     assert result["shards_made"] == SHARDS - len(survived)
     assert snapshot(out) == snapshot(clean)  # every shard, the manifest and the index; no temp files
-    index = fmt.read_index(out)
-    assert [s["name"] for s in index["shards"]] == [fmt.shard_name(i) for i in range(SHARDS)]
+    index = sx.read_index(out)
+    assert [s.name for s in index.shards] == [sx.shard_name(i) for i in range(SHARDS)]
     expected = [fmt.sample_key(s, i) for s in range(SHARDS) for i in range(PER_SHARD)]
-    assert fmt.read_manifest(out).column("key").to_pylist() == expected
-    assert [key for url in fmt.shard_urls(out) for key, _ in fmt.iter_tar(url)] == expected
-    assert not [p for p in out.rglob("*") if fmt.TMP_MARKER in p.name]
+    assert sx.read_manifest(out).column("key").to_pylist() == expected
+    assert [key for url in sx.shard_urls(out) for key, _ in fmt.iter_tar(url)] == expected
+    assert not [p for p in out.rglob("*") if storage.TMP_MARKER in p.name]
     assert verify_set(out) == []
 
 
 def test_damaged_shards_are_named_and_remade(clean, teachers, tmp_path) -> None:
     damaged = tmp_path / "set"
     shutil.copytree(clean, damaged)
-    shards = damaged / fmt.SHARDS_DIR
-    cut = shards / fmt.shard_name(3)
+    shards = damaged / sx.SHARDS_DIR
+    cut = shards / sx.shard_name(3)
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
-    flipped = shards / fmt.shard_name(5)
+    flipped = shards / sx.shard_name(5)
     data = bytearray(flipped.read_bytes())
     data[len(data) // 3] ^= 0xFF
     flipped.write_bytes(bytes(data))
-    shutil.copy(shards / fmt.shard_name(0), shards / fmt.shard_name(99))
+    shutil.copy(shards / sx.shard_name(0), shards / sx.shard_name(99))
     problems = verify_set(damaged)
-    for name in (fmt.shard_name(3), fmt.shard_name(5), fmt.shard_name(99)):
+    for name in (sx.shard_name(3), sx.shard_name(5), sx.shard_name(99)):
         assert any(p.startswith(name) for p in problems), (name, problems)
 
     assert generate_set_in(damaged, SET, teachers)["shards_made"] == 2

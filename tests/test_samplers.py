@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import plan_in
 
-from pipeline import format as fmt
-from pipeline.config import SamplerConfig, SetConfig, SourceConfig
-from pipeline.errors import UserError
+from core import format as fmt
+from core import set_index as sx
+from core.config import SamplerConfig, SetConfig, SourceConfig
+from core.errors import UserError
+from core.sources import load_source
+from core.tasks import decode_fields
 from stages.samplers import SAMPLERS, apply_params, draw_shard, sample_rng
 from stages.samplers.augmenting import _policy
 from stages.samplers.base import apply_aug
-from stages.sources import load_source
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 
@@ -135,10 +138,11 @@ def test_every_sampler_replays_from_stored_shards(source, teachers, tmp_path) ->
     """Write one shard holding every sampler; each decoded record replays to its stored pixels
     and carries the target of exactly those pixels (what is stored is what was labelled)."""
     set_cfg = SetConfig(samplers=ALL, samples=90, samples_per_shard=90)
-    images, drawn, labels = make_shard(set_cfg, DIGITS.model_dump_json(), 5, 0)
+    spec = plan_in(tmp_path, set_cfg, teachers, seed=5).spec
+    images, drawn, labels = make_shard(spec, 0)
     ensemble = Ensemble(teachers, 10, device="cpu")
-    write_shard(tmp_path, 0, images, drawn, labels, ensemble.predict(images))
-    records = [fmt.decode_fields(fields) for _, fields in fmt.iter_tar(fmt.shard_path(tmp_path, 0))]
+    write_shard(spec, 0, images, drawn, labels, ensemble.predict(images))
+    records = [decode_fields(fields) for _, fields in fmt.iter_tar(sx.shard_path(tmp_path, 0))]
     assert {r["meta"]["sampler"] for r in records} == {c.kind for c in ALL}
     for record in records:
         meta = record["meta"]
@@ -151,24 +155,17 @@ def test_every_sampler_replays_from_stored_shards(source, teachers, tmp_path) ->
 
 
 def test_gaussian_image_defaults_to_the_first_teachers_normalisation(teachers, tmp_path) -> None:
-    from pipeline.config import TeacherStageConfig
-    from pipeline.plan import plan_set
-
-    plan = plan_set(set_name="g", set_cfg=SetConfig(sampler=SamplerConfig(kind="gaussian_image"), samples=8),
-                    source_cfg=DIGITS, seed=0, teacher_paths=teachers, out_dir=tmp_path / "g",
-                    stage_cfg=TeacherStageConfig())
-    assert (plan.set_cfg.sampler.mean, plan.set_cfg.sampler.std) == ([0.5], [0.25])
+    plan = plan_in(tmp_path / "g", SetConfig(sampler=SamplerConfig(kind="gaussian_image"), samples=8), teachers)
+    assert (plan.spec.set_cfg.sampler.mean, plan.spec.set_cfg.sampler.std) == ([0.5], [0.25])
     with pytest.raises(UserError, match="3 values"):
-        plan_set(set_name="g", set_cfg=SetConfig(sampler=SamplerConfig(kind="gaussian_image", mean=[0.5] * 3,
-                                                                       std=[0.2] * 3), samples=8),
-                 source_cfg=DIGITS, seed=0, teacher_paths=teachers, out_dir=tmp_path / "g",
-                 stage_cfg=TeacherStageConfig())
+        plan_in(tmp_path / "g", SetConfig(sampler=SamplerConfig(kind="gaussian_image", mean=[0.5] * 3,
+                                                                std=[0.2] * 3), samples=8), teachers)
 
 
 def test_generation_example_config_is_valid() -> None:
     from pathlib import Path
 
-    from pipeline.config import load_config
+    from core.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "generation.yaml")
     kinds = {s.kind for set_cfg in cfg.sets.values() for s in set_cfg.sampler_list()}

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import CIFAR10_MINI
 
-from pipeline.config import SamplerConfig, SetConfig, SourceConfig
-from pipeline.errors import UserError
-from pipeline.fingerprint import set_fingerprint
-from stages.sources import load_source
+from core.config import SamplerConfig, SetConfig, SourceConfig
+from core.errors import UserError
+from core.fingerprint import set_fingerprint
+from core.sources import load_source
 
 CIFAR_MINI = CIFAR10_MINI
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transfer_fixtures import log_softmax, write_set
 
-from pipeline.errors import UserError
+from core.errors import UserError
 from student.data import SplitSampler
 from student.shards import DecodedCache, decode_shard, open_transfer_sets
 from student.stream import RealPart, StreamPlan, TransferLoader, consumer_part, transfer_loader
@@ -40,7 +40,7 @@ def test_a_stream_started_at_an_epoch_boundary_continues_the_uninterrupted_one(t
     whole = take(transfer_loader([(str(tmp_path / "a"), 1.0)], **common), 18)
     resumed = take(transfer_loader([(str(tmp_path / "a"), 1.0)], start_step=6, **common), 12)
     for a, b in zip(whole[6:], resumed, strict=True):
-        assert torch.equal(a["image"], b["image"]) and torch.equal(a["logp"], b["logp"])
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["target"], b["target"])
         assert torch.equal(a["label"], b["label"])
     assert not torch.equal(whole[0]["image"], whole[6]["image"])
 
@@ -95,11 +95,11 @@ def test_real_split_is_mixed_in_by_weight_with_labels_and_no_target(tmp_path):
     opened = open_transfer_sets([(str(tmp_path / "a"), 3.0)])
     loader = TransferLoader(opened, StreamPlan(batch_size=40, seed=0, epoch_steps=100), real)
     batches = take(loader, 25)
-    target = torch.cat([b["target"] for b in batches])
-    assert abs((~target).float().mean().item() - 0.25) < 0.04
+    has_target = torch.cat([b["has_target"] for b in batches])
+    assert abs((~has_target).float().mean().item() - 0.25) < 0.04
     real_keys = {real_images[i].tobytes(): i % 4 for i in range(50)}
     for batch in batches:
-        for image, label, has_target in zip(batch["image"], batch["label"], batch["target"], strict=True):
+        for image, label, has_target in zip(batch["image"], batch["label"], batch["has_target"], strict=True):
             key = image.permute(1, 2, 0).numpy().tobytes()
             assert (key in real_keys) == (not has_target)
             if not has_target:
@@ -118,7 +118,7 @@ def test_class_balanced_draws_follow_inverse_class_population():
 def test_decoded_cache_decodes_each_shard_once_and_respects_its_budget(tmp_path):
     paths, images = make_set(tmp_path / "a", n=96, per_shard=32)
     arrays = decode_shard(str(paths[1]), 32, 4)
-    assert np.array_equal(arrays.images, images[32:64]) and arrays.logp.dtype == np.float32
+    assert np.array_equal(arrays.images, images[32:64]) and arrays.target.dtype == np.float32
     cache = DecodedCache(max_bytes=10 * arrays.nbytes)
     for _ in range(3):
         for path in paths:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transfer_fixtures import log_softmax, member_offsets, write_set
 
-from pipeline import format as fmt
-from pipeline.errors import UserError
+from core import format as fmt
+from core.errors import UserError
+from core.sources import Source
 from stages.samplers import apply_aug
-from stages.sources import Source
 from student.data import normalize, real_batches, source_input_spec
 from student.stream import transfer_loader
 
@@ -129,21 +129,21 @@ def test_transfer_loader_mixes_sets_by_weight_and_decodes_exactly(tmp_path):
     _, truth_b = make_set(tmp_path / "b", 200, favourite=1, seed=2)
     loader = transfer_loader([(str(tmp_path / "a"), 0.8), (str(tmp_path / "b"), 0.2)], batch_size=100, seed=0,
                              num_workers=0, shuffle_buffer=100)
-    assert loader.num_classes == 4
+    assert loader.width == 4
     batches = collect(loader, 20)
     from_a = 0
     for batch in batches:
         assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (100, 3, 5, 5)
-        assert batch["logp"].dtype == torch.float32 and batch["logp"].shape == (100, 4)
+        assert batch["target"].dtype == torch.float32 and batch["target"].shape == (100, 4)
         assert batch["label"].dtype == torch.int64
-        for image, logp, label in zip(batch["image"], batch["logp"], batch["label"], strict=True):
+        for image, logp, label in zip(batch["image"], batch["target"], batch["label"], strict=True):
             key = hwc(image).tobytes()
             stored_logp, stored_label = truth_a[key] if key in truth_a else truth_b[key]
             assert np.array_equal(logp.numpy(), stored_logp)
             assert label.item() == (-1 if stored_label is None else stored_label)
             from_a += key in truth_a
         in_a = torch.tensor([hwc(image).tobytes() in truth_a for image in batch["image"]])
-        assert torch.equal(batch["logp"].argmax(1) == 0, in_a)
+        assert torch.equal(batch["target"].argmax(1) == 0, in_a)
     assert abs(from_a / 2000 - 0.8) < 0.05
     labels = torch.cat([b["label"] for b in batches])
     assert 0.35 < (labels == -1).float().mean().item() < 0.65
@@ -158,7 +158,7 @@ def test_transfer_loader_is_reproducible_and_ignores_zero_weights(tmp_path):
         return collect(transfer_loader(sets, 32, seed, 0, 64), 5)
 
     a, b, c = first(7), first(7), first(8)
-    assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["logp"], y["logp"])
+    assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["target"], y["target"])
                for x, y in zip(a, b, strict=True))
     assert not all(torch.equal(x["image"], y["image"]) for x, y in zip(a, c, strict=True))
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import format as fmt
+from core import set_index as sx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_a_stall_restarts_then_gives_up_with_one_line(job) -> None:
     assert last.startswith("error: set mix: the execution stalled") and "gave up after 1 restart(s)" in last
     assert "num_gpus=1" in last and "GPU 0" in last  # says why: what the actors ask for, what there is
     assert "Traceback" not in result.stderr
-    assert fmt.read_index(out / "sets" / "mix") is None  # nothing half-made is presented as a set
+    assert sx.read_index(out / "sets" / "mix") is None  # nothing half-made is presented as a set
 
 
 def test_bad_input_inside_an_actor_is_one_user_error(job) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.config import SourceConfig, TeacherStageConfig
-from stages.sources import load_source
+from core.config import SourceConfig, TeacherStageConfig
+from core.sources import load_source
 from stages.teachers import Ensemble
 
 

@@ -3,20 +3,23 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from conftest import plan_in
 from torch.nn import functional as F
 
-from pipeline import format as fmt
-from pipeline.config import SamplerConfig, SetConfig, SourceConfig
-from pipeline.models import TinyCNN, input_spec, save_checkpoint
+from core import format as fmt
+from core import set_index as sx
+from core import storage
+from core.config import SamplerConfig, SetConfig, SourceConfig
+from core.models import TinyCNN, input_spec, save_checkpoint
+from core.sources import load_source
+from core.tasks.classification import ensemble_targets
 from stages.samplers import apply_params
-from stages.sources import load_source
-from stages.teachers import Ensemble, ensemble_targets
+from stages.teachers import Ensemble
 from stages.writer import make_shard, summary_from_tar, write_shard
 
 DIGITS = SourceConfig(kind="digits")
@@ -101,7 +104,8 @@ def test_members_see_their_own_input_contract(tmp_path) -> None:
 
 def test_writer_skips_invalid_samples_and_summary_round_trips(tmp_path, teachers) -> None:
     set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=40, samples_per_shard=16)
-    images, drawn, labels = make_shard(set_cfg, DIGITS.model_dump_json(), 7, 2)
+    spec = plan_in(tmp_path, set_cfg, teachers, seed=7).spec
+    images, drawn, labels = make_shard(spec, 2)
     assert images.shape == (8, 8, 8, 1) and images.dtype == np.uint8 and (labels == -1).all()
     source = load_source(DIGITS, "train")
     for image, (kind, p) in zip(images, drawn, strict=True):
@@ -110,10 +114,10 @@ def test_writer_skips_invalid_samples_and_summary_round_trips(tmp_path, teachers
     ensemble = Ensemble(teachers, 10, device="cpu")
     logits = ensemble.member_logits(images)
     logits[0, 5, 1] = float("nan")
-    summary = write_shard(tmp_path, 2, images, drawn, labels, ensemble_targets(logits))
-    assert (summary["samples"], summary["rejected"], summary["planned"]) == (7, 1, 8)
-    keys = [key for key, _ in fmt.iter_tar(fmt.shard_path(tmp_path, 2))]
+    summary = write_shard(spec, 2, images, drawn, labels, ensemble_targets(logits))
+    assert (summary.samples, summary.rejected, summary.planned) == (7, 1, 8)
+    keys = [key for key, _ in fmt.iter_tar(sx.shard_path(tmp_path, 2))]
     assert keys == [fmt.sample_key(2, i) for i in range(8) if i != 5]
-    rebuilt = summary_from_tar(fmt.shard_path(tmp_path, 2), planned=8)
-    assert json.dumps(rebuilt, sort_keys=True) == json.dumps(summary, sort_keys=True)
-    assert not [p for p in (tmp_path / fmt.SHARDS_DIR).iterdir() if fmt.TMP_MARKER in p.name]
+    rebuilt = summary_from_tar(sx.shard_path(tmp_path, 2), spec.kind, planned=8)
+    assert rebuilt.to_json() == summary.to_json()
+    assert not [p for p in (tmp_path / sx.SHARDS_DIR).iterdir() if storage.TMP_MARKER in p.name]

@@ -8,11 +8,11 @@ import pytest
 import torch
 from transfer_fixtures import write_set
 
-from pipeline.config import KDConfig, ModelConfig, SourceConfig, TrainConfig
-from pipeline.errors import UserError
-from pipeline.format import sha256_file
-from pipeline.models import load_model, read_checkpoint
-from stages.sources import load_source
+from core.config import KDConfig, ModelConfig, SourceConfig, TrainConfig
+from core.errors import UserError
+from core.format import sha256_file
+from core.models import load_model, read_checkpoint
+from core.sources import load_source
 from student.evaluate import accuracy, predict_probs
 from student.train import log_interval, lr_factor, train_model
 
@@ -80,7 +80,7 @@ def test_erm_learns_digits_and_writes_consistent_outputs(digits, tmp_path):
     assert lines[-1].endswith("samples/s")
 
     assert sha256_file(tmp_path / "model.pt") == result["checkpoint_sha256"]
-    model, payload = load_model(tmp_path / "model.pt", num_classes=10)
+    model, payload = load_model(tmp_path / "model.pt", outputs=10)
     test = digits[1]
     assert accuracy(predict_probs([model], [payload["input"]], test), test.labels) == result["accuracy"]
     assert payload["input"]["size"] == [8, 8] and payload["input"]["channels"] == 1

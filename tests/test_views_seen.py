@@ -8,9 +8,9 @@ import pytest
 import torch
 from transfer_fixtures import log_softmax, write_set
 
-from pipeline.config import KDConfig, ModelConfig, PickConfig, SourceConfig, StudentConfig, TrainConfig
-from pipeline.errors import UserError
-from stages.sources import load_source
+from core.config import KDConfig, ModelConfig, PickConfig, SourceConfig, StudentConfig, TrainConfig
+from core.errors import UserError
+from core.sources import load_source
 from student.online import ensemble_log_probs, mix_rows
 from student.train import train_model
 
@@ -87,13 +87,13 @@ def test_mix_rows_blends_the_first_rows_with_partners_and_rounds() -> None:
 
 
 def test_online_kd_learns_from_the_teachers_on_fresh_views(digits, teachers, tmp_path):
-    from pipeline.models import load_model
+    from core.models import load_model
 
     result = train(digits, tmp_path, objective="kd_online", steps=60, teachers=teachers,
                    kd=KDConfig(alpha=1.0, temperature=2.0, online_mix=0.25), lr=0.05)
     assert result["accuracy"] > 0.3 and result["objective"] == "kd_online"  # chance is 0.1
     assert result["seen"][0]["trained"] == 60 * 32 and not result["seen"][0]["stored"]
-    loaded = [load_model(path, num_classes=10) for path in teachers]
+    loaded = [load_model(path, outputs=10) for path in teachers]
     images = torch.from_numpy(digits[0].images(np.arange(8))).permute(0, 3, 1, 2)
     logp = ensemble_log_probs([(m, p["input"]) for m, p in loaded], images)
     assert torch.allclose(logp.exp().sum(dim=1), torch.ones(8), atol=1e-5)

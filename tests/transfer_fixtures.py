@@ -1,4 +1,4 @@
-"""Tiny transfer sets written with the shard contract (pipeline.format), for the student tests."""
+"""Tiny transfer sets written with the shard contract (core.format, core.set_index), for the student tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import format as fmt
+from core import format as fmt
+from core import set_index as sx
+from core import storage
+from core.tasks import CLASSIFY
 
 
 def write_set(
@@ -21,18 +24,16 @@ def write_set(
         samples = []
         for index, position in enumerate(range(start, min(start + samples_per_shard, len(images)))):
             key = fmt.sample_key(shard, index)
-            samples.append(fmt.Sample(key=key, image=images[position], logp=logp[position],
-                                      meta={"key": key, "shard": shard, "index": index},
-                                      label=labels[position]))
+            samples.append(CLASSIFY.sample(key, images[position], {"key": key, "shard": shard, "index": index},
+                                           logp[position], labels[position]))
         data = fmt.tar_bytes(samples)
-        path = fmt.shard_path(set_dir, shard)
-        fmt.atomic_write(path, data)
+        path = sx.shard_path(set_dir, shard)
+        storage.atomic_write(path, data)
         paths.append(path)
-        entries.append({"name": fmt.shard_name(shard), "samples": len(samples), "bytes": len(data),
-                        "sha256": fmt.sha256_bytes(data)})
+        entries.append(sx.ShardEntry(name=sx.shard_name(shard), samples=len(samples), bytes=len(data),
+                                     sha256=fmt.sha256_bytes(data)))
     classes = logp.shape[1]
-    fmt.write_index(set_dir, {"shards": entries, "num_classes": classes,
-                              "classes": [str(c) for c in range(classes)]})
+    sx.write_index(set_dir, sx.SetIndex(shards=entries, num_classes=classes, classes=[str(c) for c in range(classes)]))
     return paths
 
 

@@ -13,12 +13,12 @@ are drawn like the others but made in batches by their generator: :func:`shard_i
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from pipeline.config import SamplerConfig, SetConfig
+from core.config import SamplerConfig, SetConfig
+from core.sources import Source
 from stages.samplers.augmenting import SAMPLERS as AUGMENTING
 from stages.samplers.base import (
     SET_STREAM,
@@ -34,10 +34,9 @@ from stages.samplers.generating import SAMPLERS as GENERATING
 from stages.samplers.generating import Generate
 from stages.samplers.mixing import SAMPLERS as MIXING
 from stages.samplers.mixing import cutmix_box, mix_pixels
-from stages.sources import Source
 
 __all__ = [
-    "SAMPLERS", "Sampler", "apply_aug", "apply_params", "candidate_count", "cutmix_box", "draw_aug", "draw_shard",
+    "SAMPLERS", "Sampler", "apply_aug", "apply_params", "cutmix_box", "draw_aug", "draw_shard",
     "identity_aug", "mix_pixels", "sample_label", "sample_rng", "set_size", "shard_images", "view_order",
 ]
 
@@ -57,12 +56,6 @@ def set_size(set_cfg: SetConfig, source: Source) -> int:
     if set_cfg.samples is None:
         raise ValueError("a set of random samplers needs a sample count")
     return set_cfg.samples
-
-
-def candidate_count(set_cfg: SetConfig, count: int) -> int:
-    """Candidates drawn for a shard of ``count`` samples: more when the set keeps only the most
-    uncertain ones."""
-    return count if set_cfg.select is None else math.ceil(count / set_cfg.select.keep)
 
 
 def view_order(seed: int, source: Source) -> np.ndarray:
@@ -103,7 +96,7 @@ def draw_shard(set_cfg: SetConfig, source: Source, seed: int, shard: int, total:
         order = view_order(seed, source)
         return [("views", _enumerated_view(samplers[0], source, sample_rng(seed, shard, i), shard * spp + i, order))
                 for i in range(count)]
-    candidates = candidate_count(set_cfg, count)
+    candidates = set_cfg.candidates(count)
     which = assign_samplers([s.share for s in samplers], candidates, seed, shard)
     drawn = []
     for index in range(candidates):

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import SamplerConfig
+from core.config import SamplerConfig
+from core.sources import Source
 from stages.samplers.base import Params, Sampler, draw_seed, real_image, source_aug, to_uint8
-from stages.sources import Source
 
 
 def _real(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import SamplerConfig
-from stages.sources import Source
+from core.config import SamplerConfig
+from core.sources import Source
 
 Params = dict[str, Any]
 # Stream ids for set- and shard-level draws; sample indices never reach these values.

@@ -27,10 +27,21 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import GeneratorConfig, SamplerConfig, SetConfig, SourceConfig
-from pipeline.errors import UserError
+from core.config import GeneratorConfig, SamplerConfig, SetConfig, SourceConfig
+from core.errors import UserError
+from core.sources import Source, load_source_cached
+from stages.generators import (
+    biggan_digest,
+    build_factory_generator,
+    class_vector,
+    fit_pca_generator,
+    load_biggan,
+    module_digest,
+    quantize,
+    truncated_normal,
+)
 from stages.samplers.base import Params, Sampler, draw_seed
-from stages.sources import Source
+from stages.teachers import AUTOCAST_DTYPES, resolve_device, torch_threads
 
 Generate = Callable[[list[Params]], np.ndarray]  # gan params of a shard → their uint8 NHWC images
 
@@ -76,8 +87,6 @@ def _teacher_class(value: int | str, classes: list[str], where: str) -> int:
 def resolve_generator(cfg: GeneratorConfig, source: Source) -> tuple[GeneratorConfig, int]:
     """The generator with its truncation and weights digest filled in, and its class count.
     Refuses weights that differ from a pinned ``sha256``."""
-    from stages.generators import biggan_digest, build_factory_generator, module_digest
-
     if cfg.kind == "biggan":
         assert cfg.weights is not None
         digest, num_classes = biggan_digest(cfg.weights)
@@ -135,8 +144,6 @@ def resolve_gan_samplers(set_cfg: SetConfig, source: Source) -> SetConfig:
 
 def build_generator(cfg: GeneratorConfig, source: Source) -> Any:
     """The generator module G(z, class_vectors) on the CPU, in eval mode."""
-    from stages.generators import build_factory_generator, fit_pca_generator, load_biggan
-
     if cfg.kind == "biggan":
         assert cfg.weights is not None
         return load_biggan(cfg.weights, truncation=cfg.resolved_truncation())
@@ -159,8 +166,6 @@ class GeneratorRunner:
     def __init__(self, cfg: GeneratorConfig, source: Source, *, device: str = "cpu", threads: int = 1) -> None:
         import torch
 
-        from stages.teachers import AUTOCAST_DTYPES, resolve_device, torch_threads
-
         self.cfg, self.threads = cfg, threads
         self.device = resolve_device(device)
         if self.device.type == "cuda":
@@ -173,8 +178,6 @@ class GeneratorRunner:
 
     def inputs(self, params: Sequence[Params]) -> tuple[np.ndarray, np.ndarray]:
         """z and class vectors ``[N, z_dim]``, ``[N, classes]`` of stored gan parameters."""
-        from stages.generators import class_vector, truncated_normal
-
         truncation = self.cfg.resolved_truncation()
         if any(p["truncation"] != truncation for p in params):
             raise ValueError(f"gan params drawn with another truncation than this generator's {truncation}")
@@ -185,9 +188,6 @@ class GeneratorRunner:
     def generate(self, params: Sequence[Params]) -> Any:
         """Images of ``params`` as a uint8 NHWC tensor on the generator's device."""
         import torch
-
-        from stages.generators import quantize
-        from stages.teachers import torch_threads
 
         if not params:
             return torch.zeros((0, *self.size, self.channels), dtype=torch.uint8, device=self.device)
@@ -211,25 +211,22 @@ _RUNNERS_LOCK = threading.Lock()
 
 @lru_cache(maxsize=4)
 def _runner(generator_json: str, source_json: str, device: str, threads: int) -> GeneratorRunner:
-    from stages.sources import load_source_cached
-
-    source = load_source_cached(source_json, "train")
+    source = load_source_cached(SourceConfig.model_validate_json(source_json), "train")
     return GeneratorRunner(GeneratorConfig.model_validate_json(generator_json), source, device=device,
                            threads=threads)
 
 
-def cached_runner(generator: GeneratorConfig, source_cfg_json: str, *, device: str = "cpu",
+def cached_runner(generator: GeneratorConfig, source_cfg: SourceConfig, *, device: str = "cpu",
                   threads: int = 1) -> GeneratorRunner:
     """One runner per (generator, source, device, threads) and process: a PCA fit or a weights
     load happens once per worker, and concurrent shard calls wait for it."""
-    with _RUNNERS_LOCK:
-        return _runner(generator.model_dump_json(), source_cfg_json, device, threads)
+    with _RUNNERS_LOCK:  # the configs' JSON is the cache key
+        return _runner(generator.model_dump_json(), source_cfg.model_dump_json(), device, threads)
 
 
-def generate_images(cfg: GeneratorConfig, params: Sequence[Params], source_cfg: SourceConfig | str,
+def generate_images(cfg: GeneratorConfig, params: Sequence[Params], source_cfg: SourceConfig,
                     *, device: str = "cpu", threads: int = 1) -> np.ndarray:
     """Replay stored gan samples (the ``params`` of their ``.json``) to their stored pixels, with
     the resolved generator of the set (``index.json`` → ``config.set``). A ``factory`` generator
     runs the code it names: pass only configs you trust."""
-    source_json = source_cfg if isinstance(source_cfg, str) else source_cfg.model_dump_json()
-    return cached_runner(cfg, source_json, device=device, threads=threads).generate(list(params)).cpu().numpy()
+    return cached_runner(cfg, source_cfg, device=device, threads=threads).generate(list(params)).cpu().numpy()

@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
-from pipeline.config import SamplerConfig
+from core.config import SamplerConfig
+from core.sources import Source
 from stages.samplers.base import Params, Sampler, real_image, source_aug, to_uint8
-from stages.sources import Source
 
 
 def _partners(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:

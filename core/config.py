@@ -7,15 +7,16 @@ default. Problems surface as one :class:`UserError` line naming the field.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import UserError
-from pipeline.generator_config import GeneratorConfig, GeneratorStageConfig
-from pipeline.train_config import (  # noqa: F401  (re-exported: the job config is one namespace)
+from core.errors import UserError
+from core.generator_config import GeneratorConfig, GeneratorStageConfig
+from core.train_config import (  # noqa: F401  (re-exported: the job config is one namespace)
     SOURCE_SET,
     KDConfig,
     ModelConfig,
@@ -228,6 +229,11 @@ class SetConfig(Strict):
     def enumerates_source(self) -> bool:
         """A views-only set visits every real image in order instead of drawing at random."""
         return [s.kind for s in self.sampler_list()] == ["views"]
+
+    def candidates(self, count: int) -> int:
+        """Candidates drawn for a shard of ``count`` samples: more when the set keeps only the most
+        uncertain ones (``select``)."""
+        return count if self.select is None else math.ceil(count / self.select.keep)
 
 
 class TeacherStageConfig(Strict):

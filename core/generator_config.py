@@ -1,6 +1,6 @@
 """The config of ``gan`` samplers: which generator, and where generator actors run.
 
-Split from :mod:`pipeline.config` (which re-exports both classes) to keep modules small.
+Split from :mod:`core.config` (which re-exports both classes) to keep modules small.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.train_config import Strict
+from core.train_config import Strict
 
 # The options each generator kind reads (besides kind, truncation, batch_size, autocast, sha256).
 GENERATOR_OPTIONS: dict[str, tuple[str, ...]] = {"biggan": ("weights",), "pca": ("rank",),

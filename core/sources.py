@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import ImbalanceConfig, SourceConfig
-from pipeline.errors import UserError
-from stages.readers import READERS, Source, Split
+from core.config import ImbalanceConfig, SourceConfig
+from core.errors import UserError
+from core.readers import READERS, Source, Split
 
 __all__ = ["Source", "Split", "load_in_memory", "load_source", "load_source_cached"]
 
@@ -95,8 +95,7 @@ def load_source(cfg: SourceConfig, split: Split) -> Source:
     shrink only the training split, as the papers' data-size experiments do.
     """
     source = _with_options(READERS[cfg.kind](cfg, split), cfg)
-    if source.task == "regress":
-        _check_regression_options(source, cfg)
+    source.task.check_source(source, cfg)
     if cfg.classes is not None:
         source = class_subset(source, cfg.classes)
     if split == "train":
@@ -111,17 +110,6 @@ def load_source(cfg: SourceConfig, split: Split) -> Source:
     return source
 
 
-def _check_regression_options(source: Source, cfg: SourceConfig) -> None:
-    """Class subsets and flips have no meaning for (or change) a regression target: refuse them."""
-    used = [name for name in ("classes", "imbalance") if getattr(cfg, name) is not None]
-    used += ["fraction"] if cfg.fraction < 1 else []
-    if used:
-        raise UserError(f"source {source.name}: {used} select classes; a regression source has none (remove them)")
-    if source.flip:
-        raise UserError(f"source {source.name}: flip: true mirrors the image but not its regression target "
-                        f"(e.g. the gaze yaw); set source.flip: false")
-
-
 # Workers decode a file-backed source once when it fits in this many bytes (random partner
 # access would otherwise decode the same JPEGs over and over).
 IN_MEMORY_BYTES = 1 << 30
@@ -130,11 +118,11 @@ IN_MEMORY_BYTES = 1 << 30
 _CACHE_LOCK = threading.Lock()
 
 
-def load_source_cached(cfg_json: str, split: Split) -> Source:
+def load_source_cached(cfg: SourceConfig, split: Split) -> Source:
     """Per-process cache for workers that open the same source for many shards (thread-safe:
     concurrent shard calls of one actor wait for a single load instead of each decoding it)."""
     with _CACHE_LOCK:
-        return _load_cached(cfg_json, split)
+        return _load_cached(cfg.model_dump_json(), split)  # the JSON is the cache key
 
 
 @lru_cache(maxsize=8)

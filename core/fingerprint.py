@@ -16,8 +16,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.config import SetConfig
-from pipeline.format import FORMAT_VERSION
+from core.config import SetConfig
+from core.format import FORMAT_VERSION
 
 TARGET_PRECISION = "float16"
 # Characters of the fingerprint in a cache directory name (48 bits: collisions are not a concern
@@ -52,7 +52,7 @@ def fingerprint_payload(
 def set_fingerprint(set_cfg: SetConfig, source: Any, teacher_sha256s: Sequence[str], seed: int,
                     autocast: str = "none") -> str:
     """sha256 hex of the canonical JSON of :func:`fingerprint_payload`. ``source`` is a
-    ``stages.sources.Source`` (only its ``identity`` is used) or an identity dict."""
+    ``core.sources.Source`` (only its ``identity`` is used) or an identity dict."""
     identity = source if isinstance(source, dict) else source.identity
     payload = fingerprint_payload(set_cfg, identity, teacher_sha256s, seed, autocast)
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)

@@ -1,6 +1,6 @@
 """The training sections of the job config: model, optimisation, the KD loss, the students.
 
-Split from :mod:`pipeline.config` (which re-exports every name) so each file stays readable;
+Split from :mod:`core.config` (which re-exports every name) so each file stays readable;
 the trainer's options live here, the job's stages there.
 """
 

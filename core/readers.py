@@ -1,6 +1,6 @@
 """Readers of real-image collections: each returns one split as a :class:`Source`, unfiltered.
 
-``stages.sources`` applies the config's augmentation overrides and the class subset, fraction
+``core.sources`` applies the config's augmentation overrides and the class subset, fraction
 and imbalance options. Every reader is deterministic (sorted listings, fixed
 split seeds) and describes its data by an ``identity`` that changes when the data changes.
 """
@@ -17,9 +17,11 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import storage
-from pipeline.config import SourceConfig
-from pipeline.errors import UserError
+from core import storage
+from core.config import SourceConfig
+from core.errors import UserError
+from core.gaze import RENDER_VERSION, render_split
+from core.tasks import CLASSIFY, REGRESS, Task
 
 Split = Literal["train", "test"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -31,8 +33,9 @@ SPLIT_ARGUMENT = {"SVHN": {"train": "train", "test": "test"}, "STL10": {"train":
 class Source:
     """Images of one split. ``image(i)`` is uint8 HWC; ``labels[i]`` its class index.
 
-    A regression source has no classes: ``labels`` are all −1 and ``targets`` holds the float32
-    targets (N, D); ``metric`` names the error to report (``angular`` or ``euclidean``).
+    A regression source (``task`` REGRESS) has no classes: ``labels`` are all −1 and ``targets``
+    holds the float32 targets (N, D); ``metric`` names the error to report (``angular`` or
+    ``euclidean``). The source decides the task of every model and set of its job.
     """
 
     name: str
@@ -46,13 +49,10 @@ class Source:
     shape: tuple[int, int, int] = (0, 0, 0)
     targets: np.ndarray | None = None
     metric: str | None = None
+    task: Task = CLASSIFY
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    @property
-    def task(self) -> str:
-        return "classify" if self.targets is None else "regress"
 
     @property
     def out_dim(self) -> int:
@@ -212,7 +212,7 @@ def _regression_source(name: str, images: np.ndarray, targets: np.ndarray, ident
                        pad: int, metric: str) -> Source:
     return Source(name=name, classes=[], labels=np.full(len(images), -1, np.int64), identity=identity,
                   pad=pad, flip=False, _images=images, shape=tuple(int(d) for d in images.shape[1:]),  # type: ignore[arg-type]
-                  targets=targets, metric=metric)
+                  targets=targets, metric=metric, task=REGRESS)
 
 
 def read_npz_regression(cfg: SourceConfig, split: Split, arrays: dict[str, np.ndarray], path: Path) -> Source:
@@ -244,14 +244,10 @@ GAZE_SAMPLES = {"train": 8000, "test": 2000}
 
 
 def read_gaze(cfg: SourceConfig, split: Split) -> Source:
-    """The bundled gaze set (:mod:`stages.gaze`), rendered once and cached as an .npz (rendering
+    """The bundled gaze set (:mod:`core.gaze`), rendered once and cached as an .npz (rendering
     takes milliseconds per image, and every worker process would otherwise render it again)."""
-    from pipeline.plan import cache_root
-    from pipeline.storage import atomic_write
-    from stages.gaze import RENDER_VERSION, render_split
-
     count = (cfg.samples if split == "train" else cfg.test_samples) or GAZE_SAMPLES[split]
-    directory = Path(cfg.path) if cfg.path else Path(cache_root(None)) / "gaze"
+    directory = Path(cfg.path) if cfg.path else Path(storage.cache_root(None)) / "gaze"
     cached = directory / f"gaze-v{RENDER_VERSION}-seed{cfg.split_seed}-{split}-{count}.npz"
     images = targets = None
     if cached.is_file():
@@ -265,7 +261,7 @@ def read_gaze(cfg: SourceConfig, split: Split) -> Source:
         buffer = io.BytesIO()
         np.savez(buffer, images=images, targets=targets)
         try:
-            atomic_write(cached, buffer.getvalue())
+            storage.atomic_write(cached, buffer.getvalue())
         except OSError as err:
             raise UserError(f"source.path: cannot cache rendered gaze images in {directory} ({err}); "
                             f"set source.path to a writable directory") from err

@@ -1,5 +1,5 @@
 """Classification targets as stored: float16 temperature-free log-probabilities, dense or as a
-compact top-k record. Part of the shard contract (:mod:`pipeline.format` re-exports every name);
+compact top-k record. Part of the shard contract (:mod:`core.format` re-exports every name);
 kept apart because it is numerics, not file layout.
 """
 
@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from pipeline.errors import FormatError
+from core.errors import FormatError
 
 LOGP_DTYPE = np.float16
 # float16 cannot hold -inf; log-probabilities below this carry no information anyway.

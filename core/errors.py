@@ -17,4 +17,4 @@ class JobFailure(Exception):
 
 
 class FormatError(ValueError):
-    """A shard, index or manifest that does not follow the shard contract (:mod:`pipeline.format`)."""
+    """A shard, index or manifest that does not follow the shard contract (:mod:`core.format`)."""

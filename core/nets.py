@@ -2,7 +2,7 @@
 
 Both take ``(in_channels, num_classes)`` like every registry model; ``num_classes`` is the width
 of the last layer, so a regression model asks for ``out_dim + logvar_dim`` outputs (μ, then
-s = log σ²; :func:`pipeline.models.split_gaussian`). Widths are arguments: the defaults are the
+s = log σ²; :func:`core.models.split_gaussian`). Widths are arguments: the defaults are the
 published sizes, the bundled gaze example scales them down to run on two CPU cores.
 """
 

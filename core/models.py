@@ -7,7 +7,8 @@ A checkpoint is a plain dict of tensors and primitives, loaded with ``weights_on
 
 A regression checkpoint (``task: regress``) has ``out_dim`` and ``logvar_dim`` instead of
 ``num_classes``: its model outputs μ (``out_dim`` values) then s = log σ² (``logvar_dim`` values,
-1 for the isotropic Gaussian of XCL's gaze models); :func:`split_gaussian` cuts the output.
+1 for the isotropic Gaussian of XCL's gaze models); :func:`core.tasks.regression.split_gaussian`
+cuts the output. What a task's checkpoint says it predicts is the task's (:mod:`core.tasks`).
 
 ``arch`` is a registry name, ``torchvision:<name>``, or ``module:factory``. A checkpoint may
 only name a ``module:factory`` that the user's config also names: a checkpoint is data, and data
@@ -26,8 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.errors import UserError
-from pipeline.nets import LeNet, PreActResNet
+from core import storage
+from core.errors import UserError
+from core.nets import LeNet, PreActResNet
+from core.tasks import task_named
 
 CHECKPOINT_FORMAT = "transferset-checkpoint/1"
 
@@ -214,15 +217,8 @@ def save_checkpoint(
 ) -> str:
     """Write a self-describing checkpoint atomically; returns its sha256. A regression model
     (``task="regress"``) gives ``head={"out_dim": D, "logvar_dim": 1 | D}`` instead of classes."""
-    from pipeline.format import atomic_write
-
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if task == "regress":
-        if head is None or head.get("logvar_dim") not in (1, head.get("out_dim")):
-            raise ValueError(f"a regression checkpoint needs head {{out_dim: D, logvar_dim: 1 or D}}, got {head}")
-        outputs: dict[str, int] = {"out_dim": int(head["out_dim"]), "logvar_dim": int(head["logvar_dim"])}
-    else:
-        outputs = {"num_classes": int(num_classes)}
+    outputs = task_named(task).checkpoint_outputs(num_classes, head)
     payload = {
         "format": CHECKPOINT_FORMAT, "arch": arch, "arch_kwargs": dict(arch_kwargs), "task": task,
         **outputs, "input": input, "state_dict": state, "train": dict(train or {}),
@@ -230,15 +226,13 @@ def save_checkpoint(
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
-    atomic_write(path, data)
+    storage.atomic_write(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict safely (``weights_only=True``) and check its header. ``path`` may be
     an fsspec URL (``s3://…``): a cluster's workers read the teachers from shared storage."""
-    from pipeline import storage
-
     if not storage.is_file(path):
         raise UserError(f"checkpoint {path}: file not found")
     try:
@@ -250,40 +244,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def output_width(payload: dict[str, Any]) -> int:
-    """Width of the model's last layer: classes, or μ and log σ² of a regression head."""
-    if payload.get("task") == "regress":
-        return int(payload["out_dim"]) + int(payload["logvar_dim"])
-    return int(payload["num_classes"])
-
-
-def split_gaussian(outputs: torch.Tensor, out_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A regression head's output ``[N, D + S]`` → μ ``[N, D]`` and s = log σ² ``[N, S]``."""
-    return outputs[:, :out_dim], outputs[:, out_dim:]
-
-
 def load_model(
-    path: str | Path, *, task: str = "classify", num_classes: int | None = None,
-    allowed_factories: Iterable[str] = (), out_dim: int | None = None,
+    path: str | Path, *, task: str = "classify", outputs: int | None = None, allowed_factories: Iterable[str] = (),
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the model a checkpoint describes, after checking it fits the job (the task, and the
-    classes or the regression target's dimension)."""
+    """Build the model a checkpoint describes, after checking it fits the job: the task, and
+    ``outputs`` (the classes or the regression target's dimension; None: any)."""
     payload = read_checkpoint(path)
     if payload["task"] != task:
         raise UserError(f"checkpoint {path}: task is {payload['task']!r}, this job needs {task!r}")
-    if task == "regress":
-        if "out_dim" not in payload or payload.get("logvar_dim") not in (1, payload["out_dim"]):
-            raise UserError(f"checkpoint {path}: a regression checkpoint without a valid out_dim/logvar_dim head")
-        if out_dim is not None and payload["out_dim"] != out_dim:
-            raise UserError(f"checkpoint {path}: predicts {payload['out_dim']} values, the data has {out_dim}")
-    elif num_classes is not None and payload["num_classes"] != num_classes:
-        raise UserError(
-            f"checkpoint {path}: {payload['num_classes']} classes, the data has {num_classes}"
-        )
-    model = build_model(
-        payload["arch"], payload["input"]["channels"], output_width(payload), payload["arch_kwargs"],
-        allowed_factories,
-    )
+    kind = task_named(task)
+    kind.check_checkpoint(path, payload, outputs)
+    model = build_model(payload["arch"], payload["input"]["channels"], kind.model_width(payload),
+                        payload["arch_kwargs"], allowed_factories)
     missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint {path}: weights do not fit arch {payload['arch']!r} "

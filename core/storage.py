@@ -3,7 +3,9 @@
 Local paths (and ``file://``) keep the exactly-once commit of the shard contract: temp name,
 fsync, rename, fsync of the directory. On an object store a single PUT of the whole object is
 the commit (it is never visible half-written), so remote writes go straight to the final name.
-Only :mod:`pipeline.format` and the set planner use this module.
+Every module that reads or writes a set, a source or a checkpoint goes through this one. The
+root of the shared set cache (``out: auto``) is defined here too: the bundled gaze renderer
+caches its images under it as well.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ from pathlib import Path
 from typing import IO, Any
 
 TMP_MARKER = ".tmp-"
+CACHE_ENV = "TRANSFERSET_CACHE"
+
+
+def cache_root(configured: str | None) -> str:
+    """Root of the shared set cache: the config's ``cache_root``, else $TRANSFERSET_CACHE, else
+    ~/.cache/transferset."""
+    return configured or os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "transferset")
 
 
 def is_local(url: str | Path) -> bool:

@@ -1,0 +1,188 @@
+"""What a job trains and where it lives: teacher checkpoints, sets, student runs, their specs.
+
+Output layout under ``OUT``::
+
+    teachers/member-<m>/model.pt     sets/<name>/     students/<name>/seed-<s>/     report.json
+
+A finished step leaves a ``spec.json`` describing what it was made from; a rerun whose spec is
+unchanged reuses the step's output instead of redoing it. :mod:`pipeline.chain` runs the steps
+in order; :mod:`pipeline.ray_train` trains the same runs as Ray tasks; the reports find the
+students' models here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core import storage
+from core.config import SOURCE_SET, Config
+from core.errors import UserError
+from core.seeds import part_seed
+from core.set_index import read_index
+from core.sources import Source, load_source
+from core.tasks import Task, score
+from pipeline.plan import plan_set
+from student.train import train_model
+
+Progress = Callable[[str], None]
+SPEC_NAME = "spec.json"
+
+
+def reusable(out_dir: Path, spec: dict[str, Any], artifact: str) -> bool:
+    spec_path = out_dir / SPEC_NAME
+    return (out_dir / artifact).is_file() and spec_path.is_file() and json.loads(spec_path.read_text()) == spec
+
+
+def mark_done(out_dir: Path, spec: dict[str, Any]) -> None:
+    storage.atomic_write(out_dir / SPEC_NAME, json.dumps(spec, sort_keys=True, indent=1).encode())
+
+
+def load_splits(cfg: Config) -> tuple[Source, Source]:
+    return load_source(cfg.source, "train"), load_source(cfg.source, "test")
+
+
+# ---------------------------------------------------------------- teachers
+
+
+def teacher_paths(cfg: Config, out: str | Path) -> list[str | Path]:
+    """Checkpoints of the ensemble: the config's own files (paths or fsspec URLs, kept as given),
+    or the members this job trains (under ``out``, a path or, for ``generate``, a URL)."""
+    if cfg.teachers.checkpoints:
+        return list(cfg.teachers.checkpoints)
+    parts = [("teachers", f"member-{m}", "model.pt") for m in range(cfg.teachers.members)]
+    if storage.is_local(out):
+        return [storage.local_path(out).joinpath(*p) for p in parts]
+    return [storage.join(out, *p) for p in parts]
+
+
+def require_teachers(cfg: Config, out: str | Path) -> list[str | Path]:
+    paths = teacher_paths(cfg, out)
+    missing = [str(p) for p in paths if not storage.is_file(p)]
+    if missing:
+        raise UserError(
+            f"teachers: {len(missing)} checkpoint(s) missing ({missing[0]}); "
+            f"train them with `transferset train CONFIG --teachers` or set teachers.checkpoints"
+        )
+    return paths
+
+
+def member_seed(cfg: Config, member: int) -> int:
+    return part_seed(cfg.seed, "teacher", member)
+
+
+def member_spec(cfg: Config, seed: int) -> dict[str, Any]:
+    return {"model": cfg.teachers.model.model_dump(), "train": cfg.teachers.train.model_dump(),
+            "source": cfg.source.model_dump(), "seed": seed}
+
+
+def train_member(cfg: Config, member: int, member_dir: Path, seed: int, train: Source, test: Source,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Train teacher member ``member`` (ERM, in this process)."""
+    return train_model(
+        name=f"teacher-{member}", model_cfg=cfg.teachers.model, train_cfg=cfg.teachers.train,
+        objective="erm", kd_cfg=None, sets=[], train_source=train, test_source=test,
+        out_dir=member_dir, seed=seed, progress=progress,
+    )
+
+
+# ---------------------------------------------------------------- sets
+
+
+def set_dir(out: str | Path, name: str) -> str:
+    return storage.join(out, "sets", name)
+
+
+def locate_set(cfg: Config, out: str | Path, name: str) -> str:
+    """Where set ``name`` lives: OUT/sets/NAME, or its ``out`` (``auto``: the shared cache, found
+    by fingerprint, which needs the teachers' checkpoints)."""
+    if cfg.sets[name].out is None:
+        return set_dir(out, name)
+    return plan_set(cfg, name, set_dir(out, name), require_teachers(cfg, out)).spec.out_dir
+
+
+# ---------------------------------------------------------------- students
+
+
+def student_sets(cfg: Config, out: Path, name: str, task: Task) -> list[tuple[str, float]]:
+    """The student's sets as (directory, weight), each checked to be generated and of ``task``
+    (the task of the job's source)."""
+    sets = []
+    for set_name, weight in cfg.students[name].sets.items():
+        if set_name == SOURCE_SET:
+            sets.append((SOURCE_SET, weight))  # the real training split, read by the trainer
+            continue
+        directory = locate_set(cfg, out, set_name)
+        index = read_index(directory)
+        if index is None:
+            raise UserError(f"students.{name}.sets: set {set_name!r} is not generated yet at {directory}; "
+                            f"run `transferset generate CONFIG` first")
+        if index.kind.name != task.name:  # the job's source decides what its students learn
+            raise UserError(f"students.{name}.sets: set {set_name!r} at {directory} has task "
+                            f"{index.task!r}, the student is trained for {task.name!r}")
+        sets.append((str(directory), weight))
+    return sets
+
+
+def student_dir(out: Path, name: str, seed_index: int) -> Path:
+    """Where run ``seed_index`` of student ``name`` lives: ``OUT/students/NAME/seed-S``."""
+    return Path(out) / "students" / name / f"seed-{seed_index}"
+
+
+def _file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest()
+
+
+def _fingerprint(set_dir: str) -> str | None:
+    index = read_index(set_dir)
+    return None if index is None else index.fingerprint
+
+
+def _student_spec(cfg: Config, out: Path, name: str, seed: int, sets: list[tuple[str, float]]) -> dict[str, Any]:
+    """What one run of a student is made from; its seed list is not part of it, so adding a seed
+    reuses the runs already made."""
+    student = cfg.students[name]
+    spec = {"student": student.model_dump(exclude={"seeds"}), "source": cfg.source.model_dump(), "seed": seed,
+            "sets": {storage.name_of(d): [w, _fingerprint(d) if d != SOURCE_SET else None] for d, w in sets}}
+    if student.objective == "kd_online":
+        spec["teachers"] = [_file_sha256(path) for path in require_teachers(cfg, out)]
+    return spec
+
+
+def student_runs(cfg: Config, out: Path, name: str, task: Task, seeds: list[int] | None = None) -> list[dict[str, Any]]:
+    """The runs of student ``name`` (one per seed), each checked for its inputs: ``{seed_index,
+    seed, out_dir, sets, spec}``."""
+    if name not in cfg.students:
+        raise UserError(f"--student {name!r}: not one of {sorted(cfg.students)}")
+    student = cfg.students[name]
+    unknown = sorted(set(seeds or []) - set(student.seeds))
+    if unknown:
+        raise UserError(f"--seed {unknown[0]}: student {name!r} has seeds {student.seeds}")
+    sets = student_sets(cfg, out, name, task) if student.objective == "kd" else []
+    runs = []
+    for seed_index in seeds or student.seeds:
+        seed = part_seed(cfg.seed, "student", name, seed_index)
+        runs.append({"name": name, "seed_index": seed_index, "seed": seed, "sets": sets,
+                     "out_dir": student_dir(out, name, seed_index),
+                     "spec": _student_spec(cfg, out, name, seed, sets)})
+    return runs
+
+
+def train_student_run(cfg: Config, out: Path, run: dict[str, Any], train: Source, test: Source,
+                      progress: Progress) -> dict[str, Any]:
+    """Train one run of :func:`student_runs` and mark it done."""
+    name, student, label = run["name"], cfg.students[run["name"]], f"{run['name']}/seed-{run['seed_index']}"
+    progress(f"student {label}: training {student.model.arch} ({student.objective}) for {student.train.steps} steps")
+    teachers = list(require_teachers(cfg, out)) if student.objective == "kd_online" else None
+    result = train_model(
+        name=name, model_cfg=student.model, train_cfg=student.train, objective=student.objective,
+        kd_cfg=student.kd, sets=run["sets"], train_source=train, test_source=test, out_dir=run["out_dir"],
+        seed=run["seed"], progress=progress, teachers=teachers,
+    )
+    result["seed_index"] = run["seed_index"]
+    mark_done(run["out_dir"], run["spec"])
+    progress(f"student {label}: {score(result)}")
+    return result

@@ -1,0 +1,217 @@
+"""Building a training run (the first of :func:`student.train.train_model`'s three parts): check
+every input before anything is written, open the data, build the model, optimizer and objective,
+and pick up a saved train state of the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.config import SOURCE_SET, KDConfig, ModelConfig, TrainConfig
+from core.errors import UserError
+from core.models import build_model, load_model, stochastic_blocks
+from core.seeds import stream_seed
+from core.set_index import read_index
+from core.sources import Source, load_in_memory
+from core.tasks import Task
+from student import distributed
+from student.curves import TensorBoard
+from student.data import source_input_spec
+from student.objectives import TRANSFER_STREAM, Objective, SelfGuided
+from student.online import Teacher
+from student.optim import make_optimizer
+from student.shards import SetShards, open_transfer_sets
+from student.state import STATE_NAME, load_state, restore, spec_hash
+from student.stream import RealPart, StreamPlan
+from student.tasks import OBJECTIVES
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Run:
+    """One training run, built: what the loop trains and the finish writes."""
+
+    name: str
+    objective: str
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    kd_cfg: KDConfig | None
+    task: Task
+    seed: int
+    out_dir: Path
+    progress: Progress | None
+    ctx: distributed.Dist
+    train_source: Source
+    test_source: Source
+    opened: list[SetShards]  # the transfer sets (kd)
+    head: dict[str, int]  # what the model predicts (its checkpoint's head)
+    spec: dict[str, Any]  # the model's input contract
+    plain: nn.Module  # the model itself
+    model: nn.Module  # what the step runs: plain, or Self-Guidance's pair, in DDP when distributed
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # mixed precision on CUDA
+    step_fn: Objective
+    run_spec: str  # the hash a resumable state must carry
+    start_step: int
+    epoch: int  # steps per epoch
+    tensorboard: TensorBoard | None
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / STATE_NAME
+
+
+def epoch_steps(cfg: TrainConfig, samples: int) -> int:
+    """Steps of one epoch: the configured number, else one pass over ``samples``."""
+    return cfg.epoch_steps or max(1, math.ceil(samples / cfg.batch_size))
+
+
+def set_threads(cfg: TrainConfig, ctx: distributed.Dist) -> None:
+    """``cfg.threads``, or the cores left by the loader workers and the other local ranks.
+
+    Oversubscribed intra-op threads spin against each other: on a busy 2-core machine a tiny
+    CNN step took 3 ms with one thread and 160 ms with two."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+        return
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+    free = (os.cpu_count() or 1) // max(1, local_ranks) - cfg.num_workers
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), free)))
+
+
+def kd_sets(sets: list[tuple[str, float]]) -> tuple[list[tuple[str, float]], float]:
+    """Transfer sets and the weight of the real split (the reserved set name ``source``)."""
+    real = sum(w for d, w in sets if d == SOURCE_SET)
+    return [(d, w) for d, w in sets if d != SOURCE_SET], real
+
+
+def batches_per_transfer(cfg: TrainConfig, batch_size: int, source: Source) -> int:
+    """The configured number, else as many as fit in 16 MiB (at most 32): few transfers between
+    processes without holding large images many times over in the queues."""
+    if cfg.batches_per_transfer:
+        return cfg.batches_per_transfer
+    height, width, channels = source.shape
+    batch_bytes = batch_size * (height * width * channels + 4 * source.num_classes + 9)
+    return max(1, min(32, (16 << 20) // batch_bytes))
+
+
+def open_sets(transfer_sets: list[tuple[str, float]], task: Task, cfg: TrainConfig,
+              source: Source) -> list[SetShards]:
+    """The kd objective's transfer sets, checked against the source's task and outputs."""
+    opened = open_transfer_sets(transfer_sets, task=task, on_bad_shard=cfg.on_bad_shard)
+    if opened[0].outputs != task.outputs(source):
+        raise UserError(f"transfer sets have {opened[0].outputs} {task.outputs_noun}, the source has "
+                        f"{task.outputs(source)}")
+    return opened
+
+
+def online_teachers(name: str, teachers: list[str | Path] | None, source: Source) -> list[Teacher]:
+    """The kd_online objective's ensemble: each member and its input contract."""
+    if not teachers:
+        raise UserError(f"{name}: objective 'kd_online' needs the teachers' checkpoints")
+    return [(model, payload["input"]) for model, payload in
+            (load_model(path, task=source.task.name, outputs=source.task.outputs(source)) for path in teachers)]
+
+
+def new_model(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, head_width: int,
+              source: Source) -> nn.Module:
+    """The model to train, initialised from the global torch RNG (seeded by the caller)."""
+    plain = build_model(model_cfg.arch, source.shape[2], head_width, model_cfg.arch_kwargs)
+    if train_cfg.self_guidance is not None and not stochastic_blocks(plain):
+        raise UserError(f"{name}: train.self_guidance needs a stochastic-depth model, e.g. arch resnet_cifar "
+                        f"with arch_kwargs.survival < 1")
+    return plain
+
+
+def build_objective(objective: str, task: Task, train_cfg: TrainConfig, kd_cfg: KDConfig | None,
+                    sets: list[tuple[str, float]], source: Source, spec: dict[str, Any], ctx: distributed.Dist,
+                    seed: int, start_step: int, epoch: int, opened: list[SetShards],
+                    teachers: list[Teacher]) -> Objective:
+    """The run's objective (:data:`student.tasks.OBJECTIVES`), its stream positioned at ``start_step``."""
+    factory = OBJECTIVES[task.name][objective]
+    common = (train_cfg, spec, ctx.device, seed, ctx.rank)
+    if objective == "erm":
+        return factory(source, *common)
+    if kd_cfg is None:
+        raise UserError(f"objective {objective!r} needs a kd config (temperature, alpha)")
+    if objective == "kd_online":
+        return factory(teachers, source, kd_cfg, *common)
+    _, real_weight = kd_sets(sets)
+    real = None
+    if real_weight > 0:
+        real = RealPart(source.images(), source.labels, source.pad, source.flip, real_weight, train_cfg.class_balanced)
+    candidates = train_cfg.batch_size if kd_cfg.pick is None else math.ceil(kd_cfg.pick.ratio * train_cfg.batch_size)
+    plan = StreamPlan(
+        batch_size=candidates, seed=stream_seed(seed, TRANSFER_STREAM), epoch_steps=epoch,
+        start_step=start_step, num_workers=train_cfg.num_workers, world_size=ctx.world_size, rank=ctx.rank,
+        batches_per_item=batches_per_transfer(train_cfg, candidates, source), shuffle_buffer=train_cfg.shuffle_buffer,
+        cache_bytes=int(train_cfg.cache_mb * 2**20), on_bad_shard=train_cfg.on_bad_shard,
+    )
+    return factory(opened, real, kd_cfg, plan, (source.shape[2], source.shape[0], source.shape[1]), *common)
+
+
+def _fingerprint(set_dir: str) -> str | None:
+    index = read_index(set_dir)
+    return None if index is None else index.fingerprint
+
+
+def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, objective: str, kd_cfg: KDConfig | None,
+              sets: list[tuple[str, float]], train_source: Source, test_source: Source, out_dir: Path, seed: int,
+              progress: Progress | None, resume: bool, teachers: list[str | Path] | None) -> Run:
+    """Everything :func:`student.train.train_model` trains, checked and built (see there)."""
+    if objective not in ("erm", "kd", "kd_online"):
+        raise UserError(f"objective {objective!r}: expected 'erm', 'kd' or 'kd_online'")
+    ctx = distributed.setup()
+    set_threads(train_cfg, ctx)
+    test_source = load_in_memory(test_source)
+    transfer_sets, real_weight = kd_sets(sets)
+    task = train_source.task
+    task.check_student(name, objective, train_cfg, kd_cfg, real_weight)
+    opened = open_sets(transfer_sets, task, train_cfg, train_source) if objective == "kd" else []
+    online = online_teachers(name, teachers, train_source) if objective == "kd_online" else []
+    if objective != "kd" or real_weight > 0:
+        train_source = load_in_memory(train_source)
+    epoch = epoch_steps(train_cfg, len(train_source) if objective != "kd" else sum(sum(s.samples) for s in opened))
+    torch.manual_seed(seed)
+    head = task.head(model_cfg, train_source)
+    plain = new_model(name, model_cfg, train_cfg, task.head_width(head), train_source)
+    tensorboard = TensorBoard(Path(out_dir) / "tensorboard") if train_cfg.tensorboard and ctx.is_main else None
+    plain = plain.to(ctx.device)
+    if train_cfg.channels_last:
+        plain = plain.to(memory_format=torch.channels_last)
+    spec = source_input_spec(train_source)
+    optimizer = make_optimizer(plain, train_cfg)
+    scaler = torch.amp.GradScaler("cuda") if train_cfg.amp and ctx.device.type == "cuda" else None
+    out_dir = Path(out_dir)
+    run_spec = spec_hash({
+        "model": model_cfg.model_dump(), "train": train_cfg.model_dump(), "objective": objective,
+        "kd": kd_cfg.model_dump() if kd_cfg is not None and objective != "erm" else None, "seed": seed,
+        "teachers": [str(t) for t in teachers or []] if objective == "kd_online" else [],
+        "sets": [(d, w, _fingerprint(d)) for d, w in transfer_sets] if opened else [],
+        "real_weight": real_weight, "world_size": ctx.world_size, "source": train_source.identity,
+    })
+    payload = load_state(out_dir / STATE_NAME, run_spec) if resume else None
+    start_step = 0 if payload is None else restore(payload, plain, optimizer, scaler)
+    if payload is not None and progress is not None and ctx.is_main:
+        progress(f"{name}: resuming at step {start_step} from {out_dir / STATE_NAME}")
+    guided = SelfGuided(plain) if train_cfg.self_guidance is not None else plain
+    unused = bool(stochastic_blocks(plain)) and train_cfg.self_guidance is None  # dropped blocks get no gradient
+    model = distributed.wrap(guided, ctx, find_unused=unused)
+    step_fn = build_objective(objective, task, train_cfg, kd_cfg, sets, train_source, spec, ctx, seed, start_step,
+                              epoch, opened, online)
+    if payload is not None and ctx.is_main:
+        step_fn.counts.restore(payload.get("counts", {}))  # rank 0 keeps the sum over ranks
+    return Run(name=name, objective=objective, model_cfg=model_cfg, train_cfg=train_cfg, kd_cfg=kd_cfg, task=task,
+               seed=seed, out_dir=out_dir, progress=progress, ctx=ctx, train_source=train_source,
+               test_source=test_source, opened=opened, head=head, spec=spec, plain=plain, model=model,
+               optimizer=optimizer, scaler=scaler, step_fn=step_fn, run_spec=run_spec, start_step=start_step,
+               epoch=epoch, tensorboard=tensorboard)
