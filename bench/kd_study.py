@@ -11,9 +11,9 @@ every seed of the example):
   hardest of 256 by KL) and GAN-free XCL-Gen (real 0.5 + PCA-generated class mixes 0.5), at 1× and 2×;
 * ``small``: ERM, KD and XCL-Mix for a student of a quarter of the members' parameters, at 1× and 2×;
 * ``views``: the same recipe with the teachers in the loop on fresh augmentations
-  (``kd_online``; ``online_mix: 0.5`` for XCL-Mix, at 1× only), at 1× and 2×: separates the
-  stored views from the loss;
-* ``budget``: ERM and KD at 4× the steps (longer than the teachers were trained);
+  (``kd_online``; ``online_mix: 0.5`` for XCL-Mix), at 1× and 2×: separates the stored views
+  and mixes from the loss;
+* ``budget``: ERM, KD and XCL-Mix at 4× the steps (longer than the teachers were trained);
 * ``alpha``: KD with α = 1 (pure distillation);
 * ``lr``: KD at half and at twice the learning rate;
 * ``mix``: XCL-Mix with 25 % and 75 % mixes instead of 50 %.
@@ -69,19 +69,20 @@ def study_students(raw: dict[str, Any], groups: list[str]) -> dict[str, dict[str
     for suffix, factor in (("", 1.0), ("_1x", 0.5)):
         if "methods" in groups:
             chosen[f"erm_ls{suffix}"] = variant(students, "erm", factor, train__label_smoothing=0.1)
-            chosen[f"tlcutmix_pick{suffix}"] = variant(students, "xcl_mix", factor, sets={"real": 0.5, "cutmix": 0.5},
-                                                       kd__pick=pick)
+            chosen[f"tlcutmix_pick{suffix}"] = variant(
+                students, "xcl_mix", factor, sets={"real": 0.5, "cutmix": 0.5}, kd__pick=pick
+            )
             chosen[f"xcl_gen{suffix}"] = variant(students, "xcl_mix", factor, sets={"real": 0.5, "gen": 0.5})
         if "small" in groups:
             for name in ("erm", "kd", "xcl_mix"):
                 chosen[f"small_{name}{suffix}"] = variant(students, name, factor, model=small)
         if "views" in groups:
             chosen[f"kd_online{suffix}"] = variant(students, "kd", factor, **online)
-            if suffix:  # XCL-Mix online at 1× only: a teacher forward per step is dear on two cores
-                chosen[f"xcl_online{suffix}"] = variant(students, "xcl_mix", factor, **online, kd__online_mix=0.5)
+            chosen[f"xcl_online{suffix}"] = variant(students, "xcl_mix", factor, **online, kd__online_mix=0.5)
     if "budget" in groups:
         chosen["erm_4x"] = variant(students, "erm", 2.0)
         chosen["kd_4x"] = variant(students, "kd", 2.0)
+        chosen["xcl_mix_4x"] = variant(students, "xcl_mix", 2.0)
     if "alpha" in groups:
         chosen["kd_alpha1"] = variant(students, "kd", kd__alpha=1.0)
     if "lr" in groups:
@@ -132,8 +133,14 @@ def main() -> None:
     (args.out / "study.json").write_text(json.dumps(report, indent=1))
     print(format_table(report))
     print(f"study: {args.out / 'study.json'} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
-    print(json.dumps({name: {"accuracy": row["accuracy"], "std": row["accuracy_std"], "seeds": row["seeds"]}
-                      for name, row in report["students"].items()}))
+    print(
+        json.dumps(
+            {
+                name: {"accuracy": row["accuracy"], "std": row["accuracy_std"], "seeds": row["seeds"]}
+                for name, row in report["students"].items()
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
