@@ -1,7 +1,7 @@
 """Why KD trailed ERM on real images: the study behind docs/RESULTS.md, one factor at a time.
 
     python bench/kd_study.py [--config examples/cifar10.yaml] [--out runs/cifar10] [--groups views,budget,alpha,lr,mix]
-                             [--base] [--set key=value ...]
+                             [--budgets 2x,1x] [--base] [--set key=value ...]
 
 Takes examples/cifar10.yaml — its source, teachers, sets and student recipe — and adds students that
 each change one thing of its ``erm``, ``kd`` or ``xcl_mix`` student (member architecture, 2× budget,
@@ -59,14 +59,17 @@ def variant(students: dict[str, Any], base: str, steps_factor: float = 1.0, **ch
     return student
 
 
-def study_students(raw: dict[str, Any], groups: list[str]) -> dict[str, dict[str, Any]]:
-    """The study's students, built from the example's 2× ``erm``, ``kd`` and ``xcl_mix``."""
+def study_students(
+    raw: dict[str, Any], groups: list[str], budgets: tuple[str, ...] = ("2x", "1x")
+) -> dict[str, dict[str, Any]]:
+    """The study's students, built from the example's 2× ``erm``, ``kd`` and ``xcl_mix``;
+    ``budgets`` picks the 2× and/or 1× variants of the groups that have both."""
     students = raw["students"]
     online = {"objective": "kd_online", "sets": {}}
     small = {"arch": "resnet_cifar", "arch_kwargs": {"depth": 8, "width": 8}}
     pick = {"ratio": 2.0, "criterion": "kl"}
     chosen: dict[str, dict[str, Any]] = {}
-    for suffix, factor in (("", 1.0), ("_1x", 0.5)):
+    for suffix, factor in [(s, f) for b, s, f in (("2x", "", 1.0), ("1x", "_1x", 0.5)) if b in budgets]:
         if "methods" in groups:
             chosen[f"erm_ls{suffix}"] = variant(students, "erm", factor, train__label_smoothing=0.1)
             chosen[f"tlcutmix_pick{suffix}"] = variant(
@@ -100,6 +103,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=EXAMPLE, help="the base config (default the example)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "cifar10")
     parser.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, of {','.join(GROUPS)}")
+    parser.add_argument("--budgets", default="2x,1x", help="the budgets of methods/small/views: 2x, 1x or both")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override the example")
     parser.add_argument("--base", action="store_true", help="also (re)use the example's own students")
     args = parser.parse_args()
@@ -110,7 +114,10 @@ def main() -> None:
     raw = json.loads(json.dumps(yaml.safe_load(args.config.read_text())))
     for assignment in args.overrides:
         apply_override(raw, assignment)
-    study = study_students(raw, groups)
+    budgets = tuple(b for b in args.budgets.split(",") if b)
+    if not budgets or set(budgets) - {"1x", "2x"}:
+        raise SystemExit(f"--budgets: {args.budgets!r}; give 2x, 1x or 2x,1x")
+    study = study_students(raw, groups, budgets)
     base = {name: raw["students"][name] for name in ("erm", "kd", "xcl_mix")} if args.base else {}
     raw["students"] = {**base, **study}
     raw["report"] = {"baseline": "kd", "compare": [n for n in raw["students"] if n != "kd"]} if args.base else {}
