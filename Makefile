@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= examples/quickstart.yaml
 
-.PHONY: run test lint bench bench-generate bench-train bench-topk clean
+.PHONY: run test lint bench bench-generate bench-train bench-topk bench-student study clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # Benchmarks print their figures and end with one JSON line; figures go to docs/BENCHMARKS.md.
-bench: bench-generate bench-train bench-topk
+bench: bench-generate bench-train bench-topk bench-student
 
 bench-generate: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/generate.py
@@ -34,6 +34,14 @@ bench-train: $(STAMP)
 
 bench-topk: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/topk_kl.py
+
+bench-student: $(STAMP)
+	$(BIN)/python bench/student_speed.py
+
+# The CIFAR-10 KD study of docs/RESULTS.md (hours on two cores): the example, then every study group.
+study: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/transferset run examples/cifar10.yaml
+	RAY_AUTH_MODE=disabled $(BIN)/python bench/kd_study.py --out runs/cifar10
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,7 +1,7 @@
 """Why KD trailed ERM on real images: the study behind docs/RESULTS.md, one factor at a time.
 
     python bench/kd_study.py [--config examples/cifar10.yaml] [--out runs/cifar10] [--groups views,budget,alpha,lr,mix]
-                             [--base] [--set key=value ...]
+                             [--budgets 2x,1x] [--base] [--set key=value ...]
 
 Takes examples/cifar10.yaml — its source, teachers, sets and student recipe — and adds students that
 each change one thing of its ``erm``, ``kd`` or ``xcl_mix`` student (member architecture, 2× budget,
@@ -11,9 +11,9 @@ every seed of the example):
   hardest of 256 by KL) and GAN-free XCL-Gen (real 0.5 + PCA-generated class mixes 0.5), at 1× and 2×;
 * ``small``: ERM, KD and XCL-Mix for a student of a quarter of the members' parameters, at 1× and 2×;
 * ``views``: the same recipe with the teachers in the loop on fresh augmentations
-  (``kd_online``; ``online_mix: 0.5`` for XCL-Mix, at 1× only), at 1× and 2×: separates the
-  stored views from the loss;
-* ``budget``: ERM and KD at 4× the steps (longer than the teachers were trained);
+  (``kd_online``; ``online_mix: 0.5`` for XCL-Mix), at 1× and 2×: separates the stored views
+  and mixes from the loss;
+* ``budget``: ERM, KD and XCL-Mix at 4× the steps (longer than the teachers were trained);
 * ``alpha``: KD with α = 1 (pure distillation);
 * ``lr``: KD at half and at twice the learning rate;
 * ``mix``: XCL-Mix with 25 % and 75 % mixes instead of 50 %.
@@ -59,29 +59,33 @@ def variant(students: dict[str, Any], base: str, steps_factor: float = 1.0, **ch
     return student
 
 
-def study_students(raw: dict[str, Any], groups: list[str]) -> dict[str, dict[str, Any]]:
-    """The study's students, built from the example's 2× ``erm``, ``kd`` and ``xcl_mix``."""
+def study_students(
+    raw: dict[str, Any], groups: list[str], budgets: tuple[str, ...] = ("2x", "1x")
+) -> dict[str, dict[str, Any]]:
+    """The study's students, built from the example's 2× ``erm``, ``kd`` and ``xcl_mix``;
+    ``budgets`` picks the 2× and/or 1× variants of the groups that have both."""
     students = raw["students"]
     online = {"objective": "kd_online", "sets": {}}
     small = {"arch": "resnet_cifar", "arch_kwargs": {"depth": 8, "width": 8}}
     pick = {"ratio": 2.0, "criterion": "kl"}
     chosen: dict[str, dict[str, Any]] = {}
-    for suffix, factor in (("", 1.0), ("_1x", 0.5)):
+    for suffix, factor in [(s, f) for b, s, f in (("2x", "", 1.0), ("1x", "_1x", 0.5)) if b in budgets]:
         if "methods" in groups:
             chosen[f"erm_ls{suffix}"] = variant(students, "erm", factor, train__label_smoothing=0.1)
-            chosen[f"tlcutmix_pick{suffix}"] = variant(students, "xcl_mix", factor, sets={"real": 0.5, "cutmix": 0.5},
-                                                       kd__pick=pick)
+            chosen[f"tlcutmix_pick{suffix}"] = variant(
+                students, "xcl_mix", factor, sets={"real": 0.5, "cutmix": 0.5}, kd__pick=pick
+            )
             chosen[f"xcl_gen{suffix}"] = variant(students, "xcl_mix", factor, sets={"real": 0.5, "gen": 0.5})
         if "small" in groups:
             for name in ("erm", "kd", "xcl_mix"):
                 chosen[f"small_{name}{suffix}"] = variant(students, name, factor, model=small)
         if "views" in groups:
             chosen[f"kd_online{suffix}"] = variant(students, "kd", factor, **online)
-            if suffix:  # XCL-Mix online at 1× only: a teacher forward per step is dear on two cores
-                chosen[f"xcl_online{suffix}"] = variant(students, "xcl_mix", factor, **online, kd__online_mix=0.5)
+            chosen[f"xcl_online{suffix}"] = variant(students, "xcl_mix", factor, **online, kd__online_mix=0.5)
     if "budget" in groups:
         chosen["erm_4x"] = variant(students, "erm", 2.0)
         chosen["kd_4x"] = variant(students, "kd", 2.0)
+        chosen["xcl_mix_4x"] = variant(students, "xcl_mix", 2.0)
     if "alpha" in groups:
         chosen["kd_alpha1"] = variant(students, "kd", kd__alpha=1.0)
     if "lr" in groups:
@@ -99,6 +103,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=EXAMPLE, help="the base config (default the example)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "cifar10")
     parser.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, of {','.join(GROUPS)}")
+    parser.add_argument("--budgets", default="2x,1x", help="the budgets of methods/small/views: 2x, 1x or both")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override the example")
     parser.add_argument("--base", action="store_true", help="also (re)use the example's own students")
     args = parser.parse_args()
@@ -109,7 +114,10 @@ def main() -> None:
     raw = json.loads(json.dumps(yaml.safe_load(args.config.read_text())))
     for assignment in args.overrides:
         apply_override(raw, assignment)
-    study = study_students(raw, groups)
+    budgets = tuple(b for b in args.budgets.split(",") if b)
+    if not budgets or set(budgets) - {"1x", "2x"}:
+        raise SystemExit(f"--budgets: {args.budgets!r}; give 2x, 1x or 2x,1x")
+    study = study_students(raw, groups, budgets)
     base = {name: raw["students"][name] for name in ("erm", "kd", "xcl_mix")} if args.base else {}
     raw["students"] = {**base, **study}
     raw["report"] = {"baseline": "kd", "compare": [n for n in raw["students"] if n != "kd"]} if args.base else {}
@@ -132,8 +140,14 @@ def main() -> None:
     (args.out / "study.json").write_text(json.dumps(report, indent=1))
     print(format_table(report))
     print(f"study: {args.out / 'study.json'} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
-    print(json.dumps({name: {"accuracy": row["accuracy"], "std": row["accuracy_std"], "seeds": row["seeds"]}
-                      for name, row in report["students"].items()}))
+    print(
+        json.dumps(
+            {
+                name: {"accuracy": row["accuracy"], "std": row["accuracy_std"], "seeds": row["seeds"]}
+                for name, row in report["students"].items()
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -62,3 +62,25 @@ def test_the_example_runs_end_to_end_on_a_tiny_budget(tmp_path) -> None:
     seen = report["students"]["xcl_mix"]["seen"]
     assert [row["set"] for row in seen] == ["real", "mix"] and all(row["stored"] for row in seen)
     assert "teacher Ĥ: training split" in result.stdout and "xcl_mix_1x" in result.stdout
+
+
+def test_each_study_student_changes_one_thing_of_the_example() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import yaml
+    from kd_study import GROUPS, study_students
+
+    from pipeline.config import parse_config
+
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    study = study_students(raw, list(GROUPS))
+    assert {"kd_online", "xcl_online_1x", "xcl_mix_4x", "kd_alpha1", "xcl_mix25", "small_kd_1x"} <= set(study)
+    assert set(study_students(raw, ["views"], ("2x",))) == {"kd_online", "xcl_online"}
+    base = raw["students"]
+    assert study["kd_alpha1"]["kd"] == {**base["kd"]["kd"], "alpha": 1.0}
+    assert study["xcl_mix_4x"]["train"]["steps"] == 2 * base["xcl_mix"]["train"]["steps"]
+    assert study["erm_ls_1x"]["train"]["steps"] == base["erm_1x"]["train"]["steps"]
+    assert study["xcl_online"]["objective"] == "kd_online" and study["xcl_online"]["kd"]["online_mix"] == 0.5
+    assert study["small_erm"]["model"]["arch_kwargs"]["width"] < base["erm"]["model"]["arch_kwargs"]["width"]
+    assert base["kd"]["kd"] == {"temperature": 4.0, "alpha": 0.9}, "variants never write into the example"
+    cfg = parse_config({**raw, "students": study, "report": {}}, origin="study")
+    assert set(cfg.students) == set(study)
