@@ -123,10 +123,11 @@ def main() -> None:
     raw["report"] = {"baseline": "kd", "compare": [n for n in raw["students"] if n != "kd"]} if args.base else {}
     cfg = parse_config(raw, origin=str(args.config))
 
-    from pipeline.chain import generate_sets, load_splits, train_students, train_teachers
+    from pipeline.chain import generate_sets, train_students, train_teachers
     from pipeline.cli import progress
     from pipeline.driver import shutdown_ray
     from pipeline.report import build_report, format_table
+    from pipeline.runs import load_splits
 
     started = time.perf_counter()
     try:

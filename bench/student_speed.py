@@ -24,7 +24,7 @@ import time
 import torch
 from common import ROOT  # noqa: F401  (puts the repo on sys.path)
 
-from pipeline.models import build_model  # noqa: E402
+from core.models import build_model  # noqa: E402
 
 
 def samples_per_s(width: int, channels_last: bool, threads: int, steps: int) -> float:

@@ -69,7 +69,7 @@ def test_each_study_student_changes_one_thing_of_the_example() -> None:
     import yaml
     from kd_study import GROUPS, study_students
 
-    from pipeline.config import parse_config
+    from core.config import parse_config
 
     raw = yaml.safe_load(EXAMPLE.read_text())
     study = study_students(raw, list(GROUPS))
