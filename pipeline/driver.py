@@ -99,7 +99,8 @@ class ShardActor:
         torch.set_num_threads(stage.torch_threads())  # fixed for the process: calls never change it
         self.ensemble = Ensemble(spec.teacher_paths, spec.outputs, task=spec.task, device=stage.device,
                                  threads=stage.torch_threads(), batch_size=stage.batch_size, autocast=stage.autocast,
-                                 channels_last=stage.channels_last, pin_memory=stage.pin_memory)
+                                 channels_last=stage.channels_last, pin_memory=stage.pin_memory,
+                                 allowed_factories=spec.factories)
         self.spec = spec
         self.forward = threading.Lock()
         self.input_error = ""
@@ -202,6 +203,13 @@ def shard_specs(spec: SetSpec, shards: list[int]) -> Any:
                                override_num_blocks=len(shards))
 
 
+# Ray does not restart a lost actor (Ray Data's default is forever): a lost actor ends the execution
+# and the supervisor plans again from the committed shards, which --max-restarts bounds. Restartable
+# actors whose constructor arguments sit in the object store also make Ray's core worker print an
+# error-level line on every run (ray-project/ray#53727), in healthy runs too.
+ACTOR_RESTARTS = 0
+
+
 def generator_stage(ds: Any, spec: SetSpec) -> Any:
     """``ds`` → the unfused generator stage: each row gains its shard's generated images."""
     import ray
@@ -210,6 +218,7 @@ def generator_stage(ds: Any, spec: SetSpec) -> Any:
     return ds.map_batches(
         GeneratorActor, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=gen.actors),
         num_cpus=gen.num_cpus, num_gpus=gen.num_gpus, fn_constructor_kwargs={"spec": spec},
+        max_restarts=ACTOR_RESTARTS,
     )
 
 
@@ -225,6 +234,7 @@ def _run_ray(spec: SetSpec, missing: list[int], on_shard: Callable[[ShardSummary
         compute=ray.data.ActorPoolStrategy(size=stage.actors, max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
                                            enable_true_multi_threading=True),
         num_cpus=stage.num_cpus, num_gpus=stage.num_gpus, fn_constructor_kwargs={"spec": spec},
+        max_restarts=ACTOR_RESTARTS,
     )
     for row in ds.iter_rows():
         if row["error"]:
