@@ -284,6 +284,12 @@ class Config(Strict):
     students: dict[str, StudentConfig] = {}
     report: ReportConfig = ReportConfig()
 
+    @property
+    def factories(self) -> tuple[str, ...]:
+        """The ``module:factory`` archs this config names: the only code its checkpoints may run."""
+        models = [self.teachers.model, *(student.model for student in self.students.values())]
+        return tuple(sorted({m.factory for m in models if m.factory is not None}))
+
     @model_validator(mode="after")
     def _references(self) -> Config:
         for name in self.sets:
@@ -346,10 +352,16 @@ def parse_config(raw: dict[str, Any], origin: str = "config") -> Config:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config {path}: is a directory; give the YAML file")
     if not path.is_file():
         raise UserError(f"config {path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserError(f"config {path}: cannot be read ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"config {path}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from err
     except yaml.YAMLError as err:
         raise UserError(f"config {path}: not valid YAML ({str(err).splitlines()[0]})") from err
     if not isinstance(raw, dict):

@@ -6,7 +6,8 @@ shard, target format (dense / top-k and k; regression: Gaussian and its dtype), 
 selection, teacher weights (by checkpoint sha256, in order), teacher precision (autocast) and
 seed — and deliberately not the sample count nor where the set is written: asking for more
 samples with the same fingerprint only adds shards, and any job that asks for the same set finds
-it in the cache.
+it in the cache. Asking for fewer is refused by the planner (``pipeline.plan.check_not_smaller``):
+the shards past the smaller count belong to whoever asked for more.
 """
 
 from __future__ import annotations

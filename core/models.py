@@ -31,6 +31,7 @@ from core import storage
 from core.errors import UserError
 from core.nets import LeNet, PreActResNet
 from core.tasks import task_named
+from core.train_config import ARCH_NAMES
 
 CHECKPOINT_FORMAT = "transferset-checkpoint/1"
 
@@ -150,12 +151,8 @@ class full_network:
             block.full = False
 
 
-REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "tiny_cnn": TinyCNN,
-    "resnet_cifar": CifarResNet,
-    "lenet": LeNet,
-    "preact_resnet": PreActResNet,
-}
+REGISTRY: dict[str, Callable[..., nn.Module]] = dict(zip(ARCH_NAMES, (TinyCNN, CifarResNet, LeNet, PreActResNet),
+                                                          strict=True))
 
 
 def resolve_factory(arch: str, allowed_factories: Iterable[str] = ()) -> Callable[..., nn.Module]:
@@ -230,6 +227,9 @@ def save_checkpoint(
     return hashlib.sha256(data).hexdigest()
 
 
+HEADER: dict[str, type] = {"arch": str, "arch_kwargs": dict, "task": str, "input": dict, "state_dict": dict}
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict safely (``weights_only=True``) and check its header. ``path`` may be
     an fsspec URL (``s3://…``): a cluster's workers read the teachers from shared storage."""
@@ -241,6 +241,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {path}: cannot be loaded safely ({str(err).splitlines()[0]})") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"checkpoint {path}: not a transferset checkpoint (format {CHECKPOINT_FORMAT})")
+    for key, kind in HEADER.items():
+        if not isinstance(payload.get(key), kind):
+            raise UserError(f"checkpoint {path}: header field {key!r} is missing or not a {kind.__name__}; "
+                            "the file is damaged or was not written by transferset")
+    spec = payload["input"]
+    if not isinstance(spec.get("channels"), int) or not isinstance(spec.get("size"), list | tuple):
+        raise UserError(f"checkpoint {path}: header field 'input' lacks channels/size")
     return payload
 
 
@@ -256,7 +263,14 @@ def load_model(
     kind.check_checkpoint(path, payload, outputs)
     model = build_model(payload["arch"], payload["input"]["channels"], kind.model_width(payload),
                         payload["arch_kwargs"], allowed_factories)
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    state = payload["state_dict"]
+    own = model.state_dict()
+    for name, tensor in state.items():
+        if name in own and (not isinstance(tensor, torch.Tensor) or tensor.shape != own[name].shape):
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise UserError(f"checkpoint {path}: weight {name!r} has shape {shape}, arch {payload['arch']!r} "
+                            f"with {payload['arch_kwargs']} needs {tuple(own[name].shape)}")
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint {path}: weights do not fit arch {payload['arch']!r} "
                         f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")

@@ -66,7 +66,12 @@ class Source:
     def image(self, index: int) -> np.ndarray:
         if self._images is not None:
             return self._images[index]
-        return read_image(self._files[index], self.shape[2])
+        image = read_image(self._files[index], self.shape[2])
+        if image.shape != self.shape:
+            raise UserError(f"image {self._files[index]}: {image.shape[0]}×{image.shape[1]}, but the source's "
+                            f"images are {self.shape[0]}×{self.shape[1]} (its first file {self._files[0]}); all "
+                            "images of a source must share one size: resize them first")
+        return image
 
     def images(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
         """Stacked images (all of them by default), uint8 NHWC."""

@@ -38,6 +38,7 @@ class SetSpec(BaseModel):
     teachers: tuple[TeacherEntry, ...]
     teacher_stage: TeacherStageConfig
     generator_stage: GeneratorStageConfig
+    factories: tuple[str, ...] = ()  # the module:factory archs the config names (teachers may use them)
 
     @property
     def kind(self) -> Task:

@@ -6,6 +6,7 @@ the trainer's options live here, the job's stages there.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,11 +18,29 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# The built-in architectures (core.models.REGISTRY is keyed by these): named here so a config
+# is checked without importing torch.
+ARCH_NAMES = ("tiny_cnn", "resnet_cifar", "lenet", "preact_resnet")
+ARCH_NAME = re.compile(r"^(torchvision:[A-Za-z_][A-Za-z0-9_]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+
+
 class ModelConfig(Strict):
-    arch: str
+    arch: str = Field(description="a built-in name, torchvision:NAME, or module:factory (code the config names)")
     arch_kwargs: dict[str, Any] = {}
     logvar: Literal["isotropic", "diagonal"] = Field(
         "isotropic", description="regression heads: one log σ² per sample (XCL supplement A.1) or one per dimension")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        if arch not in ARCH_NAMES and not ARCH_NAME.match(arch):
+            raise ValueError(f"not a built-in architecture {list(ARCH_NAMES)}, torchvision:NAME or module:factory")
+        return arch
+
+    @property
+    def factory(self) -> str | None:
+        """The ``module:factory`` this section names (code the config allows to run), if any."""
+        return self.arch if ":" in self.arch and not self.arch.startswith("torchvision:") else None
 
 
 class SelfGuidanceConfig(Strict):
@@ -147,4 +166,8 @@ class StudentConfig(Strict):
             if self.sets.get(SOURCE_SET, 0) > 0 and self.kd.alpha >= 1:
                 raise ValueError(f"set {SOURCE_SET!r} carries labels only, which kd.alpha = 1 ignores; "
                                  f"lower kd.alpha or drop it")
+        if self.train.class_balanced and not (self.objective == "erm" or self.sets.get(SOURCE_SET, 0) > 0):
+            raise ValueError(f"train.class_balanced draws the real images of the set {SOURCE_SET!r}, which this "
+                             f"{self.objective!r} student does not read; add sets.{SOURCE_SET} with a weight "
+                             "or drop it")
         return self

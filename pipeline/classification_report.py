@@ -11,6 +11,7 @@ accuracy) is :mod:`pipeline.regression_report`; :mod:`pipeline.report` picks one
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +33,18 @@ from pipeline.runs import student_dir
 from student.evaluate import accuracy, predict_probs
 
 
-def ensemble_probs(teachers: list[Path], test: Source) -> tuple[np.ndarray, list[float]]:
+def ensemble_probs(teachers: list[Path], test: Source, factories: Sequence[str] = ()) -> tuple[np.ndarray, list[float]]:
     """The ensemble's mean probabilities on the test split, and each member's accuracy."""
-    members = [load_model(path, outputs=test.num_classes) for path in teachers]
+    members = [load_model(path, outputs=test.num_classes, allowed_factories=factories) for path in teachers]
     models = [model for model, _ in members]
     specs = [payload["input"] for _, payload in members]
     each = [accuracy(predict_probs([m], [s], test), test.labels) for m, s in zip(models, specs, strict=True)]
     return predict_probs(models, specs, test), each
 
 
-def ensemble_accuracy(teachers: list[Path], test: Source) -> tuple[float, list[float]]:
+def ensemble_accuracy(teachers: list[Path], test: Source, factories: Sequence[str] = ()) -> tuple[float, list[float]]:
     """Accuracy of the ensemble mean and of each member on the test split."""
-    probs, each = ensemble_probs(teachers, test)
+    probs, each = ensemble_probs(teachers, test, factories)
     return accuracy(probs, test.labels), each
 
 
@@ -89,13 +90,14 @@ def teacher_warnings(teacher_accuracy: float, rows: dict[str, dict[str, Any]]) -
     return lines
 
 
-def _agreements(out: Path, name: str, seeds: list[int], teacher_probs: np.ndarray, test: Source) -> dict[str, Any]:
+def _agreements(out: Path, name: str, seeds: list[int], teacher_probs: np.ndarray, test: Source,
+                factories: Sequence[str]) -> dict[str, Any]:
     values: dict[str, list[float]] = {"agreement": [], "kl": []}
     for seed in seeds:
         path = student_dir(out, name, seed) / "model.pt"
         if not path.is_file():
             return {}
-        model, payload = load_model(path, outputs=test.num_classes)
+        model, payload = load_model(path, outputs=test.num_classes, allowed_factories=factories)
         measured = agreement(teacher_probs, predict_probs([model], [payload["input"]], test))
         for key, value in measured.items():
             values[key].append(value)
@@ -109,17 +111,17 @@ def build_classification_report(cfg: Config, teachers: list[Path], students: dic
                                 test: Source, out: Path | None = None, train: Source | None = None) -> dict[str, Any]:
     """``students``: each student's results by seed (:func:`pipeline.chain.train_students`).
     With ``train`` the ensemble is also measured on the training split (accuracy and Ĥ)."""
-    teacher_probs, member_acc = ensemble_probs(teachers, test)
+    teacher_probs, member_acc = ensemble_probs(teachers, test, cfg.factories)
     teacher_acc = accuracy(teacher_probs, test.labels)
     members_mean, members_std = mean_std(member_acc)
     rows = {name: student_row(results, teacher_acc) for name, results in students.items() if results}
     if out is not None:
         for name, row in rows.items():
-            row.update(_agreements(out, name, row["seeds"], teacher_probs, test))
+            row.update(_agreements(out, name, row["seeds"], teacher_probs, test, cfg.factories))
     teacher: dict[str, Any] = {"accuracy": teacher_acc, "members": member_acc, "members_mean": members_mean,
                                "members_std": members_std, "entropy_test": normalized_entropy(teacher_probs)}
     if train is not None:
-        train_probs, _ = ensemble_probs(teachers, train)
+        train_probs, _ = ensemble_probs(teachers, train, cfg.factories)
         teacher.update({"accuracy_train": accuracy(train_probs, train.labels),
                         "entropy_train": normalized_entropy(train_probs)})
     report: dict[str, Any] = {

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -18,18 +20,27 @@ import typer
 from core import storage
 from core.config import Config, load_config
 from core.errors import FormatError, JobFailure, UserError
-from pipeline.chain import generate_sets, run_job, train_students, train_teachers
-from pipeline.driver import shutdown_ray
-from pipeline.inspect import format_report, inspect_set, write_plots
-from pipeline.ray_train import train_student_on_ray
-from pipeline.report import format_table
-from pipeline.runs import load_splits, require_teachers, student_runs
-from pipeline.verify import verify_set
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# The pipeline (torch, Ray) is imported inside the commands, after the config is read: a bad
+# config or `--help` answers at once instead of after two seconds of imports.
+
+
+
+def plain(doc: str | None) -> str:
+    """Help text for a terminal: no reStructuredText backticks, paragraphs joined into lines."""
+    text = re.sub(r"`{1,2}([^`]+)`{1,2}", r"\1", doc or "")
+    return "\n\n".join(" ".join(part.split()) for part in text.strip().split("\n\n"))
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=plain(__doc__))
+
+
+def command(function: Callable[..., None]) -> Callable[..., None]:
+    """Register a subcommand whose docstring is shown as plain help."""
+    return app.command(help=plain(function.__doc__))(function)
 
 OutOption = Annotated[str | None, typer.Option(
-    "--out", help="output directory (default runs/<config name>); `generate` also takes an fsspec URL (s3://…)")]
+    "--out", help="output directory (default runs/<config name>); generate also takes an fsspec URL (s3://…)")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a config value: key.path=value")]
 AddressOption = Annotated[
     str | None, typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
@@ -57,30 +68,41 @@ def _local(out: str, command: str) -> Path:
     if not storage.is_local(out):
         raise UserError(f"{command} --out {out}: teachers and students are written to a local directory; "
                         f"only `transferset generate` writes to a URL (or give the set an `out:` URL)")
-    return storage.local_path(out)
+    path = storage.local_path(out)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{command} --out {out}: exists and is not a directory; choose another --out")
+    return path
 
 
-@app.command()
+@command
 def run(config: Path, out: OutOption = None, set_: SetOption = None, address: AddressOption = None,
         max_restarts: RestartsOption = None) -> None:
     """The whole chain: teachers → transfer sets → students → report."""
     cfg, out_url = _setup(config, out, set_, address, max_restarts)
     out_dir = _local(out_url, "run")
+    from pipeline.chain import run_job
+    from pipeline.report import format_table
+
     started = time.perf_counter()
     report = run_job(cfg, out_dir, progress)
     print(format_table(report))
     print(f"report: {out_dir / 'report.json'} ({time.perf_counter() - started:.0f} s)")
 
 
-@app.command()
+@command
 def generate(config: Path, out: OutOption = None, set_: SetOption = None, address: AddressOption = None,
              only: Annotated[list[str] | None, typer.Option("--only", help="generate only these sets")] = None,
              max_restarts: RestartsOption = None) -> None:
     """Only the transfer sets (the teachers must exist)."""
     cfg, out_dir = _setup(config, out, set_, address, max_restarts)
+    if storage.is_local(out_dir):
+        _local(out_dir, "generate")
     unknown = [name for name in only or [] if name not in cfg.sets]
     if unknown:
         raise UserError(f"--only {unknown[0]!r}: not one of the config's sets {sorted(cfg.sets)}")
+    from pipeline.chain import generate_sets
+    from pipeline.runs import require_teachers
+
     results = generate_sets(cfg, out_dir, require_teachers(cfg, out_dir), progress, names=only or None)
     for name, result in results.items():
         shown = {k: result[k] for k in ("shards_made", "shards_total", "samples", "rejected",
@@ -88,7 +110,7 @@ def generate(config: Path, out: OutOption = None, set_: SetOption = None, addres
         print(json.dumps({"set": name, **shown}))
 
 
-@app.command()
+@command
 def train(config: Path, student: Annotated[str | None, typer.Option("--student", help="student to train")] = None,
           teachers: Annotated[bool, typer.Option("--teachers", help="train the teacher ensemble")] = False,
           out: OutOption = None, set_: SetOption = None,
@@ -111,6 +133,9 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
         raise UserError("train --ray: needs --student NAME and --workers >= 1")
     if teachers and seed:
         raise UserError("train --seed: picks runs of a student; teachers are trained as members")
+    from pipeline.chain import train_students, train_teachers
+    from pipeline.runs import load_splits, student_runs
+
     train_split, test_split = load_splits(cfg)
     if teachers:
         for path in train_teachers(cfg, out_dir, train_split, test_split, progress):
@@ -119,6 +144,8 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
     assert student is not None
     student_runs(cfg, out_dir, student, train_split.task, seed)  # check the sets exist before training
     if ray:
+        from pipeline.ray_train import train_student_on_ray
+
         for result in train_student_on_ray(cfg, out_dir, student, workers, gpu, progress, seed):
             print(json.dumps(result))
         return
@@ -128,21 +155,23 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
             print(json.dumps(result))
 
 
-@app.command()
+@command
 def verify(set_dir: str) -> None:
     """Check a transfer set: checksums, counts, every record decodes. Exit 1 on any problem."""
     if not storage.is_dir(set_dir):
         raise UserError(f"verify: {set_dir} is not a directory")
+    from pipeline.verify import verify_set
+
     problems = verify_set(set_dir)
     for problem in problems:
         print(f"problem: {problem}")
     if problems:
-        print(f"{set_dir}: {len(problems)} problem(s)")
-        raise typer.Exit(1)
+        print(f"error: verify {set_dir}: {len(problems)} problem(s), the first: {problems[0]}", file=sys.stderr)
+        raise typer.Exit(1)  # main() passes the code on (click returns it without standalone mode)
     print(f"{set_dir}: OK")
 
 
-@app.command()
+@command
 def inspect(set_dir: str,
             plots: Annotated[Path | None, typer.Option("--plots", help="write PNG plots into this directory")] = None,
             as_json: Annotated[bool, typer.Option("--json", help="print the statistics as one JSON object")] = False,
@@ -155,6 +184,8 @@ def inspect(set_dir: str,
     (regression sets: predicted σ, aleatoric/epistemic parts, σ by λ)."""
     if model and plots is None:
         raise UserError("inspect --model: give --plots DIR too (the models' σ goes into the σ-vs-λ plot)")
+    from pipeline.inspect import format_report, inspect_set, write_plots
+
     stats = inspect_set(set_dir, kl_samples=kl_samples)
     if plots is not None:
         named = {(p.parent.name if p.name == "model.pt" else p.stem): p for p in model or []}
@@ -171,7 +202,11 @@ def main() -> None:
     local Ray it starts itself, never for a cluster the user connects to.
     """
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click *returns* the code of a ``typer.Exit`` (verify's 1)
+        # instead of raising it: pass it on, or a damaged set would exit 0.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except (UserError, FormatError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -182,15 +217,13 @@ def main() -> None:
         sys.exit(done.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as err:  # click's usage errors arrive here in non-standalone mode
-        from click.exceptions import ClickException
-
-        if isinstance(err, ClickException):
-            print(f"error: {err.format_message()}", file=sys.stderr)
-            sys.exit(err.exit_code)
-        raise
+    except typer.TyperException as err:  # usage errors (unknown command or option) of typer's own click
+        print(f"error: {err.format_message()}", file=sys.stderr)
+        sys.exit(err.exit_code)
     finally:
         if "ray" in sys.modules:
+            from pipeline.driver import shutdown_ray
+
             shutdown_ray()
 
 

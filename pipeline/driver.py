@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,8 @@ class ShardActor:
         torch.set_num_threads(stage.torch_threads())  # fixed for the process: calls never change it
         self.ensemble = Ensemble(spec.teacher_paths, spec.outputs, task=spec.task, device=stage.device,
                                  threads=stage.torch_threads(), batch_size=stage.batch_size, autocast=stage.autocast,
-                                 channels_last=stage.channels_last, pin_memory=stage.pin_memory)
+                                 channels_last=stage.channels_last, pin_memory=stage.pin_memory,
+                                 allowed_factories=spec.factories)
         self.spec = spec
         self.forward = threading.Lock()
         self.input_error = ""
@@ -160,6 +162,7 @@ def ensure_ray(ray_cfg: RayConfig) -> None:
     """Start an embedded, quiet Ray (or connect to ``address`` / ``RAY_ADDRESS``), once."""
     import ray
 
+    global _embedded
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -170,13 +173,16 @@ def ensure_ray(ray_cfg: RayConfig) -> None:
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", num_cpus=ray_cfg.num_cpus, include_dashboard=False, **quiet)
+        _embedded = True
 
 
 def shutdown_ray() -> None:
     import ray
 
+    global _embedded
     if ray.is_initialized():
         ray.shutdown()
+    _embedded = False
 
 
 def _configure_data_context(ray_cfg: RayConfig) -> None:
@@ -202,13 +208,32 @@ def shard_specs(spec: SetSpec, shards: list[int]) -> Any:
                                override_num_blocks=len(shards))
 
 
+# Restarts of a lost shard or generator actor. On a cluster, Ray Data's default (forever): a lost
+# node costs no more than its actors' shards. On the embedded local Ray there is no node to lose and
+# a restarted actor would die as the first did, so none: the execution ends and the supervisor
+# decides. There restartable actors would also make Ray's core worker print an error-level line on
+# every healthy run (core_worker.cc:2465, ray-project/ray#53727: their constructor arguments sit in
+# the object store); on a cluster that line is expected and harmless.
+_embedded = False
+
+
+def map_actors(ds: Any, actor: type, **options: Any) -> Any:
+    """``ds.map_batches(actor, ...)`` with the actors' restarts set (none on the embedded Ray).
+    Ray 2.60 takes ``max_restarts`` only among the ``**ray_remote_args`` it deprecates for 2.64;
+    that warning is ours to know, not the user's to read: revisit when the pinned Ray moves."""
+    restarts = {"max_restarts": 0} if _embedded else {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        return ds.map_batches(actor, **options, **restarts)
+
+
 def generator_stage(ds: Any, spec: SetSpec) -> Any:
     """``ds`` → the unfused generator stage: each row gains its shard's generated images."""
     import ray
 
     gen = spec.generator_stage
-    return ds.map_batches(
-        GeneratorActor, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=gen.actors),
+    return map_actors(
+        ds, GeneratorActor, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=gen.actors),
         num_cpus=gen.num_cpus, num_gpus=gen.num_gpus, fn_constructor_kwargs={"spec": spec},
     )
 
@@ -220,8 +245,8 @@ def _run_ray(spec: SetSpec, missing: list[int], on_shard: Callable[[ShardSummary
     ds = shard_specs(spec, missing)
     if set_generator(spec.set_cfg) is not None and not spec.generator_stage.fuse:
         ds = generator_stage(ds, spec)
-    ds = ds.map_batches(
-        ShardActor, batch_size=1, batch_format="numpy",
+    ds = map_actors(
+        ds, ShardActor, batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=stage.actors, max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
                                            enable_true_multi_threading=True),
         num_cpus=stage.num_cpus, num_gpus=stage.num_gpus, fn_constructor_kwargs={"spec": spec},

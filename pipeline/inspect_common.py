@@ -4,12 +4,14 @@ bin a per-sample value by the mixing weight λ, summarise values, measure stored
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core import set_index as sx
+from core import storage
 from core.errors import FormatError, UserError
 from core.format import iter_tar
 from core.set_index import SetIndex
@@ -26,9 +28,24 @@ def open_set(set_dir: str) -> tuple[SetIndex, dict[str, list[Any]]]:
         if index is None:
             raise UserError(f"inspect: {set_dir} has no {sx.INDEX_NAME}; it is not a finished transfer set")
         table = sx.read_manifest(set_dir).to_pydict()
+        urls = sx.shard_urls(set_dir, index)
     except (FormatError, OSError) as err:
         raise UserError(f"inspect: {set_dir}: {err}") from err
+    for url, entry in zip(urls, index.shards or [], strict=True):  # cheap: sizes, not hashes (that is verify)
+        size = storage.size(url) if storage.is_file(url) else None
+        if entry.bytes is not None and size != entry.bytes:
+            found = "missing" if size is None else f"{size} bytes, the index says {entry.bytes}"
+            raise UserError(f"inspect: shard {url} is {found}; run `transferset verify {set_dir}`")
     return index, table
+
+
+def shard_records(url: str) -> Iterator[dict[str, bytes]]:
+    """The members of each record of one shard; a damaged shard is a user error naming it."""
+    try:
+        for _, fields in iter_tar(url):
+            yield fields
+    except FormatError as err:
+        raise UserError(f"inspect: shard {url}: {err}; run `transferset verify`") from err
 
 
 def records(set_dir: str, index: SetIndex, limit: int) -> list[Record]:
@@ -37,7 +54,7 @@ def records(set_dir: str, index: SetIndex, limit: int) -> list[Record]:
     per_shard = max(1, math.ceil(limit / max(len(urls), 1)))
     found: list[Record] = []
     for url in urls:
-        for taken, (_, fields) in enumerate(iter_tar(url)):
+        for taken, fields in enumerate(shard_records(url)):
             if taken == per_shard or len(found) == limit:
                 break
             found.append(decode_fields(fields, index.kind))
@@ -48,7 +65,7 @@ def records(set_dir: str, index: SetIndex, limit: int) -> list[Record]:
 
 def stored_bytes(set_dir: str, index: SetIndex, members: tuple[str, ...]) -> dict[str, float]:
     """Bytes per sample of the target's tar members (with .npy headers; first shard) and of whole shards."""
-    sizes = [sum(len(fields[m]) for m in members) for _, fields in iter_tar(sx.shard_urls(set_dir, index)[0])]
+    sizes = [sum(len(fields[m]) for m in members) for fields in shard_records(sx.shard_urls(set_dir, index)[0])]
     return {"target_npy_bytes_per_sample": float(np.mean(sizes)) if sizes else 0.0,
             "shard_bytes_per_sample": sum(int(s.bytes or 0) for s in index.shards or [])
             / max(int(index.totals.samples or 0), 1)}

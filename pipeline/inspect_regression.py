@@ -11,6 +11,7 @@ students' uncertainty can be compared on one plot (also used by the job report).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,8 @@ def mixed_records(set_dir: str, limit: int = CURVE_SAMPLES) -> list[dict[str, An
     return [r for r in common.records(set_dir, index, limit) if r["meta"].get("params", {}).get("lam") is not None]
 
 
-def sigma_by_lambda(set_dir: str, models: dict[str, str | Path], limit: int = CURVE_SAMPLES) -> dict[str, Any]:
+def sigma_by_lambda(set_dir: str, models: dict[str, str | Path], limit: int = CURVE_SAMPLES,
+                    factories: Sequence[str] = ()) -> dict[str, Any]:
     """Mean σ per λ bin on the stored mixes of a set: the teachers' (stored: total and
     aleatoric) and each named model checkpoint's (run on the stored images)."""
     mixes = mixed_records(set_dir, limit)
@@ -122,7 +124,7 @@ def sigma_by_lambda(set_dir: str, models: dict[str, str | Path], limit: int = CU
                                                                 for r in mixes]), "sigma_mean")}
     images = np.stack([r["image"] for r in mixes])
     for name, path in models.items():
-        model, payload = load_model(path, task=REGRESS.name)
+        model, payload = load_model(path, task=REGRESS.name, allowed_factories=factories)
         mu, logvar = predict_gaussians([model], [payload["input"]], images, int(payload["out_dim"]))
         curves[name] = common.by_lambda(lam, sigma_of(logvar[0]), "sigma_mean")
     return {"set": set_dir, "samples": len(mixes), "curves": curves}

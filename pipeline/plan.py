@@ -113,15 +113,15 @@ def check_out_dir(out_dir: str, fingerprint: str) -> SetIndex | None:
     return None
 
 
-def check_teachers(paths: Sequence[str | Path], task: Task, outputs: int,
-                   channels: int) -> list[tuple[TeacherEntry, dict[str, Any]]]:
+def check_teachers(paths: Sequence[str | Path], task: Task, outputs: int, channels: int,
+                   factories: Sequence[str] = ()) -> list[tuple[TeacherEntry, dict[str, Any]]]:
     """Check every checkpoint fits the job (task, classes or target dimension, channels); their
-    index entries and input contracts."""
+    index entries and input contracts. ``factories``: the ``module:factory`` archs the config names."""
     if not paths:
         raise UserError("teachers: no checkpoints given")
     entries = []
     for path in paths:
-        _, payload = load_model(path, task=task.name, outputs=outputs)
+        _, payload = load_model(path, task=task.name, outputs=outputs, allowed_factories=factories)
         wanted = int(payload["input"]["channels"])
         if wanted != channels and not (channels == 1 and wanted == 3):
             raise UserError(f"checkpoint {path}: expects {wanted}-channel images, the source has {channels}")
@@ -159,7 +159,7 @@ def plan_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str | P
                         "teacher actors no GPU; set teacher_stage.num_gpus (e.g. 1) or device 'auto'")
     source = source if source is not None else load_source(cfg.source, "train")
     task, channels = source.task, source.shape[2]
-    checked = check_teachers(teachers, task, task.outputs(source), channels)
+    checked = check_teachers(teachers, task, task.outputs(source), channels, cfg.factories)
     set_cfg = resolve_samplers(cfg.sets[name], checked[0][1], channels)
     resolved = task.resolve_targets(resolve_gan_samplers(set_cfg, source))
     entries = tuple(entry for entry, _ in checked)
@@ -169,9 +169,24 @@ def plan_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str | P
         name=name, out_dir=location, set_cfg=resolved, source_cfg=cfg.source, seed=cfg.seed, task=task.name,
         classes=tuple(source.classes), outputs=task.outputs(source), image_shape=source.shape,
         total=set_size(resolved, source), fingerprint=fingerprint, teachers=entries, teacher_stage=stage,
-        generator_stage=cfg.generator_stage,
+        generator_stage=cfg.generator_stage, factories=cfg.factories,
     )
-    return SetPlan(spec=spec, index=check_out_dir(location, fingerprint))
+    index = check_out_dir(location, fingerprint)
+    check_not_smaller(spec, index)
+    return SetPlan(spec=spec, index=index)
+
+
+def check_not_smaller(spec: SetSpec, index: SetIndex | None) -> None:
+    """A set only grows: a request for fewer samples than the directory holds (or a killed larger
+    run committed) is refused, since making it would delete or shorten shards another job made
+    and may still read (the fingerprint leaves out the sample count, so the two share a directory)."""
+    held = index.totals.planned if index is not None else None
+    beyond = sorted(shard for shard in sx.committed_shards(spec.out_dir) if shard >= spec.shards)
+    if (held is not None and held > spec.total) or beyond:
+        what = f"{held} samples" if held is not None and held > spec.total else f"shard {sx.shard_name(beyond[0])}"
+        raise UserError(f"sets.{spec.name}: {spec.out_dir} already holds {what} of this set, more than the "
+                        f"{spec.total} samples asked for; a set only grows (other jobs may read those shards): "
+                        "ask for at least as many samples, or give the set another `out`")
 
 
 # ---------------------------------------------------------------- resume
@@ -198,7 +213,8 @@ def resume(plan: SetPlan, progress: Callable[[str], None]) -> SetProgress:
     indexed = {entry.name: str(entry.sha256) for entry in plan.index.listed()} if plan.index is not None else {}
     for shard, path in sorted(sx.committed_shards(spec.out_dir).items()):
         if shard >= spec.shards:
-            continue  # past the end of a smaller set: removed by finish() once the index is written
+            raise UserError(f"sets.{spec.name}: {path} lies past this request's {spec.shards} shards; "
+                            "a set only grows, so ask for at least as many samples")
         name = storage.name_of(path)
         try:
             summary = summary_from_tar(path, spec.kind, spec.planned(shard))
@@ -208,6 +224,9 @@ def resume(plan: SetPlan, progress: Callable[[str], None]) -> SetProgress:
         if name in indexed and indexed[name] != summary.sha256:
             progress(f"{name}: changed since it was indexed; remaking it")
             continue
+        if summary.last_index() > spec.planned(shard):  # a larger request's full shard: never shorten it
+            raise UserError(f"sets.{spec.name}: {name} holds samples up to index {summary.last_index() - 1}, more "
+                            f"than this request plans ({spec.total}); a set only grows, so ask for at least as many")
         if summary.last_index() == spec.planned(shard):
             state.summaries[shard] = summary
     return state
@@ -247,7 +266,4 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
         totals=sx.Totals(**totals),
         statistics=spec.kind.statistics(rows),
     ))
-    for shard, path in sx.committed_shards(spec.out_dir).items():
-        if shard >= spec.shards:  # the index no longer lists them
-            storage.remove(path)
     return totals

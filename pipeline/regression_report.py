@@ -13,6 +13,7 @@ the first set with a mixing sampler, binned by λ (``sigma_vs_lambda.png`` next 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,9 @@ def method(student: StudentConfig) -> str:
     return f"kd {student.kd.regression_loss}"
 
 
-def _teacher(teachers: list[Path], test: Source) -> dict[str, Any]:
-    loaded = [load_model(path, task=REGRESS.name, outputs=test.out_dim) for path in teachers]
+def _teacher(teachers: list[Path], test: Source, factories: Sequence[str]) -> dict[str, Any]:
+    loaded = [load_model(path, task=REGRESS.name, outputs=test.out_dim, allowed_factories=factories)
+              for path in teachers]
     ensemble, members = evaluate_ensemble([m for m, _ in loaded], [p["input"] for _, p in loaded], test, test.out_dim)
     return {**{k: ensemble[k] for k in SHOWN}, "members": [member["error"] for member in members]}
 
@@ -62,7 +64,7 @@ def _sigma_curves(cfg: Config, out: Path, report: dict[str, Any]) -> None:
         return
     first = {name: student_dir(out, name, student.seeds[0]) / "model.pt" for name, student in cfg.students.items()}
     models = {name: path for name, path in first.items() if sigma_trained(cfg.students[name]) and path.is_file()}
-    curves = sigma_by_lambda(locate_set(cfg, out, mixing[0]), models)
+    curves = sigma_by_lambda(locate_set(cfg, out, mixing[0]), models, factories=cfg.factories)
     report["sigma_by_lambda"] = {**curves, "set": mixing[0], "path": curves["set"]}
     report["plots"] = [plot_sigma_by_lambda(curves, out / "sigma_vs_lambda.png", f"{cfg.name}: σ vs λ")]
 
@@ -72,7 +74,7 @@ def build_regression_report(cfg: Config, teachers: list[Path], students: dict[st
     """``students``: each student's results by seed; the figures are means over the seeds
     (``<key>_std`` beside them), σ-by-λ curves use each student's first seed. (``train`` is not
     used: the regression report measures the ensemble on the test split only.)"""
-    teacher = _teacher(teachers, test)
+    teacher = _teacher(teachers, test, cfg.factories)
     report: dict[str, Any] = {
         "config": cfg.name, "task": REGRESS.name, "metric": test.metric, "test_samples": len(test),
         "teacher": teacher, "students": {}, "gap_reduction": {},

@@ -60,6 +60,8 @@ def teacher_paths(cfg: Config, out: str | Path) -> list[str | Path]:
 
 
 def require_teachers(cfg: Config, out: str | Path) -> list[str | Path]:
+    """The ensemble's checkpoints, which must exist; the job's own members also must have been
+    trained from this config's ``teachers`` section (their ``spec.json``), never silently older ones."""
     paths = teacher_paths(cfg, out)
     missing = [str(p) for p in paths if not storage.is_file(p)]
     if missing:
@@ -67,7 +69,35 @@ def require_teachers(cfg: Config, out: str | Path) -> list[str | Path]:
             f"teachers: {len(missing)} checkpoint(s) missing ({missing[0]}); "
             f"train them with `transferset train CONFIG --teachers` or set teachers.checkpoints"
         )
+    if not cfg.teachers.checkpoints:
+        for member, path in enumerate(paths):
+            check_member_spec(cfg, member, path)
     return paths
+
+
+def check_member_spec(cfg: Config, member: int, path: str | Path) -> None:
+    """Refuse a member checkpoint that the config's ``teachers`` section did not make."""
+    spec_path = path.parent / SPEC_NAME if isinstance(path, Path) else str(path).rsplit("/", 1)[0] + "/" + SPEC_NAME
+    wanted = json.loads(json.dumps(member_spec(cfg, member_seed(cfg, member))))
+    how = ("retrain them with `transferset train CONFIG --teachers` (or `run`), use another --out, "
+           "or name the old files in teachers.checkpoints")
+    if not storage.is_file(spec_path):
+        raise UserError(f"teachers: {path} has no {SPEC_NAME} saying what it was trained from; {how}")
+    try:
+        found = json.loads(storage.read_bytes(spec_path))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"teachers: {spec_path} is not valid JSON ({err}); {how}") from err
+    if found != wanted:
+        raise UserError(f"teachers: {path} was trained with {first_difference(found, wanted)}; {how}")
+
+
+def first_difference(found: Any, wanted: Any, where: str = "") -> str:
+    """``key.path = recorded, the config says wanted`` for the first value that differs."""
+    if isinstance(found, dict) and isinstance(wanted, dict):
+        for key in sorted(set(found) | set(wanted)):
+            if found.get(key) != wanted.get(key):
+                return first_difference(found.get(key), wanted.get(key), f"{where}.{key}".lstrip("."))
+    return f"{where} = {json.dumps(found)}, the config says {json.dumps(wanted)}"
 
 
 def member_seed(cfg: Config, member: int) -> int:
@@ -136,9 +166,11 @@ def _file_sha256(path: str | Path) -> str:
     return hashlib.sha256(storage.read_bytes(path)).hexdigest()
 
 
-def _fingerprint(set_dir: str) -> str | None:
+def _set_identity(set_dir: str) -> list[Any] | None:
+    """A set as a student's reuse spec sees it: its fingerprint and its sample count (a set grows
+    in place under the same fingerprint, and a student of the grown set is another student)."""
     index = read_index(set_dir)
-    return None if index is None else index.fingerprint
+    return None if index is None else [index.fingerprint, index.totals.samples]
 
 
 def _student_spec(cfg: Config, out: Path, name: str, seed: int, sets: list[tuple[str, float]]) -> dict[str, Any]:
@@ -146,7 +178,7 @@ def _student_spec(cfg: Config, out: Path, name: str, seed: int, sets: list[tuple
     reuses the runs already made."""
     student = cfg.students[name]
     spec = {"student": student.model_dump(exclude={"seeds"}), "source": cfg.source.model_dump(), "seed": seed,
-            "sets": {storage.name_of(d): [w, _fingerprint(d) if d != SOURCE_SET else None] for d, w in sets}}
+            "sets": {storage.name_of(d): [w, _set_identity(d) if d != SOURCE_SET else None] for d, w in sets}}
     if student.objective == "kd_online":
         spec["teachers"] = [_file_sha256(path) for path in require_teachers(cfg, out)]
     return spec
@@ -180,7 +212,7 @@ def train_student_run(cfg: Config, out: Path, run: dict[str, Any], train: Source
     result = train_model(
         name=name, model_cfg=student.model, train_cfg=student.train, objective=student.objective,
         kd_cfg=student.kd, sets=run["sets"], train_source=train, test_source=test, out_dir=run["out_dir"],
-        seed=run["seed"], progress=progress, teachers=teachers,
+        seed=run["seed"], progress=progress, teachers=teachers, factories=cfg.factories,
     )
     result["seed_index"] = run["seed_index"]
     mark_done(run["out_dir"], run["spec"])

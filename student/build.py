@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,18 +114,22 @@ def open_sets(transfer_sets: list[tuple[str, float]], task: Task, cfg: TrainConf
     return opened
 
 
-def online_teachers(name: str, teachers: list[str | Path] | None, source: Source) -> list[Teacher]:
+def online_teachers(name: str, teachers: list[str | Path] | None, source: Source,
+                    factories: Sequence[str] = ()) -> list[Teacher]:
     """The kd_online objective's ensemble: each member and its input contract."""
     if not teachers:
         raise UserError(f"{name}: objective 'kd_online' needs the teachers' checkpoints")
     return [(model, payload["input"]) for model, payload in
-            (load_model(path, task=source.task.name, outputs=source.task.outputs(source)) for path in teachers)]
+            (load_model(path, task=source.task.name, outputs=source.task.outputs(source),
+                        allowed_factories=factories) for path in teachers)]
 
 
 def new_model(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, head_width: int,
               source: Source) -> nn.Module:
     """The model to train, initialised from the global torch RNG (seeded by the caller)."""
-    plain = build_model(model_cfg.arch, source.shape[2], head_width, model_cfg.arch_kwargs)
+    # The arch comes from the job's config, so the config named any module:factory it runs.
+    plain = build_model(model_cfg.arch, source.shape[2], head_width, model_cfg.arch_kwargs,
+                        allowed_factories=[model_cfg.factory] if model_cfg.factory else [])
     if train_cfg.self_guidance is not None and not stochastic_blocks(plain):
         raise UserError(f"{name}: train.self_guidance needs a stochastic-depth model, e.g. arch resnet_cifar "
                         f"with arch_kwargs.survival < 1")
@@ -166,7 +170,8 @@ def _fingerprint(set_dir: str) -> str | None:
 
 def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, objective: str, kd_cfg: KDConfig | None,
               sets: list[tuple[str, float]], train_source: Source, test_source: Source, out_dir: Path, seed: int,
-              progress: Progress | None, resume: bool, teachers: list[str | Path] | None) -> Run:
+              progress: Progress | None, resume: bool, teachers: list[str | Path] | None,
+              factories: Sequence[str] = ()) -> Run:
     """Everything :func:`student.train.train_model` trains, checked and built (see there)."""
     if objective not in ("erm", "kd", "kd_online"):
         raise UserError(f"objective {objective!r}: expected 'erm', 'kd' or 'kd_online'")
@@ -177,7 +182,7 @@ def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, obje
     task = train_source.task
     task.check_student(name, objective, train_cfg, kd_cfg, real_weight)
     opened = open_sets(transfer_sets, task, train_cfg, train_source) if objective == "kd" else []
-    online = online_teachers(name, teachers, train_source) if objective == "kd_online" else []
+    online = online_teachers(name, teachers, train_source, factories) if objective == "kd_online" else []
     if objective != "kd" or real_weight > 0:
         train_source = load_in_memory(train_source)
     epoch = epoch_steps(train_cfg, len(train_source) if objective != "kd" else sum(sum(s.samples) for s in opened))
@@ -196,7 +201,8 @@ def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, obje
         "model": model_cfg.model_dump(), "train": train_cfg.model_dump(), "objective": objective,
         "kd": kd_cfg.model_dump() if kd_cfg is not None and objective != "erm" else None, "seed": seed,
         "teachers": [str(t) for t in teachers or []] if objective == "kd_online" else [],
-        "sets": [(d, w, _fingerprint(d)) for d, w in transfer_sets] if opened else [],
+        "sets": [(d, w, _fingerprint(d), sum(shards.samples))  # a set grows in place: its size counts too
+                 for (d, w), shards in zip(transfer_sets, opened, strict=True)] if opened else [],
         "real_weight": real_weight, "world_size": ctx.world_size, "source": train_source.identity,
     })
     payload = load_state(out_dir / STATE_NAME, run_spec) if resume else None

@@ -159,6 +159,8 @@ class KDObjective(Objective):
         self.kd, self.expected_shape, self.has_real = kd_cfg, expected_shape, real is not None
         self.loader = TransferLoader(sets, plan, real)
         self.stream = iter(self.loader)
+        # pick's x′ by origin (the sets' positions, then the real part): samples of non-views sets
+        self.rivals = torch.tensor([not s.originals for s in sets] + [False])
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         batch = next(self.stream)
@@ -179,9 +181,11 @@ class KDObjective(Objective):
         if pick is not None:
             with full_network(plain):
                 scores, d = pick_scores(scoring_forward(plain, x), logp, self.kd.temperature, pick.criterion)
-            keep = self.cfg.batch_size
-            chosen = pick_hardest(scores, keep, has_target)
-            extras["pick_kl_ratio"] = kl_ratio(d, chosen, has_target)
+            competes = self.rivals[origin.long()].to(self.device)
+            if has_target is not None:
+                competes &= has_target
+            chosen = pick_hardest(scores, self.cfg.batch_size, competes, pick.ratio)
+            extras["pick_kl_ratio"] = kl_ratio(d, chosen, competes)
             x, logp, labels = x[chosen], logp[chosen], labels[chosen]
             has_target = None if has_target is None else has_target[chosen]
             self.counts.add(origin, origin[chosen.cpu()])

@@ -1,9 +1,15 @@
 """``pick`` (seed 004, TLCutMix+pick §3.2): from r×B candidates keep the B the student finds hardest.
 
+The paper keeps every original input x and picks among the augmented x′ only. Here x are the
+samples of the real split and of views-only sets (augmented real images), x′ those of every other
+set (mixes, generated images): the x keep their share of the batch (the first ``count / ratio`` of
+the candidates, whose order is already random) and the x′ compete for the rest. A student that
+reads x only picks among all its candidates.
+
 Candidates are scored with the student under no-grad by ``d = KL(p_T^τ ‖ p_S^τ)`` (eq 3), or by
-the teacher's or the student's entropy; the B largest scores are trained on. The mean KL ratio
-``r = mean(d of the picked) / mean(d of all candidates)`` (eq 4) goes to the metrics: r ≈ 1 means
-picking finds nothing harder than a random batch.
+the teacher's or the student's entropy; the largest scores are trained on. The mean KL ratio
+``r = mean(d of the picked x′) / mean(d of all x′ candidates)`` (eq 4) goes to the metrics: r ≈ 1
+means picking finds nothing harder than a random batch.
 """
 
 from __future__ import annotations
@@ -49,22 +55,26 @@ def pick_scores(student_logits: torch.Tensor, teacher_logp: torch.Tensor, temper
     raise ValueError(f"pick criterion {criterion!r}: expected kl, teacher_entropy or student_entropy")
 
 
-def pick_hardest(scores: torch.Tensor, keep: int, has_target: torch.Tensor | None = None) -> torch.Tensor:
-    """Indices of the ``keep`` largest scores (ties by position, so picking is deterministic).
-    Candidates without a teacher target have no hardness and come last."""
-    if has_target is not None:
-        scores = torch.where(has_target, scores, torch.full_like(scores, -torch.inf))
-    order = torch.sort(scores, descending=True, stable=True).indices
-    return order[:keep]
+def pick_hardest(scores: torch.Tensor, keep: int, competes: torch.Tensor | None = None,
+                 ratio: float = 1.0) -> torch.Tensor:
+    """Indices (in batch order) of the ``keep`` samples to train on. ``competes`` marks the x′
+    (None or none marked: every candidate competes); the others, x, keep their share: the first
+    ``round(len(x) / ratio)`` of them. The x′ with the largest scores fill the rest (ties by
+    position, so picking is deterministic)."""
+    if competes is None or not bool(competes.any()):
+        competes = torch.ones_like(scores, dtype=torch.bool)
+    fixed = torch.nonzero(~competes).squeeze(1)
+    rivals = int(competes.sum())
+    picks = min(rivals, keep - min(len(fixed), round(len(fixed) / ratio)))
+    masked = torch.where(competes, scores, torch.full_like(scores, -torch.inf))
+    hardest = torch.sort(masked, descending=True, stable=True).indices[:picks]
+    return torch.sort(torch.cat([fixed[:keep - picks], hardest])).values
 
 
-def kl_ratio(d: torch.Tensor, picked: torch.Tensor, has_target: torch.Tensor | None = None) -> float:
-    """Eq 4: mean KL of the picked candidates over the mean KL of all of them (≥ 1 for kl);
-    candidates without a teacher target take no part."""
-    if has_target is not None:
-        picked = picked[has_target[picked]]
-        d_all = d[has_target]
-    else:
-        d_all = d
-    mean_all = float(d_all.mean()) if len(d_all) else 0.0
+def kl_ratio(d: torch.Tensor, picked: torch.Tensor, competes: torch.Tensor | None = None) -> float:
+    """Eq 4: mean KL of the picked x′ over the mean KL of all x′ candidates (≥ 1 for kl)."""
+    if competes is None or not bool(competes.any()):
+        competes = torch.ones_like(d, dtype=torch.bool)
+    picked = picked[competes[picked]]
+    mean_all = float(d[competes].mean())
     return float(d[picked].mean()) / mean_all if mean_all > 0 and len(picked) else 1.0

@@ -38,6 +38,7 @@ class SetShards:
     samples: tuple[int, ...]
     task: str
     outputs: int  # what its teachers predict: classes, or the regression target's dimension D
+    originals: bool = False  # views of the real images only (pick's x), not mixes or generated x′
 
     @property
     def kind(self) -> Task:
@@ -111,7 +112,9 @@ def _open_set(set_dir: str, weight: float, check_sizes: bool) -> SetShards:
             raise UserError(damage_message(url, set_dir, f"{size} bytes, the index says {entry.bytes}"))
     if index.outputs < 1:
         raise UserError(f"transfer set {set_dir}: {index.kind.missing_outputs()}")
-    return SetShards(str(set_dir), float(weight), tuple(urls), samples, index.kind.name, index.outputs)
+    set_cfg = index.set_config()
+    return SetShards(str(set_dir), float(weight), tuple(urls), samples, index.kind.name, index.outputs,
+                     originals=set_cfg is not None and set_cfg.enumerates_source())
 
 
 def open_transfer_sets(sets: list[tuple[str, float]], *, task: str | Task = "classify",

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +47,7 @@ def train_model(
     *, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, objective: Literal["erm", "kd", "kd_online"],
     kd_cfg: KDConfig | None, sets: list[tuple[str, float]], train_source: Source, test_source: Source,
     out_dir: Path, seed: int, progress: Progress | None = None, resume: bool = True,
-    teachers: list[str | Path] | None = None,
+    teachers: list[str | Path] | None = None, factories: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train one model; write ``metrics.jsonl``, ``curves.png``, ``model.pt`` and ``result.json``.
 
@@ -61,7 +62,7 @@ def train_model(
     started = time.perf_counter()
     run = build_run(name=name, model_cfg=model_cfg, train_cfg=train_cfg, objective=objective, kd_cfg=kd_cfg,
                     sets=sets, train_source=train_source, test_source=test_source, out_dir=out_dir, seed=seed,
-                    progress=progress, resume=resume, teachers=teachers)
+                    progress=progress, resume=resume, teachers=teachers, factories=factories)
     final, train_seconds = loop(run)
     return finish(run, final, train_seconds, time.perf_counter() - started)
 

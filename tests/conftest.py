@@ -114,6 +114,15 @@ def teachers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny job finished by the installed ``transferset run`` (tests/bad_input.py): what the
+    bad-input corpus and the boundary tests break copies of, and must leave unchanged."""
+    from bad_input import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """An embedded 2-CPU Ray shared by every Ray test (generate_set reuses an initialised Ray)."""
     from core.config import RayConfig

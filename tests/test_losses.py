@@ -211,8 +211,23 @@ def test_pick_keeps_the_hardest_candidates_by_each_criterion():
     np.testing.assert_allclose(t_scores.numpy(), -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1), rtol=1e-6)
     s_scores, _ = pick_scores(z, logp, tau, "student_entropy")
     np.testing.assert_allclose(s_scores.numpy(), -(np.exp(q_log) * q_log).sum(axis=1), rtol=1e-6)
-    no_target = torch.tensor([True, False, True, True, False, True, True])
-    assert not set(pick_hardest(scores, 5, no_target).tolist()) & {1, 4}
+
+
+def test_pick_keeps_the_originals_at_their_share_and_picks_among_the_mixes():
+    """Seed 004 §3.2 keeps every x and picks among the x′; the real split's samples (no target)
+    used to rank last and be dropped whatever their share."""
+    scores = torch.tensor([0.29, 0.40, 0.17, 0.41, 0.34, 0.168, 0.03], dtype=torch.float64)
+    mixes = torch.tensor([True, False, True, True, False, True, True])  # x at 1 and 4
+    # ratio 1: every x is kept, the 3 hardest x′ fill the batch
+    assert pick_hardest(scores, 5, mixes, ratio=1.0).tolist() == [0, 1, 2, 3, 4]
+    # ratio 2: the x keep half their number (the first), the 4 hardest x′ the rest
+    assert pick_hardest(scores, 5, mixes, ratio=2.0).tolist() == [0, 1, 2, 3, 5]
+    # x only (no x′ marked): every candidate competes, as without the mask
+    assert pick_hardest(scores, 3, torch.zeros(7, dtype=torch.bool), 2.0).tolist() == [1, 3, 4]
+    d = scores.clone()
+    picked = pick_hardest(scores, 5, mixes, ratio=2.0)
+    expected = float(d[[0, 2, 3, 5]].mean()) / float(d[mixes].mean())
+    assert kl_ratio(d, picked, mixes) == pytest.approx(expected)
 
 
 def test_scoring_forward_leaves_batch_norm_statistics_untouched():

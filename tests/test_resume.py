@@ -20,6 +20,7 @@ from core import format as fmt
 from core import set_index as sx
 from core import storage
 from core.config import SamplerConfig, SetConfig
+from core.errors import UserError
 from pipeline.verify import verify_set
 
 SHARDS, PER_SHARD = 40, 32
@@ -91,6 +92,13 @@ def test_damaged_shards_are_named_and_remade(clean, teachers, tmp_path) -> None:
     for name in (sx.shard_name(3), sx.shard_name(5), sx.shard_name(99)):
         assert any(p.startswith(name) for p in problems), (name, problems)
 
+    # A committed shard past the set's end may be another job's (a larger request of the same
+    # fingerprint): the planner refuses to touch the set rather than delete it.
+    before = snapshot(damaged)
+    with pytest.raises(UserError, match="shard-000099.tar.*a set only grows"):
+        generate_set_in(damaged, SET, teachers)
+    assert snapshot(damaged) == before
+    (shards / sx.shard_name(99)).unlink()  # the user's decision: it is not another job's
     assert generate_set_in(damaged, SET, teachers)["shards_made"] == 2
     assert snapshot(damaged) == snapshot(clean)
     assert verify_set(damaged) == []

@@ -69,6 +69,19 @@ def test_pick_draws_ratio_times_the_rows_it_trains_on(digits, two_sets, tmp_path
     assert (row["drawn"], row["trained"], row["seen"]) == (640, 320, 0.8)
 
 
+def test_pick_keeps_the_real_split_at_its_share(digits, two_sets, tmp_path):
+    """The real split (x, no teacher target) keeps its weight's share of the trained rows; pick
+    chooses among the stored x′ only. Before, the real rows always ranked last: 0 trained."""
+    sets = [(str(two_sets / "a"), 0.5), ("source", 0.5)]
+    result = train(digits, tmp_path, sets=sets, steps=20, kd=KDConfig(alpha=0.5, pick=PickConfig(ratio=2.0)))
+    seen = {row["set"]: row for row in result["seen"]}
+    assert seen["a"]["drawn"] + seen["source"]["drawn"] == 2 * 20 * 32
+    assert seen["a"]["trained"] + seen["source"]["trained"] == 20 * 32
+    expected = 0.5 * 20 * 32
+    assert abs(seen["source"]["trained"] - expected) < 4 * np.sqrt(expected)
+    assert seen["source"]["trained"] == pytest.approx(seen["source"]["drawn"] / 2, abs=20)  # its first half
+
+
 def test_erm_sees_fresh_views_of_the_real_split(digits, tmp_path):
     result = train(digits, tmp_path, objective="erm", steps=12)
     assert result["seen"] == [{"set": "source", "stored": False, "samples": len(digits[0]), "drawn": 384,

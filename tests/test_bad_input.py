@@ -1,0 +1,328 @@
+"""The bad-input corpus: broken configs, sources, checkpoints, command lines and damaged sets, each
+run through the installed ``transferset`` command as a user would.
+
+Every case asserts the exit code (2 for bad input, 1 for the problems ``verify`` finds), a last
+stderr line that starts with ``error:`` and names the field or file, no traceback anywhere, and
+that nothing was written, changed or deleted: neither in the finished job (its teachers, sets and
+students) nor among the case's own inputs (a damaged set stays exactly as damaged as it was).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bad_input import (
+    Corpus,
+    RunsCode,
+    checkpoint_payload,
+    flip_byte,
+    imagefolder,
+    job_with,
+    last_line,
+    npz,
+    save_torch,
+    shard,
+    transferset,
+    tree,
+    truncate,
+    write_config,
+)
+
+Build = Callable[[Corpus, Path], list[object]]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    build: Build  # (corpus, the case's own directory) -> the command's arguments
+    needles: tuple[str, ...]  # each must appear in the last stderr line
+    code: int = 2
+    writes: str | None = None  # new files allowed under this part of the case's directory (its own output)
+
+
+def gen(*overrides: str) -> Build:
+    """``generate`` of the finished job with ``--set`` overrides."""
+    return lambda c, _: ["generate", c.config, "--out", c.job, *[a for o in overrides for a in ("--set", o)]]
+
+
+def train(*overrides: str, student: str = "kd") -> Build:
+    return lambda c, _: ["train", c.config, "--out", c.job, "--student", student,
+                         *[a for o in overrides for a in ("--set", o)]]
+
+
+def config_file(content: bytes | str | None, directory: bool = False) -> Build:
+    """``run`` of a config file with this content (None: no file; ``directory``: a directory)."""
+    def build(c: Corpus, tmp: Path) -> list[object]:
+        path = tmp / "job.yaml"
+        if directory:
+            path.mkdir()
+        elif content is not None:
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return ["run", path, "--out", c.job]
+    return build
+
+
+def own_config(**changes: object) -> Build:
+    """``run`` into a fresh OUT of JOB with ``dotted__keys`` changed (a source, a checkpoint)."""
+    def build(c: Corpus, tmp: Path) -> list[object]:
+        resolved = {k: (v(c, tmp) if callable(v) else v) for k, v in changes.items()}
+        return ["run", write_config(tmp / "job.yaml", job_with(**resolved)), "--out", tmp / "out"]
+    return build
+
+
+def with_checkpoint(make: Callable[[Corpus, Path], Path]) -> Build:
+    """``generate`` into a fresh OUT with ``teachers.checkpoints`` = the file ``make`` writes."""
+    return own_config(teachers__checkpoints=lambda c, tmp: [str(make(c, tmp))])
+
+
+def damaged_set(damage: Callable[[Path], object], verb: str = "verify") -> Build:
+    """``verify`` / ``inspect`` a copy of the job's views set after ``damage``."""
+    def build(c: Corpus, tmp: Path) -> list[object]:
+        copy = c.copy_set("real", tmp / "real")
+        damage(copy)
+        return [verb, copy]
+    return build
+
+
+def damaged_job(damage: Callable[[Path], object]) -> Build:
+    """``train --student kd`` in a copy of the job whose views set has been damaged."""
+    def build(c: Corpus, tmp: Path) -> list[object]:
+        job = c.copy_job(tmp / "job")
+        (job / "students").rename(tmp / "students-of-the-copy")  # no reuse: the sets are read
+        damage(job / "sets" / "real")
+        return ["train", c.config, "--out", job, "--student", "kd"]
+    return build
+
+
+def checkpoint_with(edit: Callable[[dict], object]) -> Callable[[Corpus, Path], Path]:
+    def make(c: Corpus, tmp: Path) -> Path:
+        payload = checkpoint_payload(c)
+        edit(payload)
+        return save_torch(tmp / "teacher.pt", payload)
+    return make
+
+
+def text_file(name: str, content: bytes) -> Callable[[Corpus, Path], Path]:
+    def make(_: Corpus, tmp: Path) -> Path:
+        (tmp / name).write_bytes(content)
+        return tmp / name
+    return make
+
+
+def folder(sizes: list[tuple[int, int]], garbage: int | None = None) -> Callable[[Corpus, Path], str]:
+    return lambda _, tmp: str(imagefolder(tmp / "images", sizes, garbage))
+
+
+def npz_file(**arrays: object) -> Callable[[Corpus, Path], str]:
+    return lambda _, tmp: str(npz(tmp / "data.npz", **arrays))
+
+
+def unlink(relative: str) -> Callable[[Path], None]:
+    return lambda root: (root / relative).unlink()
+
+
+def overwrite(relative: str, content: bytes) -> Callable[[Path], None]:
+    return lambda root: (root / relative).write_bytes(content)
+
+
+IMAGES = np.zeros((20, 8, 8), np.uint8)
+LABELS = np.arange(20) % 2
+SHARD = "shards/shard-000001.tar"
+
+CONFIG_FILES = [
+    Case("config-missing", lambda c, tmp: ["run", tmp / "nope.yaml"], ("nope.yaml", "file not found")),
+    Case("config-directory", config_file(None, directory=True), ("job.yaml", "is a directory")),
+    Case("config-empty", config_file(""), ("job.yaml", "expected a mapping")),
+    Case("config-not-utf8", config_file(b"name: caf\xe9\n"), ("job.yaml", "not UTF-8")),
+    Case("config-not-yaml", config_file("name: [unclosed\n"), ("job.yaml", "not valid YAML")),
+    Case("config-a-list", config_file("- name: x\n"), ("job.yaml", "expected a mapping")),
+    Case("config-a-scalar", config_file("just words\n"), ("job.yaml", "expected a mapping")),
+    Case("config-tabs", config_file("name: x\n\tseed: 1\n"), ("job.yaml", "not valid YAML")),
+]
+UNKNOWN_KEYS = [
+    Case("key-top", gen("teacher.members=2"), ("teacher", "Extra inputs")),
+    Case("key-source", gen("source.padding=2"), ("source.padding", "Extra inputs")),
+    Case("key-teachers", gen("teachers.membrs=3"), ("teachers.membrs", "Extra inputs")),
+    Case("key-teachers-train", gen("teachers.train.stepz=3"), ("teachers.train.stepz", "Extra inputs")),
+    Case("key-teacher-stage", gen("teacher_stage.gpus=1"), ("teacher_stage.gpus", "Extra inputs")),
+    Case("key-ray", gen("ray.adress=auto"), ("ray.adress", "Extra inputs")),
+    Case("key-set", gen("sets.mix.sample=10"), ("sets.mix.sample", "Extra inputs")),
+    Case("key-sampler", gen("sets.mix.sampler.views=3"), ("sets.mix.sampler", "does not take ['views']")),
+    Case("key-targets", gen("sets.mix.targets.topk=3"), ("sets.mix.targets.topk", "Extra inputs")),
+    Case("key-student", train("students.kd.epochs=3"), ("students.kd.epochs", "Extra inputs")),
+    Case("key-student-kd", train("students.kd.kd.temp=3"), ("students.kd.kd.temp", "Extra inputs")),
+    Case("key-student-train", train("students.kd.train.lr_decay=3"), ("students.kd.train.lr_decay", "Extra")),
+    Case("key-student-model", train("students.kd.model.depth=3"), ("students.kd.model.depth", "Extra inputs")),
+    Case("key-report", gen("report.baselin=kd"), ("report.baselin", "Extra inputs")),
+]
+WRONG_VALUES = [
+    Case("type-members", gen("teachers.members=many"), ("teachers.members", "integer")),
+    Case("type-samples", gen("sets.mix.samples=[1]"), ("sets.mix.samples", "integer")),
+    Case("type-lr", train("students.kd.train.lr=fast"), ("students.kd.train.lr", "number")),
+    Case("type-seed", gen("seed=zero"), ("seed", "integer")),
+    Case("type-sets", train("students.kd.sets=[real]"), ("students.kd.sets", "dictionary")),
+    Case("type-source", gen("source=digits"), ("source", "SourceConfig")),
+    Case("range-members", gen("teachers.members=0"), ("teachers.members", "greater than or equal to 1")),
+    Case("range-samples", gen("sets.mix.samples=-5"), ("sets.mix.samples", "greater than 0")),
+    Case("range-alpha", train("students.kd.kd.alpha=1.5"), ("students.kd.kd.alpha", "less than or equal to 1")),
+    Case("range-temperature", train("students.kd.kd.temperature=0"), ("students.kd.kd.temperature", "greater")),
+    Case("range-views", gen("sets.real.sampler.views=0"), ("sets.real.sampler.views", "greater")),
+    Case("range-seeds", train("students.kd.seeds=[1, 1]"), ("students.kd", "distinct")),
+    Case("range-weights", train("students.kd.sets={real: 0}"), ("students.kd", "sum to more than 0")),
+    Case("name-job", gen("name=my job"), ("name", "pattern")),
+    Case("name-set-reserved", gen("sets.source={sampler: {kind: mix}, samples: 10}"), ("'source' is reserved",)),
+    Case("name-set-unknown", train("students.kd.sets={rael: 1}"), ("students.kd.sets names 'rael'",)),
+    Case("name-sampler", gen("sets.mix.sampler.kind=blend"), ("sets.mix.sampler.kind", "blend")),
+    Case("name-source-kind", gen("source.kind=folder"), ("source.kind", "folder")),
+    Case("name-arch", gen("teachers.model.arch=resnet_cifarr"), ("teachers.model.arch", "resnet_cifarr")),
+    Case("name-objective", train("students.kd.objective=distill"), ("students.kd.objective", "distill")),
+    Case("name-report", gen("report={baseline: kd, compare: [nobody]}"), ("nobody",)),
+    Case("source-needs-path", gen("source.kind=imagefolder"), ("source", "needs source.path")),
+    Case("kd-only-source", train("students.kd.sets={source: 1}"), ("students.kd", "besides 'source'")),
+    Case("class-balanced-no-source", train("students.kd.train.class_balanced=true"),
+         ("students.kd", "class_balanced", "sets.source")),
+    Case("online-with-sets", train("students.kd.objective=kd_online"), ("students.kd", "drop its sets")),
+]
+COMMAND_LINE = [
+    Case("set-without-equals", gen("teachers.members"), ("--set 'teachers.members'", "key=value")),
+    Case("set-bad-yaml", gen("teachers.members=[1"), ("--set teachers.members", "not valid YAML")),
+    Case("set-through-scalar", gen("seed.value=1"), ("--set seed.value", "not a section")),
+    Case("student-unknown", train(student="nobody"), ("--student 'nobody'", "not one of")),
+    Case("seed-unknown", lambda c, _: ["train", c.config, "--out", c.job, "--student", "kd", "--seed", "7"],
+         ("--seed 7", "seeds [0]")),
+    Case("train-neither", lambda c, _: ["train", c.config, "--out", c.job], ("exactly one of --student",)),
+    Case("train-ray-teachers", lambda c, _: ["train", c.config, "--out", c.job, "--teachers", "--ray"],
+         ("train --ray",)),
+    Case("only-unknown", lambda c, _: ["generate", c.config, "--out", c.job, "--only", "mux"], ("--only 'mux'",)),
+    Case("out-is-a-file", lambda c, tmp: ["run", c.config, "--out", text_file("out", b"x")(c, tmp)],
+         ("out", "not a directory")),
+    Case("out-url-for-train", lambda c, _: ["train", c.config, "--out", "s3://bucket/x", "--teachers"],
+         ("train --out s3://bucket/x", "local directory")),
+    Case("fingerprint-clash", gen("sets.mix.sampler.augment=false"), ("sets/mix", "fingerprint")),
+    Case("teachers-of-another-config", gen("teachers.train.steps=31"),
+         ("member-0", "train.steps = 30, the config says 31")),
+    Case("teachers-of-another-arch", gen("teachers.model.arch=lenet"),
+         ("member-0", 'model.arch = "tiny_cnn", the config says "lenet"')),
+    Case("command-unknown", lambda c, _: ["frobnicate"], ("No such command",)),
+    Case("option-unknown", lambda c, _: ["run", c.config, "--outt", "x"], ("No such option", "--outt")),
+    Case("verify-not-a-directory", lambda c, tmp: ["verify", tmp / "nothing"], ("verify", "not a directory")),
+    Case("inspect-model-without-plots", lambda c, _: ["inspect", c.job / "sets" / "real", "--model", c.teacher()],
+         ("--plots",)),
+]
+SOURCES = [
+    Case("folder-missing", own_config(source={"kind": "imagefolder", "path": "/nonexistent/images"}),
+         ("/nonexistent/images", "not a directory")),
+    Case("folder-empty", own_config(source=lambda c, tmp: {"kind": "imagefolder", "path": str(
+        (tmp / "empty" / "train").mkdir(parents=True) or tmp / "empty")}), ("no class folders",)),
+    Case("folder-unreadable-image", own_config(source=lambda c, tmp: {
+        "kind": "imagefolder", "path": folder([(8, 8), (8, 8)], garbage=0)(c, tmp)}), ("0.png", "unreadable")),
+    Case("folder-unreadable-later", own_config(source=lambda c, tmp: {
+        "kind": "imagefolder", "path": folder([(8, 8), (8, 8)], garbage=1)(c, tmp)}), ("1.png", "unreadable")),
+    Case("folder-mixed-sizes", own_config(source=lambda c, tmp: {
+        "kind": "imagefolder", "path": folder([(8, 8), (10, 12)])(c, tmp)}), ("1.png", "10×12", "one size")),
+    Case("npz-missing", own_config(source={"kind": "npz", "path": "/nonexistent/data.npz"}),
+         ("/nonexistent/data.npz", "not a file")),
+    Case("npz-not-npz", own_config(source=lambda c, tmp: {"kind": "npz", "path": str(
+        text_file("data.npz", b"text")(c, tmp))}), ("data.npz", "not a readable .npz")),
+    Case("npz-no-labels", own_config(source=lambda c, tmp: {"kind": "npz", "path": npz_file(images=IMAGES)(c, tmp)}),
+         ("data.npz", "no ['labels']")),
+    Case("npz-float-images", own_config(source=lambda c, tmp: {"kind": "npz", "path": npz_file(
+        images=IMAGES.astype(np.float32), labels=LABELS)(c, tmp)}), ("data.npz", "uint8")),
+    Case("npz-length-mismatch", own_config(source=lambda c, tmp: {"kind": "npz", "path": npz_file(
+        images=IMAGES, labels=LABELS[:7])(c, tmp)}), ("data.npz",)),
+    Case("torchvision-not-downloaded", own_config(source=lambda c, tmp: {
+        "kind": "torchvision", "name": "CIFAR10", "path": str(tmp)}), ("CIFAR10",)),
+    Case("torchvision-unknown", own_config(source={"kind": "torchvision", "name": "CIFAR11", "path": "/tmp"}),
+         ("CIFAR11",)),
+]
+
+
+def _pickle_case(c: Corpus, tmp: Path) -> Path:
+    return save_torch(tmp / "teacher.pt", {"format": 1, "payload": RunsCode(tmp / "pwned")})
+
+
+CHECKPOINTS = [
+    Case("ckpt-missing", own_config(teachers__checkpoints=["/nonexistent/teacher.pt"]),
+         ("/nonexistent/teacher.pt", "missing")),
+    Case("ckpt-text", with_checkpoint(text_file("teacher.pt", b"not a checkpoint\n")),
+         ("teacher.pt", "cannot be loaded safely")),
+    Case("ckpt-pickle-code", with_checkpoint(_pickle_case), ("teacher.pt", "cannot be loaded safely")),
+    Case("ckpt-foreign-dict", with_checkpoint(lambda c, tmp: save_torch(tmp / "teacher.pt", {"weights": [1.0]})),
+         ("teacher.pt", "not a transferset checkpoint")),
+    Case("ckpt-plain-state-dict", with_checkpoint(
+        lambda c, tmp: save_torch(tmp / "teacher.pt", checkpoint_payload(c)["state_dict"])),
+        ("teacher.pt", "not a transferset checkpoint")),
+    Case("ckpt-header-damaged", with_checkpoint(checkpoint_with(lambda p: p.pop("arch"))),
+         ("teacher.pt", "'arch'")),
+    Case("ckpt-wrong-classes", with_checkpoint(checkpoint_with(lambda p: p.update(num_classes=5))),
+         ("teacher.pt", "5 classes, the data has 10")),
+    Case("ckpt-wrong-task", with_checkpoint(checkpoint_with(lambda p: p.update(task="regress"))),
+         ("teacher.pt", "task is 'regress'")),
+    Case("ckpt-wrong-shape", with_checkpoint(checkpoint_with(
+        lambda p: p["state_dict"].update({k: v[:1] for k, v in list(p["state_dict"].items())[:1]}))),
+        ("teacher.pt", "has shape")),
+    Case("ckpt-truncated", with_checkpoint(lambda c, tmp: truncate(
+        Path(shutil_copy(c.teacher(), tmp / "teacher.pt")))), ("teacher.pt", "cannot be loaded safely")),
+    Case("ckpt-factory-not-named", with_checkpoint(checkpoint_with(lambda p: p.update(arch="os:system"))),
+         ("os:system", "must also be named in the config")),
+]
+DAMAGED = [
+    Case("verify-truncated", damaged_set(lambda s: truncate(shard(s))), ("shard-000001.tar",), code=1),
+    Case("verify-flipped-byte", damaged_set(lambda s: flip_byte(shard(s))), ("shard-000001.tar",), code=1),
+    Case("verify-missing-shard", damaged_set(lambda s: shard(s).unlink()), ("shard-000001.tar",), code=1),
+    Case("verify-missing-index", damaged_set(unlink("index.json")), ("index.json",), code=1),
+    Case("verify-broken-index", damaged_set(overwrite("index.json", b"{not json")), ("index.json",), code=1),
+    Case("verify-foreign-index", damaged_set(overwrite("index.json", b'{"version": 99}')), ("index.json",), code=1),
+    Case("verify-missing-manifest", damaged_set(unlink("manifest.parquet")), ("manifest.parquet",), code=1),
+    Case("verify-broken-manifest", damaged_set(overwrite("manifest.parquet", b"PAR1 no")), ("manifest.parquet",),
+         code=1),
+    Case("inspect-truncated", damaged_set(lambda s: truncate(shard(s)), "inspect"), ("shard-000001.tar",)),
+    Case("inspect-replaced-shard", damaged_set(lambda s: shard(s).write_bytes(shard(s, 2).read_bytes()), "inspect"),
+         ("shard-000001.tar", "the index says")),
+    Case("inspect-missing-shard", damaged_set(lambda s: shard(s).unlink(), "inspect"), ("shard-000001.tar", "missing")),
+    Case("inspect-missing-index", damaged_set(unlink("index.json"), "inspect"), ("index.json",)),
+    Case("inspect-broken-index", damaged_set(overwrite("index.json", b"[1, 2"), "inspect"), ("index.json",)),
+    Case("inspect-missing-manifest", damaged_set(unlink("manifest.parquet"), "inspect"), ("manifest.parquet",)),
+    Case("train-truncated", damaged_job(lambda s: truncate(shard(s))), ("shard-000001.tar", "verify")),
+    # found only while streaming: the student's own run directory has begun (never another's)
+    Case("train-flipped-byte", damaged_job(lambda s: flip_byte(shard(s))), ("shard-000001.tar", "damaged"),
+         writes="job/students"),
+    Case("train-missing-shard", damaged_job(lambda s: shard(s).unlink()), ("shard-000001.tar", "missing")),
+    Case("train-missing-index", damaged_job(unlink("index.json")), ("sets/real", "not generated yet")),
+    Case("train-broken-index", damaged_job(overwrite("index.json", b"{")), ("index.json",)),
+]
+CASES = [*CONFIG_FILES, *UNKNOWN_KEYS, *WRONG_VALUES, *COMMAND_LINE, *SOURCES, *CHECKPOINTS, *DAMAGED]
+
+
+def shutil_copy(source: Path, target: Path) -> Path:
+    target.write_bytes(source.read_bytes())
+    return target
+
+
+def test_the_corpus_is_large_and_every_case_is_named_once() -> None:
+    ids = [case.id for case in CASES]
+    assert len(ids) == len(set(ids)) and len(ids) >= 80
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_gets_one_line_and_changes_nothing(corpus: Corpus, case: Case, tmp_path: Path) -> None:
+    args = case.build(corpus, tmp_path)
+    before = tree(tmp_path)
+    result = transferset(*args, cwd=tmp_path)
+    job_changed, after = corpus.changed(), tree(tmp_path)  # first: a changed job is restored for the next case
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output[-3000:]
+    assert result.returncode == case.code, output[-3000:]
+    last = last_line(result.stderr)
+    assert last.startswith("error: "), result.stderr[-3000:]
+    for needle in case.needles:
+        assert needle in last, f"{needle!r} not in {last!r}"
+    assert {k: after.get(k) for k in before} == before, "the case's own inputs were changed or deleted"
+    assert all(case.writes and k.startswith(case.writes) for k in set(after) - set(before)), \
+        f"the case wrote {sorted(set(after) - set(before))[:5]}"
+    assert not job_changed, "the finished job's teachers, sets or students changed"
+    assert not (tmp_path / "pwned").exists(), "a checkpoint ran code while it was loaded"
