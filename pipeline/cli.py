@@ -25,7 +25,6 @@ from core.errors import FormatError, JobFailure, UserError
 # config or `--help` answers at once instead of after two seconds of imports.
 
 
-
 def plain(doc: str | None) -> str:
     """Help text for a terminal: no reStructuredText backticks, paragraphs joined into lines."""
     text = re.sub(r"`{1,2}([^`]+)`{1,2}", r"\1", doc or "")
@@ -38,6 +37,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=plain(__doc__
 def command(function: Callable[..., None]) -> Callable[..., None]:
     """Register a subcommand whose docstring is shown as plain help."""
     return app.command(help=plain(function.__doc__))(function)
+
 
 OutOption = Annotated[str | None, typer.Option(
     "--out", help="output directory (default runs/<config name>); generate also takes an fsspec URL (s3://…)")]
