@@ -159,8 +159,11 @@ class KDObjective(Objective):
         self.kd, self.expected_shape, self.has_real = kd_cfg, expected_shape, real is not None
         self.loader = TransferLoader(sets, plan, real)
         self.stream = iter(self.loader)
-        # pick's x′ by origin (the sets' positions, then the real part): samples of non-views sets
-        self.rivals = torch.tensor([not s.originals for s in sets] + [False])
+        # pick's x′ by origin (the sets' positions, then the real part): the samples of non-views
+        # sets; a student with views sets only lets all their samples compete. The real split
+        # (no teacher target) never does.
+        stored = [not s.originals for s in sets] if not all(s.originals for s in sets) else [True] * len(sets)
+        self.rivals = torch.tensor([*stored, False])
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         batch = next(self.stream)

@@ -3,8 +3,8 @@
 The paper keeps every original input x and picks among the augmented x′ only. Here x are the
 samples of the real split and of views-only sets (augmented real images), x′ those of every other
 set (mixes, generated images): the x keep their share of the batch (the first ``count / ratio`` of
-the candidates, whose order is already random) and the x′ compete for the rest. A student that
-reads x only picks among all its candidates.
+the candidates, whose order is already random) and the x′ compete for the rest. A student whose
+stored sets are all views picks among all their samples; the real split keeps its share.
 
 Candidates are scored with the student under no-grad by ``d = KL(p_T^τ ‖ p_S^τ)`` (eq 3), or by
 the teacher's or the student's entropy; the largest scores are trained on. The mean KL ratio

@@ -82,6 +82,23 @@ def test_pick_keeps_the_real_split_at_its_share(digits, two_sets, tmp_path):
     assert seen["source"]["trained"] == pytest.approx(seen["source"]["drawn"] / 2, abs=20)  # its first half
 
 
+def test_pick_among_views_only_keeps_the_real_split_out_of_the_contest(digits, tmp_path):
+    """A views-only set is x, but with no x′ to pick among its samples compete; the real split
+    (no teacher target, nothing to score) still keeps its share."""
+    train_source, _ = digits
+    rng = np.random.default_rng(1)
+    views = tmp_path / "views"
+    write_set(views, train_source.images(np.arange(400)), log_softmax(rng.normal(size=(400, 10))),
+              [int(y) for y in train_source.labels[:400]], samples_per_shard=100,
+              set_config={"sampler": {"kind": "views", "views": 1}})
+    result = train(digits, tmp_path / "run", sets=[(str(views), 0.5), ("source", 0.5)], steps=20,
+                   kd=KDConfig(alpha=0.5, pick=PickConfig(ratio=2.0)))
+    seen = {row["set"]: row for row in result["seen"]}
+    assert seen["views"]["trained"] + seen["source"]["trained"] == 20 * 32
+    assert seen["source"]["trained"] == pytest.approx(seen["source"]["drawn"] / 2, abs=20)
+    assert seen["views"]["trained"] < seen["views"]["drawn"]  # picked: not every drawn view is trained
+
+
 def test_erm_sees_fresh_views_of_the_real_split(digits, tmp_path):
     result = train(digits, tmp_path, objective="erm", steps=12)
     assert result["seen"] == [{"set": "source", "stored": False, "samples": len(digits[0]), "drawn": 384,

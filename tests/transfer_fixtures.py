@@ -16,9 +16,11 @@ from core.tasks import CLASSIFY
 
 
 def write_set(
-    set_dir: Path, images: np.ndarray, logp: np.ndarray, labels: Sequence[int | None], samples_per_shard: int
+    set_dir: Path, images: np.ndarray, logp: np.ndarray, labels: Sequence[int | None], samples_per_shard: int,
+    set_config: dict | None = None,
 ) -> list[Path]:
-    """Write shards and index.json for uint8 NHWC ``images`` with targets ``logp`` (N, C)."""
+    """Write shards and index.json for uint8 NHWC ``images`` with targets ``logp`` (N, C);
+    ``set_config`` is what the index records the set was made from (its samplers)."""
     entries, paths = [], []
     for shard, start in enumerate(range(0, len(images), samples_per_shard)):
         samples = []
@@ -33,7 +35,8 @@ def write_set(
         entries.append(sx.ShardEntry(name=sx.shard_name(shard), samples=len(samples), bytes=len(data),
                                      sha256=fmt.sha256_bytes(data)))
     classes = logp.shape[1]
-    sx.write_index(set_dir, sx.SetIndex(shards=entries, num_classes=classes, classes=[str(c) for c in range(classes)]))
+    sx.write_index(set_dir, sx.SetIndex(shards=entries, num_classes=classes, classes=[str(c) for c in range(classes)],
+                                        config={"set": set_config} if set_config is not None else None))
     return paths
 
 
