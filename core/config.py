@@ -37,6 +37,45 @@ class ImbalanceConfig(Strict):
     keep: float = Field(0.1, gt=0, le=1)
 
 
+class ImageConfig(Strict):
+    """The job's image contract (``core.image_contract``): every stored image, and every image a
+    model is trained or evaluated on, has ``size``, whatever the size of the source's images.
+
+    ``views`` is how a real image becomes a training view: ``resize_crop`` (the short side resized
+    to the size, the centre kept, then the source's pad-and-crop and flip: the behaviour without a
+    contract) or ``random_resized_crop`` (torchvision's semantics: ``scale`` of the area, ``ratio``
+    of the aspect, then a flip). Evaluation takes the central ``crop_pct`` of the short side
+    (timm's resize + centre crop; default 1.0 for resize_crop, 0.875 for random_resized_crop).
+    """
+
+    size: int | tuple[int, int] = Field(description="height and width of every image (one int: a square)")
+    views: Literal["resize_crop", "random_resized_crop"] = "resize_crop"
+    scale: tuple[float, float] = Field((0.08, 1.0), description="random_resized_crop: range of the box's area")
+    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="random_resized_crop: range of its aspect ratio")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    crop_pct: float | None = Field(None, gt=0, le=1, description="evaluation: share of the short side kept")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ImageConfig:
+        if min(self.hw) < 1:
+            raise ValueError(f"image.size must be positive, got {self.size}")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"image.scale must be 0 < low <= high <= 1, got {list(self.scale)}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"image.ratio must be 0 < low <= high, got {list(self.ratio)}")
+        return self
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return (self.size, self.size) if isinstance(self.size, int) else (int(self.size[0]), int(self.size[1]))
+
+    @property
+    def eval_crop_pct(self) -> float:
+        if self.crop_pct is not None:
+            return self.crop_pct
+        return 0.875 if self.views == "random_resized_crop" else 1.0
+
+
 class SourceConfig(Strict):
     """Where real images come from.
 
@@ -68,6 +107,8 @@ class SourceConfig(Strict):
     subset_seed: int = 0
     samples: int | None = Field(None, gt=0, description="gaze: training images to render (default 8000)")
     test_samples: int | None = Field(None, gt=0, description="gaze: test images to render (default 2000)")
+    image: ImageConfig | None = Field(None, description="the job's image contract (the top-level `image` "
+                                                       "section is moved here)")
     metric: Literal["angular", "euclidean"] | None = Field(
         None, description="regression error: angular (targets are yaw, pitch in radians; degrees between gaze "
                           "vectors) or euclidean (L2 distance); default angular for gaze, euclidean otherwise")
@@ -183,6 +224,14 @@ class TargetConfig(Strict):
                           "classification log-probabilities are always float16")
 
 
+class StoreConfig(Strict):
+    """How a set stores its images: lossless PNG, or JPEG at a fixed ``quality`` (the teachers
+    label the decoded JPEG, so what is stored is what was labelled)."""
+
+    image: Literal["png", "jpeg"] = "png"
+    quality: int = Field(90, ge=1, le=100, description="jpeg quality")
+
+
 class SelectConfig(Strict):
     """Uncertainty-targeted generation: draw samples/keep candidates per shard, label them all,
     keep the most uncertain ones."""
@@ -197,6 +246,7 @@ class SetConfig(Strict):
     samples: int | None = Field(None, gt=0, description="samples to draw; a views-only set defaults to all views")
     samples_per_shard: int = Field(1024, gt=0)
     targets: TargetConfig = TargetConfig()
+    store: StoreConfig = StoreConfig()
     select: SelectConfig | None = None
     out: str | None = Field(None, description="'auto' (the shared cache), a path or fsspec URL; default OUT/sets/NAME")
 
@@ -283,6 +333,25 @@ class Config(Strict):
     sets: dict[str, SetConfig] = {}
     students: dict[str, StudentConfig] = {}
     report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _image_into_source(cls, raw: Any) -> Any:
+        """The top-level ``image`` section is the source's contract: every worker that opens the
+        source sees it, and it is part of the source's identity (so of every set's fingerprint)."""
+        if isinstance(raw, dict) and "image" in raw:
+            raw = dict(raw)
+            image = raw.pop("image")
+            source = raw.get("source")
+            if isinstance(source, dict) and image is not None:
+                if source.get("image") is not None:
+                    raise ValueError("give the image contract once: top-level image or source.image")
+                raw["source"] = {**source, "image": image}
+        return raw
+
+    @property
+    def image(self) -> ImageConfig | None:
+        return self.source.image
 
     @property
     def factories(self) -> tuple[str, ...]:

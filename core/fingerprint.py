@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from core.config import SetConfig
+from core.config import SetConfig, StoreConfig
 from core.format import FORMAT_VERSION
 
 TARGET_PRECISION = "float16"
@@ -37,7 +37,9 @@ def fingerprint_payload(
         targets = {"kind": "gaussian", "dtype": set_cfg.targets.dtype}
     elif set_cfg.targets.kind == "topk":
         targets = set_cfg.targets.model_dump(mode="json", exclude={"dtype"})
+    stored = {} if set_cfg.store == StoreConfig() else {"store": set_cfg.store.model_dump(mode="json")}
     return {
+        **stored,  # PNG sets keep the fingerprint they had before JPEG storage existed
         "format": FORMAT_VERSION,
         "source": source_identity,
         "sampler": samplers[0] if set_cfg.sampler is not None else samplers,

@@ -1,7 +1,7 @@
 """The bytes of a shard: records (image, metadata, the task's target members) in deterministic tars.
 
 A shard is a tar of samples. Each sample has one key without dots (``000012-000345`` = shard 12,
-index 345) and the members ``<key>.png`` (uint8 image), ``<key>.json`` (metadata with the replay
+index 345) and the members ``<key>.png`` (uint8 image; ``<key>.jpg`` in a set stored as JPEG), ``<key>.json`` (metadata with the replay
 parameters) and its task's target members (:mod:`core.tasks`: ``logp.npy`` or ``topk.npy`` and
 ``cls`` for classification, ``mu.npy``, ``logvar.npy`` and ``label.npy`` for regression).
 Members are sorted and carry a fixed mtime and owner, so the same samples always give the same
@@ -74,9 +74,49 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes) -> np.ndarray:
+    """A stored image (PNG or JPEG: PIL reads either) as uint8 HWC."""
     with Image.open(io.BytesIO(data)) as pil:
         array = np.asarray(pil)
     return array[:, :, None] if array.ndim == 2 else array
+
+
+# A set's image encoding (``store.image``) → the tar member that holds the image.
+IMAGE_MEMBERS = {"png": "png", "jpeg": "jpg"}
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """JPEG at a fixed quality, no chroma subsampling choices left to defaults that could change."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise FormatError(f"image must be uint8 HWC with 1 or 3 channels, got {image.dtype} {image.shape}")
+    pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+    out = io.BytesIO()
+    pil.save(out, format="JPEG", quality=int(quality), subsampling=0, optimize=False)
+    return out.getvalue()
+
+
+def encode_image(image: np.ndarray, encoding: str = "png", quality: int = 90) -> bytes:
+    return encode_png(image) if encoding == "png" else encode_jpeg(image, quality)
+
+
+def as_stored(images: np.ndarray, encoding: str, quality: int) -> np.ndarray:
+    """The pixels a reader will decode from the stored bytes of uint8 NHWC ``images`` — the
+    images themselves for lossless PNG, the decoded JPEG otherwise — so that the teachers label
+    exactly what is stored."""
+    if encoding == "png" or not len(images):
+        return images
+    return np.stack([decode_png(encode_jpeg(image, quality)) for image in images])
+
+
+def image_member(fields: dict[str, bytes]) -> str | None:
+    """The member holding a record's image (``png``, or ``jpg`` for a JPEG set), if any."""
+    return next((name for name in IMAGE_MEMBERS.values() if name in fields), None)
+
+
+def decode_record_image(fields: dict[str, bytes]) -> np.ndarray:
+    member = image_member(fields)
+    if member is None:
+        raise FormatError(f"sample has no image member ({sorted(IMAGE_MEMBERS.values())}); it has {sorted(fields)}")
+    return decode_png(fields[member])
 
 
 def encode_npy(array: np.ndarray) -> bytes:
@@ -93,22 +133,24 @@ def encode_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def encode_sample(sample: Sample) -> dict[str, bytes]:
-    """The tar members of one sample, by field name (``png``, ``json``, the target members)."""
+def encode_sample(sample: Sample, encoding: str = "png", quality: int = 90) -> dict[str, bytes]:
+    """The tar members of one sample, by field name (``png`` or ``jpg``, ``json``, the target members)."""
     if "." in sample.key:
         raise FormatError(f"sample key {sample.key!r} contains a dot")
-    return {"png": encode_png(sample.image), "json": encode_json(sample.meta), **sample.members}
+    return {IMAGE_MEMBERS[encoding]: encode_image(sample.image, encoding, quality), "json": encode_json(sample.meta),
+            **sample.members}
 
 
 # ---------------------------------------------------------------- tars
 
 
-def tar_bytes(samples: Sequence[Sample]) -> bytes:
-    """Deterministic tar bytes: samples by key, members by name, mtime 0, owner root."""
+def tar_bytes(samples: Sequence[Sample], encoding: str = "png", quality: int = 90) -> bytes:
+    """Deterministic tar bytes: samples by key, members by name, mtime 0, owner root; images
+    as ``encoding`` (png, or jpeg at ``quality``)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in sorted(samples, key=lambda s: s.key):
-            for field, data in sorted(encode_sample(sample).items()):
+            for field, data in sorted(encode_sample(sample, encoding, quality).items()):
                 info = tarfile.TarInfo(f"{sample.key}.{field}")
                 info.size = len(data)
                 info.mtime = 0

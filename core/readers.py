@@ -18,8 +18,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from core import storage
-from core.config import SourceConfig
+from core.config import ImageConfig, SourceConfig
 from core.errors import UserError
+from core.image_contract import eval_image
 from core.gaze import RENDER_VERSION, render_split
 from core.tasks import CLASSIFY, REGRESS, Task
 
@@ -36,6 +37,10 @@ class Source:
     A regression source (``task`` REGRESS) has no classes: ``labels`` are all −1 and ``targets``
     holds the float32 targets (N, D); ``metric`` names the error to report (``angular`` or
     ``euclidean``). The source decides the task of every model and set of its job.
+
+    With an image ``contract`` (``core.image_contract``) the images may have any size: ``raw(i)``
+    is the decoded file, ``image(i)`` its evaluation image at the contract's size, and ``shape``
+    is that size. Without one, every image must have ``shape`` and ``raw(i)`` is ``image(i)``.
     """
 
     name: str
@@ -50,6 +55,7 @@ class Source:
     targets: np.ndarray | None = None
     metric: str | None = None
     task: Task = CLASSIFY
+    contract: ImageConfig | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -63,26 +69,50 @@ class Source:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def image(self, index: int) -> np.ndarray:
+    def raw(self, index: int) -> np.ndarray:
+        """Image ``index`` as decoded, at its own size (uint8 HWC)."""
         if self._images is not None:
             return self._images[index]
         image = read_image(self._files[index], self.shape[2])
-        if image.shape != self.shape:
+        if self.contract is None and image.shape != self.shape:
             raise UserError(f"image {self._files[index]}: {image.shape[0]}×{image.shape[1]}, but the source's "
                             f"images are {self.shape[0]}×{self.shape[1]} (its first file {self._files[0]}); all "
-                            "images of a source must share one size: resize them first")
+                            "images of a source must share one size: set `image: {size: N}` in the config "
+                            "(resize and crop to N×N) or resize them first")
         return image
+
+    def raw_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of image ``index`` as stored, read from its header only."""
+        if self._images is not None:
+            return (int(self._images.shape[1]), int(self._images.shape[2]))
+        return image_size(self._files[index])
+
+    def image(self, index: int) -> np.ndarray:
+        """Image ``index`` at the source's ``shape``: the contract's evaluation image."""
+        image = self.raw(index)
+        return image if self.contract is None else eval_image(image, self.contract)
 
     def images(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
         """Stacked images (all of them by default), uint8 NHWC."""
         if indices is None:
             indices = np.arange(len(self))
-        if self._images is not None:
+        if self._images is not None and self.contract is None:
             return self._images[np.asarray(indices, dtype=np.int64)]
         return np.stack([self.image(int(i)) for i in indices]) if len(indices) else np.zeros((0, *self.shape), np.uint8)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from an image file's header, without decoding its pixels."""
+    try:
+        with storage.open_read(path) as handle, Image.open(handle) as pil:
+            width, height = pil.size
+    except (OSError, UnidentifiedImageError) as err:
+        reason = "not an image file PIL can read" if isinstance(err, UnidentifiedImageError) else str(err)
+        raise UserError(f"image {path}: unreadable ({reason}); remove or replace the file") from err
+    return (int(height), int(width))
 
 
 def read_image(path: str | Path, channels: int) -> np.ndarray:

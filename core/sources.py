@@ -21,9 +21,14 @@ __all__ = ["Source", "Split", "load_in_memory", "load_source", "load_source_cach
 
 
 def _with_options(source: Source, cfg: SourceConfig) -> Source:
-    """The reader's defaults for standard augmentation, overridden by the config."""
-    return replace(source, pad=source.pad if cfg.pad is None else cfg.pad,
-                   flip=source.flip if cfg.flip is None else cfg.flip)
+    """The reader's defaults for standard augmentation, overridden by the config; the image
+    contract (the images' size becomes the contract's, and the contract joins the identity)."""
+    source = replace(source, pad=source.pad if cfg.pad is None else cfg.pad,
+                     flip=source.flip if cfg.flip is None else cfg.flip)
+    if cfg.image is None:
+        return source
+    return replace(source, contract=cfg.image, shape=(*cfg.image.hw, source.shape[2]),
+                   identity={**source.identity, "image": cfg.image.model_dump(mode="json")})
 
 
 def select(source: Source, keep: np.ndarray, label_map: np.ndarray | None = None,
@@ -128,11 +133,15 @@ def load_source_cached(cfg: SourceConfig, split: Split) -> Source:
 @lru_cache(maxsize=8)
 def _load_cached(cfg_json: str, split: Split) -> Source:
     source = load_source(SourceConfig.model_validate_json(cfg_json), split)
+    if source.contract is not None:  # samplers crop the images at their own size: keep them as files
+        return source
     return load_in_memory(source) if len(source) * int(np.prod(source.shape)) <= IN_MEMORY_BYTES else source
 
 
 def load_in_memory(source: Source) -> Source:
-    """The same source with every image decoded once (fast random access for small sets)."""
-    if source._images is not None:
+    """The same source with every image decoded once (fast random access for small sets). With an
+    image contract these are the evaluation images at the contract's size (what a trainer reads);
+    the contract is then applied already, so the copy has none (its identity keeps it)."""
+    if source._images is not None and source.contract is None:
         return source
-    return replace(source, _images=source.images(), _files=[])
+    return replace(source, _images=source.images(), _files=[], contract=None)

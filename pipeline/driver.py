@@ -136,8 +136,11 @@ class ShardActor:
         elif self.runner is not None:
             generate = self._fused_generate(self.runner, made_on_device)
         images, drawn, labels = make_shard(self.spec, shard, generate)
-        # A shard of generated images only is labelled where it was made: it never leaves the GPU.
-        labelled = made_on_device[0] if made_on_device and len(made_on_device[0]) == len(images) else images
+        # A shard of generated images only is labelled where it was made: it never leaves the GPU
+        # (when stored losslessly; a JPEG set labels the decoded JPEG that make_shard returned).
+        lossless = self.spec.set_cfg.store.image == "png"
+        labelled = made_on_device[0] if lossless and made_on_device and len(made_on_device[0]) == len(images) \
+            else images
         with self.forward:
             output = self.ensemble.predict(labelled)
         return write_shard(self.spec, shard, images, drawn, labels, output, count=count)

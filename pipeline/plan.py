@@ -17,7 +17,7 @@ from typing import Any
 
 from core import set_index as sx
 from core import storage
-from core.config import Config, SetConfig
+from core.config import Config, SetConfig, StoreConfig
 from core.errors import FormatError, UserError
 from core.fingerprint import PREFIX_CHARS, set_fingerprint
 from core.format import sha256_file
@@ -250,17 +250,19 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
     sx.remove_stale_temps(spec.out_dir)
     sx.write_manifest(spec.out_dir, rows, spec.kind)
     # Keys a classification set never uses stay out of its index (its bytes predate them).
-    unused = {"targets": {"dtype"}} if spec.set_cfg.targets.dtype is None else None
-    source_unused = {name for name in ("samples", "test_samples", "metric")
+    unused: dict[str, Any] = {"targets": {"dtype"}} if spec.set_cfg.targets.dtype is None else {}
+    if spec.set_cfg.store == StoreConfig():
+        unused["store"] = True  # a PNG set's index predates the store option
+    source_unused = {name for name in ("samples", "test_samples", "metric", "image")
                      if getattr(spec.source_cfg, name) is None} or None
     sx.write_index(spec.out_dir, SetIndex(
         fingerprint=spec.fingerprint,
         name=spec.name,
         **spec.kind.index_outputs(spec.classes, spec.outputs),
-        image=sx.ImageSpec(height=height, width=width, channels=channels, encoding="png"),
+        image=sx.ImageSpec(height=height, width=width, channels=channels, encoding=spec.set_cfg.store.image),
         target=sx.TargetSpec(**spec.kind.target_spec(spec.set_cfg.targets, spec.outputs)),
         teachers=list(spec.teachers),
-        config={"set": spec.set_cfg.model_dump(mode="json", exclude=unused),
+        config={"set": spec.set_cfg.model_dump(mode="json", exclude=unused or None),
                 "source": spec.source_cfg.model_dump(mode="json", exclude=source_unused), "seed": spec.seed},
         shards=[summary.entry() for summary in ordered],
         totals=sx.Totals(**totals),

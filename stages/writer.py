@@ -47,7 +47,8 @@ def make_shard(spec: SetSpec, shard: int, generate: Generate | None = None) -> t
     generator = set_generator(spec.set_cfg)
     if generate is None and generator is not None:
         generate = lambda params: generate_images(generator, params, spec.source_cfg)  # noqa: E731
-    images = shard_images(drawn, source, generate)
+    store = spec.set_cfg.store
+    images = fmt.as_stored(shard_images(drawn, source, generate), store.image, store.quality)
     shown = [params["image"] if SAMPLERS[kind].keeps_label else None for kind, params in drawn]
     return images, drawn, spec.kind.real_labels(shown, source)
 
@@ -88,7 +89,7 @@ def write_shard(spec: SetSpec, shard: int, images: np.ndarray, drawn: Drawn, lab
             meta["candidate"] = int(candidate)
         samples.append(task.labelled(key, images[candidate], meta, output, int(candidate), labels[candidate],
                                      spec.set_cfg.targets))
-    data = fmt.tar_bytes(samples)
+    data = fmt.tar_bytes(samples, spec.set_cfg.store.image, spec.set_cfg.store.quality)
     storage.atomic_write(sx.shard_url(spec.out_dir, shard), data)
     return ShardSummary(shard=int(shard), name=sx.shard_name(shard), samples=len(samples), bytes=len(data),
                         sha256=fmt.sha256_bytes(data), rejected=count - len(samples), planned=count,

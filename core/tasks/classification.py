@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from core import target_codec as codec
 from core.config import ModelConfig, SetConfig, TargetConfig
 from core.errors import FormatError, UserError
-from core.format import Sample, decode_npy, decode_png, encode_npy
+from core.format import Sample, decode_npy, decode_record_image, encode_npy, image_member
 from core.tasks.base import Record, Task, per_sampler, row_start, significant
 
 LOGP_FIELD = "logp.npy"
@@ -183,7 +183,7 @@ class ClassificationTask(Task):
         """image, meta, logp (dense, whatever the stored target kind; also as ``target``), label
         (-1 if none)."""
         target = LOGP_FIELD if LOGP_FIELD in fields else TOPK_FIELD
-        missing = {"png", "json", target} - fields.keys()
+        missing = {image_member(fields) or "png", "json", target} - fields.keys()
         if missing:
             raise FormatError(f"sample is missing members {sorted(missing)}")
         raw = decode_npy(fields[target])
@@ -192,7 +192,7 @@ class ClassificationTask(Task):
             raise FormatError(f"{TOPK_FIELD} has dtype {raw.dtype}, not a top-k record")
         logp = raw if target == LOGP_FIELD else codec.reconstruct_logp(raw)
         return {
-            "image": decode_png(fields["png"]),
+            "image": decode_record_image(fields),
             "meta": json.loads(fields["json"]),
             "logp": logp,
             "target": logp,

@@ -25,7 +25,7 @@ import torch
 
 from core.config import SOURCE_SET, KDConfig, ModelConfig, SetConfig, TargetConfig, TrainConfig
 from core.errors import FormatError, UserError
-from core.format import Sample, decode_npy, decode_png, encode_npy
+from core.format import Sample, decode_npy, decode_record_image, encode_npy, image_member
 from core.tasks.base import Record, Task, per_sampler, row_start, significant
 
 MU_FIELD = "mu.npy"
@@ -194,7 +194,7 @@ class RegressionTask(Task):
     def decode(self, fields: dict[str, bytes]) -> Record:
         """image, meta, mu and logvar (float32; ``target`` is the row [μ, log σ²]), real target
         (None if none), label −1, the stored dtype."""
-        missing = {"png", "json", LOGVAR_FIELD} - fields.keys()
+        missing = {image_member(fields) or "png", "json", LOGVAR_FIELD} - fields.keys()
         if missing:
             raise FormatError(f"regression sample is missing members {sorted(missing)}")
         mu, logvar = decode_npy(fields[MU_FIELD]), decode_npy(fields[LOGVAR_FIELD])
@@ -206,7 +206,7 @@ class RegressionTask(Task):
         if real is not None and real.shape != mu.shape:
             raise FormatError(f"{REAL_TARGET_FIELD} has shape {real.shape}, mu has {mu.shape}")
         dtype, mu, logvar = mu.dtype.name, mu.astype(np.float32), logvar.astype(np.float32)
-        return {"image": decode_png(fields["png"]), "meta": json.loads(fields["json"]), "mu": mu, "logvar": logvar,
+        return {"image": decode_record_image(fields), "meta": json.loads(fields["json"]), "mu": mu, "logvar": logvar,
                 "target": np.concatenate([mu, logvar]), "real_target": real, "label": -1, "dtype": dtype}
 
     def manifest_row(self, meta: dict[str, Any]) -> dict[str, Any]:

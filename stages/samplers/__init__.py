@@ -27,7 +27,9 @@ from stages.samplers.base import (
     Sampler,
     apply_aug,
     draw_aug,
+    draw_view,
     identity_aug,
+    identity_view,
     sample_rng,
 )
 from stages.samplers.generating import SAMPLERS as GENERATING
@@ -80,8 +82,9 @@ def assign_samplers(shares: list[float], count: int, seed: int, shard: int) -> n
 def _enumerated_view(cfg: SamplerConfig, source: Source, rng: np.random.Generator, position: int,
                      order: np.ndarray) -> Params:
     slot, view = divmod(position, cfg.views)
-    aug = identity_aug(source.pad) if view == 0 else draw_aug(rng, source.pad, source.flip)
-    return {"image": int(order[slot]), "view": int(view), "aug": aug}
+    image = int(order[slot])
+    aug = identity_view(source, image) if view == 0 else draw_view(rng, source, image)
+    return {"image": image, "view": int(view), "aug": aug}
 
 
 def draw_shard(set_cfg: SetConfig, source: Source, seed: int, shard: int, total: int) -> list[tuple[str, Params]]:

@@ -25,7 +25,8 @@ from stages.samplers.base import Params, Sampler, draw_seed, real_image, source_
 
 
 def _real(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
-    return {"image": int(rng.integers(0, len(source))), "aug": source_aug(cfg, source, rng)}
+    image = int(rng.integers(0, len(source)))
+    return {"image": image, "aug": source_aug(cfg, source, rng, image)}
 
 
 def apply_view(params: Params, source: Source) -> np.ndarray:

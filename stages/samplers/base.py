@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from core.config import SamplerConfig
+from core.image_contract import apply_view, draw_random_resized_crop, pad_crop
 from core.sources import Source
 
 Params = dict[str, Any]
@@ -38,6 +39,25 @@ def identity_aug(pad: int) -> dict[str, int]:
     return {"dx": pad, "dy": pad, "flip": 0}
 
 
+def identity_view(source: Source, index: int) -> dict[str, Any]:
+    """The unaugmented view of real image ``index``: the evaluation image with a
+    ``random_resized_crop`` contract, else no shift and no flip."""
+    if source.contract is not None and source.contract.views == "random_resized_crop":
+        return {"eval": 1, "flip": 0}
+    return identity_aug(source.pad)
+
+
+def draw_view(rng: np.random.Generator, source: Source, index: int) -> dict[str, Any]:
+    """A random view of real image ``index``: a random-resized-crop box and flip, or the
+    standard pad-and-crop and flip (:func:`draw_aug`)."""
+    contract = source.contract
+    if contract is not None and contract.views == "random_resized_crop":
+        height, width = source.raw_size(index)
+        box = draw_random_resized_crop(rng, height, width, contract.scale, contract.ratio)
+        return {"box": list(box), "flip": int(rng.integers(0, 2)) if source.flip else 0}
+    return draw_aug(rng, source.pad, source.flip)
+
+
 def draw_aug(rng: np.random.Generator, pad: int, flip: bool) -> dict[str, int]:
     """Random crop with ``pad`` zero padding (offset in [0, 2·pad]) and an optional h-flip."""
     return {
@@ -47,25 +67,20 @@ def draw_aug(rng: np.random.Generator, pad: int, flip: bool) -> dict[str, int]:
     }
 
 
-def source_aug(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> dict[str, int]:
-    """The standard augmentation a sampler applies to a real image before its own transform."""
-    return draw_aug(rng, source.pad, source.flip) if cfg.augment else identity_aug(source.pad)
+def source_aug(cfg: SamplerConfig, source: Source, rng: np.random.Generator, index: int) -> dict[str, Any]:
+    """The view a sampler takes of real image ``index`` before its own transform: random with
+    ``augment`` (the source's standard augmentation, or the contract's random-resized crop)."""
+    return draw_view(rng, source, index) if cfg.augment else identity_view(source, index)
 
 
 def apply_aug(image: np.ndarray, aug: dict[str, int], pad: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    if pad:
-        padded = np.zeros((height + 2 * pad, width + 2 * pad, image.shape[2]), dtype=image.dtype)
-        padded[pad:pad + height, pad:pad + width] = image
-        image = padded[aug["dy"]:aug["dy"] + height, aug["dx"]:aug["dx"] + width]
-    if aug["flip"]:
-        image = image[:, ::-1]
-    return np.ascontiguousarray(image)
+    """The standard pad-and-crop and flip of an image that has the source's size."""
+    return pad_crop(image, aug, pad)
 
 
-def real_image(source: Source, index: int, aug: dict[str, int]) -> np.ndarray:
-    """Real image ``index`` after its stored standard augmentation."""
-    return apply_aug(source.image(index), aug, source.pad)
+def real_image(source: Source, index: int, aug: dict[str, Any]) -> np.ndarray:
+    """Real image ``index`` after its stored view parameters, at the source's size."""
+    return apply_view(source.raw(index), aug, source.contract, source.pad)
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:

@@ -23,8 +23,8 @@ def _partners(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> P
     return {"i": int(rng.integers(0, n)), "j": int(rng.integers(0, n))}
 
 
-def _augs(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
-    return {"aug_i": source_aug(cfg, source, rng), "aug_j": source_aug(cfg, source, rng)}
+def _augs(cfg: SamplerConfig, source: Source, rng: np.random.Generator, partners: Params) -> Params:
+    return {"aug_i": source_aug(cfg, source, rng, partners["i"]), "aug_j": source_aug(cfg, source, rng, partners["j"])}
 
 
 def _pair(params: Params, source: Source) -> tuple[np.ndarray, np.ndarray]:
@@ -39,13 +39,13 @@ def mix_pixels(a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
 def draw_mix(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
     partners = _partners(cfg, source, rng)
     lam = float(rng.uniform(0.0, 1.0))
-    return {**partners, "lam": lam, **_augs(cfg, source, rng)}
+    return {**partners, "lam": lam, **_augs(cfg, source, rng, partners)}
 
 
 def draw_mixup(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
     partners = _partners(cfg, source, rng)
     lam = float(rng.beta(cfg.alpha, cfg.alpha))
-    return {**partners, "lam": lam, **_augs(cfg, source, rng)}
+    return {**partners, "lam": lam, **_augs(cfg, source, rng, partners)}
 
 
 def apply_mix(params: Params, source: Source) -> np.ndarray:
@@ -67,7 +67,7 @@ def draw_cutmix(cfg: SamplerConfig, source: Source, rng: np.random.Generator) ->
     height, width = source.shape[:2]
     y0, y1, x0, x1 = cutmix_box(drawn, height, width, int(rng.integers(0, height)), int(rng.integers(0, width)))
     lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)  # the share of a after clipping
-    return {**partners, "lam": lam, "lam_drawn": drawn, "box": [y0, y1, x0, x1], **_augs(cfg, source, rng)}
+    return {**partners, "lam": lam, "lam_drawn": drawn, "box": [y0, y1, x0, x1], **_augs(cfg, source, rng, partners)}
 
 
 def apply_cutmix(params: Params, source: Source) -> np.ndarray:
