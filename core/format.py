@@ -1,9 +1,10 @@
 """The bytes of a shard: records (image, metadata, the task's target members) in deterministic tars.
 
 A shard is a tar of samples. Each sample has one key without dots (``000012-000345`` = shard 12,
-index 345) and the members ``<key>.png`` (uint8 image; ``<key>.jpg`` in a set stored as JPEG), ``<key>.json`` (metadata with the replay
-parameters) and its task's target members (:mod:`core.tasks`: ``logp.npy`` or ``topk.npy`` and
-``cls`` for classification, ``mu.npy``, ``logvar.npy`` and ``label.npy`` for regression).
+index 345) and the members ``<key>.png`` (uint8 image; ``<key>.jpg`` in a set stored as JPEG),
+``<key>.json`` (metadata with the replay parameters) and its task's target members
+(:mod:`core.tasks`: ``logp.npy`` or ``topk.npy`` and ``cls`` for classification, ``mu.npy``,
+``logvar.npy`` and ``label.npy`` for regression).
 Members are sorted and carry a fixed mtime and owner, so the same samples always give the same
 bytes. Nothing here uses pickle: shards decode with plain ``webdataset`` in secure mode. The set
 directory around the shards (``index.json``, the manifest, shard names) is :mod:`core.set_index`.

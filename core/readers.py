@@ -20,8 +20,8 @@ from PIL import Image, UnidentifiedImageError
 from core import storage
 from core.config import ImageConfig, SourceConfig
 from core.errors import UserError
-from core.image_contract import eval_image
 from core.gaze import RENDER_VERSION, render_split
+from core.image_contract import eval_image
 from core.tasks import CLASSIFY, REGRESS, Task
 
 Split = Literal["train", "test"]

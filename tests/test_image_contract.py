@@ -203,8 +203,8 @@ def test_jpeg_storage_changes_the_fingerprint_png_keeps_it(folder) -> None:
 
 
 def test_the_top_level_image_section_is_the_sources_contract() -> None:
-    raw = {"name": "j", "source": {"kind": "digits"}, "teachers": {"model": {"arch": "tiny_cnn"}, "train": {"steps": 1}},
-           "image": {"size": 16, "views": "random_resized_crop"}}
+    raw = {"name": "j", "source": {"kind": "digits"}, "image": {"size": 16, "views": "random_resized_crop"},
+           "teachers": {"model": {"arch": "tiny_cnn"}, "train": {"steps": 1}}}
     cfg = parse_config(raw)
     assert cfg.source.image == cfg.image and cfg.image.hw == (16, 16) and cfg.image.eval_crop_pct == 0.875
     assert parse_config({**raw, "image": {"size": [12, 20]}}).image.hw == (12, 20)
