@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from core.config import ImageConfig
+from core.image_config import ImageConfig
 
 __all__ = ["apply_view", "draw_random_resized_crop", "eval_image", "resize_center_crop", "resized_box", "view_box"]
 
