@@ -21,6 +21,7 @@ from core.sources import Source
 __all__ = ["SplitSampler", "crop_flip", "normalize", "real_batches", "source_input_spec"]
 
 _STATS_CHUNK = 4096
+STATS_IMAGES = 10_000  # images of a file-backed split the input statistics are computed from
 
 
 # ---------------------------------------------------------------- real images
@@ -98,18 +99,29 @@ def normalize(images_uint8: torch.Tensor, input_spec: dict[str, Any]) -> torch.T
     return (x - mean) / std
 
 
+def stats_indices(source: Source, limit: int = STATS_IMAGES) -> np.ndarray:
+    """The images the input statistics are computed from: all of an in-memory split, at most
+    ``limit`` evenly spaced ones of a split read from files (an ImageNet-sized folder would
+    otherwise be decoded whole before the first step)."""
+    if source._images is not None or len(source) <= limit:
+        return np.arange(len(source))
+    return np.unique(np.linspace(0, len(source) - 1, limit).round().astype(np.int64))
+
+
 def source_input_spec(source: Source) -> dict[str, Any]:
     """The input contract for models trained on ``source``: its size and per-channel mean/std.
 
-    Computed in float64 over chunks (a large split never sits in memory as floats). A constant
-    channel gets std 1 so that normalising never divides by zero.
+    Computed in float64 over chunks (a large split never sits in memory as floats) of the images
+    :func:`stats_indices` picks. A constant channel gets std 1 so that normalising never divides
+    by zero.
     """
     height, width, channels = source.shape
     total = np.zeros(channels)
     squares = np.zeros(channels)
     count = 0
-    for start in range(0, len(source), _STATS_CHUNK):
-        chunk = source.images(np.arange(start, min(start + _STATS_CHUNK, len(source))))
+    chosen = stats_indices(source)
+    for start in range(0, len(chosen), _STATS_CHUNK):
+        chunk = source.images(chosen[start:start + _STATS_CHUNK])
         pixels = chunk.reshape(-1, channels).astype(np.float64) / 255.0
         total += pixels.sum(axis=0)
         squares += np.square(pixels).sum(axis=0)

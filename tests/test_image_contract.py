@@ -226,3 +226,12 @@ def test_a_bad_image_contract_is_one_error_line(tmp_path, image, needle) -> None
     assert done.returncode == 2, done.stderr
     assert last_line(done.stderr).startswith("error:") and needle in last_line(done.stderr)
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_input_statistics_of_a_large_file_backed_split_read_a_bounded_sample(folder) -> None:
+    from student.data import stats_indices
+
+    files = load_source(source_cfg(folder), "train")
+    assert stats_indices(files, limit=5).tolist() == [0, 4, 8, 13, 17]
+    assert stats_indices(files).tolist() == list(range(18))
+    assert stats_indices(load_in_memory(files), limit=5).tolist() == list(range(18))  # decoded already: all
