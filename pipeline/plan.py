@@ -252,7 +252,7 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
     # Keys a classification set never uses stay out of its index (its bytes predate them).
     unused = {"targets": {"dtype"}} if spec.set_cfg.targets.dtype is None else None
     source_unused = {name for name in ("samples", "test_samples", "metric")
-                     if getattr(spec.source_cfg, name) is None} or None
+                     if getattr(spec.source_cfg, name) is None} | spec.source_cfg.unused_webdataset_keys() or None
     sx.write_index(spec.out_dir, SetIndex(
         fingerprint=spec.fingerprint,
         name=spec.name,
