@@ -328,3 +328,19 @@ def test_the_config_keys_belong_to_webdataset() -> None:
     digits = SourceConfig(kind="digits")
     assert SourceConfig.model_validate_json(digits.model_dump_json()) == digits  # as workers receive it
     assert "urls" not in digits.model_dump(exclude=digits.unused_webdataset_keys())
+
+
+def test_samples_without_an_image_and_doubled_members_are_refused(tmp_path: Path) -> None:
+    good = jpeg(16, 16, seed=1)
+    cases = {"no-image.tar": ([("a.cls", b"0"), ("a.jpg", good), ("b.cls", b"1"), ("b.json", b"{}")],
+                              r"no-image.tar sample b has no image member jpg;jpeg;png;webp \(it has cls, json\)"),
+             "twice.tar": ([("a.cls", b"0"), ("a.jpg", good), ("a.JPG", good)], r"twice.tar sample a has two .jpg"),
+             "png-only.tar": ([("a.cls", b"0"), ("a.png", good)],
+                              r"png-only.tar has no member with an image extension jpg \(its members' extensions: "
+                              r"cls, png\)")}
+    for name, (members, message) in cases.items():
+        path = write_members(tmp_path / name, members)
+        cfg = SourceConfig(kind="webdataset", urls=[str(path)], test_urls=[str(path)], image_ext="jpg"
+                           if name == "png-only.tar" else "jpg;jpeg;png;webp")
+        with pytest.raises(UserError, match=message):
+            load_source(cfg, "train")
