@@ -28,6 +28,7 @@ from core.train_config import (  # noqa: F401  (re-exported: the job config is o
     StudentStageConfig,
     TrainConfig,
 )
+from core.webdataset_config import WebDatasetKeys
 
 
 class ImbalanceConfig(Strict):
@@ -38,7 +39,7 @@ class ImbalanceConfig(Strict):
     keep: float = Field(0.1, gt=0, le=1)
 
 
-class SourceConfig(Strict):
+class SourceConfig(WebDatasetKeys):
     """Where real images come from.
 
     ``digits`` ships with scikit-learn; ``imagefolder`` is a directory with ``train/<class>/*`` and
@@ -47,13 +48,19 @@ class SourceConfig(Strict):
     by ``name`` under ``path`` (``download: true`` fetches it, on a machine with internet).
     ``classes``, ``fraction`` and ``imbalance`` carve a subset out of the training split.
 
+    ``webdataset`` reads tar shards: ``urls`` (train) and ``test_urls`` (test), each a list of paths
+    or fsspec URLs or one brace pattern (``data/train-{000000..000009}.tar``); a sample's image is
+    its first member with an extension of ``image_ext`` (``;``-separated), its class the ASCII
+    integer in its ``label_ext`` member; ``class_names`` names the classes (default ``"0".."K-1"``,
+    K = 1 + the largest label of both splits).
+
     Regression: ``gaze`` renders the bundled eye images (``samples`` / ``test_samples`` of them,
     from ``split_seed``; cached under ``path``, default ``$TRANSFERSET_CACHE/gaze``); an ``npz``
     with float ``targets`` (N, D) instead of ``labels`` is a regression source too. ``metric``
     names the error the report shows.
     """
 
-    kind: Literal["digits", "imagefolder", "npz", "torchvision", "gaze"]
+    kind: Literal["digits", "imagefolder", "npz", "torchvision", "gaze", "webdataset"]
     path: str | None = None
     name: str | None = Field(None, description="torchvision: the data set class, e.g. CIFAR10, CIFAR100, MNIST")
     download: bool = False
@@ -75,6 +82,11 @@ class SourceConfig(Strict):
         None, description="regression error: angular (targets are yaw, pitch in radians; degrees between gaze "
                           "vectors) or euclidean (L2 distance); default angular for gaze, euclidean otherwise")
 
+    def unused_keys(self) -> set[str]:
+        """Keys this source does not use, left out of stored specs and indexes (whose bytes stay
+        those of jobs made before the keys existed): another kind's webdataset keys, no image contract."""
+        return self.unused_webdataset_keys() | ({"image"} if self.image is None else set())
+
     @model_validator(mode="after")
     def _path_for_files(self) -> SourceConfig:
         if self.kind in ("imagefolder", "npz", "torchvision") and not self.path:
@@ -83,6 +95,7 @@ class SourceConfig(Strict):
             raise ValueError("source.kind 'torchvision' needs source.name (e.g. CIFAR10)")
         if self.classes is not None and len(set(self.classes)) != len(self.classes or []):
             raise ValueError("source.classes lists a class twice")
+        self.check_webdataset_keys()
         return self
 
 

@@ -23,6 +23,7 @@ from core.errors import UserError
 from core.gaze import RENDER_VERSION, render_split
 from core.image_contract import eval_image
 from core.tasks import CLASSIFY, REGRESS, Task
+from core.webdataset_source import TarMember, read_split
 
 Split = Literal["train", "test"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -50,7 +51,7 @@ class Source:
     pad: int
     flip: bool
     _images: np.ndarray | None = None
-    _files: list[str] = field(default_factory=list)  # paths or fsspec URLs
+    _files: list[str | TarMember] = field(default_factory=list)  # paths, fsspec URLs or members of tars
     shape: tuple[int, int, int] = (0, 0, 0)
     targets: np.ndarray | None = None
     metric: str | None = None
@@ -104,10 +105,15 @@ class Source:
         return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) from an image file's header, without decoding its pixels."""
+def _open_image(path: str | Path | TarMember) -> Any:
+    """A file object of the image's bytes: the file, or the member's byte range of its tar."""
+    return io.BytesIO(path.read()) if isinstance(path, TarMember) else storage.open_read(path)
+
+
+def image_size(path: str | Path | TarMember) -> tuple[int, int]:
+    """(height, width) from an image's header, without decoding its pixels."""
     try:
-        with storage.open_read(path) as handle, Image.open(handle) as pil:
+        with _open_image(path) as handle, Image.open(handle) as pil:
             width, height = pil.size
     except (OSError, UnidentifiedImageError) as err:
         reason = "not an image file PIL can read" if isinstance(err, UnidentifiedImageError) else str(err)
@@ -115,9 +121,9 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return (int(height), int(width))
 
 
-def read_image(path: str | Path, channels: int) -> np.ndarray:
+def read_image(path: str | Path | TarMember, channels: int) -> np.ndarray:
     try:
-        with storage.open_read(path) as handle, Image.open(handle) as pil:
+        with _open_image(path) as handle, Image.open(handle) as pil:
             array = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
     except (OSError, UnidentifiedImageError) as err:
         reason = "not an image file PIL can read" if isinstance(err, UnidentifiedImageError) else str(err)
@@ -181,6 +187,17 @@ def read_imagefolder(cfg: SourceConfig, split: Split) -> Source:
         identity={"kind": "imagefolder", "split": split,
                   "listing": hashlib.sha256(json.dumps(listing).encode()).hexdigest()},
         pad=4, flip=True, _files=files, shape=(first.shape[0], first.shape[1], 3),
+    )
+
+
+def read_webdataset(cfg: SourceConfig, split: Split) -> Source:
+    """Tar shards (:mod:`core.webdataset_source`): the headers listed, each image read by byte range."""
+    found = read_split(cfg, split)
+    first = read_image(found.members[0], 3)
+    return Source(
+        name=f"webdataset:{found.members[0].url}", classes=found.classes, labels=np.asarray(found.labels, np.int64),
+        identity=found.identity, pad=4, flip=True, _files=list(found.members),
+        shape=(first.shape[0], first.shape[1], 3),
     )
 
 
@@ -343,4 +360,4 @@ def read_torchvision(cfg: SourceConfig, split: Split) -> Source:
 
 
 READERS = {"digits": read_digits, "imagefolder": read_imagefolder, "npz": read_npz, "torchvision": read_torchvision,
-           "gaze": read_gaze}
+           "gaze": read_gaze, "webdataset": read_webdataset}

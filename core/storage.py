@@ -106,6 +106,30 @@ def size(url: str | Path) -> int:
     return int(fs.size(path))
 
 
+def stat(url: str | Path) -> tuple[int, str]:
+    """``(bytes, version)``: the size, and a token that changes when the file is rewritten (the
+    modification time locally; the ETag or modification time an object store reports)."""
+    if is_local(url):
+        info = local_path(url).stat()
+        return info.st_size, str(info.st_mtime_ns)
+    fs, path = _fs(str(url))
+    entry = fs.info(path)
+    token = next((entry[k] for k in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "updated", "created")
+                  if entry.get(k) is not None), "")
+    return int(entry.get("size") or 0), str(token)
+
+
+def read_range(url: str | Path, offset: int, length: int) -> bytes:
+    """``length`` bytes from ``offset`` (fewer at the end of the file): a seek and a read locally,
+    one ranged GET on an object store, never the whole file."""
+    if is_local(url):
+        with open(local_path(url), "rb") as handle:
+            handle.seek(offset)
+            return handle.read(length)
+    fs, path = _fs(str(url))
+    return bytes(fs.cat_file(path, start=offset, end=offset + length))
+
+
 def open_read(url: str | Path) -> IO[bytes]:
     if is_local(url):
         return open(local_path(url), "rb")

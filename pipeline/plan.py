@@ -253,8 +253,8 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
     unused: dict[str, Any] = {"targets": {"dtype"}} if spec.set_cfg.targets.dtype is None else {}
     if spec.set_cfg.store == StoreConfig():
         unused["store"] = True  # a PNG set's index predates the store option
-    source_unused = {name for name in ("samples", "test_samples", "metric", "image")
-                     if getattr(spec.source_cfg, name) is None} or None
+    source_unused = {name for name in ("samples", "test_samples", "metric")
+                     if getattr(spec.source_cfg, name) is None} | spec.source_cfg.unused_keys() or None
     sx.write_index(spec.out_dir, SetIndex(
         fingerprint=spec.fingerprint,
         name=spec.name,

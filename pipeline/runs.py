@@ -106,7 +106,7 @@ def member_seed(cfg: Config, member: int) -> int:
 
 def member_spec(cfg: Config, seed: int) -> dict[str, Any]:
     return {"model": cfg.teachers.model.model_dump(), "train": cfg.teachers.train.model_dump(),
-            "source": cfg.source.model_dump(), "seed": seed}
+            "source": cfg.source.model_dump(exclude=cfg.source.unused_keys()), "seed": seed}
 
 
 def train_member(cfg: Config, member: int, member_dir: Path, seed: int, train: Source, test: Source,
@@ -177,7 +177,8 @@ def _student_spec(cfg: Config, out: Path, name: str, seed: int, sets: list[tuple
     """What one run of a student is made from; its seed list is not part of it, so adding a seed
     reuses the runs already made."""
     student = cfg.students[name]
-    spec = {"student": student.model_dump(exclude={"seeds"}), "source": cfg.source.model_dump(), "seed": seed,
+    source = cfg.source.model_dump(exclude=cfg.source.unused_keys())
+    spec = {"student": student.model_dump(exclude={"seeds"}), "source": source, "seed": seed,
             "sets": {storage.name_of(d): [w, _set_identity(d) if d != SOURCE_SET else None] for d, w in sets}}
     if student.objective == "kd_online":
         spec["teachers"] = [_file_sha256(path) for path in require_teachers(cfg, out)]
