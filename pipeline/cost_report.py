@@ -8,6 +8,10 @@ COLUMNS = ("set", "samplers", "shards", "samples", "forward passes", "member for
            "bytes/sample", "stored", "to make")
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def human_bytes(count: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(count) < 1000 or unit == "TB":
@@ -60,9 +64,8 @@ def seconds_lines(cost: dict[str, Any]) -> list[str]:
                          f"({s['to_make']['shards']} shards; shard 0 made in {s['probe']['make_s']:.3f} s, "
                          f"encoded in {s['probe']['encode_s']:.3f} s)"))
     for s in cost["students"]:
-        runs = f"{s['runs']} run" + ("s" if s["runs"] != 1 else "")
         rows.append((f"student {s['name']}", f"{s['seconds']:.1f}",
-                     f"{runs} × {s['steps']} steps × {s['step_s']:.4f} s on {s['device']}"))
+                     f"{plural(s['runs'], 'run')} × {s['steps']} steps × {s['step_s']:.4f} s on {s['device']}"))
     seconds = totals["seconds"]["total"]
     rows.append(("total", f"{seconds:.1f}", f"= {totals['device_hours']:.4f} device-hours (serial, this machine)"))
     return [*lines, *table(rows)]
@@ -77,7 +80,7 @@ def format_cost(cost: dict[str, Any]) -> str:
              f"teachers: {teachers['members']}{arch}, {trained}", ""]
     lines += table(set_rows(cost)) if cost["sets"] else ["no sets"]
     students = ", ".join(f"{s['name']} {s['runs']}×{s['steps']}" for s in cost["students"]) or "none"
-    lines += ["", f"students: {t['student_runs']} runs, {t['student_steps']} steps ({students})",
+    lines += ["", f"students: {plural(t['student_runs'], 'run')}, {plural(t['student_steps'], 'step')} ({students})",
               f"teacher forward passes (samples through the ensemble): {t['teacher_forward_samples']}; "
               f"this run: {t['to_make']['teacher_forward_samples']}"]
     if "probe" in cost:
