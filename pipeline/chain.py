@@ -82,6 +82,9 @@ def generate_sets(cfg: Config, out: str | Path, teachers: list[Path], progress: 
         progress(f"set {name}: {made['shards_made']} of {made['shards_total']} shards made, "
                  f"{made['samples']} samples, {made['rejected']} rejected, "
                  f"{made['teacher_forward_samples']} teacher forward passes")
+    if results:  # the figure `transferset plan` predicts
+        progress(f"sets: {sum(r['teacher_forward_samples'] for r in results.values())} teacher forward passes "
+                 f"in all ({len(results)} sets)")
     return results
 
 

@@ -1,4 +1,4 @@
-"""``transferset`` command line: run, generate, train, verify, inspect.
+"""``transferset`` command line: run, generate, train, plan, verify, inspect.
 
 Bad input ends with one ``error: ...`` line on stderr and exit code 2; ``verify`` exits 1 when a
 set has problems. Progress lines go to stderr, results to stdout.
@@ -153,6 +153,24 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
     if int(os.environ.get("RANK", "0")) == 0:
         for result in results[student].values():
             print(json.dumps(result))
+
+
+@command
+def plan(config: Path, out: OutOption = None, set_: SetOption = None,
+         probe: Annotated[bool, typer.Option(
+             "--probe", help="time a teacher batch and a training step on this machine's device")] = False,
+         as_json: Annotated[bool, typer.Option("--json", help="print the plan as one JSON object")] = False) -> None:
+    """The cost of a job before it runs: per set shards, samples, teacher forward passes and stored
+    bytes (from one probe shard made in a temporary directory); with --probe the measured seconds and
+    device-hours. Writes nothing under --out and starts no Ray."""
+    cfg, out_dir = _setup(config, out, set_, None)
+    if storage.is_local(out_dir):
+        _local(out_dir, "plan")
+    from pipeline.cost import job_cost
+    from pipeline.cost_report import format_cost
+
+    cost = job_cost(cfg, out_dir, probe=probe, progress=progress)
+    print(json.dumps(cost) if as_json else format_cost(cost))
 
 
 @command

@@ -153,6 +153,16 @@ def plan_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str | P
     (``auto``, a path or URL) overrides it, ``cfg.cache_root`` being the root of ``out: auto``.
     ``teachers`` are the ensemble's checkpoints; ``source`` the job's training split, if loaded.
     """
+    spec = resolve_set(cfg, name, out, teachers, source=source)
+    index = check_out_dir(spec.out_dir, spec.fingerprint)
+    check_not_smaller(spec, index)
+    return SetPlan(spec=spec, index=index)
+
+
+def resolve_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str | Path], *,
+                source: Source | None = None) -> SetSpec:
+    """The :class:`SetSpec` of set ``name`` (inputs checked, see :func:`plan_set`), without
+    looking at its directory: what ``transferset plan`` costs before any teacher exists."""
     stage = cfg.teacher_stage
     if stage.device == "cuda" and not stage.num_gpus:
         raise UserError("teacher_stage.device is 'cuda' but teacher_stage.num_gpus is 0, so Ray gives the "
@@ -171,9 +181,7 @@ def plan_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str | P
         total=set_size(resolved, source), fingerprint=fingerprint, teachers=entries, teacher_stage=stage,
         generator_stage=cfg.generator_stage, factories=cfg.factories,
     )
-    index = check_out_dir(location, fingerprint)
-    check_not_smaller(spec, index)
-    return SetPlan(spec=spec, index=index)
+    return spec
 
 
 def check_not_smaller(spec: SetSpec, index: SetIndex | None) -> None:

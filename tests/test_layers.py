@@ -31,8 +31,8 @@ FLOORS = ("core", "stages", "student", "pipeline")
 # of an importer that does not need it. The command line imports the pipeline (torch, Ray: ~2 s)
 # inside its commands, after the config is read: `--help` and a bad config answer in 0.4 s.
 FUNCTION_LEVEL = frozenset(("pipeline/cli.py", module) for module in (
-    "pipeline.chain", "pipeline.driver", "pipeline.inspect", "pipeline.ray_train", "pipeline.report",
-    "pipeline.runs", "pipeline.verify"))
+    "pipeline.chain", "pipeline.cost", "pipeline.cost_report", "pipeline.driver", "pipeline.inspect",
+    "pipeline.ray_train", "pipeline.report", "pipeline.runs", "pipeline.verify"))
 
 
 def project_files() -> list[Path]:
