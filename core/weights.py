@@ -5,7 +5,8 @@ checkpoint that holds one (timm: ``state_dict`` / ``state_dict_ema``; torchvisio
 scripts: ``model``), or a ``.safetensors`` file. Torch files load with ``weights_only=True``
 (only ``argparse.Namespace``, the ``args`` both libraries' checkpoints carry, is allowed beside
 tensors and primitives: a plain attribute bag, never code); safetensors with its own loader.
-Prefixes that wrappers add (``module.`` of DDP, ``_orig_mod.`` of ``torch.compile``) are stripped.
+Prefixes that wrappers add (``module.`` of DDP and EMA wrappers, ``_orig_mod.`` of
+``torch.compile``) are stripped, and an ``AveragedModel``'s update counter dropped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from core.errors import UserError
 # `load_checkpoint(use_ema=True)` default, and the ones its training scripts evaluate).
 NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+AVERAGED_COUNTER = "n_averaged"  # torch's AveragedModel (torchvision's `model_ema`) counts its updates
 SAFETENSORS_SUFFIX = ".safetensors"
 
 
@@ -68,6 +70,8 @@ def _unwrap(payload: Any, location: str) -> dict[str, torch.Tensor]:
     state = {}
     for key, tensor in payload.items():
         name = str(key)
+        if name == AVERAGED_COUNTER:
+            continue
         while name.startswith(WRAPPER_PREFIXES):
             name = next(name[len(p):] for p in WRAPPER_PREFIXES if name.startswith(p))
         state[name] = tensor

@@ -64,7 +64,9 @@ def _torchvision_builder(arch: str) -> tuple[str, Builder]:
 def library_builder(arch: str) -> Builder:
     """``(in_channels, num_classes, **arch_kwargs) → model`` for a ``timm:`` or ``torchvision:`` arch."""
     if library_of(arch) == "timm":
-        timm, name, _ = _timm_name(arch)
+        timm, name, base = _timm_name(arch)
+        if name != base:
+            _timm_cfg(arch, None)  # the tag must exist
 
         def build_timm(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
             try:

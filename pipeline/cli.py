@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from core import storage
-from core.config import Config, load_config
+from core.config import Config, TeacherModelConfig, describe_validation_error, load_config
 from core.errors import FormatError, JobFailure, UserError
 
 # The pipeline (torch, Ray) is imported inside the commands, after the config is read: a bad
@@ -215,9 +216,6 @@ def import_teacher(
 ) -> None:
     """Write one teacher checkpoint from weights made elsewhere (what teachers.models does for each
     member), with its input contract: the library's published one, overridden by the options."""
-    from pydantic import ValidationError
-
-    from core.config import TeacherModelConfig, describe_validation_error
     from pipeline.teacher_import import prepare_teacher
 
     def numbers(option: str, text: str | None, kind: type) -> list | None:
