@@ -190,6 +190,26 @@ def build_model(
         raise UserError(f"model arch {arch!r}: bad arch_kwargs {arch_kwargs} ({err})") from err
 
 
+def probe_forward(model: nn.Module, channels: int, size: tuple[int, int] | list[int], outputs: int,
+                  where: str) -> None:
+    """One forward of a zero image at ``size``: a model that cannot take the input (a fixed-size
+    ViT, a wrong channel count) or whose output is not ``outputs`` wide is refused here, in one
+    line, rather than deep in a training step or a Ray actor. Leaves the model's mode as it was."""
+    height, width = int(size[0]), int(size[1])
+    training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, channels, height, width))
+    except Exception as err:  # models raise many types for an input they cannot take
+        raise UserError(f"{where}: the model fails on a {height}×{width} input with {channels} channel(s) "
+                        f"({str(err).splitlines()[0]}); fix the input size or channels (timm ViTs take arch_kwargs "
+                        "img_size or dynamic_img_size: true)") from err
+    finally:
+        model.train(training)
+    if out.ndim != 2 or out.shape[1] != outputs:
+        raise UserError(f"{where}: the model's head gives {tuple(out.shape[1:])} outputs, the data needs {outputs}")
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from core import storage
 from core.contracts import resolve_contract
 from core.errors import UserError
 from core.format import sha256_file
-from core.models import build_model, save_checkpoint
+from core.models import build_model, probe_forward, save_checkpoint
 from core.teacher_config import TeacherModelConfig
 from core.weights import fit_state_dict, read_state_dict
 from core.zoo import pretrained_model, published_contract
@@ -58,21 +57,6 @@ def import_spec(entry: TeacherModelConfig) -> dict[str, Any]:
             "input": entry.input.given() if entry.input is not None else {}}
 
 
-def _check_forward(model: nn.Module, contract: dict[str, Any], classes: int, where: str) -> None:
-    """One forward at the contract's size: a model that cannot take it, or whose output is not
-    one logit per class, is refused here rather than inside a Ray actor."""
-    height, width = contract["size"]
-    try:
-        with torch.no_grad():
-            out = model.eval()(torch.zeros(1, contract["channels"], height, width))
-    except Exception as err:  # a fixed-size model (ViT), a wrong channel count...
-        raise UserError(f"{where}: the model fails on a {height}×{width} input with {contract['channels']} "
-                        f"channel(s) ({str(err).splitlines()[0]}); fix input.size or input.channels") from err
-    if out.ndim != 2 or out.shape[1] != classes:
-        raise UserError(f"{where}: the model's head gives {tuple(out.shape[1:])} outputs, the data has "
-                        f"{classes} classes")
-
-
 def prepare_teacher(entry: TeacherModelConfig, classes: int, *, default_channels: int, where: str,
                     allowed_factories: tuple[str, ...] = ()) -> ImportedTeacher:
     """Build ``entry``'s model with its weights and contract, every check done; writes nothing.
@@ -92,5 +76,5 @@ def prepare_teacher(entry: TeacherModelConfig, classes: int, *, default_channels
         model = build_model(entry.arch, channels, classes, entry.arch_kwargs, allowed_factories)
         fit_state_dict(model, state, f"{where}: weights {entry.weights}", entry.arch, entry.arch_kwargs, classes)
     contract = resolve_contract(published, {**given, "channels": channels}, where)
-    _check_forward(model, contract, classes, where)
+    probe_forward(model, contract["channels"], contract["size"], classes, where)
     return ImportedTeacher(model.eval(), entry, classes, contract, origin)

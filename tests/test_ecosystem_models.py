@@ -195,3 +195,17 @@ def test_teachers_take_one_of_training_checkpoints_or_models() -> None:
     assert cfg.factories == ("my.nets:wide",)  # the factories cover the imported members too
     assert cfg.teachers.models[0].pretrained_tag is None
     assert TeacherModelConfig(arch="timm:test_resnet", weights="pretrained:r160_in1k").pretrained_tag == "r160_in1k"
+
+
+def test_a_library_student_that_cannot_take_the_source_images_is_one_line() -> None:
+    from core.config import ModelConfig, SourceConfig, TrainConfig
+    from core.sources import load_source
+    from student.build import new_model
+
+    digits = load_source(SourceConfig(kind="digits"), "train")
+    train = TrainConfig(steps=1)
+    assert new_model("s", ModelConfig(arch="timm:test_resnet"), train, 10, digits).training  # mode kept
+    with pytest.raises(UserError, match=r"s: model arch 'timm:test_vit': the model fails on a 8×8 input with 1 "
+                                        r"channel\(s\).*dynamic_img_size"):
+        new_model("s", ModelConfig(arch="timm:test_vit"), train, 10, digits)
+
