@@ -2,7 +2,8 @@
 
 A checkpoint is a plain dict of tensors and primitives, loaded with ``weights_only=True``::
 
-    {format, arch, arch_kwargs, task, num_classes, input: {size, channels, mean, std},
+    {format, arch, arch_kwargs, task, num_classes,
+     input: {size, channels, mean, std, interpolation?, crop_pct?},
      state_dict, train: {...}}
 
 A regression checkpoint (``task: regress``) has ``out_dim`` and ``logvar_dim`` instead of
@@ -10,7 +11,9 @@ A regression checkpoint (``task: regress``) has ``out_dim`` and ``logvar_dim`` i
 1 for the isotropic Gaussian of XCL's gaze models); :func:`core.tasks.regression.split_gaussian`
 cuts the output. What a task's checkpoint says it predicts is the task's (:mod:`core.tasks`).
 
-``arch`` is a registry name, ``torchvision:<name>``, or ``module:factory``. A checkpoint may
+``input`` may also say ``interpolation`` and ``crop_pct`` (:mod:`core.contracts`; older
+checkpoints mean bilinear, no crop). ``arch`` is a registry name, ``timm:<name>``,
+``torchvision:<name>`` (:mod:`core.zoo`), or ``module:factory``. A checkpoint may
 only name a ``module:factory`` that the user's config also names: a checkpoint is data, and data
 must not choose which code runs.
 """
@@ -28,10 +31,13 @@ import torch
 from torch import nn
 
 from core import storage
+from core.contracts import check_contract
 from core.errors import UserError
 from core.nets import LeNet, PreActResNet
 from core.tasks import task_named
 from core.train_config import ARCH_NAMES
+from core.weights import fit_state_dict
+from core.zoo import library_builder, library_of
 
 CHECKPOINT_FORMAT = "transferset-checkpoint/1"
 
@@ -159,19 +165,8 @@ def resolve_factory(arch: str, allowed_factories: Iterable[str] = ()) -> Callabl
     """Find the constructor for ``arch``; ``module:factory`` only when the config named it."""
     if arch in REGISTRY:
         return REGISTRY[arch]
-    if arch.startswith("torchvision:"):
-        import torchvision.models
-
-        factory = getattr(torchvision.models, arch.split(":", 1)[1], None)
-        if factory is None:
-            raise UserError(f"model arch {arch!r}: torchvision has no such model")
-
-        def build_torchvision(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
-            if in_channels != 3:
-                raise UserError(f"model arch {arch!r} expects 3-channel images, the data has {in_channels}")
-            return factory(num_classes=num_classes, weights=None, **kwargs)
-
-        return build_torchvision
+    if library_of(arch) is not None:
+        return library_builder(arch)
     if ":" in arch:
         if arch not in set(allowed_factories):
             raise UserError(f"model arch {arch!r}: code named by a checkpoint must also be named in the config")
@@ -181,7 +176,7 @@ def resolve_factory(arch: str, allowed_factories: Iterable[str] = ()) -> Callabl
         except (ImportError, AttributeError) as err:
             raise UserError(f"model arch {arch!r}: cannot import ({err})") from err
     raise UserError(f"model arch {arch!r}: not in the registry {sorted(REGISTRY)}, "
-                    "nor torchvision:NAME or module:factory")
+                    "nor timm:NAME, torchvision:NAME or module:factory")
 
 
 def build_model(
@@ -195,6 +190,26 @@ def build_model(
         raise UserError(f"model arch {arch!r}: bad arch_kwargs {arch_kwargs} ({err})") from err
 
 
+def probe_forward(model: nn.Module, channels: int, size: tuple[int, int] | list[int], outputs: int,
+                  where: str) -> None:
+    """One forward of a zero image at ``size``: a model that cannot take the input (a fixed-size
+    ViT, a wrong channel count) or whose output is not ``outputs`` wide is refused here, in one
+    line, rather than deep in a training step or a Ray actor. Leaves the model's mode as it was."""
+    height, width = int(size[0]), int(size[1])
+    training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, channels, height, width))
+    except Exception as err:  # models raise many types for an input they cannot take
+        raise UserError(f"{where}: the model fails on a {height}×{width} input with {channels} channel(s) "
+                        f"({str(err).splitlines()[0]}); fix the input size or channels (timm ViTs take arch_kwargs "
+                        "img_size or dynamic_img_size: true)") from err
+    finally:
+        model.train(training)
+    if out.ndim != 2 or out.shape[1] != outputs:
+        raise UserError(f"{where}: the model's head gives {tuple(out.shape[1:])} outputs, the data needs {outputs}")
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -202,9 +217,16 @@ def count_parameters(model: nn.Module) -> int:
 # ---------------------------------------------------------------- checkpoints
 
 
-def input_spec(height: int, width: int, channels: int, mean: list[float], std: list[float]) -> dict[str, Any]:
-    """The input contract a model was trained with: the stage resizes and normalizes to it."""
-    return {"size": [height, width], "channels": channels, "mean": list(mean), "std": list(std)}
+def input_spec(height: int, width: int, channels: int, mean: list[float], std: list[float],
+               interpolation: str | None = None, crop_pct: float | None = None) -> dict[str, Any]:
+    """The input contract a model was trained with: the stage resizes and normalizes to it
+    (:mod:`core.contracts`; ``interpolation`` and ``crop_pct`` only when given)."""
+    spec: dict[str, Any] = {"size": [height, width], "channels": channels, "mean": list(mean), "std": list(std)}
+    if interpolation is not None:
+        spec["interpolation"] = interpolation
+    if crop_pct is not None:
+        spec["crop_pct"] = crop_pct
+    return spec
 
 
 def save_checkpoint(
@@ -240,7 +262,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as err:  # torch raises many types for a damaged or unsafe file
         raise UserError(f"checkpoint {path}: cannot be loaded safely ({str(err).splitlines()[0]})") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"checkpoint {path}: not a transferset checkpoint (format {CHECKPOINT_FORMAT})")
+        raise UserError(f"checkpoint {path}: not a transferset checkpoint (format {CHECKPOINT_FORMAT}); import "
+                        "a state dict or a timm/torchvision checkpoint with teachers.models: [{arch, weights}] "
+                        "or `transferset import-teacher`")
     for key, kind in HEADER.items():
         if not isinstance(payload.get(key), kind):
             raise UserError(f"checkpoint {path}: header field {key!r} is missing or not a {kind.__name__}; "
@@ -248,6 +272,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     spec = payload["input"]
     if not isinstance(spec.get("channels"), int) or not isinstance(spec.get("size"), list | tuple):
         raise UserError(f"checkpoint {path}: header field 'input' lacks channels/size")
+    check_contract(spec, f"checkpoint {path}")
     return payload
 
 
@@ -263,16 +288,6 @@ def load_model(
     kind.check_checkpoint(path, payload, outputs)
     model = build_model(payload["arch"], payload["input"]["channels"], kind.model_width(payload),
                         payload["arch_kwargs"], allowed_factories)
-    state = payload["state_dict"]
-    own = model.state_dict()
-    for name, tensor in state.items():
-        if name in own and (not isinstance(tensor, torch.Tensor) or tensor.shape != own[name].shape):
-            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-            raise UserError(f"checkpoint {path}: weight {name!r} has shape {shape}, arch {payload['arch']!r} "
-                            f"with {payload['arch_kwargs']} needs {tuple(own[name].shape)}")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"checkpoint {path}: weights do not fit arch {payload['arch']!r} "
-                        f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    fit_state_dict(model, payload["state_dict"], f"checkpoint {path}", payload["arch"], payload["arch_kwargs"])
     model.eval()
     return model, payload

@@ -21,11 +21,27 @@ class Strict(BaseModel):
 # The built-in architectures (core.models.REGISTRY is keyed by these): named here so a config
 # is checked without importing torch.
 ARCH_NAMES = ("tiny_cnn", "resnet_cifar", "lenet", "preact_resnet")
-ARCH_NAME = re.compile(r"^(torchvision:[A-Za-z_][A-Za-z0-9_]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+# Models of the ecosystem, named ``<library>:<model>`` (timm names may carry a ``.tag``).
+LIBRARY_PREFIXES = ("timm:", "torchvision:")
+ARCH_NAME = re.compile(r"^(torchvision:[A-Za-z_][A-Za-z0-9_]*|timm:[A-Za-z0-9_][\w.-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+
+
+def check_arch(arch: str) -> str:
+    """A built-in name, ``timm:NAME``, ``torchvision:NAME`` or ``module:factory`` (not yet imported)."""
+    if arch not in ARCH_NAMES and not ARCH_NAME.match(arch):
+        raise ValueError(f"not a built-in architecture {list(ARCH_NAMES)}, timm:NAME, torchvision:NAME "
+                         "or module:factory")
+    return arch
+
+
+def factory_of(arch: str) -> str | None:
+    """The ``module:factory`` an arch names (code the config allows to run), if any."""
+    return arch if ":" in arch and not arch.startswith(LIBRARY_PREFIXES) else None
 
 
 class ModelConfig(Strict):
-    arch: str = Field(description="a built-in name, torchvision:NAME, or module:factory (code the config names)")
+    arch: str = Field(description="a built-in name, timm:NAME, torchvision:NAME, or module:factory "
+                                  "(code the config names)")
     arch_kwargs: dict[str, Any] = {}
     logvar: Literal["isotropic", "diagonal"] = Field(
         "isotropic", description="regression heads: one log σ² per sample (XCL supplement A.1) or one per dimension")
@@ -33,14 +49,12 @@ class ModelConfig(Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        if arch not in ARCH_NAMES and not ARCH_NAME.match(arch):
-            raise ValueError(f"not a built-in architecture {list(ARCH_NAMES)}, torchvision:NAME or module:factory")
-        return arch
+        return check_arch(arch)
 
     @property
     def factory(self) -> str | None:
         """The ``module:factory`` this section names (code the config allows to run), if any."""
-        return self.arch if ":" in self.arch and not self.arch.startswith("torchvision:") else None
+        return factory_of(self.arch)
 
 
 class SelfGuidanceConfig(Strict):

@@ -13,6 +13,8 @@ from typing import Any
 
 from core import storage
 from core.config import Config
+from core.errors import UserError
+from core.models import read_checkpoint
 from core.sources import Source, load_source
 from core.tasks import score
 from pipeline.driver import execute
@@ -34,13 +36,45 @@ from pipeline.runs import (
     train_student_run,
 )
 from pipeline.supervisor import supervise
+from pipeline.teacher_import import import_spec, prepare_teacher
+
+
+def import_teachers(cfg: Config, out: Path, train: Source, progress: Progress) -> list[str | Path]:
+    """Import the ``teachers.models`` members not done yet (each reused while its spec — arch,
+    weights sha256, input — is unchanged and it predicts the source's classes). Every member is
+    built and checked before the first one is written."""
+    if train.task.name != "classify":
+        raise UserError(f"teachers.models: imported teachers are classifiers; source {train.name} has a "
+                        f"{train.task.name!r} task (train its teachers with teachers.model and teachers.train)")
+    assert cfg.teachers.models is not None
+    paths = teacher_paths(cfg, out)
+    pending = []
+    for member, (entry, path) in enumerate(zip(cfg.teachers.models, paths, strict=True)):
+        spec = import_spec(entry)
+        if reusable(path.parent, spec, "model.pt") and read_checkpoint(path).get("num_classes") == train.num_classes:
+            progress(f"teacher {member}: reused {path}")
+            continue
+        where = f"teachers.models[{member}] ({entry.arch})"
+        pending.append((member, path, spec, prepare_teacher(
+            entry, train.num_classes, default_channels=train.shape[2], where=where, allowed_factories=cfg.factories)))
+    for member, path, spec, teacher in pending:
+        sha = teacher.save(path)
+        mark_done(path.parent, spec)
+        progress(f"teacher {member}: imported {teacher.entry.arch} from {teacher.entry.weights} "
+                 f"(input {teacher.contract['size'][0]}×{teacher.contract['size'][1]}, "
+                 f"{teacher.contract['interpolation']}) → {path} (sha256 {sha[:12]})")
+    return paths
 
 
 def train_teachers(cfg: Config, out: Path, train: Source, test: Source, progress: Progress) -> list[str | Path]:
     """Train the members that are not done yet: as parallel Ray tasks when the CPUs allow
-    (``teachers.parallel``), else one after the other in this process."""
+    (``teachers.parallel``), else one after the other in this process. Imported members
+    (``teachers.models``) are imported instead, existing ``checkpoints`` taken as they are."""
     if cfg.teachers.checkpoints:
         return require_teachers(cfg, out)
+    if cfg.teachers.models:
+        return import_teachers(cfg, out, train, progress)
+    assert cfg.teachers.model is not None and cfg.teachers.train is not None
     paths = teacher_paths(cfg, out)
     jobs = []
     for member, path in enumerate(paths):

@@ -1,4 +1,4 @@
-"""``transferset`` command line: run, generate, train, plan, verify, inspect.
+"""``transferset`` command line: run, generate, train, plan, verify, inspect, import-teacher.
 
 Bad input ends with one ``error: ...`` line on stderr and exit code 2; ``verify`` exits 1 when a
 set has problems. Progress lines go to stderr, results to stdout.
@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from core import storage
-from core.config import Config, load_config
+from core.config import Config, TeacherModelConfig, describe_validation_error, load_config
 from core.errors import FormatError, JobFailure, UserError
 
 # The pipeline (torch, Ray) is imported inside the commands, after the config is read: a bad
@@ -211,6 +212,53 @@ def inspect(set_dir: str,
     print(json.dumps(stats) if as_json else format_report(stats))
     if plots is not None and not as_json:
         print("plots: " + ", ".join(stats["plots"]))
+
+
+@command
+def import_teacher(
+    arch: Annotated[str, typer.Option("--arch", help="timm:NAME, torchvision:NAME, a built-in name or module:factory")],
+    weights: Annotated[str, typer.Option(
+        "--weights", help="a state dict, timm/torchvision checkpoint or .safetensors (path or URL), or "
+                          "pretrained[:TAG] (the library's weights: needs internet)")],
+    classes: Annotated[int, typer.Option("--classes", min=1, help="the classes of the data (the head's width)")],
+    out: Annotated[Path, typer.Option("--out", help="the checkpoint file to write")],
+    input_size: Annotated[str | None, typer.Option("--input-size", help="input side or HxW (default: published)")]
+    = None,
+    mean: Annotated[str | None, typer.Option("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406")] = None,
+    std: Annotated[str | None, typer.Option("--std", help="per-channel std, e.g. 0.229,0.224,0.225")] = None,
+    interpolation: Annotated[str | None, typer.Option("--interpolation", help="bilinear, bicubic or nearest")] = None,
+    crop_pct: Annotated[float | None, typer.Option("--crop-pct", help="eval center-crop fraction (timm's)")] = None,
+    channels: Annotated[int | None, typer.Option("--channels", help="input channels (default: published, else 3)")]
+    = None,
+    arch_kwargs: Annotated[str, typer.Option("--arch-kwargs", help="the arch's keyword arguments as JSON")] = "{}",
+) -> None:
+    """Write one teacher checkpoint from weights made elsewhere (what teachers.models does for each
+    member), with its input contract: the library's published one, overridden by the options."""
+    from pipeline.teacher_import import prepare_teacher
+
+    def numbers(option: str, text: str | None, kind: type) -> list | None:
+        try:
+            return None if text is None else [kind(v) for v in re.split(r"[x,×\s]+", text.strip()) if v]
+        except ValueError:
+            raise UserError(f"import-teacher {option} {text!r}: expected numbers, e.g. 224 or 224x224") from None
+
+    given = {"size": numbers("--input-size", input_size, int), "mean": numbers("--mean", mean, float),
+             "std": numbers("--std", std, float), "interpolation": interpolation, "crop_pct": crop_pct,
+             "channels": channels}
+    try:
+        kwargs = json.loads(arch_kwargs)
+        entry = TeacherModelConfig.model_validate({"arch": arch, "weights": weights, "arch_kwargs": kwargs, "input": {
+            k: v for k, v in given.items() if v is not None}})
+    except ValueError as err:  # bad JSON, or a ValidationError (a ValueError too)
+        shown = describe_validation_error(err) if isinstance(err, ValidationError) else f"--arch-kwargs: {err}"
+        raise UserError(f"import-teacher: {shown}") from err
+    if out.is_dir():
+        raise UserError(f"import-teacher --out {out}: is a directory; give the checkpoint file to write")
+    teacher = prepare_teacher(entry, classes, default_channels=3, where=f"import-teacher --arch {arch}",
+                              allowed_factories=(entry.factory,) if entry.factory else ())
+    sha = teacher.save(out)
+    print(json.dumps({"checkpoint": str(out), "sha256": sha, "arch": arch, "classes": classes,
+                      "input": teacher.contract}))
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from core.set_index import read_index
 from core.sources import Source, load_source
 from core.tasks import Task, score
 from pipeline.plan import plan_set
+from pipeline.teacher_import import import_spec
 from student.train import train_model
 
 Progress = Callable[[str], None]
@@ -53,7 +54,8 @@ def teacher_paths(cfg: Config, out: str | Path) -> list[str | Path]:
     or the members this job trains (under ``out``, a path or, for ``generate``, a URL)."""
     if cfg.teachers.checkpoints:
         return list(cfg.teachers.checkpoints)
-    parts = [("teachers", f"member-{m}", "model.pt") for m in range(cfg.teachers.members)]
+    count = len(cfg.teachers.models) if cfg.teachers.models else cfg.teachers.members
+    parts = [("teachers", f"member-{m}", "model.pt") for m in range(count)]
     if storage.is_local(out):
         return [storage.local_path(out).joinpath(*p) for p in parts]
     return [storage.join(out, *p) for p in parts]
@@ -61,13 +63,15 @@ def teacher_paths(cfg: Config, out: str | Path) -> list[str | Path]:
 
 def require_teachers(cfg: Config, out: str | Path) -> list[str | Path]:
     """The ensemble's checkpoints, which must exist; the job's own members also must have been
-    trained from this config's ``teachers`` section (their ``spec.json``), never silently older ones."""
+    trained (or imported) from this config's ``teachers`` section (their ``spec.json``), never
+    silently older ones."""
     paths = teacher_paths(cfg, out)
     missing = [str(p) for p in paths if not storage.is_file(p)]
     if missing:
+        verb = "import" if cfg.teachers.models else "train"
         raise UserError(
             f"teachers: {len(missing)} checkpoint(s) missing ({missing[0]}); "
-            f"train them with `transferset train CONFIG --teachers` or set teachers.checkpoints"
+            f"{verb} them with `transferset train CONFIG --teachers` or set teachers.checkpoints"
         )
     if not cfg.teachers.checkpoints:
         for member, path in enumerate(paths):
@@ -78,8 +82,9 @@ def require_teachers(cfg: Config, out: str | Path) -> list[str | Path]:
 def check_member_spec(cfg: Config, member: int, path: str | Path) -> None:
     """Refuse a member checkpoint that the config's ``teachers`` section did not make."""
     spec_path = path.parent / SPEC_NAME if isinstance(path, Path) else str(path).rsplit("/", 1)[0] + "/" + SPEC_NAME
-    wanted = json.loads(json.dumps(member_spec(cfg, member_seed(cfg, member))))
-    how = ("retrain them with `transferset train CONFIG --teachers` (or `run`), use another --out, "
+    wanted = json.loads(json.dumps(wanted_member_spec(cfg, member)))
+    verb = "import them again" if cfg.teachers.models else "retrain them"
+    how = (f"{verb} with `transferset train CONFIG --teachers` (or `run`), use another --out, "
            "or name the old files in teachers.checkpoints")
     if not storage.is_file(spec_path):
         raise UserError(f"teachers: {path} has no {SPEC_NAME} saying what it was trained from; {how}")
@@ -88,7 +93,7 @@ def check_member_spec(cfg: Config, member: int, path: str | Path) -> None:
     except (ValueError, UnicodeDecodeError) as err:
         raise UserError(f"teachers: {spec_path} is not valid JSON ({err}); {how}") from err
     if found != wanted:
-        raise UserError(f"teachers: {path} was trained with {first_difference(found, wanted)}; {how}")
+        raise UserError(f"teachers: {path} was made with {first_difference(found, wanted)}; {how}")
 
 
 def first_difference(found: Any, wanted: Any, where: str = "") -> str:
@@ -105,13 +110,23 @@ def member_seed(cfg: Config, member: int) -> int:
 
 
 def member_spec(cfg: Config, seed: int) -> dict[str, Any]:
+    """What a trained member is made from."""
+    assert cfg.teachers.model is not None and cfg.teachers.train is not None, "the config validated a training setup"
     return {"model": cfg.teachers.model.model_dump(), "train": cfg.teachers.train.model_dump(),
             "source": cfg.source.model_dump(exclude=cfg.source.unused_keys()), "seed": seed}
+
+
+def wanted_member_spec(cfg: Config, member: int) -> dict[str, Any]:
+    """The spec member ``member`` of this config must have been made from: imported or trained."""
+    if cfg.teachers.models:
+        return import_spec(cfg.teachers.models[member])
+    return member_spec(cfg, member_seed(cfg, member))
 
 
 def train_member(cfg: Config, member: int, member_dir: Path, seed: int, train: Source, test: Source,
                  progress: Progress | None = None) -> dict[str, Any]:
     """Train teacher member ``member`` (ERM, in this process)."""
+    assert cfg.teachers.model is not None and cfg.teachers.train is not None, "the config validated a training setup"
     return train_model(
         name=f"teacher-{member}", model_cfg=cfg.teachers.model, train_cfg=cfg.teachers.train,
         objective="erm", kd_cfg=None, sets=[], train_source=train, test_source=test,

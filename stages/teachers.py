@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from core.contracts import interpolation_of, resize, size_of
 from core.errors import UserError
 from core.models import load_model
 from core.tasks import Task, task_named
@@ -43,6 +43,7 @@ class _Member:
     model: nn.Module
     size: tuple[int, int]
     channels: int
+    interpolation: str
     mean: torch.Tensor  # [1, C, 1, 1] on the device
     std: torch.Tensor
     key: tuple[Any, ...]  # members with equal keys share one prepared input
@@ -65,11 +66,14 @@ class Ensemble:
     they predict: the number of classes (``task="classify"``), or the regression target's
     dimension D (``task="regress"``; members may predict 1 or D log-variances).
 
-    Each member sees the images the way it was trained: /255, resized (antialiased bilinear)
-    to its input size, normalised with its own mean/std — so members trained at different
-    resolutions form one ensemble. Threads are fixed so that repeated runs give the same floats,
-    hence the same shard bytes. On CUDA, batches go through pinned host memory and the members
-    run under ``autocast`` (bf16/fp16) when asked; ``channels_last`` applies on every device.
+    Each member sees the images the way it was trained: /255, resized to its input size with its
+    own interpolation (antialiased; :func:`core.contracts.resize`), normalised with its own
+    mean/std — so members of different architectures and resolutions form one ensemble, and
+    members share one prepared input only when size, channels, interpolation, mean and std all
+    agree. The stored image is labelled whole: a member's ``crop_pct`` is for evaluation.
+    Threads are fixed so that repeated runs give the same floats, hence the same shard bytes. On
+    CUDA, batches go through pinned host memory and the members run under ``autocast``
+    (bf16/fp16) when asked; ``channels_last`` applies on every device.
     The ensemble statistics are always computed in float64 from the members' logits.
     """
 
@@ -97,10 +101,10 @@ class Ensemble:
             channels = int(spec["channels"])
             stats = [torch.tensor(spec[k], dtype=torch.float32).reshape(1, -1, 1, 1).to(self.device)
                      for k in ("mean", "std")]
-            size = (int(spec["size"][0]), int(spec["size"][1]))
-            key = (size, channels, tuple(spec["mean"]), tuple(spec["std"]))
+            size, interpolation = size_of(spec), interpolation_of(spec)
+            key = (size, channels, interpolation, tuple(spec["mean"]), tuple(spec["std"]))
             model = model.to(self.device, memory_format=self.memory_format).eval()
-            self.members.append(_Member(model, size, channels, *stats, key))
+            self.members.append(_Member(model, size, channels, interpolation, *stats, key))
             self.payloads.append({k: v for k, v in payload.items() if k != "state_dict"})
 
     def _prepare(self, member: _Member, images: torch.Tensor) -> torch.Tensor:
@@ -110,8 +114,7 @@ class Ensemble:
             if x.shape[1] != 1:
                 raise ValueError(f"{member.channels}-channel teacher, {x.shape[1]}-channel images")
             x = x.expand(-1, member.channels, -1, -1)  # grey → RGB
-        if tuple(x.shape[2:]) != member.size:
-            x = F.interpolate(x, size=member.size, mode="bilinear", align_corners=False, antialias=True)
+        x = resize(x, member.size, member.interpolation)
         return ((x - member.mean) / member.std).contiguous(memory_format=self.memory_format)
 
     def _to_device(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -17,11 +17,12 @@ from torch import nn
 
 from core.config import SOURCE_SET, KDConfig, ModelConfig, TrainConfig
 from core.errors import UserError
-from core.models import build_model, load_model, stochastic_blocks
+from core.models import build_model, load_model, probe_forward, stochastic_blocks
 from core.seeds import stream_seed
 from core.set_index import read_index
 from core.sources import Source, load_in_memory
 from core.tasks import Task
+from core.zoo import library_of
 from student import distributed
 from student.curves import TensorBoard
 from student.data import source_input_spec
@@ -130,6 +131,8 @@ def new_model(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, head_wi
     # The arch comes from the job's config, so the config named any module:factory it runs.
     plain = build_model(model_cfg.arch, source.shape[2], head_width, model_cfg.arch_kwargs,
                         allowed_factories=[model_cfg.factory] if model_cfg.factory else [])
+    if library_of(model_cfg.arch) is not None:  # timm/torchvision models may not take small or odd sizes
+        probe_forward(plain, source.shape[2], source.shape[:2], head_width, f"{name}: model arch {model_cfg.arch!r}")
     if train_cfg.self_guidance is not None and not stochastic_blocks(plain):
         raise UserError(f"{name}: train.self_guidance needs a stochastic-depth model, e.g. arch resnet_cifar "
                         f"with arch_kwargs.survival < 1")

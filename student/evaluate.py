@@ -12,29 +12,27 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from core.contracts import interpolation_of, resize, size_of
 from core.errors import UserError
 from core.sources import Source
-from student.data import normalize
 
 
 def prepare(images_uint8: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
-    """uint8 NCHW → the float input ``spec`` describes: grey → RGB if needed, antialiased
-    bilinear resize if the size differs, then per-channel normalisation."""
+    """uint8 NCHW → the float input ``spec`` describes: grey → RGB if needed, a resize with the
+    contract's interpolation if the size differs (:func:`core.contracts.resize`, as the teacher
+    stage does), then per-channel normalisation."""
     channels = int(spec["channels"])
     if images_uint8.shape[1] != channels:
         if images_uint8.shape[1] != 1:
             raise UserError(f"a model expects {channels}-channel images, "
                             f"the data has {images_uint8.shape[1]}")
         images_uint8 = images_uint8.expand(-1, channels, -1, -1)
-    x = normalize(images_uint8, spec)
-    size = (int(spec["size"][0]), int(spec["size"][1]))
-    if tuple(x.shape[2:]) != size:
-        # Resizing after normalising equals resizing before: the weights of each output pixel sum to 1.
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return x
+    x = resize(images_uint8.float().div_(255.0), size_of(spec), interpolation_of(spec))
+    mean = torch.tensor(spec["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
 
 
 def _device(model: nn.Module) -> torch.device:

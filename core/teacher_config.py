@@ -1,0 +1,86 @@
+"""The config of teachers brought from elsewhere: ``teachers.models: [{arch, weights, input?}]``.
+
+Split from :mod:`core.config` (which re-exports the names). Each entry is imported into the
+project's self-describing checkpoint (``pipeline/teacher_import.py``); its input contract comes
+from the library (timm's ``pretrained_cfg``, torchvision's weights meta) unless ``input`` says
+otherwise, field by field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from core.train_config import Strict, check_arch, factory_of
+
+PRETRAINED = "pretrained"  # ``weights: pretrained`` or ``pretrained:<tag>``: the library's own weights
+
+
+class InputContractConfig(Strict):
+    """How a model must be fed, overriding the published contract one field at a time."""
+
+    size: int | list[int] | None = Field(None, description="input side, or [height, width]")
+    channels: int | None = Field(None, ge=1, description="input channels (default: the published, else 3)")
+    mean: list[float] | None = Field(None, min_length=1, description="per-channel mean of the [0, 1] pixels")
+    std: list[float] | None = Field(None, min_length=1, description="per-channel std (> 0)")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    crop_pct: float | None = Field(None, gt=0, le=1, description="eval: center crop of this fraction (timm's)")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, size: int | list[int] | None) -> int | list[int] | None:
+        sides = [size] if isinstance(size, int) else size or []
+        if size is not None and (len(sides) not in (1, 2) or min(sides) < 1):
+            raise ValueError("size is a positive side or [height, width]")
+        return size
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, std: list[float] | None) -> list[float] | None:
+        if std is not None and min(std) <= 0:
+            raise ValueError("std values must be > 0")
+        return std
+
+    def given(self) -> dict[str, Any]:
+        """The fields set, in the checkpoint's terms (``size`` as [height, width])."""
+        fields = self.model_dump(exclude_none=True)
+        if "size" in fields:
+            side = fields["size"]
+            fields["size"] = [side, side] if isinstance(side, int) else list(side) * (2 // len(side))
+        return fields
+
+
+class TeacherModelConfig(Strict):
+    """One member to import: an architecture and its weights (a local path or fsspec URL of a
+    state dict, a timm/torchvision checkpoint or a ``.safetensors`` file; or ``pretrained`` /
+    ``pretrained:<tag>``, the library's weights, which needs internet on this machine)."""
+
+    arch: str = Field(description="timm:NAME, torchvision:NAME, a built-in name, or module:factory")
+    weights: str = Field(min_length=1)
+    arch_kwargs: dict[str, Any] = {}
+    input: InputContractConfig | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        return check_arch(arch)
+
+    @model_validator(mode="after")
+    def _pretrained_needs_a_library(self) -> TeacherModelConfig:
+        if self.pretrained_tag is not None and not self.arch.startswith(("timm:", "torchvision:")):
+            raise ValueError(f"weights {self.weights!r}: pretrained weights come from timm or torchvision; "
+                             f"arch {self.arch!r} needs a weights file")
+        return self
+
+    @property
+    def pretrained_tag(self) -> str | None:
+        """None for a weights file; '' for the library's default pretrained weights, else the tag."""
+        head, sep, tag = self.weights.partition(":")
+        if head != PRETRAINED:
+            return None
+        return tag if sep else ""
+
+    @property
+    def factory(self) -> str | None:
+        return factory_of(self.arch)
