@@ -7,6 +7,7 @@ so a sample's stored partner indices replay to the same pixels.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import lru_cache
 from typing import Any
@@ -15,9 +16,9 @@ import numpy as np
 
 from core.config import ImbalanceConfig, SourceConfig
 from core.errors import UserError
-from core.readers import READERS, Source, Split
+from core.readers import READERS, Source, Split, image_size
 
-__all__ = ["Source", "Split", "load_in_memory", "load_source", "load_source_cached"]
+__all__ = ["Source", "Split", "check_readable", "load_in_memory", "load_source", "load_source_cached"]
 
 
 def _with_options(source: Source, cfg: SourceConfig) -> Source:
@@ -145,3 +146,19 @@ def load_in_memory(source: Source) -> Source:
     if source._images is not None and source.contract is None:
         return source
     return replace(source, _images=source.images(), _files=[], contract=None)
+
+
+_CHECKED: set[str] = set()
+
+
+def check_readable(source: Source, threads: int = 16) -> None:
+    """Refuse a file-backed source with a file that is not an image, before a job writes anything
+    (a worker would otherwise meet it mid-set). Reads every image's header only (PIL's size), in
+    ``threads`` threads for object stores; once per source and process. A file whose header is
+    sound but whose pixels are damaged is still named by the worker that decodes it."""
+    if source._images is not None or source.fingerprint() in _CHECKED:
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in pool.map(image_size, source._files):  # raises UserError for the first bad file, in order
+            pass
+    _CHECKED.add(source.fingerprint())

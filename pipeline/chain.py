@@ -15,7 +15,7 @@ from core import storage
 from core.config import Config
 from core.errors import UserError
 from core.models import read_checkpoint
-from core.sources import Source, load_source
+from core.sources import Source, check_readable, load_source
 from core.tasks import score
 from pipeline.driver import execute
 from pipeline.plan import SetPlan, plan_set
@@ -101,6 +101,7 @@ def generate_sets(cfg: Config, out: str | Path, teachers: list[Path], progress: 
     """Plan every set first (all input checked, nothing written), then make them one by one, each
     under the supervisor (restarts from the committed shards after a stall or a cluster failure)."""
     source = load_source(cfg.source, "train")
+    check_readable(source)
 
     def plan_of(name: str) -> SetPlan:
         return plan_set(cfg, name, set_dir(out, name), teachers, source=source)

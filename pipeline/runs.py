@@ -23,7 +23,7 @@ from core.config import SOURCE_SET, Config
 from core.errors import UserError
 from core.seeds import part_seed
 from core.set_index import read_index
-from core.sources import Source, load_source
+from core.sources import Source, check_readable, load_source
 from core.tasks import Task, score
 from pipeline.plan import plan_set
 from pipeline.teacher_import import import_spec
@@ -43,7 +43,11 @@ def mark_done(out_dir: Path, spec: dict[str, Any]) -> None:
 
 
 def load_splits(cfg: Config) -> tuple[Source, Source]:
-    return load_source(cfg.source, "train"), load_source(cfg.source, "test")
+    """Both splits, every image checked readable (its header) before anything is written."""
+    train, test = load_source(cfg.source, "train"), load_source(cfg.source, "test")
+    check_readable(train)
+    check_readable(test)
+    return train, test
 
 
 # ---------------------------------------------------------------- teachers
