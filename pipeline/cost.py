@@ -49,6 +49,7 @@ from pipeline.runs import (
     set_dir,
     teacher_paths,
 )
+from pipeline.teacher_import import import_spec, prepare_teacher
 from stages.writer import make_shard, write_shard
 
 Progress = Callable[[str], None]
@@ -99,6 +100,8 @@ def job_teachers(cfg: Config, out: str | Path, source: Source,
     (stood in for by random weights here). ``teachers.checkpoints`` must exist, as for ``run``."""
     if cfg.teachers.checkpoints:
         return require_teachers(cfg, out), []
+    if cfg.teachers.models:
+        return imported_teachers(cfg, out, source, scratch), []
     paths: list[str | Path] = []
     to_train: list[int] = []
     contract: dict[str, Any] | None = None
@@ -112,6 +115,24 @@ def job_teachers(cfg: Config, out: str | Path, source: Source,
         paths.append(stand_in)
         to_train.append(member)
     return paths, to_train
+
+
+def imported_teachers(cfg: Config, out: str | Path, source: Source, scratch: Path) -> list[str | Path]:
+    """``teachers.models``: the members imported already, and the others imported into ``scratch``
+    (every check the run makes; an import is deterministic, so the bytes — and the sets'
+    fingerprints — are the ones the run will have)."""
+    paths: list[str | Path] = []
+    for member, (entry, path) in enumerate(zip(cfg.teachers.models or [], teacher_paths(cfg, out), strict=True)):
+        if isinstance(path, Path) and reusable(path.parent, import_spec(entry), "model.pt"):
+            paths.append(path)
+            continue
+        where = f"teachers.models[{member}] ({entry.arch})"
+        teacher = prepare_teacher(entry, source.num_classes, default_channels=source.shape[2], where=where,
+                                  allowed_factories=cfg.factories)
+        stand_in = scratch / f"member-{member}.pt"
+        teacher.save(stand_in)
+        paths.append(stand_in)
+    return paths
 
 
 # ---------------------------------------------------------------- sets
@@ -204,11 +225,7 @@ def job_cost(cfg: Config, out: str | Path, *, probe: bool = False,
             sets.append(set_cost(spec, to_make, shard_probe, final))
         cost: dict[str, Any] = {
             "config": cfg.name, "out": str(out),
-            "teachers": {"members": len(teachers), "arch": cfg.teachers.model.arch if not cfg.teachers.checkpoints
-                         else None, "to_train": len(to_train), "train_steps": cfg.teachers.train.steps,
-                         "batch_size": cfg.teachers.train.batch_size,
-                         "weights": "random (not trained yet: their time does not depend on the weights)"
-                         if to_train else "trained"},
+            "teachers": teacher_summary(cfg, teachers, to_train),
             "sets": sets, "students": student_costs(cfg),
         }
         if probe:
@@ -216,6 +233,21 @@ def job_cost(cfg: Config, out: str | Path, *, probe: bool = False,
             cost["probe"] = probe_times(cfg, train, teachers, to_train, images, cost)
     cost["totals"] = totals(cost)
     return cost
+
+
+def teacher_summary(cfg: Config, teachers: list[str | Path], to_train: list[int]) -> dict[str, Any]:
+    """The ensemble as the run will have it: trained here (``model``/``train``), existing
+    checkpoints, or imported (``models``)."""
+    section = cfg.teachers
+    if section.models:
+        archs: str | None = ", ".join(m.arch for m in section.models)
+    else:
+        archs = section.model.arch if section.model is not None and not section.checkpoints else None
+    weights = "random (not trained yet: their time does not depend on the weights)" if to_train else \
+        "imported" if section.models else "trained"
+    return {"members": len(teachers), "arch": archs, "to_train": len(to_train),
+            "train_steps": section.train.steps if section.train is not None else 0,
+            "batch_size": section.train.batch_size if section.train is not None else 0, "weights": weights}
 
 
 def probe_times(cfg: Config, source: Source, teachers: list[str | Path], to_train: list[int],

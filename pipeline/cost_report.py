@@ -75,7 +75,8 @@ def format_cost(cost: dict[str, Any]) -> str:
     t, teachers = cost["totals"], cost["teachers"]
     arch = f" × {teachers['arch']}" if teachers["arch"] else " (teachers.checkpoints)"
     trained = (f"{teachers['to_train']} to train ({teachers['train_steps']} steps, batch {teachers['batch_size']}); "
-               "sets planned with random-weight stand-ins" if teachers["to_train"] else "all trained")
+               "sets planned with random-weight stand-ins" if teachers["to_train"]
+               else "imported" if teachers["weights"] == "imported" else "all trained")
     lines = [f"plan of {cost['config']} into {cost['out']} (nothing written)",
              f"teachers: {teachers['members']}{arch}, {trained}", ""]
     lines += table(set_rows(cost)) if cost["sets"] else ["no sets"]

@@ -116,7 +116,25 @@ def runs(tmp_path_factory) -> dict:
         result = transferset("run", str(config), "--out", str(root / kind), cwd=root)
         assert result.returncode == 0, result.stderr[-3000:]
         done[kind] = root / kind
+        done[f"{kind}-stderr"] = result.stderr
     return {"root": root, "made": made, "weights": weights, "out": done, "sources": sources}
+
+
+def test_plan_counts_the_forward_passes_run_reported_and_writes_nothing(runs, tmp_path) -> None:
+    config = runs["root"] / "webdataset.yaml"
+    lines = runs["out"]["webdataset-stderr"].splitlines()
+    reported = [line for line in lines if "teacher forward passes in all" in line]
+    assert len(reported) == 1 and " 112 teacher forward passes in all" in reported[0]  # 24 × 3 views + 40 mixes
+    fresh = transferset("plan", str(config), "--out", str(tmp_path / "fresh"), "--json", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    cost = json.loads(fresh.stdout)
+    assert cost["totals"]["teacher_forward_samples"] == 112 == cost["totals"]["to_make"]["teacher_forward_samples"]
+    assert cost["teachers"]["weights"] == "imported" and not (tmp_path / "fresh").exists()
+    before = tree(runs["out"]["webdataset"])
+    again = transferset("plan", str(config), "--out", str(runs["out"]["webdataset"]), "--json", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout)["totals"]["to_make"]["teacher_forward_samples"] == 0  # all made: reused
+    assert tree(runs["out"]["webdataset"]) == before
 
 
 def records(set_dir: Path) -> list[dict]:
