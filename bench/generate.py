@@ -21,6 +21,11 @@ generator alone in-process, the generator stage alone on Ray (generator actors, 
 the teachers alone on the generated images, and generation + labelling + writing unfused
 (generator actor → shard actor), fused (one actor) and fused with two actors, each in a fresh
 process. See ``gan_main``.
+
+``--large`` measures images of a few hundred pixels decoded and cropped per shard (JPEG
+ImageFolders of ``--images`` N and 10·N pictures, ``image: {size: 64, views:
+random_resized_crop}``, a mix set of ``--samples``): decode + crop + the teachers in-process
+against ``generate_set``, and peak RSS at the 10·N source over the N one. See ``large_main``.
 """
 
 from __future__ import annotations
@@ -78,11 +83,11 @@ def stage_config(batch_size: int):
     return TeacherStageConfig(batch_size=batch_size, threads=1)
 
 
-def bench_config(set_cfg, teachers: list[str], stage, generator_stage=None):
-    """The job config of one benchmark set, named ``bench``."""
+def bench_config(set_cfg, teachers: list[str], stage, generator_stage=None, source=None):
+    """The job config of one benchmark set, named ``bench`` (``source``: default ``source_config()``)."""
     from core.config import GeneratorStageConfig, parse_config
 
-    return parse_config({"name": "bench", "seed": 0, "source": source_config(),
+    return parse_config({"name": "bench", "seed": 0, "source": source or source_config(),
                          "teachers": {"model": {"arch": "resnet_cifar"}, "train": {"steps": 1},
                                       "checkpoints": list(teachers)},
                          "teacher_stage": stage, "generator_stage": generator_stage or GeneratorStageConfig(),
@@ -112,34 +117,53 @@ def bare_rate(args: argparse.Namespace, teachers: list[str], samples: int) -> tu
     return len(images) / (time.perf_counter() - began), len(images)
 
 
-def session_rss(sid: int) -> int:
-    """Resident bytes of every process in session ``sid`` (the run and the Ray it started)."""
-    total = 0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def session_processes(sid: int) -> dict[int, tuple[int, float, str]]:
+    """``pid → (resident bytes, CPU seconds so far, command line)`` of every process in session
+    ``sid`` (the run and the Ray it started)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) != sid:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[3]) != sid:
                 continue
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
+            rss = next(int(line.split()[1]) * 1024 for line in (entry / "status").read_text().splitlines()
+                       if line.startswith("VmRSS:"))
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found[int(entry.name)] = (rss, (int(stat[11]) + int(stat[12])) / CLOCK_TICKS, command)
+        except (OSError, ValueError, IndexError, StopIteration):
             continue
-    return total
+    return found
+
+
+# Which process of a run a command line is, for the CPU breakdown (first match wins).
+PROCESS_KINDS = (("ShardActor", "shard_actor"), ("GeneratorActor", "generator_actor"), ("--worker", "driver"),
+                 ("raylet", "raylet"), ("gcs_server", "gcs"), ("dashboard", "dashboard"), ("ray::", "ray_worker"))
+
+
+def process_kind(command: str) -> str:
+    return next((kind for needle, kind in PROCESS_KINDS if needle in command), "other")
 
 
 def pipeline_run(args: argparse.Namespace, teachers: list[str], samples: int, out: Path, **extra: object) -> dict:
-    """One generate_set in a fresh process group; its result plus peak RSS of the whole group."""
+    """One generate_set in a fresh process group; its result plus peak RSS of the whole group and
+    the CPU seconds of its processes by kind (sampled every 0.2 s: what the run itself consumed,
+    which a machine's load changes less than the wall clock)."""
     job = {"samples": samples, "teachers": teachers, "out": str(out), "per_shard": args.per_shard,
            "batch_size": args.batch_size, **extra}
     proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(job)], stdout=subprocess.PIPE,
                             text=True, start_new_session=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    peak = [0]
+    peak, cpu = [0], {}
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], session_rss(proc.pid))
+            processes = session_processes(proc.pid)
+            peak[0] = max(peak[0], sum(rss for rss, _, _ in processes.values()))
+            cpu.update({pid: (seconds, process_kind(command)) for pid, (_, seconds, command) in processes.items()})
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -149,13 +173,18 @@ def pipeline_run(args: argparse.Namespace, teachers: list[str], samples: int, ou
     if proc.returncode != 0:
         raise SystemExit(f"generate_set for {samples} samples failed (exit {proc.returncode})")
     result = json.loads(stdout.strip().splitlines()[-1])
-    return {**result, "peak_rss_session_mb": peak[0] / 2**20}
+    by_kind: dict[str, float] = {}
+    for seconds, kind in cpu.values():
+        by_kind[kind] = by_kind.get(kind, 0.0) + seconds
+    return {**result, "peak_rss_session_mb": peak[0] / 2**20, "cpu_s_session": sum(by_kind.values()),
+            "cpu_s_by_kind": {kind: round(seconds, 2) for kind, seconds in sorted(by_kind.items())}}
 
 
 def worker(job: dict) -> None:
     """Runs inside the measured process: one set, then its result and the driver's peak RSS.
-    ``job`` may carry the set, teacher stage and generator stage as JSON (the gan runs)."""
-    from core.config import GeneratorStageConfig, SetConfig, TeacherStageConfig
+    ``job`` may carry the set, teacher stage and generator stage as JSON (the gan runs) and the
+    source (the large runs)."""
+    from core.config import GeneratorStageConfig, SetConfig, SourceConfig, TeacherStageConfig
     from pipeline.driver import generate_set
 
     set_cfg = SetConfig.model_validate_json(job["set"]) if "set" in job else set_config(job["samples"],
@@ -163,7 +192,8 @@ def worker(job: dict) -> None:
     stage = TeacherStageConfig.model_validate_json(job["stage"]) if "stage" in job else stage_config(job["batch_size"])
     generator_stage = GeneratorStageConfig.model_validate_json(job.get("generator_stage", "{}"))
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    cfg = bench_config(set_cfg, job["teachers"], stage, generator_stage)
+    source = SourceConfig.model_validate_json(job["source"]) if "source" in job else None
+    cfg = bench_config(set_cfg, job["teachers"], stage, generator_stage, source)
     if job.get("generator_only"):
         from gan import generator_stage_run
 
@@ -185,6 +215,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--gan", action="store_true", help="measure XCL-GAN generation (see the docstring)")
     parser.add_argument("--gen-batch", type=int, default=128, help="--gan: rows of every generator pass")
+    parser.add_argument("--large", action="store_true", help="measure decode + crop of large JPEGs (bench/large.py)")
+    parser.add_argument("--images", type=int, default=500, help="--large: N source images (and a 10·N source)")
+    parser.add_argument("--size", type=int, default=64, help="--large: the image contract's size")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -193,6 +226,10 @@ def main() -> None:
         from gan import gan_main
 
         return gan_main(args, sys.modules[__name__])
+    if args.large:
+        from large import large_main
+
+        return large_main(args, sys.modules[__name__])
 
     import shutil
 
