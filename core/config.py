@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from core.errors import UserError
 from core.generator_config import GeneratorConfig, GeneratorStageConfig
 from core.image_config import ImageConfig, StoreConfig  # noqa: F401  (re-exported)
-from core.teacher_config import InputContractConfig, TeacherModelConfig  # noqa: F401  (re-exported)
+from core.teacher_config import InputContractConfig, TeacherModelConfig, TeachersConfig  # noqa: F401  (re-exported)
 from core.train_config import (  # noqa: F401  (re-exported: the job config is one namespace)
     SOURCE_SET,
     KDConfig,
@@ -99,47 +99,6 @@ class SourceConfig(WebDatasetKeys):
             raise ValueError("source.classes lists a class twice")
         self.check_webdataset_keys()
         return self
-
-
-class TeachersConfig(Strict):
-    """The ensemble, one of three ways: trained here (``model``, ``members``, ``train``), existing
-    transferset checkpoints (``checkpoints``), or weights made elsewhere, imported (``models``)."""
-
-    model: ModelConfig | None = None
-    members: int = Field(4, ge=1)
-    train: TrainConfig | None = None
-    checkpoints: list[str] | None = Field(
-        None, description="existing checkpoint files to use instead of training the ensemble"
-    )
-    models: list[TeacherModelConfig] | None = Field(
-        None, description="members to import: [{arch, weights, input?, arch_kwargs?}] (timm, torchvision, ...)")
-    parallel: Literal["auto", "ray", "off"] = Field(
-        "auto", description="train members as parallel Ray tasks (auto: when the CPUs allow two at once)")
-    cpus_per_member: float = Field(1.0, gt=0)
-
-    @field_validator("parallel", mode="before")
-    @classmethod
-    def _yaml_off(cls, value: Any) -> Any:
-        return "off" if value is False else value  # YAML reads a bare `off` as false
-
-    @model_validator(mode="after")
-    def _one_way(self) -> TeachersConfig:
-        if self.models is not None:
-            if not self.models:
-                raise ValueError("teachers.models is empty; list the members to import")
-            if self.checkpoints is not None:
-                raise ValueError("give teachers.models (weights to import) or teachers.checkpoints, not both")
-            training = sorted({"model", "train", "members"} & self.model_fields_set)
-            if training:
-                raise ValueError(f"teachers.models imports its members; drop {training} (they train an ensemble)")
-        elif self.checkpoints is None and (self.model is None or self.train is None):
-            raise ValueError("teachers needs model and train (to train the ensemble), checkpoints (transferset "
-                             "checkpoints) or models (weights to import)")
-        return self
-
-    def archs(self) -> list[str]:
-        """Every architecture this section names."""
-        return [m.arch for m in ([self.model] if self.model else []) + list(self.models or [])]
 
 
 SamplerKind = Literal["views", "mix", "mixup", "cutmix", "noise", "gaussian_image", "autoaugment", "cutout", "gan"]

@@ -1,4 +1,5 @@
-"""The config of teachers brought from elsewhere: ``teachers.models: [{arch, weights, input?}]``.
+"""The ``teachers`` section of the job config, and its teachers brought from elsewhere:
+``teachers.models: [{arch, weights, input?}]``.
 
 Split from :mod:`core.config` (which re-exports the names). Each entry is imported into the
 project's self-describing checkpoint (``pipeline/teacher_import.py``); its input contract comes
@@ -12,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.train_config import Strict, check_arch, factory_of
+from core.train_config import ModelConfig, Strict, TrainConfig, check_arch, factory_of
 
 PRETRAINED = "pretrained"  # ``weights: pretrained`` or ``pretrained:<tag>``: the library's own weights
 
@@ -84,3 +85,44 @@ class TeacherModelConfig(Strict):
     @property
     def factory(self) -> str | None:
         return factory_of(self.arch)
+
+
+class TeachersConfig(Strict):
+    """The ensemble, one of three ways: trained here (``model``, ``members``, ``train``), existing
+    transferset checkpoints (``checkpoints``), or weights made elsewhere, imported (``models``)."""
+
+    model: ModelConfig | None = None
+    members: int = Field(4, ge=1)
+    train: TrainConfig | None = None
+    checkpoints: list[str] | None = Field(
+        None, description="existing checkpoint files to use instead of training the ensemble"
+    )
+    models: list[TeacherModelConfig] | None = Field(
+        None, description="members to import: [{arch, weights, input?, arch_kwargs?}] (timm, torchvision, ...)")
+    parallel: Literal["auto", "ray", "off"] = Field(
+        "auto", description="train members as parallel Ray tasks (auto: when the CPUs allow two at once)")
+    cpus_per_member: float = Field(1.0, gt=0)
+
+    @field_validator("parallel", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
+    @model_validator(mode="after")
+    def _one_way(self) -> TeachersConfig:
+        if self.models is not None:
+            if not self.models:
+                raise ValueError("teachers.models is empty; list the members to import")
+            if self.checkpoints is not None:
+                raise ValueError("give teachers.models (weights to import) or teachers.checkpoints, not both")
+            training = sorted({"model", "train", "members"} & self.model_fields_set)
+            if training:
+                raise ValueError(f"teachers.models imports its members; drop {training} (they train an ensemble)")
+        elif self.checkpoints is None and (self.model is None or self.train is None):
+            raise ValueError("teachers needs model and train (to train the ensemble), checkpoints (transferset "
+                             "checkpoints) or models (weights to import)")
+        return self
+
+    def archs(self) -> list[str]:
+        """Every architecture this section names."""
+        return [m.arch for m in ([self.model] if self.model else []) + list(self.models or [])]

@@ -308,5 +308,5 @@ def totals(cost: dict[str, Any]) -> dict[str, Any]:
                  "sample_making": sum(s.get("seconds", {}).get("samples", 0.0) for s in sets),
                  "student_training": sum(s.get("seconds", 0.0) for s in students)}
         total["seconds"] = {**{k: round(v, 3) for k, v in parts.items()}, "total": round(sum(parts.values()), 3)}
-        total["device_hours"] = round(sum(parts.values()) / 3600, 6)
+        total["device_hours"] = float(f"{sum(parts.values()) / 3600:.4g}")  # 4 significant digits, however small
     return total
