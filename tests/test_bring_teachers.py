@@ -120,10 +120,7 @@ CASES = {
                            ("weights pretrained", "needs internet")),
     "bad-input-size": (lambda f, t: [*import_args("timm:test_resnet", str(f / "resnet.pt")), "--input-size", "a"],
                        ("--input-size 'a'",)),
-    "run-second-member-classes": (run_with(TEACHER, {**TEACHER, "weights": "seven.pt"}),
-                                  ("teachers.models[1]", "7 classes, the data has 10")),
-    "run-keys-do-not-fit": (run_with({**TEACHER, "arch": "timm:test_efficientnet"}),
-                            ("teachers.models[0]", "do not fit arch 'timm:test_efficientnet'")),
+    # through `run`: keys that do not fit and a member of other classes are tests/test_your_data.py's
     "run-models-and-checkpoints": (run_with(TEACHER, checkpoints=["a.pt"]), ("teachers", "not both")),
     "run-torchvision-unknown": (run_with({**TEACHER, "arch": "torchvision:squeezenet2"}),
                                 ("torchvision has no classifier 'squeezenet2'",)),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import tarfile
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from pydantic import ValidationError
 
 from core.config import SourceConfig
 from core.errors import UserError
-from core.format import decode_png, iter_tar
 from core.readers import read_image
 from core.sources import load_source
 from core.webdataset_source import expand_urls, list_tar
@@ -228,29 +226,30 @@ def job_on(source: dict[str, object], directory: Path) -> Path:
     return write_config(directory / "job.yaml", {**TINY_JOB, "source": {"kind": "webdataset", **source}})
 
 
-def test_run_generates_a_views_set_of_the_tar_images(tmp_path: Path) -> None:
+def test_a_views_set_of_the_tar_images_holds_each_image_and_its_label(tmp_path: Path) -> None:
+    """The stages on a webdataset source (no Ray: ``transferset run`` on tars is tests/test_your_data.py)."""
+    from conftest import draw_spec
+
+    from core.config import SamplerConfig, SetConfig
+    from stages.writer import make_shard
+
     samples = {split: [(f"{split}{i:04d}", tinted(i % 3, i), i % 3) for i in range(count)]
                for split, count in (("train", 40), ("test", 12))}
     write_shard(tmp_path / "train-000000.tar", samples["train"][:24])
     write_shard(tmp_path / "train-000001.tar", samples["train"][24:])
     write_shard(tmp_path / "test-000000.tar", samples["test"])
-    config_path = job_on({"urls": str(tmp_path / "train-{000000..000001}.tar"),
-                          "test_urls": [str(tmp_path / "test-000000.tar")]}, tmp_path)
-    result = transferset("run", config_path, "--out", tmp_path / "out", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    set_dir = tmp_path / "out" / "sets" / "real"
-    index = json.loads((set_dir / "index.json").read_text())
-    assert index["totals"]["samples"] == 40 and index["classes"] == ["0", "1", "2"]
-    assert index["image"] == {"channels": 3, "encoding": "png", "height": 16, "width": 16}
-    assert index["config"]["source"]["kind"] == "webdataset"
+    source_cfg = SourceConfig(kind="webdataset", urls=str(tmp_path / "train-{000000..000001}.tar"),
+                              test_urls=[str(tmp_path / "test-000000.tar")])
+    spec = draw_spec(SetConfig(sampler=SamplerConfig(kind="views", views=1), samples_per_shard=16), source_cfg)
+    assert spec.total == 40 and spec.classes == ("0", "1", "2") and spec.image_shape == (16, 16, 3)
     seen = []
-    for shard in sorted((set_dir / "shards").glob("*.tar")):
-        for _, fields in iter_tar(shard):
-            meta = json.loads(fields["json"])
-            _, data, label = samples["train"][meta["params"]["image"]]
-            assert np.array_equal(decode_png(fields["png"]), decoded(data))  # view 0: the image itself
-            assert meta["label"] == label
-            seen.append(meta["params"]["image"])
+    for shard in range(spec.shards):
+        images, drawn, labels = make_shard(spec, shard)
+        for image, (_, params), label in zip(images, drawn, labels, strict=True):
+            _, data, expected = samples["train"][params["image"]]
+            assert np.array_equal(image, decoded(data))  # view 0: the image itself
+            assert label == expected
+            seen.append(params["image"])
     assert sorted(seen) == list(range(40))
 
 

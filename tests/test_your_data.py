@@ -92,7 +92,9 @@ def job(source: dict, weights: Path) -> dict:
     student = {"model": {"arch": f"timm:{TEACHER_ARCH}"}, "train": {"steps": 4, "batch_size": 16, "num_workers": 0}}
     return {
         "name": "yourdata", "seed": 0, "source": source, "image": CONTRACT,
-        "teachers": {"models": [{"arch": f"timm:{TEACHER_ARCH}", "weights": str(weights)}]},
+        # the member's own size is overridden (160 → 64: a quicker test); its mean, std and
+        # interpolation stay timm's pretrained_cfg, which the tests check were applied
+        "teachers": {"models": [{"arch": f"timm:{TEACHER_ARCH}", "weights": str(weights), "input": {"size": 64}}]},
         "teacher_stage": {"batch_size": 32, "actors": 1, "num_cpus": 0.5, "threads": 1},
         "student_stage": {"parallel": "off"},
         "sets": {"views": {"sampler": {"kind": "views", "views": 3}, "samples_per_shard": 40},
@@ -163,6 +165,8 @@ def test_every_stored_image_has_the_contracts_size_and_views_replay(runs, kind) 
         else:
             expected = eval_image(raw, contract)
         np.testing.assert_array_equal(record["image"], expected[:, ::-1] if aug["flip"] else expected)
+    labels = [label for _, _, label in runs["made"]["train"]]
+    assert all(r["label"] == labels[r["meta"]["params"]["image"]] for r in views)  # views keep the real label
     assert boxed == 48 and {tuple(np.shape(r["meta"]["params"]["aug"].get("box", ()))) for r in views} == {(4,), (0,)}
 
 
@@ -183,8 +187,8 @@ def test_the_teachers_pretrained_cfg_was_applied(runs) -> None:
     model.eval()
     chosen = records(runs["out"]["imagefolder"] / "sets" / "mix")[:6]
     x = torch.from_numpy(np.stack([r["image"] for r in chosen])).permute(0, 3, 1, 2).float() / 255
-    x = F.interpolate(x, size=tuple(cfg["input_size"][1:]), mode=cfg["interpolation"], antialias=True,
-                      align_corners=False)
+    assert cfg["input_size"][1:] != (64, 64)  # the override took the place of timm's size only
+    x = F.interpolate(x, size=(64, 64), mode=cfg["interpolation"], antialias=True, align_corners=False)
     x = (x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = torch.log_softmax(model(x).double(), dim=1).numpy()
@@ -256,6 +260,6 @@ def test_a_member_with_another_class_count_is_one_error_line(runs, tmp_path) -> 
     other = tmp_path / "five_classes.pt"
     torch.save(timm.create_model(TEACHER_ARCH, num_classes=5, pretrained=False).state_dict(), other)
     raw = job(runs["sources"]["imagefolder"], runs["weights"])
-    raw["teachers"]["models"].append({"arch": f"timm:{TEACHER_ARCH}", "weights": str(other)})
+    raw["teachers"]["models"].append({"arch": f"timm:{TEACHER_ARCH}", "weights": str(other), "input": {"size": 64}})
     line, _ = bad_run(runs, tmp_path, raw)
     assert line.startswith("error:") and "five_classes.pt" in line and "5" in line and "3" in line
