@@ -39,7 +39,11 @@ JOB = {
                      "targets": {"kind": "sampled", "k": 10}}},
     "students": {"kd": {"model": STUDENT, "objective": "kd", "sets": {"mix": 1.0}, "kd": {"alpha": 1.0},
                         "train": {"steps": 1, "batch_size": SAMPLES, "shuffle_buffer": SAMPLES,
-                                  "num_workers": 0}}},
+                                  "num_workers": 0}},
+                 # pick scores candidates with the dense estimate and trains the chosen rows' weights
+                 "kd_pick": {"model": STUDENT, "objective": "kd", "sets": {"mix": 1.0},
+                             "kd": {"alpha": 1.0, "pick": {"ratio": 2.0}},
+                             "train": {"steps": 3, "batch_size": 32, "num_workers": 0}}},
 }
 
 
@@ -127,6 +131,8 @@ def test_the_student_learns_from_the_weights(job) -> None:
         dense = kd_loss(z, estimate, labels, TEMPERATURE, 1.0).item()
     assert logged == pytest.approx(sampled, rel=1e-4)
     assert abs(sampled - dense) > 100 * 1e-4 * abs(sampled)
+    picked = json.loads((job / "students" / "kd_pick" / "seed-0" / "result.json").read_text())
+    assert picked["steps"] == 3 and 0 <= picked["accuracy"] <= 1
     # The trainer refuses a student at another temperature (reweighting would need the full p).
     opened = open_transfer_sets([(str(set_dir), 1.0)])
     assert opened[0].sampled_temperature == TEMPERATURE
