@@ -20,8 +20,6 @@ TARGET_STREAM])``, so the same config gives byte-identical shards.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from core.errors import FormatError
@@ -164,10 +162,3 @@ def record_problems(record: np.ndarray, k: int, uniform: float) -> list[str]:
             problems.append(f"weights are not counts of {k} draws (the set draws from p alone)")
     return problems
 
-
-def mean_weights(logp: np.ndarray, k: int, temperature: float, uniform: float,
-                 identities: Sequence[tuple[int, int, int]]) -> np.ndarray:
-    """The average stored (float16) weight row over the draws of the given sample identities:
-    converges to softmax(log p̄ / τ) (what the unbiasedness test and the benchmark measure)."""
-    rows = [dense_weights(sample_target(logp, k, temperature, uniform, target_rng(*i))) for i in identities]
-    return np.mean(np.asarray(rows, dtype=np.float64), axis=0)
