@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 from core.errors import UserError
 from core.generator_config import GeneratorConfig, GeneratorStageConfig
 from core.image_config import ImageConfig, StoreConfig  # noqa: F401  (re-exported)
+from core.target_config import TargetConfig
 from core.teacher_config import InputContractConfig, TeacherModelConfig, TeachersConfig  # noqa: F401  (re-exported)
 from core.train_config import (  # noqa: F401  (re-exported: the job config is one namespace)
     SOURCE_SET,
@@ -173,17 +174,6 @@ class SamplerConfig(Strict):
         return identity
 
 
-class TargetConfig(Strict):
-    """How targets are stored: dense float16 log-probabilities, or the top-k log-probabilities
-    with their class indices and the log of the remaining mass (both temperature-free)."""
-
-    kind: Literal["dense", "topk"] = "dense"
-    k: int = Field(10, ge=1)
-    dtype: Literal["float16", "float32"] | None = Field(
-        None, description="regression sets: dtype of the stored μ and log σ² (default float32); "
-                          "classification log-probabilities are always float16")
-
-
 class SelectConfig(Strict):
     """Uncertainty-targeted generation: draw samples/keep candidates per shard, label them all,
     keep the most uncertain ones."""
@@ -324,6 +314,14 @@ class Config(Strict):
                     raise ValueError(
                         f"students.{student_name}.sets names {set_name!r}, not one of {sorted(self.sets)}"
                     )
+                targets = self.sets[set_name].targets if set_name in self.sets else None
+                if (student.objective == "kd" and targets is not None and targets.kind == "sampled"
+                        and student.kd.temperature != targets.draw_temperature):
+                    raise ValueError(
+                        f"students.{student_name}.kd.temperature is {student.kd.temperature:g} but set {set_name!r} "
+                        f"draws its sampled targets at temperature {targets.draw_temperature:g} (unbiased only "
+                        f"there); set sets.{set_name}.targets.temperature: {student.kd.temperature:g} or "
+                        f"students.{student_name}.kd.temperature: {targets.draw_temperature:g}")
         named = [self.report.baseline, *self.report.compare] if self.report.compare else []
         for name in named:
             if name not in self.students:

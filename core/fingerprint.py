@@ -35,8 +35,8 @@ def fingerprint_payload(
     targets: Any = "dense"
     if set_cfg.targets.dtype is not None:  # a regression set: dense μ and log σ² of this dtype
         targets = {"kind": "gaussian", "dtype": set_cfg.targets.dtype}
-    elif set_cfg.targets.kind == "topk":
-        targets = set_cfg.targets.model_dump(mode="json", exclude={"dtype"})
+    else:
+        targets = set_cfg.targets.identity()
     stored = {} if set_cfg.store == StoreConfig() else {"store": set_cfg.store.model_dump(mode="json")}
     return {
         **stored,  # PNG sets keep the fingerprint they had before JPEG storage existed

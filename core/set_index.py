@@ -141,11 +141,13 @@ class ImageSpec:
 class TargetSpec:
     """How the targets are stored (the task's ``target_spec``)."""
 
-    kind: str | None = None  # logp | topk | gaussian
+    kind: str | None = None  # logp | topk | sampled | gaussian
     dtype: str | None = None
     temperature_free: bool | None = None
-    k: int | None = None  # top-k
-    index_dtype: str | None = None  # top-k
+    k: int | None = None  # top-k (classes kept), sampled (classes drawn)
+    index_dtype: str | None = None  # top-k, sampled
+    temperature: float | None = None  # sampled: drawn at this temperature
+    uniform: float | None = None  # sampled: the proposal's uniform share
     members: list[str] | None = None  # gaussian
     logvar: str | None = None  # gaussian
     payload_bytes: int | None = None

@@ -35,13 +35,11 @@ def compress_topk(logp: np.ndarray, k: int) -> np.ndarray:
     classes = len(full)
     k = min(k, classes)
     order = np.argsort(-full, kind="stable")
-    top, tail = order[:k], full[order[k:]]
-    peak = tail.max() if len(tail) else 0.0
-    log_tail = peak + math.log(np.exp(tail - peak).sum()) if len(tail) else LOGP_FLOOR
+    top = order[:k]
     record = np.zeros((), dtype=topk_dtype(k, classes))
     record["logp"] = np.maximum(full[top], LOGP_FLOOR)
     record["index"] = top
-    record["log_tail"] = max(log_tail, LOGP_FLOOR)
+    record["log_tail"] = log_mass(full[order[k:]])
     record["classes"] = classes
     return record
 
@@ -52,17 +50,33 @@ def reconstruct_logp(record: np.ndarray) -> np.ndarray:
     if np.size(record) != 1:
         raise FormatError(f"top-k record holds {np.size(record)} entries, expected 1")
     record = np.asarray(record).reshape(())
-    classes = int(record["classes"])
-    top = np.asarray(record["logp"], dtype=np.float64).reshape(-1)
-    index = np.asarray(record["index"], dtype=np.int64).reshape(-1)
+    return complete_logp(int(record["classes"]), record["index"], record["logp"], float(record["log_tail"]), "top-k")
+
+
+def complete_logp(classes: int, index: np.ndarray, known: np.ndarray, log_tail: float, what: str) -> np.ndarray:
+    """Dense float32 log p̄ from the log-probabilities ``known`` of the classes ``index`` and the
+    log of the mass outside them, spread evenly over the other classes, renormalised (shared by
+    the top-k and the sampled-class records)."""
+    top = np.asarray(known, dtype=np.float64).reshape(-1)
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
     if len(np.unique(index)) != len(index) or (len(index) and (index.max() >= classes)):
-        raise FormatError(f"top-k record has invalid class indices for {classes} classes")
+        raise FormatError(f"{what} record has invalid class indices for {classes} classes")
     rest = classes - len(index)
-    full = np.full(classes, -np.inf if rest == 0 else float(record["log_tail"]) - math.log(max(rest, 1)))
+    full = np.full(classes, -np.inf if rest == 0 else log_tail - math.log(max(rest, 1)))
     full[index] = top
     peak = full.max()
     full -= peak + math.log(np.exp(full - peak).sum())
     return np.maximum(full, LOGP_FLOOR).astype(np.float32)
+
+
+def log_mass(rest: np.ndarray) -> float:
+    """log of the probability mass of the classes whose log-probabilities are ``rest``, summed
+    from them (precise when it is tiny, unlike 1 − kept); LOGP_FLOOR when there are none."""
+    rest = np.asarray(rest, dtype=np.float64).reshape(-1)
+    if not len(rest):
+        return LOGP_FLOOR
+    peak = rest.max()
+    return max(peak + math.log(np.exp(rest - peak).sum()), LOGP_FLOOR)
 
 
 def kl_divergence(logp: np.ndarray, logq: np.ndarray) -> np.ndarray:

@@ -24,6 +24,8 @@ ARCH_NAMES = ("tiny_cnn", "resnet_cifar", "lenet", "preact_resnet")
 # Models of the ecosystem, named ``<library>:<model>`` (timm names may carry a ``.tag``).
 LIBRARY_PREFIXES = ("timm:", "torchvision:")
 ARCH_NAME = re.compile(r"^(torchvision:[A-Za-z_][A-Za-z0-9_]*|timm:[A-Za-z0-9_][\w.-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+# The KD temperature a student uses unless told otherwise (also the draw temperature of a sampled target).
+DEFAULT_KD_TEMPERATURE = 4.0
 
 
 def check_arch(arch: str) -> str:
@@ -122,7 +124,7 @@ class KDConfig(Strict):
     """Hinton KD per sample: (1 − alpha)·CE on real labels + alpha·τ²·KL(teacher_τ ‖ student_τ).
     Samples without a real label (mixes) get the KL term only; alpha = 1 is pure distillation."""
 
-    temperature: float = Field(4.0, gt=0)
+    temperature: float = Field(DEFAULT_KD_TEMPERATURE, gt=0)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the KL term; 1 − alpha weighs CE")
     pick: PickConfig | None = None
     regression_loss: Literal["gaussian_kl", "mse"] = Field(

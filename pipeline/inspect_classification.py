@@ -3,7 +3,9 @@
 Reports counts per sampler, the normalised teacher entropy Ĥ (XCL eq. 4) and ensemble
 disagreement, mean Ĥ binned by the mixing weight λ (the table behind XCL fig. 1), the histogram
 of the teachers' argmax class, the bytes the targets take per sample and the KL divergence
-between the teachers' full distribution and what a reader gets back from the stored target.
+between the teachers' full distribution and what a reader gets back from the stored target (for
+a sampled-class target: its dense estimate, which is not what a student learns from; the
+unbiased weights are, so the report adds how many distinct classes a record holds).
 The KL is measured by running the set's teacher checkpoints (when they are still at the paths
 the index lists, with the same sha256) on the stored images of a sample of records; otherwise
 it is the mean of the ``target_kl`` the writer recorded.
@@ -20,16 +22,17 @@ from core.errors import UserError
 from core.format import kl_divergence, sha256_file, target_payload_bytes
 from core.set_index import SetIndex
 from core.tasks import Record
-from core.tasks.classification import LOGP_FIELD, TOPK_FIELD
+from core.tasks.classification import LOGP_FIELD, TARGET_MEMBERS
 from pipeline import inspect_common as common
 from stages.teachers import Ensemble
 
 
 def _target_bytes(set_dir: str, index: SetIndex) -> dict[str, float]:
     """Payload bytes of one target, its tar member with .npy header, and whole tar bytes, per sample."""
-    stored = common.stored_bytes(set_dir, index, (TOPK_FIELD if index.target.topk else LOGP_FIELD,))
+    stored = common.stored_bytes(set_dir, index, (TARGET_MEMBERS.get(index.target.kind or "logp", LOGP_FIELD),))
+    payload = index.target.payload_bytes if index.target.kind == "sampled" else None
     return {
-        "target_bytes_per_sample": target_payload_bytes(index.outputs, int(index.target.k or 0)),
+        "target_bytes_per_sample": payload or target_payload_bytes(index.outputs, index.target.topk),
         "target_npy_bytes_per_sample": stored["target_npy_bytes_per_sample"],
         "dense_float16_bytes_per_sample": target_payload_bytes(index.outputs, 0),
         "shard_bytes_per_sample": stored["shard_bytes_per_sample"],
@@ -63,7 +66,8 @@ def inspect_classification(set_dir: str, index: SetIndex, table: dict[str, list[
     lam = np.asarray(table["lam"], dtype=np.float64)
     classes = classes_of(index)
     argmax = np.bincount(np.asarray(table["teacher_argmax"], dtype=np.int64), minlength=len(classes))
-    measured = _teacher_kl(index, common.records(set_dir, index, kl_samples))
+    found = common.records(set_dir, index, kl_samples)
+    measured = _teacher_kl(index, found)
     stored_kl = np.asarray(table["target_kl"], dtype=np.float64) if "target_kl" in table else np.zeros(0)
     stored_kl = stored_kl[np.isfinite(stored_kl)]
     kl = measured if measured is not None else (stored_kl if len(stored_kl) else None)
@@ -82,7 +86,17 @@ def inspect_classification(set_dir: str, index: SetIndex, table: dict[str, list[
         "target_kl_samples": 0 if kl is None else int(len(kl)),
         "target_kl_source": "teachers" if measured is not None else "manifest" if kl is not None else None,
         "topk_kl_mean": None if kl is None or not topk else float(np.mean(kl)),
+        **_sampled_stats(found),
     }
+
+
+def _sampled_stats(found: list[Record]) -> dict[str, Any]:
+    """Distinct classes per sampled-class record and the mean sum of its weights (1 on average)."""
+    weights = [r["weights"] for r in found if "weights" in r]
+    if not weights:
+        return {}
+    return {"sampled_classes_mean": float(np.mean([np.count_nonzero(w) for w in weights])),
+            "sampled_weight_sum_mean": float(np.mean([w.astype(np.float64).sum() for w in weights]))}
 
 
 def format_classification(stats: dict[str, Any]) -> str:
@@ -97,8 +111,15 @@ def format_classification(stats: dict[str, Any]) -> str:
         f"dense float16 would be {stats['dense_float16_bytes_per_sample']} B; "
         f"{stats['shard_bytes_per_sample']:.0f} B of shard per sample)",
     ]
+    target = stats["target"]
+    if target["kind"] == "sampled":
+        lines.append(f"sampled targets: {target['k']} draws at temperature {target['temperature']:g} "
+                     f"(uniform {target['uniform']:g}); {stats.get('sampled_classes_mean', 0):.2f} distinct classes "
+                     f"per record; a kd student must train at temperature {target['temperature']:g}")
     if stats["target_kl_mean"] is not None:
-        lines.append(f"KL(full ‖ stored target): mean {stats['target_kl_mean']:.3g} nats, max "
+        estimate = " of the dense estimate (students learn from the unbiased weights)" \
+            if target["kind"] == "sampled" else ""
+        lines.append(f"KL(full ‖ stored target){estimate}: mean {stats['target_kl_mean']:.3g} nats, max "
                      f"{stats['target_kl_max']:.3g} over {stats['target_kl_samples']} samples "
                      f"(from {stats['target_kl_source']})")
     binned = [row for row in stats["entropy_by_lambda"] if row["count"]]

@@ -258,7 +258,8 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
     sx.remove_stale_temps(spec.out_dir)
     sx.write_manifest(spec.out_dir, rows, spec.kind)
     # Keys a classification set never uses stay out of its index (its bytes predate them).
-    unused: dict[str, Any] = {"targets": {"dtype"}} if spec.set_cfg.targets.dtype is None else {}
+    targets_unused = {key for key in ("dtype", "temperature", "uniform") if getattr(spec.set_cfg.targets, key) is None}
+    unused: dict[str, Any] = {"targets": targets_unused} if targets_unused else {}
     if spec.set_cfg.store == StoreConfig():
         unused["store"] = True  # a PNG set's index predates the store option
     source_unused = {name for name in ("samples", "test_samples", "metric")

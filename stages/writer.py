@@ -88,7 +88,7 @@ def write_shard(spec: SetSpec, shard: int, images: np.ndarray, drawn: Drawn, lab
         if select is not None:
             meta["candidate"] = int(candidate)
         samples.append(task.labelled(key, images[candidate], meta, output, int(candidate), labels[candidate],
-                                     spec.set_cfg.targets))
+                                     spec.set_cfg.targets, identity=(spec.seed, int(shard), int(candidate))))
     data = fmt.tar_bytes(samples, spec.set_cfg.store.image, spec.set_cfg.store.quality)
     storage.atomic_write(sx.shard_url(spec.out_dir, shard), data)
     return ShardSummary(shard=int(shard), name=sx.shard_name(shard), samples=len(samples), bytes=len(data),

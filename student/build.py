@@ -29,7 +29,7 @@ from student.data import source_input_spec
 from student.objectives import TRANSFER_STREAM, Objective, SelfGuided
 from student.online import Teacher
 from student.optim import make_optimizer
-from student.shards import SetShards, open_transfer_sets
+from student.shards import SetShards, check_sampled_temperature, open_transfer_sets
 from student.state import STATE_NAME, load_state, restore, spec_hash
 from student.stream import RealPart, StreamPlan
 from student.tasks import OBJECTIVES
@@ -185,6 +185,8 @@ def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, obje
     task = train_source.task
     task.check_student(name, objective, train_cfg, kd_cfg, real_weight)
     opened = open_sets(transfer_sets, task, train_cfg, train_source) if objective == "kd" else []
+    if opened and kd_cfg is not None:
+        check_sampled_temperature(opened, kd_cfg.temperature)
     online = online_teachers(name, teachers, train_source, factories) if objective == "kd_online" else []
     if objective != "kd" or real_weight > 0:
         train_source = load_in_memory(train_source)

@@ -30,6 +30,17 @@ def kl_per_sample(teacher_log: torch.Tensor, student_logits: torch.Tensor, tempe
     return (teacher_log.exp() * (teacher_log - student)).sum(dim=1)
 
 
+def sampled_cross_entropy(weights: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The sampled-class KD term per sample: ``−Σ_c w_c·log softmax(z/τ)_c`` with the stored
+    importance weights ``w`` (drawn at τ; zero where no class was drawn) used as they are — never
+    renormalised — so it is an unbiased estimate of the cross-entropy to the teacher at τ and its
+    gradient ``(Σ_c w_c·s_c − w)/τ`` an unbiased estimate of the dense KL's. Its value is the KL
+    plus the teacher's entropy at τ (the record cannot estimate that constant without bias), so it
+    does not fall to 0 as the student learns."""
+    student = torch.log_softmax(_float(student_logits) / temperature, dim=1)
+    return -(_float(weights) * student).sum(dim=1)
+
+
 def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     """Per-sample CE against ``1 − ε`` on the label and ``ε / (C − 1)`` on every other class
     (XCL supplement eq 1; note torch's ``label_smoothing`` spreads ε over all C classes)."""
@@ -45,6 +56,7 @@ def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing
 def kd_loss(
     student_logits: torch.Tensor, teacher_logp: torch.Tensor, labels: torch.Tensor,
     temperature: float, alpha: float, has_target: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None, sampled: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hinton's KD, per sample: ``(1 − α)·CE(z, y)·[y ≥ 0] + α·τ²·KL(p_T^τ ‖ p_S^τ)·[has target]``,
     averaged over the batch.
@@ -53,11 +65,17 @@ def kd_loss(
     mixed hard label (seed 004's rule for x′) — and its weight α·τ² does not depend on how many
     labelled samples share the batch. A sample without a teacher target (from the real split)
     gets the CE term only. ``α = 1`` is pure distillation; the τ² keeps gradient magnitudes
-    comparable across temperatures.
+    comparable across temperatures. Rows where ``sampled`` is True take the term from their
+    sampled-class ``weights`` instead (:func:`sampled_cross_entropy`: the same gradient in
+    expectation), the others from ``teacher_logp``.
     """
     loss = torch.zeros(len(labels), dtype=torch.float32, device=student_logits.device)
     if alpha:
-        kl = kl_per_sample(teacher_log_probs(teacher_logp, temperature), student_logits, temperature)
+        teacher_log = teacher_log_probs(teacher_logp, temperature)
+        kl = kl_per_sample(teacher_log, student_logits, temperature)
+        if sampled is not None and weights is not None:
+            estimate = sampled_cross_entropy(weights, student_logits, temperature)
+            kl = torch.where(sampled, estimate, kl)
         if has_target is not None:
             kl = torch.where(has_target, kl, torch.zeros_like(kl))
         loss = loss + alpha * temperature**2 * kl

@@ -164,6 +164,8 @@ class KDObjective(Objective):
         # (no teacher target) never does.
         stored = [not s.originals for s in sets] if not all(s.originals for s in sets) else [True] * len(sets)
         self.rivals = torch.tensor([*stored, False])
+        # Rows whose KD term comes from sampled-class weights, by origin (None: no such set).
+        self.sampled = torch.tensor([s.sampled for s in sets] + [False]) if any(s.sampled for s in sets) else None
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         batch = next(self.stream)
@@ -180,6 +182,10 @@ class KDObjective(Objective):
         has_target = batch["has_target"].to(self.device, non_blocking=True) if self.has_real else None
         extras: dict[str, float] = {}
         origin = batch["origin"]
+        weights = sampled = None
+        if self.sampled is not None:
+            weights = batch["weights"].to(self.device, non_blocking=True)
+            sampled = self.sampled[origin.long()].to(self.device)
         pick = self.kd.pick
         if pick is not None:
             with full_network(plain):
@@ -191,11 +197,14 @@ class KDObjective(Objective):
             extras["pick_kl_ratio"] = kl_ratio(d, chosen, competes)
             x, logp, labels = x[chosen], logp[chosen], labels[chosen]
             has_target = None if has_target is None else has_target[chosen]
+            if weights is not None and sampled is not None:
+                weights, sampled = weights[chosen], sampled[chosen]
             self.counts.add(origin, origin[chosen.cpu()])
         else:
             self.counts.add(origin, origin)
         kd = self.kd
-        return self.loss(model, x, lambda z: kd_loss(z, logp, labels, kd.temperature, kd.alpha, has_target)), extras
+        return self.loss(model, x, lambda z: kd_loss(z, logp, labels, kd.temperature, kd.alpha, has_target,
+                                                     weights, sampled)), extras
 
     def stats(self) -> dict[str, Any]:
         return {"shards_visited": len(self.loader.visited), "shards_skipped": len(set(self.loader.skipped)),

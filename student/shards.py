@@ -10,8 +10,10 @@ The shards stay the source of truth: the cache is only ever filled from them.
 Why every shard's sample count is checked: a tar cut at a member boundary reads like a shorter
 archive, so a damaged shard would silently look short. Records are decoded by their task
 (:func:`core.tasks.decode_fields`, no pickle) into one dense ``target`` row per sample: C
-log-probabilities (whatever the stored form: dense or top-k), or ``[μ, log σ²]`` (2·D values)
-for a regression set, so the stream carries every task unchanged.
+log-probabilities (whatever the stored form: dense, top-k, or the dense estimate of a sampled
+target), or ``[μ, log σ²]`` (2·D values) for a regression set, so the stream carries every task
+unchanged; a sampled-class set adds a ``weights`` row per sample (its importance weights over the
+classes), which is what its KD loss uses.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ class SetShards:
     task: str
     outputs: int  # what its teachers predict: classes, or the regression target's dimension D
     originals: bool = False  # views of the real images only (pick's x), not mixes or generated x′
+    sampled_temperature: float | None = None  # a sampled-class set: the temperature its classes were drawn at
+
+    @property
+    def sampled(self) -> bool:
+        """Its targets are importance-weighted sampled classes (rows carry ``weights``)."""
+        return self.sampled_temperature is not None
 
     @property
     def kind(self) -> Task:
@@ -54,16 +62,19 @@ class SetShards:
 class ShardArrays:
     """A decoded shard: ``images`` uint8 (N, H, W, C), ``target`` float32 (N, width) — log p̄
     over the classes, or rows ``[μ, log σ²]`` of a regression set — and ``labels`` int64 (N,)
-    with −1 where a sample has no real class label."""
+    with −1 where a sample has no real class label; ``weights`` float32 (N, C) the importance
+    weights of a sampled-class set (None for any other)."""
 
     url: str
     images: np.ndarray
     target: np.ndarray
     labels: np.ndarray
+    weights: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.images.nbytes + self.target.nbytes + self.labels.nbytes
+        extra = 0 if self.weights is None else self.weights.nbytes
+        return self.images.nbytes + self.target.nbytes + self.labels.nbytes + extra
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -113,8 +124,13 @@ def _open_set(set_dir: str, weight: float, check_sizes: bool) -> SetShards:
     if index.outputs < 1:
         raise UserError(f"transfer set {set_dir}: {index.kind.missing_outputs()}")
     set_cfg = index.set_config()
+    sampled = index.target.kind == "sampled"
+    if sampled and not index.target.temperature:
+        raise UserError(f"transfer set {set_dir}: its index gives sampled targets without a temperature; "
+                        f"regenerate the set")
     return SetShards(str(set_dir), float(weight), tuple(urls), samples, index.kind.name, index.outputs,
-                     originals=set_cfg is not None and set_cfg.enumerates_source())
+                     originals=set_cfg is not None and set_cfg.enumerates_source(),
+                     sampled_temperature=float(index.target.temperature) if sampled else None)
 
 
 def open_transfer_sets(sets: list[tuple[str, float]], *, task: str | Task = "classify",
@@ -139,22 +155,37 @@ def open_transfer_sets(sets: list[tuple[str, float]], *, task: str | Task = "cla
     return opened
 
 
+def check_sampled_temperature(opened: list[SetShards], temperature: float) -> None:
+    """A sampled-class set is an unbiased KD target only at the temperature it was drawn at:
+    refuse a student at any other (reweighting would need the teacher's full distribution)."""
+    for shards in opened:
+        if shards.sampled and shards.sampled_temperature != temperature:
+            raise UserError(f"transfer set {shards.directory}: its sampled targets were drawn at temperature "
+                            f"{shards.sampled_temperature:g}, the student's kd.temperature is {temperature:g}; "
+                            f"train at {shards.sampled_temperature:g} or regenerate the set with "
+                            f"targets.temperature: {temperature:g}")
+
+
 # ---------------------------------------------------------------- decoding
 
 
 def decode_shard(url: str, expected_samples: int, width: int) -> ShardArrays:
     """Read and decode every record of one shard; raises :class:`ShardDamage` naming it.
     ``width`` is the width of the target row (classes; 2·D for a regression set)."""
-    images, targets, labels = [], [], []
+    images, targets, labels, weights = [], [], [], []
     key = "?"
     try:
         for key, fields in iter_tar(url):  # noqa: B007  # key names the bad sample below
             decoded = decode_fields(fields)
             if decoded["target"].shape != (width,):
                 raise FormatError(f"target shape {decoded['target'].shape}, expected ({width},)")
+            if labels and ("weights" in decoded) != bool(weights):
+                raise FormatError("the shard mixes sampled-class and other targets")
             images.append(decoded["image"])
             targets.append(decoded["target"])
             labels.append(decoded["label"])
+            if "weights" in decoded:
+                weights.append(decoded["weights"])
     except FileNotFoundError as err:
         raise ShardDamage(url, "file missing") from err
     except Exception as err:  # PIL, numpy, json and tarfile each raise their own types
@@ -168,7 +199,7 @@ def decode_shard(url: str, expected_samples: int, width: int) -> ShardArrays:
     if len(shapes) > 1:
         raise ShardDamage(url, f"images of different shapes {sorted(shapes)}")
     return ShardArrays(url, np.stack(images), np.stack(targets).astype(np.float32),
-                       np.asarray(labels, dtype=np.int64))
+                       np.asarray(labels, dtype=np.int64), np.stack(weights) if weights else None)
 
 
 class DecodedCache:

@@ -38,6 +38,8 @@ from student.shards import DecodedCache, SetShards, ShardArrays, ShardDamage, da
 
 ERROR_KEY = "__error__"
 FIELDS = ("image", "target", "label", "has_target", "origin")
+# The extra row field of a stream with a sampled-class set: importance weights (zeros elsewhere).
+WEIGHTS = "weights"
 Chunk = dict[str, np.ndarray]
 
 
@@ -94,13 +96,17 @@ def gather(chunk: Chunk, rows: np.ndarray) -> Chunk:
 def concat(parts: list[Chunk]) -> Chunk:
     if len(parts) == 1:
         return parts[0]
-    return {name: np.concatenate([p[name] for p in parts]) for name in FIELDS}
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def shard_chunk(arrays: ShardArrays, origin: int) -> Chunk:
-    """A decoded shard as stream rows; ``origin`` is the set's position among the student's sets."""
-    return {"image": arrays.images, "target": arrays.target, "label": arrays.labels,
-            "has_target": np.ones(len(arrays), dtype=bool), "origin": np.full(len(arrays), origin, dtype=np.int16)}
+def shard_chunk(arrays: ShardArrays, origin: int, weighted: bool = False) -> Chunk:
+    """A decoded shard as stream rows; ``origin`` is the set's position among the student's sets.
+    ``weighted``: the stream carries sampled-class weights (zero rows for other sets)."""
+    chunk = {"image": arrays.images, "target": arrays.target, "label": arrays.labels,
+             "has_target": np.ones(len(arrays), dtype=bool), "origin": np.full(len(arrays), origin, dtype=np.int16)}
+    if weighted:
+        chunk[WEIGHTS] = arrays.weights if arrays.weights is not None else np.zeros_like(arrays.target)
+    return chunk
 
 
 def consumer_part(num_shards: int, samples: tuple[int, ...], consumer: int,
@@ -116,9 +122,9 @@ class ShardStream:
     """Samples of one set for one consumer: resampled shards, each decoded whole, rows permuted."""
 
     def __init__(self, shards: SetShards, part: list[tuple[int, int, int]], rng: np.random.Generator,
-                 cache: DecodedCache, on_bad_shard: str, log: ReadLog, origin: int = 0) -> None:
+                 cache: DecodedCache, on_bad_shard: str, log: ReadLog, origin: int = 0, weighted: bool = False) -> None:
         self.shards, self.part, self.rng, self.cache, self.origin = shards, list(part), rng, cache, origin
-        self.on_bad_shard, self.log = on_bad_shard, log
+        self.on_bad_shard, self.log, self.weighted = on_bad_shard, log, weighted
         self.chunk: Chunk | None = None
         self.pos = 0
 
@@ -128,6 +134,9 @@ class ShardStream:
             url = self.shards.urls[shard]
             try:
                 arrays = self.cache.get(url, self.shards.samples[shard], self.shards.width)
+                if self.shards.sampled != (arrays.weights is not None):
+                    raise ShardDamage(url, f"its targets are {'not ' * self.shards.sampled}sampled-class records, "
+                                           f"the index says {'sampled' if self.shards.sampled else 'otherwise'}")
             except ShardDamage:
                 if self.on_bad_shard != "skip":
                     raise
@@ -136,7 +145,7 @@ class ShardStream:
                 continue
             self.log.visited.append(url)
             rows = np.arange(first, len(arrays), stride)
-            self.chunk = gather(shard_chunk(arrays, self.origin), self.rng.permutation(rows))
+            self.chunk = gather(shard_chunk(arrays, self.origin, self.weighted), self.rng.permutation(rows))
             self.pos = 0
             return
         raise UserError(f"transfer set {self.shards.directory}: every shard this reader was given is "
@@ -159,8 +168,9 @@ class RealStream:
     """Augmented images of the real split (epoch permutations or class-balanced draws), with a
     zero row of ``width`` values in the target slot (they have no teacher target)."""
 
-    def __init__(self, real: RealPart, width: int, rng: np.random.Generator, origin: int = 0) -> None:
-        self.real, self.width, self.origin = real, width, origin
+    def __init__(self, real: RealPart, width: int, rng: np.random.Generator, origin: int = 0,
+                 weighted: bool = False) -> None:
+        self.real, self.width, self.origin, self.weighted = real, width, origin, weighted
         self.sampler = SplitSampler(real.labels, int(rng.integers(2**62)), real.class_balanced)
         self.images = torch.from_numpy(real.images)
         self.generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -168,10 +178,13 @@ class RealStream:
     def take(self, n: int) -> Chunk:
         rows = self.sampler.draw(n)
         images = crop_flip(self.images[rows], self.real.pad, self.real.flip, self.generator)
-        return {"image": images.permute(0, 2, 3, 1).numpy(),
-                "target": np.zeros((n, self.width), dtype=np.float32),
-                "label": self.real.labels[rows.numpy()], "has_target": np.zeros(n, dtype=bool),
-                "origin": np.full(n, self.origin, dtype=np.int16)}
+        chunk = {"image": images.permute(0, 2, 3, 1).numpy(),
+                 "target": np.zeros((n, self.width), dtype=np.float32),
+                 "label": self.real.labels[rows.numpy()], "has_target": np.zeros(n, dtype=bool),
+                 "origin": np.full(n, self.origin, dtype=np.int16)}
+        if self.weighted:
+            chunk[WEIGHTS] = np.zeros((n, self.width), dtype=np.float32)
+        return chunk
 
 
 class ShuffledMix:
@@ -189,7 +202,7 @@ class ShuffledMix:
         choice = self.rng.choice(len(self.streams), size=n, p=self.probs)
         parts = [(np.flatnonzero(choice == i), s.take(int((choice == i).sum()))) for i, s in enumerate(self.streams)]
         out = {}
-        for name in FIELDS:
+        for name in parts[0][1]:
             first = next(chunk[name] for _, chunk in parts)
             values = np.empty((n, *first.shape[1:]), dtype=first.dtype)
             for where, chunk in parts:
@@ -204,7 +217,7 @@ class ShuffledMix:
         rows = self.rng.choice(size, size=n, replace=False)
         out = gather(self.buffer, rows)
         fresh = self._mixed(n)
-        for name in FIELDS:
+        for name in self.buffer:
             self.buffer[name][rows] = fresh[name]
         return out
 
@@ -214,10 +227,7 @@ def to_item(batches: list[Chunk], log: ReadLog) -> dict[str, Any]:
     images = np.stack([b["image"] for b in batches])
     return {
         "image": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3))),
-        "target": torch.from_numpy(np.stack([b["target"] for b in batches])),
-        "label": torch.from_numpy(np.stack([b["label"] for b in batches])),
-        "has_target": torch.from_numpy(np.stack([b["has_target"] for b in batches])),
-        "origin": torch.from_numpy(np.stack([b["origin"] for b in batches])),
+        **{name: torch.from_numpy(np.stack([b[name] for b in batches])) for name in batches[0] if name != "image"},
         **log.take(),
     }
 
@@ -231,6 +241,7 @@ class TransferStream(IterableDataset):
             raise ValueError(f"start_step {plan.start_step} is not a multiple of epoch_steps {plan.epoch_steps}")
         self.sets, self.plan, self.real = sets, plan, real
         self.width = sets[0].width if sets else 0
+        self.weighted = any(s.sampled for s in sets)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -260,13 +271,14 @@ class TransferStream(IterableDataset):
             if mine:
                 seeds = np.random.SeedSequence([plan.seed, segment, plan.rank, consumer]).spawn(len(self.sets) + 2)
                 streams: list[Any] = [
-                    ShardStream(s, part, np.random.default_rng(sd), cache, plan.on_bad_shard, log, origin)
+                    ShardStream(s, part, np.random.default_rng(sd), cache, plan.on_bad_shard, log, origin,
+                                self.weighted)
                     for origin, (s, part, sd) in enumerate(zip(self.sets, parts, seeds, strict=False))
                 ]
                 weights = [s.weight for s in self.sets]
                 if self.real is not None:
                     streams.append(RealStream(self.real, self.width, np.random.default_rng(seeds[-2]),
-                                              origin=len(self.sets)))
+                                              origin=len(self.sets), weighted=self.weighted))
                     weights.append(self.real.weight)
                 mix = ShuffledMix(streams, weights, plan.shuffle_buffer, np.random.default_rng(seeds[-1]))
                 for item in mine:
@@ -280,7 +292,9 @@ class TransferLoader:
     "has_target": bool (N,), "origin": int16 (N,)}``. ``target`` is the teacher's target row (log p̄
     over the classes, or ``[μ, log σ²]``), ``label`` −1 where a sample has no real label,
     ``has_target`` False where it has no teacher target (real-split samples), ``origin`` the
-    position of the sample's set in ``sets`` (``len(sets)`` for the real split). ``visited`` /
+    position of the sample's set in ``sets`` (``len(sets)`` for the real split); with a sampled-class
+    set among ``sets``, also ``"weights"``: float32 (N, width), its importance weights (zero rows
+    for the other sets' samples). ``visited`` /
     ``skipped`` collect the shard urls read and the damaged ones skipped, for the metrics."""
 
     def __init__(self, sets: list[SetShards], plan: StreamPlan, real: RealPart | None = None) -> None:
@@ -303,8 +317,9 @@ class TransferLoader:
                 raise UserError(item[ERROR_KEY])
             self.visited += item["visited"]
             self.skipped += item["skipped"]
+            names = [name for name in item if name not in ("visited", "skipped")]
             for b in range(len(item["label"])):
-                yield {name: item[name][b] for name in FIELDS}
+                yield {name: item[name][b] for name in names}
 
 
 def transfer_loader(sets: list[tuple[str, float]], batch_size: int, seed: int, num_workers: int = 0,

@@ -98,8 +98,10 @@ class Task(ABC):
 
     @abstractmethod
     def labelled(self, key: str, image: np.ndarray, meta: dict[str, Any], output: Any, candidate: int,
-                 label: Any, targets: TargetConfig) -> Sample:
-        """The record of candidate ``candidate``: its target and statistics from ``output``."""
+                 label: Any, targets: TargetConfig, *, identity: tuple[int, int, int]) -> Sample:
+        """The record of candidate ``candidate``: its target and statistics from ``output``.
+        ``identity`` is ``(seed, shard, candidate)``: the seed of anything random in the target
+        (a sampled-class draw)."""
 
     # ------------------------------------------------------------ records
 

@@ -1,8 +1,10 @@
 """Classification sets: temperature-free log-probabilities of the ensemble mean, Ĥ and disagreement.
 
 Members give logits z_m. The target is log p̄ with p̄ = mean_m softmax(z_m) (so a student can
-apply any temperature later: softmax(log p̄ / τ)), stored as float16 (``<key>.logp.npy``) or as a
-top-k record (``<key>.topk.npy``, :mod:`core.target_codec`); ``<key>.cls`` holds the real label
+apply any temperature later: softmax(log p̄ / τ)), stored as float16 (``<key>.logp.npy``), as a
+top-k record (``<key>.topk.npy``, :mod:`core.target_codec`), or as classes drawn at the set's
+temperature with importance weights (``<key>.sampled.npy``, :mod:`core.sampled_target`: the one
+form that is not temperature-free); ``<key>.cls`` holds the real label
 of a label-preserving view. Beside the target we keep two uncertainty statistics, both divided by
 log C so they lie in [0, 1] whatever the class count: Ĥ = H(p̄) / log C, the total uncertainty,
 and disagreement = (H(p̄) − mean_m H(p_m)) / log C, the ensemble's mutual information.
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from core import sampled_target as sampled
 from core import target_codec as codec
 from core.config import ModelConfig, SetConfig, TargetConfig
 from core.errors import FormatError, UserError
@@ -28,6 +31,9 @@ from core.tasks.base import Record, Task, per_sampler, row_start, significant
 
 LOGP_FIELD = "logp.npy"
 TOPK_FIELD = "topk.npy"
+SAMPLED_FIELD = "sampled.npy"
+# The member each kind of stored target lives in (index.json's target.kind → tar member).
+TARGET_MEMBERS = {"logp": LOGP_FIELD, "topk": TOPK_FIELD, "sampled": SAMPLED_FIELD}
 LABEL_FIELD = "cls"
 MANIFEST_COLUMNS = (
     "key", "shard", "index", "sampler", "lam", "label", "entropy", "disagreement",
@@ -100,7 +106,7 @@ def topk_of(targets: TargetConfig) -> int:
 class ClassificationTask(Task):
     name = "classify"
     headline = "accuracy"
-    members = (LOGP_FIELD, TOPK_FIELD)
+    members = (LOGP_FIELD, TOPK_FIELD, SAMPLED_FIELD)
     manifest_columns = MANIFEST_COLUMNS
     report_keys = ("accuracy", "top5", "ece")
     result_keys = ("top5", "ece")
@@ -132,6 +138,11 @@ class ClassificationTask(Task):
         if targets.kind == "topk":
             k = min(targets.k, outputs)
             spec = {**spec, "kind": "topk", "k": k, "index_dtype": codec.topk_dtype(k, outputs)["index"].base.name}
+        if targets.kind == "sampled":
+            record = sampled.sampled_dtype(targets.k, outputs)
+            return {"kind": "sampled", "dtype": "float16", "temperature_free": False, "k": targets.k,
+                    "index_dtype": record["index"].base.name, "temperature": targets.draw_temperature,
+                    "uniform": targets.draw_uniform, "payload_bytes": record.itemsize}
         return {**spec, "payload_bytes": codec.target_payload_bytes(outputs, spec.get("k", 0))}
 
     def statistics(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -156,7 +167,7 @@ class ClassificationTask(Task):
         return np.asarray([-1 if image is None else int(source.labels[image]) for image in images], dtype=np.int64)
 
     def labelled(self, key: str, image: np.ndarray, meta: dict[str, Any], output: EnsembleOutput, candidate: int,
-                 label: Any, targets: TargetConfig) -> Sample:
+                 label: Any, targets: TargetConfig, *, identity: tuple[int, int, int]) -> Sample:
         label, topk = int(label), topk_of(targets)
         meta = {**meta,
                 "label": label,
@@ -164,6 +175,12 @@ class ClassificationTask(Task):
                 "disagreement": round(float(output.disagreement[candidate]), STAT_DIGITS),
                 "teacher_argmax": int(output.argmax[candidate])}
         logp = output.logp[candidate]
+        if targets.kind == "sampled":
+            record = sampled.sample_target(logp, targets.k, targets.draw_temperature, targets.draw_uniform,
+                                           sampled.target_rng(*identity))
+            meta["target_kl"] = significant(max(float(codec.kl_divergence(logp, sampled.reconstruct_sampled(record))),
+                                                0.0))
+            return self.sample(key, image, meta, logp, label if label >= 0 else None, record=record)
         if topk:
             meta["target_kl"] = significant(max(float(codec.kl_divergence(logp, codec.stored_logp(logp, topk))), 0.0))
         return self.sample(key, image, meta, logp, label if label >= 0 else None, topk)
@@ -171,18 +188,24 @@ class ClassificationTask(Task):
     # ------------------------------------------------------------ records
 
     def sample(self, key: str, image: np.ndarray, meta: dict[str, Any], logp: np.ndarray, label: int | None = None,
-               topk: int = 0) -> Sample:
-        """A classification record: log p̄ dense (float16) or as top-k, and the real label if any."""
-        members = {TOPK_FIELD: encode_npy(codec.compress_topk(logp, topk))} if topk \
-            else {LOGP_FIELD: encode_npy(codec.quantize_logp(logp))}
+               topk: int = 0, record: np.ndarray | None = None) -> Sample:
+        """A classification record: log p̄ dense (float16), as top-k, or the given sampled-class
+        ``record``; and the real label if any."""
+        if record is not None:
+            members = {SAMPLED_FIELD: encode_npy(record)}
+        elif topk:
+            members = {TOPK_FIELD: encode_npy(codec.compress_topk(logp, topk))}
+        else:
+            members = {LOGP_FIELD: encode_npy(codec.quantize_logp(logp))}
         if label is not None and label >= 0:
             members[LABEL_FIELD] = str(int(label)).encode("ascii")
         return Sample(key=key, image=image, meta=meta, members=members)
 
     def decode(self, fields: dict[str, bytes]) -> Record:
         """image, meta, logp (dense, whatever the stored target kind; also as ``target``), label
-        (-1 if none)."""
-        target = LOGP_FIELD if LOGP_FIELD in fields else TOPK_FIELD
+        (-1 if none); a sampled-class record also gives ``weights``, its importance weights as a
+        dense row (what a KD student learns from; its ``logp`` is only an estimate)."""
+        target = next((member for member in (LOGP_FIELD, TOPK_FIELD, SAMPLED_FIELD) if member in fields), LOGP_FIELD)
         missing = {image_member(fields) or "png", "json", target} - fields.keys()
         if missing:
             raise FormatError(f"sample is missing members {sorted(missing)}")
@@ -190,13 +213,19 @@ class ClassificationTask(Task):
         record_names = set(codec.topk_dtype(1, 2).names)
         if target == TOPK_FIELD and (raw.dtype.names is None or set(raw.dtype.names) != record_names):
             raise FormatError(f"{TOPK_FIELD} has dtype {raw.dtype}, not a top-k record")
-        logp = raw if target == LOGP_FIELD else codec.reconstruct_logp(raw)
+        extra: dict[str, Any] = {}
+        if target == SAMPLED_FIELD:
+            logp = sampled.reconstruct_sampled(raw)
+            extra["weights"] = sampled.dense_weights(raw)
+        else:
+            logp = raw if target == LOGP_FIELD else codec.reconstruct_logp(raw)
         return {
             "image": decode_record_image(fields),
             "meta": json.loads(fields["json"]),
             "logp": logp,
             "target": logp,
             "label": int(fields[LABEL_FIELD]) if LABEL_FIELD in fields else -1,
+            **extra,
         }
 
     def manifest_row(self, meta: dict[str, Any]) -> dict[str, Any]:

@@ -125,8 +125,9 @@ class RegressionTask(Task):
         """Dense μ and log σ², float32 unless asked otherwise."""
         targets = set_cfg.targets
         if targets.kind != "dense":
-            raise UserError("targets.kind: top-k targets are for classification; a regression set stores dense "
-                            "mu and logvar (remove targets.kind)")
+            kind = {"topk": "top-k", "sampled": "sampled-class"}.get(targets.kind, targets.kind)
+            raise UserError(f"targets.kind: {kind} targets are for classification; a regression set stores dense "
+                            f"mu and logvar (remove targets.kind)")
         return set_cfg.model_copy(update={"targets": targets.model_copy(update={"dtype": targets.dtype or "float32"})})
 
     def target_spec(self, targets: TargetConfig, outputs: int) -> dict[str, Any]:
@@ -166,7 +167,7 @@ class RegressionTask(Task):
         return rows
 
     def labelled(self, key: str, image: np.ndarray, meta: dict[str, Any], output: GaussianOutput, candidate: int,
-                 label: Any, targets: TargetConfig) -> Sample:
+                 label: Any, targets: TargetConfig, *, identity: tuple[int, int, int]) -> Sample:
         """σ = √(mean_d σ_d²) and its aleatoric / epistemic parts go into the metadata."""
         variance = float(np.exp(output.logvar[candidate].astype(np.float64)).mean())
         meta = {**meta, "sigma": significant(np.sqrt(variance)), "aleatoric": significant(output.aleatoric[candidate]),
