@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from common import ROOT  # also puts the repo on sys.path
-from topk_kl import cli, digit_pairs
+from topk_kl import cli, digit_pairs, pairs_job
 
 from core import format as fmt
 from core import sampled_target as st
@@ -98,12 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     data = digit_pairs(args.out, 20000, 2000)
     config = {
-        "name": "sampled100", "seed": 0,
-        "source": {"kind": "npz", "path": str(data), "pad": 1, "flip": False},
-        "teachers": {"model": {"arch": "tiny_cnn", "arch_kwargs": {"width": 32, "hidden": 256}},
-                     "members": args.members,
-                     "train": {"steps": args.steps, "batch_size": 128, "lr": 0.05, "num_workers": 0}},
-        "teacher_stage": {"batch_size": 512},
+        **pairs_job("sampled100", data, args.members, args.steps),
         "sets": {name: {"sampler": sampler, "samples": args.samples, "samples_per_shard": 1024,
                         **({"targets": targets} if targets else {})} for name, (sampler, targets) in SETS.items()},
     }

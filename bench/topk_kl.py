@@ -66,6 +66,18 @@ def digit_pairs(out: Path, train_pairs: int, test_pairs: int) -> Path:
     return path
 
 
+def pairs_job(name: str, data: Path, members: int, steps: int) -> dict:
+    """The job around a 100-class digit-pair set: its source and the teachers both benchmarks use."""
+    return {
+        "name": name, "seed": 0,
+        "source": {"kind": "npz", "path": str(data), "pad": 1, "flip": False},
+        "teachers": {"model": {"arch": "tiny_cnn", "arch_kwargs": {"width": 32, "hidden": 256}},
+                     "members": members,
+                     "train": {"steps": steps, "batch_size": 128, "lr": 0.05, "num_workers": 0}},
+        "teacher_stage": {"batch_size": 512},
+    }
+
+
 def cli(*args: str) -> str:
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True,
                             text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
@@ -86,12 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     data = digit_pairs(args.out, args.train_pairs, args.test_pairs)
     config = {
-        "name": "topk100", "seed": 0,
-        "source": {"kind": "npz", "path": str(data), "pad": 1, "flip": False},
-        "teachers": {"model": {"arch": "tiny_cnn", "arch_kwargs": {"width": 32, "hidden": 256}},
-                     "members": args.members,
-                     "train": {"steps": args.steps, "batch_size": 128, "lr": 0.05, "num_workers": 0}},
-        "teacher_stage": {"batch_size": 512},
+        **pairs_job("topk100", data, args.members, args.steps),
         "sets": {name: {"sampler": sampler, "samples": args.samples, "samples_per_shard": 1024,
                         **({"targets": {"kind": "topk", "k": k}} if k else {})}
                  for name, (sampler, k) in SETS(args.k).items()},

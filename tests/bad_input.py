@@ -196,5 +196,18 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+def assert_one_error_line(result: subprocess.CompletedProcess[str], needles: Any = ()) -> str:
+    """Bad input's contract: exit 2, no traceback, a last stderr line ``error: …`` holding every
+    needle. Returns that line."""
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output[-3000:]
+    assert result.returncode == 2, output[-3000:]
+    last = last_line(result.stderr)
+    assert last.startswith("error: "), result.stderr[-3000:]
+    for needle in needles:
+        assert needle in last, f"{needle!r} not in {last!r}"
+    return last
+
+
 def dumps(value: Any) -> str:
     return json.dumps(value)
