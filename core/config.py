@@ -207,6 +207,9 @@ class SetConfig(Strict):
         generators = {s.generator.model_dump_json() for s in self.sampler_list() if s.generator is not None}
         if len(generators) > 1:
             raise ValueError("the gan samplers of one set must share one generator; make a set per generator")
+        if self.store.replay and "gan" in kinds:
+            raise ValueError("gan samples are made by a generator, so they are stored as pixels only; drop "
+                             "store: replay or give the gan sampler a set of its own")
         return self
 
     def sampler_list(self) -> list[SamplerConfig]:

@@ -37,7 +37,9 @@ def fingerprint_payload(
         targets = {"kind": "gaussian", "dtype": set_cfg.targets.dtype}
     else:
         targets = set_cfg.targets.identity()
-    stored = {} if set_cfg.store == StoreConfig() else {"store": set_cfg.store.model_dump(mode="json")}
+    store = set_cfg.store
+    stored = {} if store == StoreConfig() else \
+        {"store": store.model_dump(mode="json", exclude={"image", "quality"} if store.replay else {"kind"})}
     return {
         **stored,  # PNG sets keep the fingerprint they had before JPEG storage existed
         "format": FORMAT_VERSION,

@@ -130,6 +130,19 @@ def decode_npy(data: bytes) -> np.ndarray:
     return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
 
 
+def read_records(path: str | Path, dtype: np.dtype) -> np.ndarray:
+    """A replay shard: one structured ``.npy`` of records (:mod:`core.replay_record`) of exactly
+    ``dtype``. Raises FormatError for anything else (a damaged or foreign file)."""
+    try:
+        with storage.open_read(path) as handle:
+            records = np.lib.format.read_array(handle, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise FormatError(f"damaged records: {err}") from err
+    if records.ndim != 1 or records.dtype != dtype:
+        raise FormatError(f"records of dtype {records.dtype} and shape {records.shape}, the set's are {dtype} (1-d)")
+    return records
+
+
 def encode_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
 

@@ -3,7 +3,7 @@ images (``store``). Split from :mod:`core.config`, which re-exports both."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -50,8 +50,27 @@ class ImageConfig(Strict):
 
 
 class StoreConfig(Strict):
-    """How a set stores its images: lossless PNG, or JPEG at a fixed ``quality`` (the teachers
-    label the decoded JPEG, so what is stored is what was labelled)."""
+    """How a set stores its samples. ``kind: pixels`` (the default): every image, as lossless PNG
+    or JPEG at a fixed ``quality`` (the teachers label the decoded JPEG, so what is stored is what
+    was labelled). ``kind: replay``: no pixels, only each sample's parameters and targets in one
+    structured ``.npy`` per shard (``core.replay_record``, tens of bytes a sample); the trainer
+    rebuilds the images from the source. ``store: replay`` is short for ``store: {kind: replay}``."""
 
+    kind: Literal["pixels", "replay"] = "pixels"
     image: Literal["png", "jpeg"] = "png"
     quality: int = Field(90, ge=1, le=100, description="jpeg quality")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _replay_has_no_image(self) -> StoreConfig:
+        if self.kind == "replay" and (self.image != "png" or self.quality != 90):
+            raise ValueError("store: a replay set stores no images; drop image and quality (or use kind: pixels)")
+        return self
+
+    @property
+    def replay(self) -> bool:
+        return self.kind == "replay"

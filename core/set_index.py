@@ -5,7 +5,7 @@ A transfer set is a directory (a local path or an fsspec URL)::
 
     index.json          written last; readers trust it, never a glob
     manifest.parquet    one row per sample (the task's manifest columns)
-    shards/shard-000000.tar ...
+    shards/shard-000000.tar ...     (a replay set: shard-000000.npy, see core.replay_record)
 
 This is the one module that reads or writes ``index.json`` and shard summaries as JSON; every
 other module sees their typed form. Reading is lenient (a field an index lacks is None, so
@@ -31,31 +31,37 @@ from core.tasks import Task, task_named
 INDEX_NAME = "index.json"
 MANIFEST_NAME = "manifest.parquet"
 SHARDS_DIR = "shards"
-SHARD_PREFIX, SHARD_SUFFIX = "shard-", ".tar"
+SHARD_PREFIX, SHARD_SUFFIX, REPLAY_SUFFIX = "shard-", ".tar", ".npy"
 
 
 # ---------------------------------------------------------------- shard names
 
 
-def shard_name(shard: int) -> str:
-    return f"{SHARD_PREFIX}{shard:06d}{SHARD_SUFFIX}"
+def shard_name(shard: int, replay: bool = False) -> str:
+    """A shard's file name: a tar of records with pixels, or a replay set's ``.npy`` of records."""
+    return f"{SHARD_PREFIX}{shard:06d}{REPLAY_SUFFIX if replay else SHARD_SUFFIX}"
+
+
+def is_replay_shard(name: str) -> bool:
+    return str(name).endswith(REPLAY_SUFFIX)
 
 
 def parse_shard_name(name: str) -> int | None:
     """The shard number of a committed shard's file name, None for anything else (temp files too)."""
-    digits = name[len(SHARD_PREFIX):-len(SHARD_SUFFIX)]
-    if not (name.startswith(SHARD_PREFIX) and name.endswith(SHARD_SUFFIX) and digits.isdigit()):
+    suffix = REPLAY_SUFFIX if is_replay_shard(name) else SHARD_SUFFIX
+    digits = name[len(SHARD_PREFIX):-len(suffix)]
+    if not (name.startswith(SHARD_PREFIX) and name.endswith(suffix) and digits.isdigit()):
         return None
     return int(digits)
 
 
-def shard_path(set_dir: str | Path, shard: int) -> Path:
+def shard_path(set_dir: str | Path, shard: int, replay: bool = False) -> Path:
     """A shard's path in a local set (see :func:`shard_url` for any set)."""
-    return storage.local_path(set_dir) / SHARDS_DIR / shard_name(shard)
+    return storage.local_path(set_dir) / SHARDS_DIR / shard_name(shard, replay)
 
 
-def shard_url(set_dir: str | Path, shard: int) -> str:
-    return storage.join(set_dir, SHARDS_DIR, shard_name(shard))
+def shard_url(set_dir: str | Path, shard: int, replay: bool = False) -> str:
+    return storage.join(set_dir, SHARDS_DIR, shard_name(shard, replay))
 
 
 def committed_shards(set_dir: str | Path) -> dict[int, str]:
@@ -178,6 +184,7 @@ class SetIndex:
     shards: list[ShardEntry] | None = None
     totals: Totals = field(default_factory=Totals)
     statistics: dict[str, Any] | None = None
+    replay: dict[str, Any] | None = None  # a replay set: its source's fingerprint and size, its records' dtype
     format: int = FORMAT_VERSION
 
     @property
@@ -221,7 +228,7 @@ class SetIndex:
         shards = raw.get("shards")
         return cls(
             **{name: raw.get(name) for name in ("fingerprint", "name", "task", "classes", "num_classes", "out_dim",
-                                                 "config", "statistics")},
+                                                 "config", "statistics", "replay")},
             image=_load(ImageSpec, raw["image"]) if "image" in raw else None,
             target=_load(TargetSpec, raw.get("target")),
             teachers=[_load(TeacherEntry, t) for t in raw["teachers"]] if isinstance(raw.get("teachers"), list)

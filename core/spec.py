@@ -14,7 +14,7 @@ import math
 from pydantic import BaseModel, ConfigDict
 
 from core.config import GeneratorStageConfig, SetConfig, SourceConfig, TeacherStageConfig
-from core.set_index import TeacherEntry
+from core.set_index import TeacherEntry, shard_name
 from core.tasks import Task, task_named
 
 
@@ -43,6 +43,14 @@ class SetSpec(BaseModel):
     @property
     def kind(self) -> Task:
         return task_named(self.task)
+
+    @property
+    def replay(self) -> bool:
+        """The set stores replay records (parameters and targets), not pixels."""
+        return self.set_cfg.store.replay
+
+    def shard_name(self, shard: int) -> str:
+        return shard_name(shard, self.replay)
 
     @property
     def teacher_paths(self) -> list[str]:

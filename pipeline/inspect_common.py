@@ -13,9 +13,12 @@ import numpy as np
 from core import set_index as sx
 from core import storage
 from core.errors import FormatError, UserError
-from core.format import iter_tar
+from core.format import iter_tar, read_records
+from core.replay_record import decode_record
+from core.sample_apply import apply_params
 from core.set_index import SetIndex
-from core.tasks import Record, decode_fields
+from core.tasks import CLASSIFY, Record, decode_fields
+from pipeline.verify_replay import replay_context
 
 LAMBDA_BINS = 10
 GRID_SAMPLES = 32
@@ -48,23 +51,46 @@ def shard_records(url: str) -> Iterator[dict[str, bytes]]:
         raise UserError(f"inspect: shard {url}: {err}; run `transferset verify`") from err
 
 
+def _replay_records(url: str, index: SetIndex) -> Iterator[Record]:
+    """A replay shard's records decoded as a tar's would be: the image rebuilt from the source."""
+    ctx = replay_context(index)
+    if isinstance(ctx, str):
+        raise UserError(f"inspect: {ctx}; run `transferset verify`")
+    try:
+        rows = read_records(url, ctx.layout.dtype)
+    except FormatError as err:
+        raise UserError(f"inspect: shard {url}: {err}; run `transferset verify`") from err
+    shard = int(sx.parse_shard_name(storage.name_of(url)) or 0)
+    for row in rows:
+        meta, members = decode_record(ctx.layout, shard, row)
+        yield {**CLASSIFY.decode_targets(members), "meta": meta,
+               "image": apply_params(meta["sampler"], meta["params"], ctx.source)}
+
+
 def records(set_dir: str, index: SetIndex, limit: int) -> list[Record]:
     """The first ``limit`` records of the set, spread over its shards (first records of each)."""
     urls = sx.shard_urls(set_dir, index)
     per_shard = max(1, math.ceil(limit / max(len(urls), 1)))
     found: list[Record] = []
     for url in urls:
-        for taken, fields in enumerate(shard_records(url)):
+        decoded = _replay_records(url, index) if index.replay is not None else \
+            (decode_fields(fields, index.kind) for fields in shard_records(url))
+        for taken, record in enumerate(decoded):
             if taken == per_shard or len(found) == limit:
                 break
-            found.append(decode_fields(fields, index.kind))
+            found.append(record)
         if len(found) == limit:
             break
     return found
 
 
 def stored_bytes(set_dir: str, index: SetIndex, members: tuple[str, ...]) -> dict[str, float]:
-    """Bytes per sample of the target's tar members (with .npy headers; first shard) and of whole shards."""
+    """Bytes per sample of the target's tar members (with .npy headers; first shard; a replay
+    record's target column) and of whole shards."""
+    if index.replay is not None:
+        return {"target_npy_bytes_per_sample": float(index.target.payload_bytes or 0),
+                "shard_bytes_per_sample": sum(int(s.bytes or 0) for s in index.shards or [])
+                / max(int(index.totals.samples or 0), 1)}
     sizes = [sum(len(fields[m]) for m in members) for fields in shard_records(sx.shard_urls(set_dir, index)[0])]
     return {"target_npy_bytes_per_sample": float(np.mean(sizes)) if sizes else 0.0,
             "shard_bytes_per_sample": sum(int(s.bytes or 0) for s in index.shards or [])

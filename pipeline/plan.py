@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core import set_index as sx
 from core import storage
 from core.config import Config, SetConfig, StoreConfig
@@ -22,13 +24,14 @@ from core.errors import FormatError, UserError
 from core.fingerprint import PREFIX_CHARS, set_fingerprint
 from core.format import sha256_file
 from core.models import load_model
+from core.replay_record import source_fingerprint
 from core.set_index import SetIndex, ShardSummary, TeacherEntry
-from core.sources import Source, load_source
+from core.sources import Source, load_source, load_source_cached
 from core.spec import SetSpec
 from core.tasks import Task
 from stages.samplers import set_size
 from stages.samplers.generating import resolve_gan_samplers
-from stages.writer import summary_from_tar
+from stages.writer import replay_layout, summary_from_tar
 
 MARKER_NAME = "_fingerprint"
 AUTO = "auto"
@@ -56,7 +59,7 @@ class SetPlan:
         if self.index is None or self.index.totals.planned != spec.total:
             return False
         listed = self.index.listed()
-        if [entry.name for entry in listed] != [sx.shard_name(i) for i in range(spec.shards)]:
+        if [entry.name for entry in listed] != [spec.shard_name(i) for i in range(spec.shards)]:
             return False
         for entry in listed:
             path = storage.join(spec.out_dir, sx.SHARDS_DIR, str(entry.name))
@@ -172,6 +175,8 @@ def resolve_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str 
     checked = check_teachers(teachers, task, task.outputs(source), channels, cfg.factories)
     set_cfg = resolve_samplers(cfg.sets[name], checked[0][1], channels)
     resolved = task.resolve_targets(resolve_gan_samplers(set_cfg, source))
+    if resolved.store.replay:
+        check_replayable(name, resolved, task.name)
     entries = tuple(entry for entry, _ in checked)
     fingerprint = set_fingerprint(resolved, source, [t.sha256 for t in entries], cfg.seed, stage.autocast)
     location = set_location(cfg.sets[name], name, out, fingerprint, cfg.cache_root)
@@ -184,6 +189,13 @@ def resolve_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str 
     return spec
 
 
+def check_replayable(name: str, set_cfg: SetConfig, task: str) -> None:
+    """A replay set holds classification targets (its samplers are replayable: the config checks it)."""
+    if task != "classify":
+        raise UserError(f"sets.{name}: store: replay holds classification targets; a {task} set stores pixels "
+                        f"(drop store: replay)")
+
+
 def check_not_smaller(spec: SetSpec, index: SetIndex | None) -> None:
     """A set only grows: a request for fewer samples than the directory holds (or a killed larger
     run committed) is refused, since making it would delete or shorten shards another job made
@@ -191,7 +203,7 @@ def check_not_smaller(spec: SetSpec, index: SetIndex | None) -> None:
     held = index.totals.planned if index is not None else None
     beyond = sorted(shard for shard in sx.committed_shards(spec.out_dir) if shard >= spec.shards)
     if (held is not None and held > spec.total) or beyond:
-        what = f"{held} samples" if held is not None and held > spec.total else f"shard {sx.shard_name(beyond[0])}"
+        what = f"{held} samples" if held is not None and held > spec.total else f"shard {spec.shard_name(beyond[0])}"
         raise UserError(f"sets.{spec.name}: {spec.out_dir} already holds {what} of this set, more than the "
                         f"{spec.total} samples asked for; a set only grows (other jobs may read those shards): "
                         "ask for at least as many samples, or give the set another `out`")
@@ -218,6 +230,7 @@ def resume(plan: SetPlan, progress: Callable[[str], None]) -> SetProgress:
     earlier run is remade (a full shard is the same either way).
     """
     spec, state = plan.spec, SetProgress()
+    layout = replay_layout(spec, load_source_cached(spec.source_cfg, "train")) if spec.replay else None
     indexed = {entry.name: str(entry.sha256) for entry in plan.index.listed()} if plan.index is not None else {}
     for shard, path in sorted(sx.committed_shards(spec.out_dir).items()):
         if shard >= spec.shards:
@@ -225,7 +238,7 @@ def resume(plan: SetPlan, progress: Callable[[str], None]) -> SetProgress:
                             "a set only grows, so ask for at least as many samples")
         name = storage.name_of(path)
         try:
-            summary = summary_from_tar(path, spec.kind, spec.planned(shard))
+            summary = summary_from_tar(path, spec.kind, spec.planned(shard), layout)
         except FormatError as err:
             progress(f"{name}: damaged ({err}); remaking it")
             continue
@@ -241,6 +254,14 @@ def resume(plan: SetPlan, progress: Callable[[str], None]) -> SetProgress:
 
 
 # ---------------------------------------------------------------- commit
+
+
+def replay_entry(spec: SetSpec) -> dict[str, Any]:
+    """index.json's ``replay``: what a trainer checks its source against, and the records' dtype."""
+    source = load_source_cached(spec.source_cfg, "train")
+    layout = replay_layout(spec, source)
+    return {"source": source_fingerprint(source), "images": len(source),
+            "dtype": np.lib.format.dtype_to_descr(layout.dtype), "record_bytes": layout.dtype.itemsize}
 
 
 def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
@@ -260,15 +281,19 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
     # Keys a classification set never uses stay out of its index (its bytes predate them).
     targets_unused = {key for key in ("dtype", "temperature", "uniform") if getattr(spec.set_cfg.targets, key) is None}
     unused: dict[str, Any] = {"targets": targets_unused} if targets_unused else {}
-    if spec.set_cfg.store == StoreConfig():
+    store = spec.set_cfg.store
+    if store == StoreConfig():
         unused["store"] = True  # a PNG set's index predates the store option
+    else:  # a JPEG set's index predates replay sets; a replay set has no image options
+        unused["store"] = {"image", "quality"} if store.replay else {"kind"}
     source_unused = {name for name in ("samples", "test_samples", "metric")
                      if getattr(spec.source_cfg, name) is None} | spec.source_cfg.unused_keys() or None
     sx.write_index(spec.out_dir, SetIndex(
         fingerprint=spec.fingerprint,
         name=spec.name,
         **spec.kind.index_outputs(spec.classes, spec.outputs),
-        image=sx.ImageSpec(height=height, width=width, channels=channels, encoding=spec.set_cfg.store.image),
+        image=sx.ImageSpec(height=height, width=width, channels=channels,
+                           encoding="replay" if spec.replay else spec.set_cfg.store.image),
         target=sx.TargetSpec(**spec.kind.target_spec(spec.set_cfg.targets, spec.outputs)),
         teachers=list(spec.teachers),
         config={"set": spec.set_cfg.model_dump(mode="json", exclude=unused or None),
@@ -276,5 +301,6 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
         shards=[summary.entry() for summary in ordered],
         totals=sx.Totals(**totals),
         statistics=spec.kind.statistics(rows),
+        replay=replay_entry(spec) if spec.replay else None,
     ))
     return totals

@@ -3,6 +3,7 @@
 A set is trusted through its ``index.json``; this re-reads everything the index promises (shard
 sizes and hashes, every record, the manifest) so a damaged or half-copied set is caught before a
 student trains on it. Every problem names the shard file (or index/manifest) it was found in.
+A replay set's records are checked against its source (:mod:`pipeline.verify_replay`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from core.set_index import SetIndex, ShardEntry
 from core.tasks import CLASSIFY, REGRESS, Record, decode_fields
 from core.tasks.classification import LOGP_FIELD, SAMPLED_FIELD, TARGET_MEMBERS, TOPK_FIELD
 from core.tasks.regression import MU_FIELD, REAL_TARGET_FIELD
+from pipeline.verify_replay import ReplayContext, check_replay_shard, replay_context
 
 # float16 log-probabilities: exp() of each entry is within ~1e-3 relative, summed over C classes.
 LOGP_SUM_TOLERANCE = 1e-2
@@ -114,7 +116,8 @@ def _check_record(name: str, shard: int, key: str, fields: dict[str, bytes], ind
     return problems + CHECKS[index.kind.name](where, record, fields, index)
 
 
-def _check_shard(set_dir: str, entry: ShardEntry, index: SetIndex, seen: dict[str, str]) -> list[str]:
+def _check_shard(set_dir: str, entry: ShardEntry, index: SetIndex, seen: dict[str, str],
+                 replay: ReplayContext | None = None) -> list[str]:
     name = str(entry.name or "")
     if storage.TMP_MARKER in name:
         return [f"index lists temp file {name}"]
@@ -130,6 +133,12 @@ def _check_shard(set_dir: str, entry: ShardEntry, index: SetIndex, seen: dict[st
         problems.append(f"{name}: {size} bytes, index says {entry.bytes} (truncated or replaced)")
     if fmt.sha256_file(path) != entry.sha256:
         problems.append(f"{name}: sha256 differs from the index (corrupted)")
+    if replay is not None:
+        count, found = check_replay_shard(path, name, shard, index, replay, seen, CHECKS[index.kind.name])
+        problems += found
+        if count != entry.samples and not any("damaged records" in p for p in found):
+            problems.append(f"{name}: {count} samples, index says {entry.samples}")
+        return problems
     count = 0
     try:
         for key, fields in fmt.iter_tar(path):
@@ -159,8 +168,11 @@ def verify_set(set_dir: str | Path) -> list[str]:
         return [f"{sx.INDEX_NAME}: no shard list"]
     problems: list[str] = []
     seen: dict[str, str] = {}
+    replay = replay_context(index) if index.replay is not None else None
+    if isinstance(replay, str):
+        return [replay]
     for entry in index.shards:
-        problems += _check_shard(set_dir, entry, index, seen)
+        problems += _check_shard(set_dir, entry, index, seen, replay)
     if index.totals.samples != sum(entry.samples or 0 for entry in index.shards):
         problems.append(f"{sx.INDEX_NAME}: totals.samples {index.totals.samples} differs from its shards")
     try:

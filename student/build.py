@@ -108,7 +108,7 @@ def batches_per_transfer(cfg: TrainConfig, batch_size: int, source: Source) -> i
 def open_sets(transfer_sets: list[tuple[str, float]], task: Task, cfg: TrainConfig,
               source: Source) -> list[SetShards]:
     """The kd objective's transfer sets, checked against the source's task and outputs."""
-    opened = open_transfer_sets(transfer_sets, task=task, on_bad_shard=cfg.on_bad_shard)
+    opened = open_transfer_sets(transfer_sets, task=task, on_bad_shard=cfg.on_bad_shard, source=source)
     if opened[0].outputs != task.outputs(source):
         raise UserError(f"transfer sets have {opened[0].outputs} {task.outputs_noun}, the source has "
                         f"{task.outputs(source)}")

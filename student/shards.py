@@ -14,20 +14,39 @@ log-probabilities (whatever the stored form: dense, top-k, or the dense estimate
 target), or ``[μ, log σ²]`` (2·D values) for a regression set, so the stream carries every task
 unchanged; a sampled-class set adds a ``weights`` row per sample (its importance weights over the
 classes), which is what its KD loss uses.
+
+A replay set's shard is one ``.npy`` of records without pixels (:mod:`core.replay_record`): its
+images are rebuilt here, in the reader (a DataLoader worker), from the source the set was made
+from, with the functions generation made them with (:mod:`core.sample_apply`); its targets go
+through the same task decoder as a tar's. The source is checked when the set is opened.
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from core import storage
 from core.errors import FormatError, UserError
-from core.format import iter_tar
-from core.set_index import read_index, shard_urls
-from core.tasks import Task, decode_fields, task_named
+from core.format import iter_tar, read_records
+from core.replay_record import RecordLayout, decode_record, record_layout, source_fingerprint
+from core.sample_apply import apply_params
+from core.set_index import SetIndex, parse_shard_name, read_index, shard_urls
+from core.sources import IN_MEMORY_BYTES, Source, load_in_memory
+from core.tasks import CLASSIFY, Task, decode_fields, task_named
+
+
+@dataclass(frozen=True)
+class ReplaySource:
+    """What a replay set's reader rebuilds images from: the records' layout and the real images."""
+
+    layout: RecordLayout
+    source: Source
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,7 @@ class SetShards:
     outputs: int  # what its teachers predict: classes, or the regression target's dimension D
     originals: bool = False  # views of the real images only (pick's x), not mixes or generated x′
     sampled_temperature: float | None = None  # a sampled-class set: the temperature its classes were drawn at
+    replay: ReplaySource | None = None  # a replay set: the records' layout and the source its images come from
 
     @property
     def sampled(self) -> bool:
@@ -102,7 +122,31 @@ def damage_message(url: str, set_dir: str, reason: str) -> str:
 # ---------------------------------------------------------------- opening sets
 
 
-def _open_set(set_dir: str, weight: float, check_sizes: bool) -> SetShards:
+def replay_source(set_dir: str, index: SetIndex, source: Source | None) -> ReplaySource:
+    """The reader's side of a replay set: the job's source, which must be the set's own (the
+    records index its images), decoded once when it fits in memory and has no image contract
+    (views then crop the files themselves)."""
+    made_from = index.replay or {}
+    set_cfg = index.set_config()
+    if source is None or set_cfg is None:
+        raise UserError(f"transfer set {set_dir}: a replay set needs the source it was made from to rebuild its "
+                        f"images; train it from a job config whose source is that one")
+    if source_fingerprint(source) != made_from.get("source"):
+        given = (index.config or {}).get("source", {})
+        raise UserError(f"transfer set {set_dir}: a replay set rebuilds its images from the source it was made from "
+                        f"({made_from.get('images')} images, {given.get('kind')} {given.get('path') or ''}"
+                        f"fingerprint {str(made_from.get('source'))[:12]}…), but this job's source is another "
+                        f"({len(source)} images, {source.name}, {source_fingerprint(source)[:12]}…); train with the "
+                        f"set's source or regenerate the set from this one")
+    layout = record_layout(set_cfg, source, index.outputs)
+    if json.loads(json.dumps(np.lib.format.dtype_to_descr(layout.dtype))) != made_from.get("dtype"):
+        raise UserError(f"transfer set {set_dir}: its records have another layout than this version reads; "
+                        f"regenerate the set")
+    fits = len(source) * int(np.prod(source.shape)) <= IN_MEMORY_BYTES
+    return ReplaySource(layout, load_in_memory(source) if source.contract is None and fits else source)
+
+
+def _open_set(set_dir: str, weight: float, check_sizes: bool, source: Source | None = None) -> SetShards:
     try:
         index = read_index(set_dir)
         if index is None:
@@ -130,18 +174,20 @@ def _open_set(set_dir: str, weight: float, check_sizes: bool) -> SetShards:
                         f"regenerate the set")
     return SetShards(str(set_dir), float(weight), tuple(urls), samples, index.kind.name, index.outputs,
                      originals=set_cfg is not None and set_cfg.enumerates_source(),
-                     sampled_temperature=float(index.target.temperature) if sampled else None)
+                     sampled_temperature=float(index.target.temperature) if sampled else None,
+                     replay=replay_source(str(set_dir), index, source) if index.replay is not None else None)
 
 
 def open_transfer_sets(sets: list[tuple[str, float]], *, task: str | Task = "classify",
-                       on_bad_shard: str = "error") -> list[SetShards]:
+                       on_bad_shard: str = "error", source: Source | None = None) -> list[SetShards]:
     """Check every set before training: index, shard files (and sizes, unless damaged shards
-    are to be skipped), one class count, and the task the student is trained for."""
+    are to be skipped), one class count, the task the student is trained for, and that a replay
+    set was made from ``source`` (the job's training split, which its images are rebuilt from)."""
     if not sets:
         raise UserError("kd training needs at least one transfer set")
     if any(weight < 0 for _, weight in sets):
         raise UserError(f"transfer set weights must be >= 0, got {[w for _, w in sets]}")
-    opened = [_open_set(str(d), w, check_sizes=on_bad_shard == "error") for d, w in sets if w > 0]
+    opened = [_open_set(str(d), w, check_sizes=on_bad_shard == "error", source=source) for d, w in sets if w > 0]
     if not opened:
         raise UserError("transfer set weights are all 0; give at least one set a positive weight")
     task = task_named(task).name
@@ -169,14 +215,31 @@ def check_sampled_temperature(opened: list[SetShards], temperature: float) -> No
 # ---------------------------------------------------------------- decoding
 
 
-def decode_shard(url: str, expected_samples: int, width: int) -> ShardArrays:
-    """Read and decode every record of one shard; raises :class:`ShardDamage` naming it.
-    ``width`` is the width of the target row (classes; 2·D for a regression set)."""
+def replay_records(url: str, replay: ReplaySource) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A replay shard's samples as decoded records: the image rebuilt, the targets decoded."""
+    shard = parse_shard_name(storage.name_of(url))
+    for row in read_records(url, replay.layout.dtype):
+        meta, members = decode_record(replay.layout, int(shard or 0), row)
+        image = apply_params(meta["sampler"], meta["params"], replay.source)
+        yield meta["key"], {**CLASSIFY.decode_targets(members), "image": image, "meta": meta}
+
+
+def _records(url: str, replay: ReplaySource | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    if replay is not None:
+        yield from replay_records(url, replay)
+        return
+    for key, fields in iter_tar(url):
+        yield key, decode_fields(fields)
+
+
+def decode_shard(url: str, expected_samples: int, width: int, replay: ReplaySource | None = None) -> ShardArrays:
+    """Read and decode every record of one shard (a replay shard's images rebuilt from
+    ``replay``); raises :class:`ShardDamage` naming it. ``width`` is the width of the target row
+    (classes; 2·D for a regression set)."""
     images, targets, labels, weights = [], [], [], []
     key = "?"
     try:
-        for key, fields in iter_tar(url):  # noqa: B007  # key names the bad sample below
-            decoded = decode_fields(fields)
+        for key, decoded in _records(url, replay):  # noqa: B007  # key names the bad sample below
             if decoded["target"].shape != (width,):
                 raise FormatError(f"target shape {decoded['target'].shape}, expected ({width},)")
             if labels and ("weights" in decoded) != bool(weights):
@@ -211,12 +274,12 @@ class DecodedCache:
         self.bytes = 0
         self.decoded = 0  # shards decoded from disk (cache misses)
 
-    def get(self, url: str, expected_samples: int, width: int) -> ShardArrays:
+    def get(self, url: str, expected_samples: int, width: int, replay: ReplaySource | None = None) -> ShardArrays:
         found = self.items.get(url)
         if found is not None:
             self.items.move_to_end(url)
             return found
-        arrays = decode_shard(url, expected_samples, width)
+        arrays = decode_shard(url, expected_samples, width, replay)
         self.decoded += 1
         if arrays.nbytes <= self.max_bytes:
             self.items[url] = arrays

@@ -133,7 +133,7 @@ class ShardStream:
             shard, first, stride = self.part[int(self.rng.integers(len(self.part)))]
             url = self.shards.urls[shard]
             try:
-                arrays = self.cache.get(url, self.shards.samples[shard], self.shards.width)
+                arrays = self.cache.get(url, self.shards.samples[shard], self.shards.width, self.shards.replay)
                 if self.shards.sampled != (arrays.weights is not None):
                     raise ShardDamage(url, f"its targets are {'not ' * self.shards.sampled}sampled-class records, "
                                            f"the index says {'sampled' if self.shards.sampled else 'otherwise'}")
@@ -323,8 +323,10 @@ class TransferLoader:
 
 
 def transfer_loader(sets: list[tuple[str, float]], batch_size: int, seed: int, num_workers: int = 0,
-                    shuffle_buffer: int = 2000, epoch_steps: int = 1000, **plan: Any) -> TransferLoader:
-    """Open and check ``(set directory, weight)`` pairs, and stream them (see :class:`StreamPlan`)."""
-    opened = open_transfer_sets(sets, on_bad_shard=plan.get("on_bad_shard", "error"))
+                    shuffle_buffer: int = 2000, epoch_steps: int = 1000, source: Any = None,
+                    **plan: Any) -> TransferLoader:
+    """Open and check ``(set directory, weight)`` pairs, and stream them (see :class:`StreamPlan`);
+    ``source``: the training split replay sets rebuild their images from."""
+    opened = open_transfer_sets(sets, on_bad_shard=plan.get("on_bad_shard", "error"), source=source)
     return TransferLoader(opened, StreamPlan(batch_size=batch_size, seed=seed, epoch_steps=epoch_steps,
                                              num_workers=num_workers, shuffle_buffer=shuffle_buffer, **plan))

@@ -205,10 +205,17 @@ class ClassificationTask(Task):
         """image, meta, logp (dense, whatever the stored target kind; also as ``target``), label
         (-1 if none); a sampled-class record also gives ``weights``, its importance weights as a
         dense row (what a KD student learns from; its ``logp`` is only an estimate)."""
-        target = next((member for member in (LOGP_FIELD, TOPK_FIELD, SAMPLED_FIELD) if member in fields), LOGP_FIELD)
-        missing = {image_member(fields) or "png", "json", target} - fields.keys()
+        missing = {image_member(fields) or "png", "json"} - fields.keys()
         if missing:
             raise FormatError(f"sample is missing members {sorted(missing)}")
+        return {"image": decode_record_image(fields), "meta": json.loads(fields["json"]), **self.decode_targets(fields)}
+
+    def decode_targets(self, fields: dict[str, bytes]) -> Record:
+        """The target part of a record (``logp``, ``target``, ``label``, maybe ``weights``) from its
+        target members: a tar's, or those a replay record gives back (``core.replay_record``)."""
+        target = next((member for member in (LOGP_FIELD, TOPK_FIELD, SAMPLED_FIELD) if member in fields), LOGP_FIELD)
+        if target not in fields:
+            raise FormatError(f"sample is missing members {[target]}")
         raw = decode_npy(fields[target])
         record_names = set(codec.topk_dtype(1, 2).names)
         if target == TOPK_FIELD and (raw.dtype.names is None or set(raw.dtype.names) != record_names):
@@ -219,14 +226,8 @@ class ClassificationTask(Task):
             extra["weights"] = sampled.dense_weights(raw)
         else:
             logp = raw if target == LOGP_FIELD else codec.reconstruct_logp(raw)
-        return {
-            "image": decode_record_image(fields),
-            "meta": json.loads(fields["json"]),
-            "logp": logp,
-            "target": logp,
-            "label": int(fields[LABEL_FIELD]) if LABEL_FIELD in fields else -1,
-            **extra,
-        }
+        return {"logp": logp, "target": logp, "label": int(fields[LABEL_FIELD]) if LABEL_FIELD in fields else -1,
+                **extra}
 
     def manifest_row(self, meta: dict[str, Any]) -> dict[str, Any]:
         kl = meta.get("target_kl")

@@ -1,7 +1,7 @@
 """Samplers: draw a sample's parameters first, then apply them to real images.
 
 Parameters are plain JSON values stored in the sample's metadata, so :func:`apply_params`
-replays any stored sample exactly (noise fields from their stored seed). All randomness of
+(:mod:`core.sample_apply`) replays any stored sample exactly (noise fields from their stored seed). All randomness of
 candidate ``index`` of shard ``shard`` comes from ``sample_rng(seed, shard, index)``; which
 sampler makes which candidate of a shard comes from ``(seed, shard)``.
 
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from core.config import SamplerConfig, SetConfig
+from core.sample_apply import apply_params
 from core.sources import Source
 from stages.samplers.augmenting import SAMPLERS as AUGMENTING
 from stages.samplers.base import (
@@ -106,13 +107,6 @@ def draw_shard(set_cfg: SetConfig, source: Source, seed: int, shard: int, total:
         cfg = samplers[int(which[index])]
         drawn.append((cfg.kind, SAMPLERS[cfg.kind].draw(cfg, source, sample_rng(seed, shard, index))))
     return drawn
-
-
-def apply_params(kind: str, params: dict[str, Any], source: Source) -> np.ndarray:
-    """Make the uint8 HWC image of a sample from its parameters (also used for replay)."""
-    if kind not in SAMPLERS:
-        raise ValueError(f"unknown sampler {kind!r}")
-    return SAMPLERS[kind].apply(params, source)
 
 
 def shard_images(drawn: list[tuple[str, Params]], source: Source, generate: Generate | None = None) -> np.ndarray:

@@ -20,17 +20,14 @@ from typing import Any
 import numpy as np
 
 from core.config import SamplerConfig
+from core.sample_apply import apply_autoaugment, apply_cutout, apply_gaussian_image, apply_noise, apply_real
 from core.sources import Source
-from stages.samplers.base import Params, Sampler, draw_seed, real_image, source_aug, to_uint8
+from stages.samplers.base import Params, Sampler, draw_seed, source_aug
 
 
 def _real(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
     image = int(rng.integers(0, len(source)))
     return {"image": image, "aug": source_aug(cfg, source, rng, image)}
-
-
-def apply_view(params: Params, source: Source) -> np.ndarray:
-    return real_image(source, params["image"], params["aug"])
 
 
 # ---------------------------------------------------------------- noise
@@ -40,10 +37,6 @@ def draw_noise(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> 
     return {**_real(cfg, source, rng), "sigma": cfg.sigma, "seed": draw_seed(rng)}
 
 
-def apply_noise(params: Params, source: Source) -> np.ndarray:
-    image = apply_view(params, source)
-    noise = np.random.default_rng(params["seed"]).standard_normal(image.shape)
-    return to_uint8(image.astype(np.float64) + 255.0 * params["sigma"] * noise)
 
 
 def draw_gaussian_image(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
@@ -52,11 +45,6 @@ def draw_gaussian_image(cfg: SamplerConfig, source: Source, rng: np.random.Gener
     return {"seed": draw_seed(rng), "mean": list(cfg.mean), "std": list(cfg.std)}
 
 
-def apply_gaussian_image(params: Params, source: Source) -> np.ndarray:
-    height, width, channels = source.shape
-    mean, std = (np.resize(np.asarray(params[k], np.float64), channels) for k in ("mean", "std"))
-    z = np.random.default_rng(params["seed"]).standard_normal((height, width, channels))
-    return to_uint8(255.0 * (mean + std * z))
 
 
 # ---------------------------------------------------------------- AutoAugment / RandAugment
@@ -109,15 +97,6 @@ def draw_autoaugment(cfg: SamplerConfig, source: Source, rng: np.random.Generato
     return {**params, "policy": cfg.policy, "ops": ops}
 
 
-def apply_autoaugment(params: Params, source: Source) -> np.ndarray:
-    import torch
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.autoaugment import _apply_op
-
-    image = torch.from_numpy(apply_view(params, source)).permute(2, 0, 1).contiguous()
-    for name, magnitude in params["ops"]:
-        image = _apply_op(image, name, float(magnitude), interpolation=InterpolationMode.NEAREST, fill=None)
-    return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
 
 
 # ---------------------------------------------------------------- cutout
@@ -132,15 +111,10 @@ def draw_cutout(cfg: SamplerConfig, source: Source, rng: np.random.Generator) ->
     return {**params, "box": [max(y0, 0), min(y0 + side, height), max(x0, 0), min(x0 + side, width)]}
 
 
-def apply_cutout(params: Params, source: Source) -> np.ndarray:
-    image = apply_view(params, source).copy()
-    y0, y1, x0, x1 = params["box"]
-    image[y0:y1, x0:x1] = 0
-    return image
 
 
 SAMPLERS = {
-    "views": Sampler(_real, apply_view, keeps_label=True),
+    "views": Sampler(_real, apply_real, keeps_label=True),
     "noise": Sampler(draw_noise, apply_noise, keeps_label=True),
     "gaussian_image": Sampler(draw_gaussian_image, apply_gaussian_image, keeps_label=False),
     "autoaugment": Sampler(draw_autoaugment, apply_autoaugment, keeps_label=True),

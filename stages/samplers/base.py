@@ -2,7 +2,8 @@
 
 A sampler is a pair of plain functions: ``draw(cfg, source, rng) -> params`` draws every random
 choice of one sample as JSON values, and ``apply(params, source) -> uint8 HWC image`` makes the
-image from them. Only ``draw`` sees randomness, so ``apply`` replays any stored sample.
+image from them. Only ``draw`` sees randomness, so ``apply`` replays any stored sample; the
+``apply`` halves live in :mod:`core.sample_apply`, where the student trainer reaches them too.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from core.config import SamplerConfig
-from core.image_contract import apply_view, draw_random_resized_crop, pad_crop
+from core.image_contract import draw_random_resized_crop, pad_crop
+from core.sample_apply import Params, real_image, to_uint8  # noqa: F401  (the samplers' shared names)
 from core.sources import Source
 
-Params = dict[str, Any]
 # Stream ids for set- and shard-level draws; sample indices never reach these values.
 SET_STREAM = 0xFFFFFFFF
 SHARD_STREAM = 0xFFFFFFFE
@@ -78,14 +79,6 @@ def apply_aug(image: np.ndarray, aug: dict[str, int], pad: int) -> np.ndarray:
     return pad_crop(image, aug, pad)
 
 
-def real_image(source: Source, index: int, aug: dict[str, Any]) -> np.ndarray:
-    """Real image ``index`` after its stored view parameters, at the source's size."""
-    return apply_view(source.raw(index), aug, source.contract, source.pad)
-
-
-def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Round float pixels (0..255 scale) to the stored uint8 image."""
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)

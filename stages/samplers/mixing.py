@@ -14,8 +14,9 @@ import math
 import numpy as np
 
 from core.config import SamplerConfig
+from core.sample_apply import apply_cutmix, apply_mix, mix_pixels  # noqa: F401  (mix_pixels: re-exported)
 from core.sources import Source
-from stages.samplers.base import Params, Sampler, real_image, source_aug, to_uint8
+from stages.samplers.base import Params, Sampler, source_aug
 
 
 def _partners(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
@@ -25,15 +26,6 @@ def _partners(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> P
 
 def _augs(cfg: SamplerConfig, source: Source, rng: np.random.Generator, partners: Params) -> Params:
     return {"aug_i": source_aug(cfg, source, rng, partners["i"]), "aug_j": source_aug(cfg, source, rng, partners["j"])}
-
-
-def _pair(params: Params, source: Source) -> tuple[np.ndarray, np.ndarray]:
-    return (real_image(source, params["i"], params["aug_i"]), real_image(source, params["j"], params["aug_j"]))
-
-
-def mix_pixels(a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
-    """x = λ·a + (1−λ)·b in float64, rounded to uint8 (the stored, labelled image)."""
-    return to_uint8(lam * a.astype(np.float64) + (1.0 - lam) * b.astype(np.float64))
 
 
 def draw_mix(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
@@ -46,11 +38,6 @@ def draw_mixup(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> 
     partners = _partners(cfg, source, rng)
     lam = float(rng.beta(cfg.alpha, cfg.alpha))
     return {**partners, "lam": lam, **_augs(cfg, source, rng, partners)}
-
-
-def apply_mix(params: Params, source: Source) -> np.ndarray:
-    a, b = _pair(params, source)
-    return mix_pixels(a, b, params["lam"])
 
 
 def cutmix_box(lam: float, height: int, width: int, cy: int, cx: int) -> tuple[int, int, int, int]:
@@ -68,14 +55,6 @@ def draw_cutmix(cfg: SamplerConfig, source: Source, rng: np.random.Generator) ->
     y0, y1, x0, x1 = cutmix_box(drawn, height, width, int(rng.integers(0, height)), int(rng.integers(0, width)))
     lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)  # the share of a after clipping
     return {**partners, "lam": lam, "lam_drawn": drawn, "box": [y0, y1, x0, x1], **_augs(cfg, source, rng, partners)}
-
-
-def apply_cutmix(params: Params, source: Source) -> np.ndarray:
-    a, b = _pair(params, source)
-    y0, y1, x0, x1 = params["box"]
-    out = a.copy()
-    out[y0:y1, x0:x1] = b[y0:y1, x0:x1]
-    return out
 
 
 SAMPLERS = {
