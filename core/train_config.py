@@ -133,6 +133,11 @@ class KDConfig(Strict):
         0.0, ge=0, lt=1, description="kd_online: share of each batch made XCL-Mix pairs of fresh augmented images")
 
 
+# Sightings per stored view past which a KD student is warned (Beyer et al.: students overfit
+# precomputed teacher targets; ml-dr stores as many views as epochs so each is seen about once).
+DEFAULT_VIEWS_SEEN_WARNING = 100.0
+
+
 class StudentStageConfig(Strict):
     """Where the student runs (student × seed) train: as parallel Ray tasks of ``cpus_per_run``
     CPUs when at least two fit (``auto``), always on Ray (``ray``), or one after the other in the
@@ -140,6 +145,10 @@ class StudentStageConfig(Strict):
 
     parallel: Literal["auto", "ray", "off"] = "auto"
     cpus_per_run: float = Field(1.0, gt=0)
+    views_seen_warning: float = Field(
+        DEFAULT_VIEWS_SEEN_WARNING, gt=0,
+        description="warn when a KD student will see each stored view of a set more often than this (steps × batch "
+                    "× the set's share ÷ its samples): store more views, e.g. as replay")
 
     @field_validator("parallel", mode="before")
     @classmethod

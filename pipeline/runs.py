@@ -233,6 +233,7 @@ def train_student_run(cfg: Config, out: Path, run: dict[str, Any], train: Source
         name=name, model_cfg=student.model, train_cfg=student.train, objective=student.objective,
         kd_cfg=student.kd, sets=run["sets"], train_source=train, test_source=test, out_dir=run["out_dir"],
         seed=run["seed"], progress=progress, teachers=teachers, factories=cfg.factories,
+        views_seen_warning=cfg.student_stage.views_seen_warning,
     )
     result["seed_index"] = run["seed_index"]
     mark_done(run["out_dir"], run["spec"])

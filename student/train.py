@@ -31,8 +31,9 @@ from core.config import KDConfig, ModelConfig, TrainConfig
 from core.errors import UserError
 from core.models import count_parameters, save_checkpoint
 from core.sources import Source
+from core.train_config import DEFAULT_VIEWS_SEEN_WARNING
 from student import distributed
-from student.build import Progress, Run, batches_per_transfer, build_run, epoch_steps
+from student.build import Progress, Run, batches_per_transfer, build_run, epoch_steps, kd_sets
 from student.curves import plot_curves
 from student.metrics import MAX_TRAIN_ROWS, MetricsLog, Window, log_interval
 from student.objectives import Objective
@@ -48,6 +49,7 @@ def train_model(
     kd_cfg: KDConfig | None, sets: list[tuple[str, float]], train_source: Source, test_source: Source,
     out_dir: Path, seed: int, progress: Progress | None = None, resume: bool = True,
     teachers: list[str | Path] | None = None, factories: Sequence[str] = (),
+    views_seen_warning: float | None = DEFAULT_VIEWS_SEEN_WARNING,
 ) -> dict[str, Any]:
     """Train one model; write ``metrics.jsonl``, ``curves.png``, ``model.pt`` and ``result.json``.
 
@@ -58,13 +60,19 @@ def train_model(
     result dict (also in ``result.json``). The source's task decides the model's head, the
     objective's loss and the metrics: a regression source (float targets) trains a Gaussian head
     (:mod:`student.regression`) and reports its error, NLL and σ calibration instead of accuracy.
+    Before training, a KD run says how often it will see each stored view of each set and warns
+    when that exceeds ``views_seen_warning`` (None: never).
     """
     started = time.perf_counter()
     run = build_run(name=name, model_cfg=model_cfg, train_cfg=train_cfg, objective=objective, kd_cfg=kd_cfg,
                     sets=sets, train_source=train_source, test_source=test_source, out_dir=out_dir, seed=seed,
                     progress=progress, resume=resume, teachers=teachers, factories=factories)
+    planned = planned_views_seen(run, kd_sets(sets)[1])
+    if progress is not None and run.ctx.is_main:
+        for line in views_seen_lines(name, planned, views_seen_warning):
+            progress(line)
     final, train_seconds = loop(run)
-    return finish(run, final, train_seconds, time.perf_counter() - started)
+    return finish(run, final, train_seconds, time.perf_counter() - started, planned)
 
 
 def evaluate(run: Run) -> dict[str, Any]:
@@ -143,7 +151,8 @@ def loop(run: Run) -> tuple[dict[str, Any], float]:
     return final, train_seconds
 
 
-def finish(run: Run, final: dict[str, Any], train_seconds: float, seconds: float) -> dict[str, Any]:
+def finish(run: Run, final: dict[str, Any], train_seconds: float, seconds: float,
+           planned: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write ``model.pt``, ``curves.png`` and ``result.json`` (rank 0; every rank writes its
     ``rank-<r>.json`` when distributed) and drop the train state; returns the result."""
     ctx, cfg, task = run.ctx, run.train_cfg, run.task
@@ -152,6 +161,8 @@ def finish(run: Run, final: dict[str, Any], train_seconds: float, seconds: float
               / max(train_seconds, 1e-9), "parameters": count_parameters(run.plain)}
     stats = run.step_fn.stats()
     result["seen"] = views_seen(summed_counts(run.step_fn, ctx), run.opened, len(run.train_source), run.objective)
+    if planned:
+        result["planned_seen"] = planned
     if ctx.enabled:
         storage.atomic_write(run.out_dir / f"rank-{ctx.rank}.json", json.dumps(
             {"rank": ctx.rank, "weights_sha256": _weights_sha(run.plain), "visited": run.step_fn.visited(), **stats},
@@ -203,6 +214,37 @@ def views_seen(counts: dict[str, list[int]], opened: list[Any], source_samples: 
         rows.append({"set": name, "stored": stored, "samples": samples, "drawn": drawn, "trained": trained,
                      "seen": trained / samples if samples else 0.0})
     return rows
+
+
+def planned_views_seen(run: Run, real_weight: float) -> list[dict[str, Any]]:
+    """How often a KD run will see each stored view of each of its sets, before it trains:
+    steps × rows drawn per step × the set's share of the weights ÷ the set's samples (pick draws
+    ``ratio`` × batch candidates a step, and each of them is a view seen)."""
+    if run.objective != "kd" or not run.opened:
+        return []
+    kd, cfg = run.kd_cfg, run.train_cfg
+    drawn = cfg.batch_size if kd is None or kd.pick is None else math.ceil(kd.pick.ratio * cfg.batch_size)
+    total = sum(s.weight for s in run.opened) + real_weight
+    rows = []
+    for shards in run.opened:
+        samples = sum(max(0, n) for n in shards.samples)
+        seen = cfg.steps * drawn * shards.weight / total / max(samples, 1)
+        rows.append({"set": storage.name_of(shards.directory), "samples": samples, "share": shards.weight / total,
+                     "seen": seen, "replay": shards.replay is not None})
+    return rows
+
+
+def views_seen_lines(name: str, planned: list[dict[str, Any]], bound: float | None) -> list[str]:
+    """The progress lines of :func:`planned_views_seen`, a warning where a set passes ``bound``."""
+    lines = []
+    for row in planned:
+        lines.append(f"{name}: set {row['set']}: each of its {row['samples']} stored samples will be seen "
+                     f"{row['seen']:.1f} times ({row['share']:.0%} of the rows)")
+        if bound is not None and row["seen"] > bound:
+            lines.append(f"warning: {name}: set {row['set']}: {row['seen']:.0f} sightings per stored sample exceed "
+                         f"student_stage.views_seen_warning ({bound:g}); a student overfits repeated teacher "
+                         f"targets: store more views (store: replay makes them tens of bytes) or train fewer steps")
+    return lines
 
 
 def skipped(step_fn: Objective) -> dict[str, int]:

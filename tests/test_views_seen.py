@@ -3,6 +3,8 @@ the loop (``kd_online``): the reference that tells the stored views apart from t
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -35,12 +37,31 @@ def two_sets(digits, tmp_path_factory):
     return root
 
 
-def train(digits, out, objective="kd", sets=(), steps=30, kd=None, teachers=None, **options):
+def train(digits, out, objective="kd", sets=(), steps=30, kd=None, teachers=None, progress=None, bound=100.0,
+          **options):
     train_source, test_source = digits
     cfg = TrainConfig(steps=steps, batch_size=32, num_workers=0, **options)
     return train_model(name="m", model_cfg=MODEL, train_cfg=cfg, objective=objective,
                        kd_cfg=kd or KDConfig(alpha=1.0), sets=list(sets), train_source=train_source,
-                       test_source=test_source, out_dir=out, seed=0, teachers=teachers)
+                       test_source=test_source, out_dir=out, seed=0, teachers=teachers, progress=progress,
+                       views_seen_warning=bound)
+
+
+def test_the_planned_sightings_are_reported_before_training_and_warned_past_the_bound(digits, two_sets, tmp_path):
+    """steps × rows a step × the set's share ÷ its samples: 40 × 32 × ½ ÷ 400 = 1.6 for ``a``,
+    40 × 32 × ¼ ÷ 300 ≈ 1.07 for ``b``; a bound of 1.5 warns about ``a`` only."""
+    lines: list[str] = []
+    sets = [(str(two_sets / "a"), 0.5), (str(two_sets / "b"), 0.25), ("source", 0.25)]
+    result = train(digits, tmp_path, sets=sets, steps=40, kd=KDConfig(alpha=0.5), progress=lines.append, bound=1.5)
+    planned = {row["set"]: row for row in result["planned_seen"]}
+    assert planned["a"]["seen"] == pytest.approx(1.6) and planned["b"]["seen"] == pytest.approx(40 * 32 / 4 / 300)
+    assert planned["a"]["share"] == pytest.approx(0.5) and planned["a"]["samples"] == 400
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and "set a:" in warnings[0] and "views_seen_warning (1.5)" in warnings[0]
+    assert any("set b: each of its 300 stored samples will be seen 1.1 times" in line for line in lines)
+    counted = {row["set"]: row["seen"] for row in result["seen"]}
+    assert abs(counted["a"] - 1.6) < 0.25  # what was drawn agrees with the plan (binomial draws)
+    assert json.loads((tmp_path / "result.json").read_text())["planned_seen"] == result["planned_seen"]
 
 
 def test_one_set_counts_every_trained_row(digits, two_sets, tmp_path):
