@@ -187,3 +187,21 @@ def test_bad_replay_configs_stop_with_one_line(tmp_path, change, needles) -> Non
                          cwd=tmp_path)
     assert_one_error_line(result, needles)
     assert tree(tmp_path) == {**before, "job.yaml": (tmp_path / "job.yaml").read_bytes()}
+
+
+def test_a_resumed_replay_set_rebuilds_its_manifest_from_the_records(made, teachers, tmp_path) -> None:
+    """A killed run left shard 0 committed and nothing else: the next run keeps it, makes shard 1,
+    and rebuilds shard 0's manifest rows from its records — the same bytes as an unbroken run."""
+    import shutil
+
+    whole = made["every_kind"]["replay"]
+    broken = tmp_path / "every_kind-replay"
+    shutil.copytree(whole, broken)
+    for name in ("index.json", sx.MANIFEST_NAME, "shards/shard-000001.npy"):
+        (broken / name).unlink()
+    kept = (broken / "shards" / "shard-000000.npy").stat().st_mtime_ns
+    set_cfg, source = CASES["every_kind"]
+    generate_set_in(broken, SetConfig.model_validate({**set_cfg, "store": "replay"}), teachers, name="every_kind",
+                    source=source)
+    assert (broken / "shards" / "shard-000000.npy").stat().st_mtime_ns == kept  # reused, not remade
+    assert snapshot(broken) == snapshot(whole)
