@@ -176,7 +176,7 @@ def resolve_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str 
     set_cfg = resolve_samplers(cfg.sets[name], checked[0][1], channels)
     resolved = task.resolve_targets(resolve_gan_samplers(set_cfg, source))
     if resolved.store.replay:
-        check_replayable(name, resolved, task.name)
+        check_replayable(name, task.name)
     entries = tuple(entry for entry, _ in checked)
     fingerprint = set_fingerprint(resolved, source, [t.sha256 for t in entries], cfg.seed, stage.autocast)
     location = set_location(cfg.sets[name], name, out, fingerprint, cfg.cache_root)
@@ -189,7 +189,7 @@ def resolve_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str 
     return spec
 
 
-def check_replayable(name: str, set_cfg: SetConfig, task: str) -> None:
+def check_replayable(name: str, task: str) -> None:
     """A replay set holds classification targets (its samplers are replayable: the config checks it)."""
     if task != "classify":
         raise UserError(f"sets.{name}: store: replay holds classification targets; a {task} set stores pixels "
