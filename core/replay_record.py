@@ -1,8 +1,7 @@
 """Replay records: one fixed-width row per sample instead of a tar record with pixels.
 
 A replay shard (``shards/shard-NNNNNN.npy``) is one structured ``.npy`` array: numpy reads it
-with ``np.load(path)`` (no pickle, no project code) and pyarrow via ``pa.Table.from_pandas`` of
-it. A row holds, in this order:
+with ``np.load(path)`` (no pickle, no project code). A row holds, in this order:
 
 - ``index`` (uint16, uint32 past 65 536 samples a shard): the sample's key is ``shard-index``;
   ``candidate`` too when the set keeps the most uncertain candidates (``select``);
