@@ -24,6 +24,7 @@ from core.train_config import (  # noqa: F401  (re-exported: the job config is o
     KDConfig,
     ModelConfig,
     PickConfig,
+    PruneConfig,
     SelfGuidanceConfig,
     Strict,
     StudentConfig,
