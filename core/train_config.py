@@ -265,8 +265,13 @@ class StudentConfig(Strict):
     kd: KDConfig = KDConfig()
     train: TrainConfig
     seeds: list[int] = Field([0], min_length=1, description="one run per seed; the report shows mean ± std")
-    prune: PruneConfig | list[PruneConfig] | None = Field(
-        None, description="prune the trained model and fine-tune it (kd-orthogonality-ensemble §4)")
+    prune: list[PruneConfig] | None = Field(
+        None, description="one recipe or a list: prune the trained model, fine-tune it (kd-orthogonality-ensemble §4)")
+
+    @field_validator("prune", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict | PruneConfig) else value
 
     @model_validator(mode="after")
     def _sets_for_kd(self) -> StudentConfig:

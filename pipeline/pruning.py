@@ -24,7 +24,7 @@ from core import storage
 from core.config import SOURCE_SET, Config, PruneConfig, recipes_of
 from core.errors import UserError
 from core.format import sha256_file
-from core.models import build_model, load_model, save_checkpoint
+from core.models import build_model, load_model, probe_forward, save_checkpoint
 from core.seeds import part_seed
 from core.sources import Source, load_in_memory
 from core.tasks import CLASSIFY
@@ -59,6 +59,7 @@ def check_pruning(cfg: Config, train: Source) -> None:
                             f"{train.task.name!r} task")
         model = build_model(student.model.arch, train.shape[2], train.num_classes, student.model.arch_kwargs,
                             allowed_factories=cfg.factories)
+        probe_forward(model, train.shape[2], train.shape[:2], train.num_classes, f"students.{name}.model")
         example = example_input({"size": list(train.shape[:2]), "channels": train.shape[2]})
         for recipe in recipes_of(student.prune):
             try:
