@@ -132,12 +132,12 @@ def format_pruning(section: dict[str, Any]) -> str:
     """The sizes block and the Table-1 blocks for the terminal."""
     lines = ["pruned students (measured: unpruned → pruned; latency is the median of timed CPU passes, "
              "1 thread, mean over seeds)",
-             f"{'student':<12} {'recipe':<10} {'params':>17} {'non-zero':>17} {'MACs':>21} {'checkpoint bytes':>19} "
+             f"{'student':<14} {'recipe':<10} {'params':>17} {'non-zero':>17} {'MACs':>21} {'checkpoint bytes':>19} "
              f"{'b1 ms':>13} {'b64 ms':>15}  remaining"]
     for entry in section["recipes"]:
         sizes = entry["sizes"]
         remaining = "/".join(f"{100 * r:.0f}%" for r in entry["remaining"])
-        lines.append(f"{entry['student']:<12} {entry['recipe']:<10} {_pair(sizes, 'parameters'):>17} "
+        lines.append(f"{entry['student']:<14} {entry['recipe']:<10} {_pair(sizes, 'parameters'):>17} "
                      f"{_pair(sizes, 'nonzero'):>17} {_pair(sizes, 'macs'):>21} {_pair(sizes, 'checkpoint_bytes'):>19} "
                      f"{_pair(sizes, 'latency_b1_s', 1e3, 2):>13} {_pair(sizes, 'latency_b64_s', 1e3, 1):>15}  "
                      f"{remaining}")
@@ -145,10 +145,10 @@ def format_pruning(section: dict[str, Any]) -> str:
         remaining = "/".join(f"{100 * r:.0f}%" for r in table["remaining"])
         kept = "params" if table["method"] == "magnitude" else "channels"
         lines += ["", f"Table 1: {table['arch']}, {table['method']} (remaining {kept} {remaining}); accuracy"]
-        lines.append(f"{'train type':<10} {'student':<12} " + " ".join(f"{title:>21}" for _, title in COLUMNS)
+        lines.append(f"{'train type':<10} {'student':<14} " + " ".join(f"{title:>21}" for _, title in COLUMNS)
                      + f" {'Surplus':>17}")
         for row in table["rows"]:
             cells = " ".join(f"{_cell(row.get(key), row['seeds']):>21}" for key, _ in COLUMNS)
             extra = _cell(table["surplus"], row["seeds"]) if row["train_type"] == "Label" else ""
-            lines.append(f"{row['train_type']:<10} {row['student']:<12} {cells} {extra:>17}")
+            lines.append(f"{row['train_type']:<10} {row['student']:<14} {cells} {extra:>17}")
     return "\n".join(lines)
