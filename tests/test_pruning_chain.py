@@ -15,7 +15,10 @@ import pytest
 import torch
 from bad_input import assert_one_error_line, transferset, tree, write_config
 
+from core.config import load_config, recipes_of
+from core.models import build_model
 from pipeline.prune_report import surplus
+from student.pruning.recipe import check_recipe
 
 RESNET = {"arch": "resnet_cifar", "arch_kwargs": {"depth": 8, "width": 4}}
 STEPS = {"steps": 6, "batch_size": 64, "num_workers": 0}
@@ -133,3 +136,18 @@ def test_surplus_is_the_papers_worked_example() -> None:
     scratch = {"by_seed": {0: {"unpruned": 71.23, "erm": 70.06}}}
     label = {"by_seed": {0: {"unpruned": 73.76, "self_distill": 73.30}}}
     assert surplus(scratch, label)[0] == pytest.approx(0.71)
+
+
+def test_the_example_covers_the_three_methods_and_every_phase_in_pairs() -> None:
+    """examples/pruning.yaml: for each method a Scratch and a Label student of one arch and recipe,
+    between them every phase of Table 1, and each recipe applies to the arch."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "pruning.yaml")
+    by_method: dict[str, dict[str, list[str]]] = {}
+    for student in cfg.students.values():
+        assert student.seeds == [0, 1, 2]
+        model = build_model(student.model.arch, 3, 10, student.model.arch_kwargs)
+        for recipe in recipes_of(student.prune):
+            check_recipe(model, recipe, torch.zeros(1, 3, 32, 32))
+            by_method.setdefault(recipe.method, {})[student.objective] = recipe.then.objective
+    assert by_method == {method: {"erm": ["erm", "kd"], "kd": ["erm", "kd", "self_distill"]}
+                         for method in ("l1", "magnitude", "slimming")}
