@@ -24,12 +24,14 @@ from core.train_config import (  # noqa: F401  (re-exported: the job config is o
     KDConfig,
     ModelConfig,
     PickConfig,
+    PruneConfig,
     SelfGuidanceConfig,
     Strict,
     StudentConfig,
     StudentStageConfig,
     TrainConfig,
     factory_of,
+    recipes_of,
 )
 from core.webdataset_config import WebDatasetKeys
 
@@ -312,10 +314,11 @@ class Config(Strict):
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"set name {name!r} must be letters, digits, '_' or '-'")
         for student_name, student in self.students.items():
-            for set_name in student.sets:
+            for where, set_name in [("sets", n) for n in student.sets] + [
+                    ("prune.then.sets", n) for r in recipes_of(student.prune) for n in r.then.sets]:
                 if set_name not in self.sets and set_name != SOURCE_SET:
                     raise ValueError(
-                        f"students.{student_name}.sets names {set_name!r}, not one of {sorted(self.sets)}"
+                        f"students.{student_name}.{where} names {set_name!r}, not one of {sorted(self.sets)}"
                     )
                 targets = self.sets[set_name].targets if set_name in self.sets else None
                 if (student.objective == "kd" and targets is not None and targets.kind == "sampled"

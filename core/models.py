@@ -4,7 +4,7 @@ A checkpoint is a plain dict of tensors and primitives, loaded with ``weights_on
 
     {format, arch, arch_kwargs, task, num_classes,
      input: {size, channels, mean, std, interpolation?, crop_pct?},
-     state_dict, train: {...}}
+     state_dict, train: {...}, pruned?: {method, widths, ...}}
 
 A regression checkpoint (``task: regress``) has ``out_dim`` and ``logvar_dim`` instead of
 ``num_classes``: its model outputs μ (``out_dim`` values) then s = log σ² (``logvar_dim`` values,
@@ -34,6 +34,7 @@ from core import storage
 from core.contracts import check_contract
 from core.errors import UserError
 from core.nets import LeNet, PreActResNet
+from core.pruned import check_record, rebuild
 from core.tasks import task_named
 from core.train_config import ARCH_NAMES
 from core.weights import fit_state_dict
@@ -232,16 +233,19 @@ def input_spec(height: int, width: int, channels: int, mean: list[float], std: l
 def save_checkpoint(
     path: str | Path, model: nn.Module, *, arch: str, arch_kwargs: dict[str, Any], num_classes: int,
     input: dict[str, Any], train: dict[str, Any] | None = None, task: str = "classify",
-    head: dict[str, int] | None = None,
+    head: dict[str, int] | None = None, pruned: dict[str, Any] | None = None,
 ) -> str:
     """Write a self-describing checkpoint atomically; returns its sha256. A regression model
-    (``task="regress"``) gives ``head={"out_dim": D, "logvar_dim": 1 | D}`` instead of classes."""
+    (``task="regress"``) gives ``head={"out_dim": D, "logvar_dim": 1 | D}`` instead of classes;
+    a pruned model its ``pruned`` record (:mod:`core.pruned`; the key is absent otherwise)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     outputs = task_named(task).checkpoint_outputs(num_classes, head)
     payload = {
         "format": CHECKPOINT_FORMAT, "arch": arch, "arch_kwargs": dict(arch_kwargs), "task": task,
         **outputs, "input": input, "state_dict": state, "train": dict(train or {}),
     }
+    if pruned is not None:
+        payload["pruned"] = dict(pruned)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
@@ -273,6 +277,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(spec.get("channels"), int) or not isinstance(spec.get("size"), list | tuple):
         raise UserError(f"checkpoint {path}: header field 'input' lacks channels/size")
     check_contract(spec, f"checkpoint {path}")
+    if "pruned" in payload:
+        check_record(payload["pruned"], f"checkpoint {path}")
     return payload
 
 
@@ -288,6 +294,8 @@ def load_model(
     kind.check_checkpoint(path, payload, outputs)
     model = build_model(payload["arch"], payload["input"]["channels"], kind.model_width(payload),
                         payload["arch_kwargs"], allowed_factories)
+    if "pruned" in payload:  # channels removed: the arch narrowed to the stored shapes
+        rebuild(model, payload["state_dict"], payload["pruned"], f"checkpoint {path}")
     fit_state_dict(model, payload["state_dict"], f"checkpoint {path}", payload["arch"], payload["arch_kwargs"])
     model.eval()
     return model, payload

@@ -160,6 +160,109 @@ class StudentStageConfig(Strict):
 SOURCE_SET = "source"
 
 
+# ---------------------------------------------------------------- pruning (kd-orthogonality-ensemble §4)
+# A student's own objective is its pre-training (erm: scratch, kd: Pre-Distill); each recipe prunes
+# that model and fine-tunes it once per phase of then.objective: erm (CE: Finetuned / Pre-Distill),
+# kd (KD from the sets: Post-Distill / Pre-Post) or self_distill (KD from a set the unpruned student
+# labels). The trainer never sees this section, only the plain values the chain takes from it.
+PruneMethod = Literal["l1", "slimming", "magnitude"]
+# Fine-tuning phases and what they are called in the paper's tables, by the pre-training.
+PHASES: dict[str, str] = {"erm": "CE fine-tuning", "kd": "KD from the student's sets",
+                          "self_distill": "KD from the unpruned student"}
+
+
+class FinetuneConfig(Strict):
+    """The fine-tuning of a pruned model: one run per phase, from the same pruned checkpoint."""
+
+    objective: list[str] = Field(description="phases: erm (CE), kd (the sets' teachers), self_distill (the "
+                                             "unpruned student as the one teacher of the same samplers)")
+    sets: dict[str, float] = Field({}, description="kd / self_distill: sets and weights (default: the student's)")
+    kd: KDConfig | None = Field(None, description="default: the student's kd section")
+    train: TrainConfig
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _phases(cls, value: Any) -> Any:
+        phases = [value] if isinstance(value, str) else value
+        if not isinstance(phases, list) or not phases:
+            raise ValueError(f"give one phase or a list of them: {list(PHASES)}")
+        for phase in phases:
+            if phase not in PHASES:
+                raise ValueError(f"unknown phase {phase!r}; the phases are "
+                                 + ", ".join(f"{name} ({what})" for name, what in PHASES.items()))
+        if len(set(phases)) != len(phases):
+            raise ValueError(f"phases {phases} name one twice")
+        return phases
+
+
+class PruneConfig(Strict):
+    """One pruning recipe: ``l1`` (Li et al.: per-stage fractions of the filters with the smallest
+    L1 norm), ``slimming`` (Liu et al.: an L1 penalty ``slimming_l1`` on the batch-norm scales
+    during pre-training, then a global threshold removing the fraction ``amount`` of them) or
+    ``magnitude`` (Han et al.: the fraction ``amount`` of each convolution's weights set to zero;
+    the final linear layer kept dense). Structured methods remove the channels physically."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$", description="default: the method")
+    method: PruneMethod
+    ratios: list[float] | None = Field(None, description="l1: the fraction of filters removed in each stage "
+                                                         "(one value: every stage)")
+    amount: float | None = Field(None, description="slimming: the global fraction of channels removed; "
+                                                   "magnitude: the fraction of each convolution's weights zeroed")
+    slimming_l1: float = Field(0.0, ge=0, description="slimming: λ of the L1 penalty on BN scales in pre-training")
+    then: FinetuneConfig
+
+    @model_validator(mode="after")
+    def _method_options(self) -> PruneConfig:
+        if self.method == "l1":
+            if not self.ratios or self.amount is not None:
+                raise ValueError("method 'l1' takes ratios (one per stage), not amount")
+            for ratio in self.ratios:
+                if not 0 <= ratio < 1:
+                    raise ValueError(f"ratio {ratio:g}: a stage's fraction of filters removed must be in [0, 1)")
+        else:
+            if self.amount is None or self.ratios is not None:
+                raise ValueError(f"method {self.method!r} takes amount, not ratios")
+            if not 0 <= self.amount < 1:
+                raise ValueError(f"amount {self.amount:g}: the fraction removed must be in [0, 1)")
+        if self.slimming_l1 and self.method != "slimming":
+            raise ValueError(f"slimming_l1 is the penalty of method 'slimming', not {self.method!r}")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.method
+
+    def identity(self) -> dict[str, Any]:
+        """What the pruned model depends on (its fine-tuning aside)."""
+        return self.model_dump(mode="json", exclude={"then", "name"})
+
+
+def recipes_of(prune: PruneConfig | list[PruneConfig] | None) -> list[PruneConfig]:
+    """A student's recipes, one or a list (none: not pruned)."""
+    if prune is None:
+        return []
+    return [prune] if isinstance(prune, PruneConfig) else list(prune)
+
+
+def check_recipes(recipes: list[PruneConfig], objective: str, sets: dict[str, float], transfer: str) -> float:
+    """Recipes of one student checked together; returns the pre-training's slimming penalty.
+    ``transfer`` names the reserved real-split set (a student's recipes share its pre-training)."""
+    labels = [recipe.label for recipe in recipes]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"prune: recipes {labels} share a name; give each a distinct name")
+    penalties = {recipe.slimming_l1 for recipe in recipes}
+    if len(penalties) > 1:
+        raise ValueError(f"prune: the recipes share one pre-training, so one slimming_l1 (got {sorted(penalties)}); "
+                         "make a student per penalty")
+    if objective == "kd_online" and recipes:
+        raise ValueError("prune: a pruned student is pre-trained by objective erm or kd")
+    for recipe in recipes:
+        given = recipe.then.sets or sets
+        if any(p != "erm" for p in recipe.then.objective) and not any(n != transfer for n in given):
+            raise ValueError(f"prune {recipe.label}: phases kd and self_distill need a transfer set: give then.sets")
+    return penalties.pop() if penalties else 0.0
+
+
 class StudentConfig(Strict):
     """One student: ``erm`` on the real split, ``kd`` from transfer sets, or ``kd_online`` (the
     ensemble in the loop on fresh augmentations: the reference the offline sets are measured
@@ -171,6 +274,13 @@ class StudentConfig(Strict):
     kd: KDConfig = KDConfig()
     train: TrainConfig
     seeds: list[int] = Field([0], min_length=1, description="one run per seed; the report shows mean ± std")
+    prune: list[PruneConfig] | None = Field(
+        None, description="one recipe or a list: prune the trained model, fine-tune it (kd-orthogonality-ensemble §4)")
+
+    @field_validator("prune", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict | PruneConfig) else value
 
     @model_validator(mode="after")
     def _sets_for_kd(self) -> StudentConfig:
@@ -191,6 +301,7 @@ class StudentConfig(Strict):
             if self.sets.get(SOURCE_SET, 0) > 0 and self.kd.alpha >= 1:
                 raise ValueError(f"set {SOURCE_SET!r} carries labels only, which kd.alpha = 1 ignores; "
                                  f"lower kd.alpha or drop it")
+        check_recipes(recipes_of(self.prune), self.objective, self.sets, SOURCE_SET)
         if self.train.class_balanced and not (self.objective == "erm" or self.sets.get(SOURCE_SET, 0) > 0):
             raise ValueError(f"train.class_balanced draws the real images of the set {SOURCE_SET!r}, which this "
                              f"{self.objective!r} student does not read; add sets.{SOURCE_SET} with a weight "

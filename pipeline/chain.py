@@ -1,4 +1,5 @@
-"""The chain of a job: teachers → transfer sets → students → report, each step reused when done.
+"""The chain of a job: teachers → transfer sets → students (→ pruned students' phases,
+:mod:`pipeline.pruning`) → report, each step reused when done.
 
 What each step makes and where it lives (``OUT/teachers``, ``sets``, ``students``, with a
 ``spec.json`` per finished step) is :mod:`pipeline.runs`; this module runs the steps in order,
@@ -19,7 +20,8 @@ from core.sources import Source, check_readable, load_source
 from core.tasks import score
 from pipeline.driver import execute
 from pipeline.plan import SetPlan, plan_set
-from pipeline.ray_train import train_members, train_runs_on_ray, use_ray_for_members, use_ray_for_runs
+from pipeline.pruning import check_pruning, prune_students
+from pipeline.ray_train import train_members, train_runs, use_ray_for_members
 from pipeline.report import build_report
 from pipeline.runs import (
     Progress,
@@ -33,7 +35,6 @@ from pipeline.runs import (
     student_runs,
     teacher_paths,
     train_member,
-    train_student_run,
 )
 from pipeline.supervisor import supervise
 from pipeline.teacher_import import import_spec, prepare_teacher
@@ -130,29 +131,19 @@ def train_students(cfg: Config, out: Path, names: list[str], train: Source, test
     Returns ``{name: {seed_index: result}}``."""
     runs = [run for name in names for run in student_runs(cfg, out, name, train.task, seeds)]
     results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in names}
-    pending = []
-    for run in runs:
-        if not force and reusable(run["out_dir"], run["spec"], "result.json"):
-            progress(f"student {run['name']}/seed-{run['seed_index']}: reused {run['out_dir']}")
-            results[run["name"]][run["seed_index"]] = {
-                **json.loads((run["out_dir"] / "result.json").read_text()), "seed_index": run["seed_index"]}
-        else:
-            pending.append(run)
-    if use_ray_for_runs(cfg, len(pending)):
-        for run, result in zip(pending, train_runs_on_ray(cfg, out, pending, progress), strict=True):
-            results[run["name"]][run["seed_index"]] = result
-    else:
-        for run in pending:
-            results[run["name"]][run["seed_index"]] = train_student_run(cfg, out, run, train, test, progress)
+    for run, result in zip(runs, train_runs(cfg, out, runs, train, test, progress, force), strict=True):
+        results[run["name"]][run["seed_index"]] = result
     return {name: dict(sorted(by_seed.items())) for name, by_seed in results.items()}
 
 
 def run_job(cfg: Config, out: Path, progress: Progress) -> dict[str, Any]:
     """The full chain; returns the report (also written to ``OUT/report.json``)."""
     train, test = load_splits(cfg)
+    check_pruning(cfg, train)
     teachers = train_teachers(cfg, out, train, test, progress)
     generate_sets(cfg, out, teachers, progress)
     students = train_students(cfg, out, list(cfg.students), train, test, progress)
+    prune_students(cfg, out, list(cfg.students), train, test, progress)
     report = build_report(cfg, teachers, students, test, out, train)
     storage.atomic_write(out / "report.json", json.dumps(report, indent=1).encode())
     return report

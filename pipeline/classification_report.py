@@ -29,6 +29,7 @@ from pipeline.aggregate import (
     shown,
     summarize_runs,
 )
+from pipeline.prune_report import format_pruning, pruning_report
 from pipeline.runs import student_dir
 from student.evaluate import accuracy, predict_probs
 
@@ -134,6 +135,9 @@ def build_classification_report(cfg: Config, teachers: list[Path], students: dic
         "gap_reduction": {},
         "gap_reduction_spread": {},
     }
+    pruned = pruning_report(cfg, out) if out is not None else None
+    if pruned is not None:
+        report["pruning"] = pruned
     baseline = cfg.report.baseline
     if baseline in rows:
         by_seed = {name: dict(zip(row["seeds"], row["accuracy_by_seed"], strict=True)) for name, row in rows.items()}
@@ -176,6 +180,8 @@ def format_classification_table(report: dict[str, Any]) -> str:
     if "entropy_train" in teacher:
         lines.append(f"teacher Ĥ: training split {teacher['entropy_train']:.3f} (accuracy "
                      f"{teacher['accuracy_train']:.4f}), test split {teacher['entropy_test']:.3f}")
+    if "pruning" in report:
+        lines.append(format_pruning(report["pruning"]))
     lines += [f"note: {line}" for line in report.get("notes", [])]
     lines += [f"warning: {line}" for line in report.get("warnings", [])]
     return "\n".join(lines)

@@ -22,9 +22,18 @@ import torch
 
 from core.config import Config
 from core.errors import FormatError, UserError
+from core.sources import Source
 from core.tasks import score
 from pipeline.driver import ensure_ray
-from pipeline.runs import Progress, load_splits, student_dir, student_runs, train_member, train_student_run
+from pipeline.runs import (
+    Progress,
+    load_splits,
+    reusable,
+    student_dir,
+    student_runs,
+    train_member,
+    train_student_run,
+)
 
 ERROR_KEY = "__error__"
 
@@ -128,7 +137,8 @@ def train_runs_on_ray(cfg: Config, out: Path, runs: list[dict[str, Any]], progre
     cfg_json, threads = cfg.model_dump_json(), max(1, int(cpus))
     refs = [task.remote(cfg_json, str(out), {**run, "out_dir": str(run["out_dir"])}, threads) for run in runs]
     progress(f"students: training {len(runs)} run(s) as Ray tasks ({cpus:g} CPU each)")
-    label = {ref: f"{run['name']}/seed-{run['seed_index']}" for ref, run in zip(refs, runs, strict=True)}
+    label = {ref: run.get("label") or f"{run['name']}/seed-{run['seed_index']}"
+             for ref, run in zip(refs, runs, strict=True)}
     waiting = list(refs)
     results: dict[Any, dict[str, Any]] = {}
     while waiting:
@@ -136,6 +146,29 @@ def train_runs_on_ray(cfg: Config, out: Path, runs: list[dict[str, Any]], progre
         results[done[0]] = _result(ray.get(done[0]))
         progress(f"student {label[done[0]]}: {score(results[done[0]])}")
     return [results[ref] for ref in refs]
+
+
+def train_runs(cfg: Config, out: Path, runs: list[dict[str, Any]], train: Source, test: Source, progress: Progress,
+               force: bool = False) -> list[dict[str, Any]]:
+    """Each run (:func:`pipeline.runs.student_runs`, or a pruned student's fine-tuning): reused
+    when its ``spec.json`` is unchanged, else trained — as parallel Ray tasks when the CPUs allow
+    (``student_stage.parallel``), else one after the other here. Results in order."""
+    results: dict[int, dict[str, Any]] = {}
+    pending = []
+    for at, run in enumerate(runs):
+        if not force and reusable(run["out_dir"], run["spec"], "result.json"):
+            progress(f"student {run.get('label') or run['name'] + '/seed-' + str(run['seed_index'])}: reused "
+                     f"{run['out_dir']}")
+            results[at] = {**json.loads((run["out_dir"] / "result.json").read_text()), "seed_index": run["seed_index"]}
+        else:
+            pending.append(at)
+    if use_ray_for_runs(cfg, len(pending)):
+        for at, result in zip(pending, train_runs_on_ray(cfg, out, [runs[a] for a in pending], progress), strict=True):
+            results[at] = result
+    else:
+        for at in pending:
+            results[at] = train_student_run(cfg, out, runs[at], train, test, progress)
+    return [results[at] for at in range(len(runs))]
 
 
 def train_student_on_ray(cfg: Config, out: Path, name: str, workers: int, use_gpu: bool,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core import storage
-from core.config import SOURCE_SET, Config
+from core.config import SOURCE_SET, Config, KDConfig, StudentConfig, TrainConfig, recipes_of
 from core.errors import UserError
 from core.seeds import part_seed
 from core.set_index import read_index
@@ -27,6 +27,7 @@ from core.sources import Source, check_readable, load_source
 from core.tasks import Task, score
 from pipeline.plan import plan_set
 from pipeline.teacher_import import import_spec
+from student.pruning.shaping import Shaping
 from student.train import train_model
 
 Progress = Callable[[str], None]
@@ -156,11 +157,12 @@ def locate_set(cfg: Config, out: str | Path, name: str) -> str:
 # ---------------------------------------------------------------- students
 
 
-def student_sets(cfg: Config, out: Path, name: str, task: Task) -> list[tuple[str, float]]:
-    """The student's sets as (directory, weight), each checked to be generated and of ``task``
-    (the task of the job's source)."""
+def student_sets(cfg: Config, out: Path, name: str, task: Task,
+                 weights: dict[str, float] | None = None) -> list[tuple[str, float]]:
+    """The student's sets (or ``weights``: a pruned student's fine-tuning sets) as (directory,
+    weight), each checked to be generated and of ``task`` (the task of the job's source)."""
     sets = []
-    for set_name, weight in cfg.students[name].sets.items():
+    for set_name, weight in (cfg.students[name].sets if weights is None else weights).items():
         if set_name == SOURCE_SET:
             sets.append((SOURCE_SET, weight))  # the real training split, read by the trainer
             continue
@@ -185,7 +187,7 @@ def _file_sha256(path: str | Path) -> str:
     return hashlib.sha256(storage.read_bytes(path)).hexdigest()
 
 
-def _set_identity(set_dir: str) -> list[Any] | None:
+def set_identity(set_dir: str) -> list[Any] | None:
     """A set as a student's reuse spec sees it: its fingerprint and its sample count (a set grows
     in place under the same fingerprint, and a student of the grown set is another student)."""
     index = read_index(set_dir)
@@ -194,11 +196,15 @@ def _set_identity(set_dir: str) -> list[Any] | None:
 
 def _student_spec(cfg: Config, out: Path, name: str, seed: int, sets: list[tuple[str, float]]) -> dict[str, Any]:
     """What one run of a student is made from; its seed list is not part of it, so adding a seed
-    reuses the runs already made."""
+    reuses the runs already made. Nor is its ``prune`` section (pruning comes after the run),
+    except the slimming penalty its pre-training adds."""
     student = cfg.students[name]
     source = cfg.source.model_dump(exclude=cfg.source.unused_keys())
-    spec = {"student": student.model_dump(exclude={"seeds"}), "source": source, "seed": seed,
-            "sets": {storage.name_of(d): [w, _set_identity(d) if d != SOURCE_SET else None] for d, w in sets}}
+    spec = {"student": student.model_dump(exclude={"seeds", "prune"}), "source": source, "seed": seed,
+            "sets": {storage.name_of(d): [w, set_identity(d) if d != SOURCE_SET else None] for d, w in sets}}
+    penalty = slimming_penalty(student)
+    if penalty:
+        spec["slimming_l1"] = penalty
     if student.objective == "kd_online":
         spec["teachers"] = [_file_sha256(path) for path in require_teachers(cfg, out)]
     return spec
@@ -217,22 +223,36 @@ def student_runs(cfg: Config, out: Path, name: str, task: Task, seeds: list[int]
     runs = []
     for seed_index in seeds or student.seeds:
         seed = part_seed(cfg.seed, "student", name, seed_index)
-        runs.append({"name": name, "seed_index": seed_index, "seed": seed, "sets": sets,
-                     "out_dir": student_dir(out, name, seed_index),
-                     "spec": _student_spec(cfg, out, name, seed, sets)})
+        run = {"name": name, "seed_index": seed_index, "seed": seed, "sets": sets,
+               "out_dir": student_dir(out, name, seed_index), "spec": _student_spec(cfg, out, name, seed, sets)}
+        if slimming_penalty(student):
+            run["shaping"] = Shaping(bn_l1=slimming_penalty(student)).as_dict()
+        runs.append(run)
     return runs
+
+
+def slimming_penalty(student: StudentConfig) -> float:
+    """λ of the L1 penalty on batch-norm scales in the student's training (its slimming recipes')."""
+    return max([recipe.slimming_l1 for recipe in recipes_of(student.prune)], default=0.0)
 
 
 def train_student_run(cfg: Config, out: Path, run: dict[str, Any], train: Source, test: Source,
                       progress: Progress) -> dict[str, Any]:
-    """Train one run of :func:`student_runs` and mark it done."""
-    name, student, label = run["name"], cfg.students[run["name"]], f"{run['name']}/seed-{run['seed_index']}"
-    progress(f"student {label}: training {student.model.arch} ({student.objective}) for {student.train.steps} steps")
-    teachers = list(require_teachers(cfg, out)) if student.objective == "kd_online" else None
+    """Train one run of :func:`student_runs` and mark it done. A fine-tuning run of a pruned
+    student (:mod:`pipeline.pruning`) also carries its ``objective``, ``train``, ``kd``,
+    ``shaping`` and ``label``; a slimming student's own run its ``shaping``."""
+    name, student = run["name"], cfg.students[run["name"]]
+    label = run.get("label") or f"{name}/seed-{run['seed_index']}"
+    objective = run.get("objective", student.objective)
+    train_cfg = TrainConfig.model_validate(run["train"]) if "train" in run else student.train
+    kd_cfg = KDConfig.model_validate(run["kd"]) if "kd" in run else student.kd
+    shaping = Shaping(**run["shaping"]) if run.get("shaping") else None
+    progress(f"student {label}: training {student.model.arch} ({objective}) for {train_cfg.steps} steps")
+    teachers = list(require_teachers(cfg, out)) if objective == "kd_online" else None
     result = train_model(
-        name=name, model_cfg=student.model, train_cfg=student.train, objective=student.objective,
-        kd_cfg=student.kd, sets=run["sets"], train_source=train, test_source=test, out_dir=run["out_dir"],
-        seed=run["seed"], progress=progress, teachers=teachers, factories=cfg.factories,
+        name=name, model_cfg=student.model, train_cfg=train_cfg, objective=objective,
+        kd_cfg=kd_cfg, sets=run["sets"], train_source=train, test_source=test, out_dir=run["out_dir"],
+        seed=run["seed"], progress=progress, teachers=teachers, factories=cfg.factories, shaping=shaping,
         views_seen_warning=cfg.student_stage.views_seen_warning,
     )
     result["seed_index"] = run["seed_index"]

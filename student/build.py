@@ -29,6 +29,7 @@ from student.data import source_input_spec
 from student.objectives import TRANSFER_STREAM, Objective, SelfGuided
 from student.online import Teacher
 from student.optim import make_optimizer
+from student.pruning.shaping import Shaper, Shaping
 from student.shards import SetShards, check_sampled_temperature, open_transfer_sets
 from student.state import STATE_NAME, load_state, restore, spec_hash
 from student.stream import RealPart, StreamPlan
@@ -65,6 +66,7 @@ class Run:
     start_step: int
     epoch: int  # steps per epoch
     tensorboard: TensorBoard | None
+    shaper: Shaper | None = None  # a pruned student's hooks (student.pruning.shaping)
 
     @property
     def state_path(self) -> Path:
@@ -139,6 +141,19 @@ def new_model(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, head_wi
     return plain
 
 
+def start_model(name: str, shaping: Shaping, model_cfg: ModelConfig, source: Source,
+                factories: Sequence[str]) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The model a shaped run starts from: its ``init`` checkpoint (a pruned model, rebuilt to its
+    stored widths), which must be of the run's arch; and that checkpoint's ``pruned`` record."""
+    assert shaping.init is not None
+    model, payload = load_model(shaping.init, task=source.task.name, outputs=source.task.outputs(source),
+                                allowed_factories=factories)
+    if (payload["arch"], payload["arch_kwargs"]) != (model_cfg.arch, model_cfg.arch_kwargs):
+        raise UserError(f"{name}: start checkpoint {shaping.init} is arch {payload['arch']!r} "
+                        f"{payload['arch_kwargs']}, the run trains {model_cfg.arch!r} {model_cfg.arch_kwargs}")
+    return model.train(), payload.get("pruned")
+
+
 def build_objective(objective: str, task: Task, train_cfg: TrainConfig, kd_cfg: KDConfig | None,
                     sets: list[tuple[str, float]], source: Source, spec: dict[str, Any], ctx: distributed.Dist,
                     seed: int, start_step: int, epoch: int, opened: list[SetShards],
@@ -174,7 +189,7 @@ def _fingerprint(set_dir: str) -> str | None:
 def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, objective: str, kd_cfg: KDConfig | None,
               sets: list[tuple[str, float]], train_source: Source, test_source: Source, out_dir: Path, seed: int,
               progress: Progress | None, resume: bool, teachers: list[str | Path] | None,
-              factories: Sequence[str] = ()) -> Run:
+              factories: Sequence[str] = (), shaping: Shaping | None = None) -> Run:
     """Everything :func:`student.train.train_model` trains, checked and built (see there)."""
     if objective not in ("erm", "kd", "kd_online"):
         raise UserError(f"objective {objective!r}: expected 'erm', 'kd' or 'kd_online'")
@@ -194,12 +209,17 @@ def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, obje
     torch.manual_seed(seed)
     head = task.head(model_cfg, train_source)
     plain = new_model(name, model_cfg, train_cfg, task.head_width(head), train_source)
+    pruned = None
+    if shaping is not None and shaping.init:
+        plain, pruned = start_model(name, shaping, model_cfg, train_source, factories)
     tensorboard = TensorBoard(Path(out_dir) / "tensorboard") if train_cfg.tensorboard and ctx.is_main else None
     plain = plain.to(ctx.device)
     if train_cfg.channels_last:
         plain = plain.to(memory_format=torch.channels_last)
     spec = source_input_spec(train_source)
     optimizer = make_optimizer(plain, train_cfg)
+    example = torch.zeros(1, train_source.shape[2], *train_source.shape[:2], device=ctx.device)
+    shaper = Shaper(shaping, plain, example, pruned) if shaping is not None else None
     scaler = torch.amp.GradScaler("cuda") if train_cfg.amp and ctx.device.type == "cuda" else None
     out_dir = Path(out_dir)
     run_spec = spec_hash({
@@ -209,6 +229,7 @@ def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, obje
         "sets": [(d, w, _fingerprint(d), sum(shards.samples))  # a set grows in place: its size counts too
                  for (d, w), shards in zip(transfer_sets, opened, strict=True)] if opened else [],
         "real_weight": real_weight, "world_size": ctx.world_size, "source": train_source.identity,
+        **({"shaping": shaping.identity()} if shaping is not None else {}),
     })
     payload = load_state(out_dir / STATE_NAME, run_spec) if resume else None
     start_step = 0 if payload is None else restore(payload, plain, optimizer, scaler)
@@ -225,4 +246,4 @@ def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, obje
                seed=seed, out_dir=out_dir, progress=progress, ctx=ctx, train_source=train_source,
                test_source=test_source, opened=opened, head=head, spec=spec, plain=plain, model=model,
                optimizer=optimizer, scaler=scaler, step_fn=step_fn, run_spec=run_spec, start_step=start_step,
-               epoch=epoch, tensorboard=tensorboard)
+               epoch=epoch, tensorboard=tensorboard, shaper=shaper)

@@ -38,6 +38,7 @@ from student.curves import plot_curves
 from student.metrics import MAX_TRAIN_ROWS, MetricsLog, Window, log_interval
 from student.objectives import Objective
 from student.optim import lr_factor, set_lr
+from student.pruning.shaping import Shaping
 from student.state import save_state
 from student.tasks import EVALUATE
 
@@ -48,7 +49,7 @@ def train_model(
     *, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, objective: Literal["erm", "kd", "kd_online"],
     kd_cfg: KDConfig | None, sets: list[tuple[str, float]], train_source: Source, test_source: Source,
     out_dir: Path, seed: int, progress: Progress | None = None, resume: bool = True,
-    teachers: list[str | Path] | None = None, factories: Sequence[str] = (),
+    teachers: list[str | Path] | None = None, factories: Sequence[str] = (), shaping: Shaping | None = None,
     views_seen_warning: float | None = DEFAULT_VIEWS_SEEN_WARNING,
 ) -> dict[str, Any]:
     """Train one model; write ``metrics.jsonl``, ``curves.png``, ``model.pt`` and ``result.json``.
@@ -60,13 +61,14 @@ def train_model(
     result dict (also in ``result.json``). The source's task decides the model's head, the
     objective's loss and the metrics: a regression source (float targets) trains a Gaussian head
     (:mod:`student.regression`) and reports its error, NLL and σ calibration instead of accuracy.
-    Before training, a KD run says how often it will see each stored view of each set and warns
-    when that exceeds ``views_seen_warning`` (None: never).
+    ``shaping`` makes it a pruned student's run (:mod:`student.pruning.shaping`). Before
+    training, a KD run says how often it will see each stored view of each set and warns when
+    that exceeds ``views_seen_warning`` (None: never).
     """
     started = time.perf_counter()
     run = build_run(name=name, model_cfg=model_cfg, train_cfg=train_cfg, objective=objective, kd_cfg=kd_cfg,
                     sets=sets, train_source=train_source, test_source=test_source, out_dir=out_dir, seed=seed,
-                    progress=progress, resume=resume, teachers=teachers, factories=factories)
+                    progress=progress, resume=resume, teachers=teachers, factories=factories, shaping=shaping)
     planned = planned_views_seen(run, kd_sets(sets)[1])
     if progress is not None and run.ctx.is_main:
         for line in views_seen_lines(name, planned, views_seen_warning):
@@ -94,6 +96,8 @@ def step_once(run: Run, step: int) -> tuple[float, torch.Tensor, dict[str, float
         scaler.unscale_(optimizer)
     else:
         loss.backward()
+    if run.shaper is not None:
+        run.shaper.after_backward()
     if cfg.clip_grad_norm is not None:
         extras["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(run.plain.parameters(), cfg.clip_grad_norm))
     if scaler is not None:
@@ -101,6 +105,8 @@ def step_once(run: Run, step: int) -> tuple[float, torch.Tensor, dict[str, float
         scaler.update()
     else:
         optimizer.step()
+    if run.shaper is not None:
+        run.shaper.after_step()
     return lr, loss, extras, time.perf_counter() - tick
 
 
@@ -173,6 +179,7 @@ def finish(run: Run, final: dict[str, Any], train_seconds: float, seconds: float
             run.out_dir / "model.pt", run.plain, arch=run.model_cfg.arch, arch_kwargs=run.model_cfg.arch_kwargs,
             num_classes=run.train_source.num_classes, input=run.spec, task=task.name, head=run.head,
             train={**cfg.model_dump(), "objective": run.objective, "seed": run.seed, **kd},
+            pruned=run.shaper.record(run.plain) if run.shaper is not None else None,
         )
         result.update({k: final[k] for k in task.result_keys if k in final})
         if stats.get("shards_skipped"):
