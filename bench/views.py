@@ -4,9 +4,11 @@
                           [--steps 780] [--seeds 0] [--seeds-of kd_2=0,1,2 ...] [--members 2] [--width 8]
                           [--no-online] [--default-buffer] [--set key=value ...]
 
-The example's source, teachers and KD recipe (τ = 4, α = 0.9, member architecture); every set is a
-replay set (``store: replay``, tens of bytes per stored sample), so 128 views of 1 000 images cost
-megabytes, not the ~830 MB of pixels. For each K of ``--views``:
+The example's source, its first ``--members`` teachers (default 2 of its 4: labelling 340 000
+samples through 4 does not fit two shared cores in the study's ~45 min), its recipe and KD
+(τ = 4, α = 0.9) for a ResNet-8 of ``--width`` (default 8, a quarter of a member's parameters, for
+the same reason); every set is a replay set (``store: replay``, tens of bytes per stored sample),
+so 128 views of 1 000 images cost megabytes, not the ~830 MB of pixels. For each K of ``--views``:
 
 * ``kd_K``: KD from ``views_K`` (``sampler: {kind: views, views: K}``: every training image and
   K − 1 augmented views of it, K × images samples);
@@ -22,9 +24,11 @@ example's batch with the example's recipe.
 One change to the example's reader, the same for every offline student: the shuffle buffer holds
 ``max(K) × images`` samples and is filled once per run (``epoch_steps`` = steps). A views set is
 enumerated image by image (K consecutive samples are K views of one image, a 4 000-sample shard
-holds 32 images at K = 128), so through the default 2 000-sample buffer a batch of 128 holds ~52
-distinct images at K = 128 instead of ~113 (``img/batch``, measured by :func:`images_per_batch`
-with the trainer's own reader); what that costs is the ``kd_K_buffer2000`` row (``--default-buffer``).
+holds 32 images at K = 128) and the trainer draws whole shards with replacement, so through the
+default 2 000-sample buffer a batch of 128 holds ~54 distinct images at K = 128 instead of ~115,
+and a 780-step run reads about half of the 1 000 images, ~88 % through the study's buffer
+(``img/batch, images read``, measured by :func:`reader_reach` with the trainer's own reader); what
+the default reader costs is the ``kd_K_buffer2000`` row (``--default-buffer``).
 
 Everything runs through the project's chain into ``--out``: teachers, sets and students already
 made there are reused (the default is the example's run directory, so after ``transferset run
@@ -107,10 +111,11 @@ def bytes_per_sample(set_dir: Path, samples: int) -> float:
     return sum(p.stat().st_size for p in set_dir.rglob("*") if p.is_file()) / samples
 
 
-def images_per_batch(set_dir: str, source: Any, buffer: int, batch: int, batches: int = 200) -> float:
-    """Mean distinct source images in a batch of the student's reader on a views set: the trainer's
-    own ``ShardStream`` and ``ShuffledMix`` (student/stream.py), fed each shard's stored ``image``
-    column (numpy only) in place of its rebuilt pixels."""
+def reader_reach(set_dir: str, source: Any, buffer: int, batch: int, steps: int) -> dict[str, float]:
+    """What the student's reader gives a run on a views set: mean distinct source images in a batch
+    and distinct images read in ``steps`` batches — the trainer's own ``ShardStream`` and
+    ``ShuffledMix`` (student/stream.py), fed each shard's stored ``image`` column (numpy only) in
+    place of its rebuilt pixels (its own seed, not the run's)."""
     from student.shards import ShardArrays, open_transfer_sets
     from student.stream import ReadLog, ShardStream, ShuffledMix
 
@@ -125,7 +130,9 @@ def images_per_batch(set_dir: str, source: Any, buffer: int, batch: int, batches
     part = [(i, 0, 1) for i in range(len(opened.urls))]
     stream = ShardStream(opened, part, rng, ImageIds(), "error", ReadLog())  # type: ignore[arg-type]
     mix = ShuffledMix([stream], [1.0], buffer, rng)
-    return float(np.mean([len(np.unique(mix.next(batch)["image"])) for _ in range(batches)]))
+    batches = [mix.next(batch)["image"] for _ in range(steps)]
+    return {"per_batch": float(np.mean([len(np.unique(b)) for b in batches])),
+            "images_read": int(len(np.unique(np.concatenate(batches))))}
 
 
 def seen_of(row: dict[str, Any]) -> dict[str, float]:
@@ -151,17 +158,18 @@ def seen_text(s: dict[str, Any]) -> str:
 def table(figures: dict[str, Any]) -> str:
     lines = [f"teacher ensemble ({figures['members']} members): {figures['teacher_accuracy']:.4f}; "
              f"{figures['steps']} steps of batch {figures['batch_size']}, seeds {figures['seeds']} unless a row says",
-             f"{'stored/img':>17}  {'kd':<34}{'kd seen':<18}{'xcl':<34}{'xcl seen':<32}{'B/sample':<13}img/batch"]
+             f"{'stored/img':>17}  {'kd':<34}{'kd seen':<18}{'xcl':<34}{'xcl seen':<32}{'B/sample':<13}"
+             "img/batch, images read"]
     for k, point in figures["views"].items():
         kd, xcl = point["kd"], point["xcl"]
-        diversity = ", ".join(f"{v:.1f}" for v in point["images_per_batch"].values())
+        diversity = "; ".join(f"{r['per_batch']:.1f}, {r['images_read']}" for r in point["reader"].values())
         lines.append(f"{k:>17}  {accuracy_text(kd):<34}{seen_text(kd):<18}{accuracy_text(xcl):<34}"
                      f"{seen_text(xcl):<32}{point['bytes_kd']:.1f}, {point['bytes_xcl']:.1f}   {diversity}")
     for name, row in figures["extra"].items():
         lines.append(f"{name:>17}  {accuracy_text(row):<34}{seen_text(row)}")
-    lines.append(f"B/sample: every file of the set on disk ÷ its samples (kd's set, mean of xcl's two); img/batch: "
-                 f"distinct images in a batch of the kd set's reader, shuffle buffer {figures['buffer']} (the "
-                 f"study's) and {DEFAULT_BUFFER} (the default)")
+    lines.append(f"B/sample: every file of the set on disk ÷ its samples (kd's set, mean of xcl's two); img/batch, "
+                 f"images read: distinct images in a batch of the kd set's reader and over the run's steps, shuffle "
+                 f"buffer {figures['buffer']} (the study's); the same with {DEFAULT_BUFFER} (the default)")
     return "\n".join(lines)
 
 
@@ -243,8 +251,8 @@ def main() -> None:
         figures["views"][k] = {
             "kd": summary(rows[f"kd_{k}"]), "xcl": summary(rows[f"xcl_{k}"]), "bytes_kd": size[f"views_{k}"],
             "bytes_xcl": (size[f"views_{k // 2}"] + size[f"mix_{k // 2}"]) / 2,
-            "images_per_batch": {str(b): images_per_batch(set_dir(args.out, f"views_{k}"), train, b, batch)
-                                 for b in (buffer, DEFAULT_BUFFER)}}
+            "reader": {str(b): reader_reach(set_dir(args.out, f"views_{k}"), train, b, batch, args.steps)
+                       for b in (buffer, DEFAULT_BUFFER)}}
     figures["extra"] = {name: summary(row) for name, row in rows.items()
                         if not any(name in (f"kd_{k}", f"xcl_{k}") for k in views)}
     print(table(figures))

@@ -70,12 +70,13 @@ def test_the_table_shows_each_points_accuracy_seen_and_bytes() -> None:
                "buffer": 128000,
                "views": {2: {"kd": point, "xcl": {**point, "std": None, "seen": {"views_1": 49.9, "mix_1": 50.0}},
                              "bytes_kd": 35.5, "bytes_xcl": 36.25,
-                             "images_per_batch": {"128000": 112.79, "2000": 52.1}}},
+                             "reader": {"128000": {"per_batch": 112.79, "images_read": 878},
+                                        "2000": {"per_batch": 52.1, "images_read": 475}}}},
                "extra": {"kd_online": {**point, "seen": {"source": 99.84}}}}
     text = table(figures)
     assert "0.5000 ± 0.0100 (2 seeds)" in text and "views_2 49.92×" in text and "0.5000 (1 seed)" in text
     assert "views_1 49.90×, mix_1 50.00×" in text and "35.5, 36.2" in text and "source 99.84×" in text
-    assert "112.8, 52.1" in text and "shuffle buffer 128000" in text
+    assert "112.8, 878; 52.1, 475" in text and "shuffle buffer 128000" in text
 
 
 def test_some_points_get_more_seeds_and_a_stranger_is_refused(raw) -> None:
