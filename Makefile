@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= examples/quickstart.yaml
 
-.PHONY: run test lint bench bench-generate bench-train bench-topk bench-student study clean
+.PHONY: run test lint bench bench-generate bench-train bench-topk bench-student study study-views clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench-student: $(STAMP)
 study: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/transferset run examples/cifar10.yaml
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/kd_study.py --out runs/cifar10
+
+# How many stored views (docs/RESULTS.md): replay sets of 2-128 views per image, XCL-Mix of the same sizes,
+# the online teacher; reuses the example's teachers in runs/cifar10 (~45 min on two loaded cores).
+study-views: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/python bench/views.py --out runs/cifar10 --default-buffer \
+		--seeds-of kd_2=0,1,2 --seeds-of kd_128=0,1,2
 
 clean:
 	rm -rf runs .pytest_cache
