@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from core import storage
 from core.errors import FormatError, UserError
-from core.format import iter_tar, read_records
+from core.format import iter_tar, read_records, sample_key
 from core.replay_record import RecordLayout, decode_record, record_layout, source_fingerprint
 from core.sample_apply import apply_params
 from core.set_index import SetIndex, parse_shard_name, read_index, shard_urls
@@ -215,21 +215,25 @@ def check_sampled_temperature(opened: list[SetShards], temperature: float) -> No
 # ---------------------------------------------------------------- decoding
 
 
-def replay_records(url: str, replay: ReplaySource) -> Iterator[tuple[str, dict[str, Any]]]:
-    """A replay shard's samples as decoded records: the image rebuilt, the targets decoded."""
+def replay_records(url: str, replay: ReplaySource) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
+    """A replay shard's samples: each key and how to decode it (the image rebuilt, the targets
+    decoded), so a failure names its own sample."""
     shard = parse_shard_name(storage.name_of(url))
     for row in read_records(url, replay.layout.dtype):
-        meta, members = decode_record(replay.layout, int(shard or 0), row)
-        image = apply_params(meta["sampler"], meta["params"], replay.source)
-        yield meta["key"], {**CLASSIFY.decode_targets(members), "image": image, "meta": meta}
+        def decode(row: Any = row) -> dict[str, Any]:
+            meta, members = decode_record(replay.layout, int(shard or 0), row)
+            image = apply_params(meta["sampler"], meta["params"], replay.source)
+            return {**CLASSIFY.decode_targets(members), "image": image, "meta": meta}
+
+        yield sample_key(int(shard or 0), int(row["index"])), decode
 
 
-def _records(url: str, replay: ReplaySource | None) -> Iterator[tuple[str, dict[str, Any]]]:
+def _records(url: str, replay: ReplaySource | None) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
     if replay is not None:
         yield from replay_records(url, replay)
         return
     for key, fields in iter_tar(url):
-        yield key, decode_fields(fields)
+        yield key, lambda fields=fields: decode_fields(fields)
 
 
 def decode_shard(url: str, expected_samples: int, width: int, replay: ReplaySource | None = None) -> ShardArrays:
@@ -239,7 +243,8 @@ def decode_shard(url: str, expected_samples: int, width: int, replay: ReplaySour
     images, targets, labels, weights = [], [], [], []
     key = "?"
     try:
-        for key, decoded in _records(url, replay):  # noqa: B007  # key names the bad sample below
+        for key, decode in _records(url, replay):  # noqa: B007  # key names the bad sample below
+            decoded = decode()
             if decoded["target"].shape != (width,):
                 raise FormatError(f"target shape {decoded['target'].shape}, expected ({width},)")
             if labels and ("weights" in decoded) != bool(weights):
