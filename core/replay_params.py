@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import FormatError
+from core.sample_sources import NO_IMAGE, source_indices
 
 Params = dict[str, Any]
 Field = tuple[str, str, tuple[int, ...]]  # column name, numpy dtype, subarray shape
@@ -184,9 +185,7 @@ class ParamLayout:
 
     def indices(self, kind: str, params: Params) -> list[int]:
         """The real images a sample reads (what ``verify`` checks against the source's size)."""
-        if kind in ("mix", "mixup", "cutmix"):
-            return [params["i"], params["j"]]
-        return [] if kind == "gaussian_image" else [params["image"]]
+        return [i for i in source_indices(kind, params) if i != NO_IMAGE]
 
 
 def layout_of(set_cfg: Any, source: Any) -> ParamLayout:

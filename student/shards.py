@@ -36,6 +36,7 @@ from core.errors import FormatError, UserError
 from core.format import iter_tar, read_records, sample_key
 from core.replay_record import RecordLayout, decode_record, record_layout, source_fingerprint
 from core.sample_apply import apply_params
+from core.sample_sources import NO_IMAGE, source_indices
 from core.set_index import SetIndex, parse_shard_name, read_index, shard_urls
 from core.sources import IN_MEMORY_BYTES, Source, load_in_memory
 from core.tasks import CLASSIFY, Task, decode_fields, task_named
@@ -90,10 +91,11 @@ class ShardArrays:
     target: np.ndarray
     labels: np.ndarray
     weights: np.ndarray | None = None
+    sources: np.ndarray | None = None  # int32 (N, 2): the real images each sample is made from, −1 none
 
     @property
     def nbytes(self) -> int:
-        extra = 0 if self.weights is None else self.weights.nbytes
+        extra = sum(0 if a is None else a.nbytes for a in (self.weights, self.sources))
         return self.images.nbytes + self.target.nbytes + self.labels.nbytes + extra
 
     def __len__(self) -> int:
@@ -240,7 +242,7 @@ def decode_shard(url: str, expected_samples: int, width: int, replay: ReplaySour
     """Read and decode every record of one shard (a replay shard's images rebuilt from
     ``replay``); raises :class:`ShardDamage` naming it. ``width`` is the width of the target row
     (classes; 2·D for a regression set)."""
-    images, targets, labels, weights = [], [], [], []
+    images, targets, labels, weights, sources = [], [], [], [], []
     key = "?"
     try:
         for key, decode in _records(url, replay):  # noqa: B007  # key names the bad sample below
@@ -252,6 +254,8 @@ def decode_shard(url: str, expected_samples: int, width: int, replay: ReplaySour
             images.append(decoded["image"])
             targets.append(decoded["target"])
             labels.append(decoded["label"])
+            meta = decoded.get("meta") or {}
+            sources.append(source_indices(meta["sampler"], meta["params"]) if "sampler" in meta else (NO_IMAGE,) * 2)
             if "weights" in decoded:
                 weights.append(decoded["weights"])
     except FileNotFoundError as err:
@@ -267,7 +271,8 @@ def decode_shard(url: str, expected_samples: int, width: int, replay: ReplaySour
     if len(shapes) > 1:
         raise ShardDamage(url, f"images of different shapes {sorted(shapes)}")
     return ShardArrays(url, np.stack(images), np.stack(targets).astype(np.float32),
-                       np.asarray(labels, dtype=np.int64), np.stack(weights) if weights else None)
+                       np.asarray(labels, dtype=np.int64), np.stack(weights) if weights else None,
+                       np.asarray(sources, dtype=np.int32).reshape(-1, 2))
 
 
 class DecodedCache:
