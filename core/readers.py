@@ -82,6 +82,15 @@ class Source:
                             "(resize and crop to N×N) or resize them first")
         return image
 
+    def pil(self, index: int) -> Image.Image:
+        """Image ``index`` as decoded, as a PIL image (``L`` or ``RGB``): what a per-sample training
+        transform starts from without a round trip through numpy (a random-resized crop of a
+        large JPEG crops the decoded image, then resizes only the box)."""
+        if self._images is not None:
+            image = self._images[index]
+            return Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+        return open_pil(self._files[index], self.shape[2])
+
     def raw_size(self, index: int) -> tuple[int, int]:
         """(height, width) of image ``index`` as stored, read from its header only."""
         if self._images is not None:
@@ -121,13 +130,19 @@ def image_size(path: str | Path | TarMember) -> tuple[int, int]:
     return (int(height), int(width))
 
 
-def read_image(path: str | Path | TarMember, channels: int) -> np.ndarray:
+def open_pil(path: str | Path | TarMember, channels: int) -> Image.Image:
+    """The decoded image as a PIL image of ``channels`` channels (``L`` or ``RGB``)."""
     try:
         with _open_image(path) as handle, Image.open(handle) as pil:
-            array = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
+            pil.load()
+            return pil.convert("L" if channels == 1 else "RGB")
     except (OSError, UnidentifiedImageError) as err:
         reason = "not an image file PIL can read" if isinstance(err, UnidentifiedImageError) else str(err)
         raise UserError(f"image {path}: unreadable ({reason}); remove or replace the file") from err
+
+
+def read_image(path: str | Path | TarMember, channels: int) -> np.ndarray:
+    array = np.asarray(open_pil(path, channels))
     return array[:, :, None] if array.ndim == 2 else array
 
 

@@ -18,7 +18,8 @@ from core.config import ImbalanceConfig, SourceConfig
 from core.errors import UserError
 from core.readers import READERS, Source, Split, image_size
 
-__all__ = ["Source", "Split", "check_readable", "load_in_memory", "load_source", "load_source_cached"]
+__all__ = ["Source", "Split", "check_readable", "in_memory_if_small", "load_in_memory", "load_source",
+           "load_source_cached"]
 
 
 def _with_options(source: Source, cfg: SourceConfig) -> Source:
@@ -146,6 +147,15 @@ def load_in_memory(source: Source) -> Source:
     if source._images is not None and source.contract is None:
         return source
     return replace(source, _images=source.images(), _files=[], contract=None)
+
+
+def in_memory_if_small(source: Source, limit: int = IN_MEMORY_BYTES) -> Source:
+    """The split decoded once when its images (at the source's shape) fit in ``limit`` bytes, else
+    the same file-backed split, read image by image where it is used: a trainer then holds no
+    split in memory, whatever its size."""
+    if source._images is not None and source.contract is None:
+        return source
+    return load_in_memory(source) if len(source) * int(np.prod(source.shape)) <= limit else source
 
 
 _CHECKED: set[str] = set()

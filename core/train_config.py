@@ -68,6 +68,14 @@ class SelfGuidanceConfig(Strict):
     temperature: float = Field(3.0, gt=0)
 
 
+RENAMED_TRAIN_OPTIONS = {
+    "shuffle_buffer": "sets are read in epochs shuffled in windows of several shards; use shuffle_window (rows)",
+    "epoch_steps": "every set and the real split run through their own epochs; drop it "
+                   "(checkpoint_steps sets how often a resumable state is written)",
+    "checkpoint_epochs": "a run resumes at any step; use checkpoint_steps",
+}
+
+
 class TrainConfig(Strict):
     steps: int = Field(gt=0)
     batch_size: int = Field(128, gt=0)
@@ -92,17 +100,28 @@ class TrainConfig(Strict):
         "nll", description="ERM on a regression source: Gaussian NLL (XCL eq 5) or MSE of μ")
     class_balanced: bool = Field(False, description="real images drawn ∝ 1/class population (XCL §6.2)")
     self_guidance: SelfGuidanceConfig | None = None
-    epoch_steps: int | None = Field(None, gt=0, description="steps per epoch; default one pass over the data")
-    checkpoint_epochs: int = Field(1, ge=1, description="epochs between resumable train states")
+    checkpoint_steps: int = Field(500, ge=1, description="steps between resumable train states (any step resumes)")
     eval_every: int = Field(0, ge=0, description="steps between evaluations; 0 = at the end")
     num_workers: int = Field(1, ge=0)
     threads: int = Field(0, ge=0, description="torch threads of the trainer; 0 = the cores the loader leaves")
-    shuffle_buffer: int = Field(2000, ge=1)
+    shuffle_window: int | None = Field(
+        None, ge=1, description="rows of a set shuffled together per reader (several shards open at once); "
+                                "default: as many as fit in cache_mb, at most 65 536")
     batches_per_transfer: int = Field(
         0, ge=0, description="batches per worker→trainer transfer; 0 = up to 32 batches within 16 MiB")
     cache_mb: float = Field(1024, ge=0, description="decoded shards kept in memory per reader")
     on_bad_shard: Literal["error", "skip"] = "error"
     tensorboard: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, raw: Any) -> Any:
+        """Options of the old stream (a shuffle buffer, epoch segments) name their successors."""
+        if isinstance(raw, dict):
+            for old, hint in RENAMED_TRAIN_OPTIONS.items():
+                if old in raw:
+                    raise ValueError(f"train.{old} is gone: {hint}")
+        return raw
 
     @model_validator(mode="after")
     def _schedule(self) -> TrainConfig:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,7 +21,7 @@ from core.errors import UserError
 from core.models import build_model, load_model, probe_forward, stochastic_blocks
 from core.seeds import stream_seed
 from core.set_index import read_index
-from core.sources import Source, load_in_memory
+from core.sources import Source, in_memory_if_small
 from core.tasks import Task
 from core.zoo import library_of
 from student import distributed
@@ -33,6 +34,7 @@ from student.pruning.shaping import Shaper, Shaping
 from student.shards import SetShards, check_sampled_temperature, open_transfer_sets
 from student.state import STATE_NAME, load_state, restore, spec_hash
 from student.stream import RealPart, StreamPlan
+from student.stream.coverage import Coverage
 from student.tasks import OBJECTIVES
 
 Progress = Callable[[str], None]
@@ -74,8 +76,31 @@ class Run:
 
 
 def epoch_steps(cfg: TrainConfig, samples: int) -> int:
-    """Steps of one epoch: the configured number, else one pass over ``samples``."""
-    return cfg.epoch_steps or max(1, math.ceil(samples / cfg.batch_size))
+    """Steps of one pass over ``samples`` (the ``epoch`` of a train row; each set keeps its own)."""
+    return max(1, math.ceil(samples / cfg.batch_size))
+
+
+WINDOW_ROWS = 65536  # the default shuffle window's ceiling (rows of a set shuffled together)
+
+
+def shuffle_window(cfg: TrainConfig, source: Source, width: int) -> int:
+    """``train.shuffle_window``, else as many decoded rows as fit in the reader's cache (at most
+    :data:`WINDOW_ROWS`): a window's shards are held decoded while it is read."""
+    if cfg.shuffle_window:
+        return cfg.shuffle_window
+    row_bytes = int(np.prod(source.shape)) + 8 * max(width, 1) + 32
+    return int(max(1, min(WINDOW_ROWS, cfg.cache_mb * 2**20 // row_bytes)))
+
+
+def stream_plan(cfg: TrainConfig, batch_size: int, seed: int, start_step: int, ctx: distributed.Dist,
+                source: Source, width: int) -> StreamPlan:
+    """The stream of a run (:class:`student.stream.StreamPlan`), positioned at ``start_step``."""
+    return StreamPlan(
+        batch_size=batch_size, seed=stream_seed(seed, TRANSFER_STREAM), start_step=start_step,
+        num_workers=cfg.num_workers, world_size=ctx.world_size, rank=ctx.rank,
+        batches_per_item=batches_per_transfer(cfg, batch_size, source),
+        shuffle_window=shuffle_window(cfg, source, width), cache_bytes=int(cfg.cache_mb * 2**20),
+        on_bad_shard=cfg.on_bad_shard)
 
 
 def set_threads(cfg: TrainConfig, ctx: distributed.Dist) -> None:
@@ -117,6 +142,13 @@ def open_sets(transfer_sets: list[tuple[str, float]], task: Task, cfg: TrainConf
     return opened
 
 
+def training_split(source: Source) -> Source:
+    """The real split a run trains on: decoded once when small (before the loader's workers fork,
+    so they share it), else read image by image in the workers. A split with an image contract
+    stays as files: its training views start from the decoded file (random-resized crops)."""
+    return source if source.contract is not None else in_memory_if_small(source)
+
+
 def online_teachers(name: str, teachers: list[str | Path] | None, source: Source,
                     factories: Sequence[str] = ()) -> list[Teacher]:
     """The kd_online objective's ensemble: each member and its input contract."""
@@ -156,29 +188,37 @@ def start_model(name: str, shaping: Shaping, model_cfg: ModelConfig, source: Sou
 
 def build_objective(objective: str, task: Task, train_cfg: TrainConfig, kd_cfg: KDConfig | None,
                     sets: list[tuple[str, float]], source: Source, spec: dict[str, Any], ctx: distributed.Dist,
-                    seed: int, start_step: int, epoch: int, opened: list[SetShards],
-                    teachers: list[Teacher]) -> Objective:
+                    seed: int, start_step: int, opened: list[SetShards], teachers: list[Teacher]) -> Objective:
     """The run's objective (:data:`student.tasks.OBJECTIVES`), its stream positioned at ``start_step``."""
     factory = OBJECTIVES[task.name][objective]
     common = (train_cfg, spec, ctx.device, seed, ctx.rank)
+    balanced = train_cfg.class_balanced
     if objective == "erm":
-        return factory(source, *common)
+        real = RealPart(source, 1.0, balanced, values=source.targets is not None)
+        plan = stream_plan(train_cfg, train_cfg.batch_size, seed, start_step, ctx, source, source.out_dim)
+        return factory(real, plan, *common)
     if kd_cfg is None:
         raise UserError(f"objective {objective!r} needs a kd config (temperature, alpha)")
     if objective == "kd_online":
-        return factory(teachers, source, kd_cfg, *common)
+        plan = stream_plan(train_cfg, train_cfg.batch_size, seed, start_step, ctx, source, 0)
+        return factory(teachers, RealPart(source, 1.0, balanced), plan, kd_cfg, *common)
     _, real_weight = kd_sets(sets)
-    real = None
-    if real_weight > 0:
-        real = RealPart(source.images(), source.labels, source.pad, source.flip, real_weight, train_cfg.class_balanced)
+    real = RealPart(source, real_weight, balanced) if real_weight > 0 else None
     candidates = train_cfg.batch_size if kd_cfg.pick is None else math.ceil(kd_cfg.pick.ratio * train_cfg.batch_size)
-    plan = StreamPlan(
-        batch_size=candidates, seed=stream_seed(seed, TRANSFER_STREAM), epoch_steps=epoch,
-        start_step=start_step, num_workers=train_cfg.num_workers, world_size=ctx.world_size, rank=ctx.rank,
-        batches_per_item=batches_per_transfer(train_cfg, candidates, source), shuffle_buffer=train_cfg.shuffle_buffer,
-        cache_bytes=int(train_cfg.cache_mb * 2**20), on_bad_shard=train_cfg.on_bad_shard,
-    )
-    return factory(opened, real, kd_cfg, plan, (source.shape[2], source.shape[0], source.shape[1]), *common)
+    plan = stream_plan(train_cfg, candidates, seed, start_step, ctx, source, opened[0].width)
+    coverage = Coverage([sum(s.samples) for s in opened] + [len(source)], len(source))
+    shape = (source.shape[2], source.shape[0], source.shape[1])
+    return factory(opened, real, kd_cfg, plan, shape, coverage, *common)
+
+
+def restore_counts(step_fn: Objective, payload: dict[str, Any], ctx: distributed.Dist) -> None:
+    """A saved state's counts: rank 0 keeps the sums over the ranks (and the merged coverage),
+    the others start from zero, so the next sum is right again."""
+    if not ctx.is_main:
+        return
+    step_fn.counts.restore(payload.get("counts", {}))
+    if step_fn.counts.coverage is not None and payload.get("coverage"):
+        step_fn.counts.coverage.restore(payload["coverage"])
 
 
 def _fingerprint(set_dir: str) -> str | None:
@@ -195,7 +235,7 @@ def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, obje
         raise UserError(f"objective {objective!r}: expected 'erm', 'kd' or 'kd_online'")
     ctx = distributed.setup()
     set_threads(train_cfg, ctx)
-    test_source = load_in_memory(test_source)
+    test_source = in_memory_if_small(test_source)
     transfer_sets, real_weight = kd_sets(sets)
     task = train_source.task
     task.check_student(name, objective, train_cfg, kd_cfg, real_weight)
@@ -204,7 +244,7 @@ def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, obje
         check_sampled_temperature(opened, kd_cfg.temperature)
     online = online_teachers(name, teachers, train_source, factories) if objective == "kd_online" else []
     if objective != "kd" or real_weight > 0:
-        train_source = load_in_memory(train_source)
+        train_source = training_split(train_source)
     epoch = epoch_steps(train_cfg, len(train_source) if objective != "kd" else sum(sum(s.samples) for s in opened))
     torch.manual_seed(seed)
     head = task.head(model_cfg, train_source)
@@ -239,9 +279,9 @@ def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, obje
     unused = bool(stochastic_blocks(plain)) and train_cfg.self_guidance is None  # dropped blocks get no gradient
     model = distributed.wrap(guided, ctx, find_unused=unused)
     step_fn = build_objective(objective, task, train_cfg, kd_cfg, sets, train_source, spec, ctx, seed, start_step,
-                              epoch, opened, online)
-    if payload is not None and ctx.is_main:
-        step_fn.counts.restore(payload.get("counts", {}))  # rank 0 keeps the sum over ranks
+                              opened, online)
+    if payload is not None:
+        restore_counts(step_fn, payload, ctx)
     return Run(name=name, objective=objective, model_cfg=model_cfg, train_cfg=train_cfg, kd_cfg=kd_cfg, task=task,
                seed=seed, out_dir=out_dir, progress=progress, ctx=ctx, train_source=train_source,
                test_source=test_source, opened=opened, head=head, spec=spec, plain=plain, model=model,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -80,3 +81,12 @@ def sum_over_ranks(values: list[int], ctx: Dist) -> list[int]:
     total = torch.tensor(values, dtype=torch.int64, device=ctx.device)
     dist.all_reduce(total)
     return [int(v) for v in total.tolist()]
+
+
+def max_over_ranks(values: np.ndarray, ctx: Dist) -> np.ndarray:
+    """Element-wise maximum of a uint8 array over the ranks (bitmaps: OR)."""
+    if not ctx.enabled or not values.size:
+        return values
+    total = torch.from_numpy(np.ascontiguousarray(values, dtype=np.uint8)).to(ctx.device)
+    dist.all_reduce(total, op=dist.ReduceOp.MAX)
+    return total.cpu().numpy()

@@ -3,13 +3,15 @@ draws) on the real split, or KD (+ pick) on streamed transfer sets; either one o
 Self-Guidance on a stochastic-depth model.
 
 An objective hands the trainer ``(loss, extras)`` per step; ``extras`` are numbers for the
-metrics (e.g. pick's KL ratio). Its random streams restart each epoch from ``(seed, epoch,
-rank)`` (:meth:`begin_epoch`), which is what makes a resumed run repeat the uninterrupted one.
+metrics (e.g. pick's KL ratio). Its batches come from the stream (:mod:`student.stream`), a pure
+function of the step it starts at, and its own random draws (CutMix / MixUp, the global torch RNG
+of stochastic depth and dropout) are seeded per step by :meth:`Objective.begin_step`: a run
+resumed at any step repeats the uninterrupted one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,14 +21,13 @@ from core.config import KDConfig, TrainConfig
 from core.errors import UserError
 from core.models import full_network
 from core.seeds import stream_seed
-from core.sources import Source
-from student.data import real_batches
 from student.losses import cutmix, kd_loss, mixed_label_loss, mixup, self_guidance_kl, smoothed_cross_entropy
 from student.pick import kl_ratio, pick_hardest, pick_scores, scoring_forward
 from student.shards import SetShards
 from student.stream import RealPart, StreamPlan, TransferLoader
+from student.stream.coverage import Coverage
 
-# Random streams of a run, each seeded with stream_seed(seed, stream, epoch, rank).
+# Random streams of a run, each seeded with stream_seed(seed, stream, step, rank).
 DATA_STREAM, MIX_STREAM, TRANSFER_STREAM, TORCH_STREAM = 1, 2, 3, 4
 BaseLoss = Callable[[torch.Tensor], torch.Tensor]
 
@@ -47,12 +48,19 @@ class SelfGuided(nn.Module):
 
 class RowCounts:
     """Rows drawn and rows trained on, by origin (the student's sets, then the real split): how
-    many times each stored view was seen is ``trained / samples`` (:func:`student.train.views_seen`).
-    Kept in the resumable state, so a resumed run counts like an uninterrupted one."""
+    many times each stored view was seen is ``trained / samples`` (:func:`student.train.views_seen`);
+    and what the drawn rows covered (:class:`student.stream.coverage.Coverage`). Kept in the
+    resumable state, so a resumed run counts like an uninterrupted one."""
 
-    def __init__(self, origins: int) -> None:
+    def __init__(self, origins: int, coverage: Coverage | None = None) -> None:
         self.drawn = [0] * origins
         self.trained = [0] * origins
+        self.coverage = coverage
+
+    def cover(self, batch: dict[str, torch.Tensor]) -> None:
+        """Count what a delivered batch covered (its origins, sample numbers, source images)."""
+        if self.coverage is not None:
+            self.coverage.add(batch["origin"].numpy(), batch["sample"].numpy(), batch["sources"].numpy())
 
     @staticmethod
     def _add(into: list[int], origin: torch.Tensor) -> None:
@@ -75,9 +83,9 @@ class Objective:
     """Base: turns inputs and a per-logits base loss into the step's loss (with Self-Guidance)."""
 
     def __init__(self, train_cfg: TrainConfig, spec: dict[str, Any], device: torch.device, seed: int,
-                 rank: int, origins: int = 1) -> None:
+                 rank: int, origins: int = 1, coverage: Coverage | None = None) -> None:
         self.cfg, self.device, self.seed, self.rank = train_cfg, device, seed, rank
-        self.counts = RowCounts(origins)
+        self.counts = RowCounts(origins, coverage)
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(spec["mean"], dtype=torch.float32, device=device).view(shape)
         self.inv_std = 1.0 / torch.tensor(spec["std"], dtype=torch.float32, device=device).view(shape)
@@ -87,8 +95,9 @@ class Objective:
         x = (images.to(self.device, non_blocking=True).float().div_(255.0) - self.mean).mul_(self.inv_std)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
-    def begin_epoch(self, epoch: int) -> None:
-        torch.manual_seed(stream_seed(self.seed, TORCH_STREAM, epoch, self.rank))  # stochastic depth, dropout
+    def begin_step(self, step: int) -> None:
+        """Seed the step's own draws: the global torch RNG (stochastic depth, dropout)."""
+        torch.manual_seed(stream_seed(self.seed, TORCH_STREAM, step, self.rank))
 
     def loss(self, model: nn.Module, x: torch.Tensor, base: BaseLoss) -> torch.Tensor:
         guidance = self.cfg.self_guidance
@@ -111,30 +120,43 @@ class Objective:
         pass
 
 
-class ERMObjective(Objective):
+class RealStreamObjective(Objective):
+    """Base of the objectives that train on the real split alone (ERM, ``kd_online``): its
+    batches come from the stream's real member, decoded and augmented in the loader's workers."""
+
+    def __init__(self, real: RealPart, plan: StreamPlan, *args: Any) -> None:
+        super().__init__(*args, coverage=Coverage([len(real.source)], len(real.source)))
+        self.source = real.source
+        self.loader = TransferLoader([], plan, real)
+        self.stream = iter(self.loader)
+        self.mix_rng = torch.Generator()
+
+    def begin_step(self, step: int) -> None:
+        super().begin_step(step)
+        self.mix_rng.manual_seed(stream_seed(self.seed, MIX_STREAM, step, self.rank))
+
+    def real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(uint8 NCHW images, labels)`` of the next batch — a regression source's float
+        targets (N, D) in place of the labels — counted as drawn and trained on."""
+        batch = next(self.stream)
+        self.counts.cover(batch)
+        self.counts.drawn[0] += len(batch["label"])
+        self.counts.trained[0] += len(batch["label"])
+        return batch["image"], batch["target"] if batch["target"].shape[1] else batch["label"]
+
+    def close(self) -> None:
+        self.stream.close()  # type: ignore[attr-defined]  # a generator: close() stops the workers
+
+
+class ERMObjective(RealStreamObjective):
     """Cross-entropy on augmented real images, with CutMix / MixUp (linear labels) by probability."""
-
-    def __init__(self, source: Source, *args: Any) -> None:
-        super().__init__(*args)
-        self.source = source
-        self.batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def begin_epoch(self, epoch: int) -> None:
-        super().begin_epoch(epoch)
-        cfg = self.cfg
-        self.batches = real_batches(self.source, cfg.batch_size, stream_seed(self.seed, DATA_STREAM, epoch, self.rank),
-                                    class_balanced=cfg.class_balanced)
-        self.mix_rng = torch.Generator().manual_seed(stream_seed(self.seed, MIX_STREAM, epoch, self.rank))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float | None]:
         """``(input, labels, partner labels, λ)`` of the next batch: CutMix or MixUp by their
         probabilities (λ None and the partner labels equal to the labels when neither is drawn)."""
-        assert self.batches is not None, "begin_epoch first"
         cfg = self.cfg
-        images, labels = next(self.batches)
+        images, labels = self.real_batch()
         x, labels = self.to_input(images), labels.to(self.device, non_blocking=True)
-        self.counts.drawn[0] += len(labels)
-        self.counts.trained[0] += len(labels)
         mixing = cfg.cutmix + cfg.mixup
         draw = float(torch.rand((), generator=self.mix_rng)) if mixing > 0 else 1.0
         if draw < mixing:
@@ -154,8 +176,8 @@ class KDObjective(Objective):
     """Hinton KD from streamed transfer sets; with ``pick``, the B hardest of ratio×B candidates."""
 
     def __init__(self, sets: list[SetShards], real: RealPart | None, kd_cfg: KDConfig, plan: StreamPlan,
-                 expected_shape: tuple[int, int, int], *args: Any) -> None:
-        super().__init__(*args, origins=len(sets) + 1)
+                 expected_shape: tuple[int, int, int], coverage: Coverage | None, *args: Any) -> None:
+        super().__init__(*args, origins=len(sets) + 1, coverage=coverage)
         self.kd, self.expected_shape, self.has_real = kd_cfg, expected_shape, real is not None
         self.loader = TransferLoader(sets, plan, real)
         self.stream = iter(self.loader)
@@ -169,6 +191,7 @@ class KDObjective(Objective):
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         batch = next(self.stream)
+        self.counts.cover(batch)
         if tuple(batch["image"].shape[1:]) != self.expected_shape:
             raise UserError(f"transfer set images are {tuple(batch['image'].shape[1:])} (C, H, W), "
                             f"the source's are {self.expected_shape}; make the sets from the same source")

@@ -10,19 +10,16 @@ teacher forward per step, which is what the offline pipeline exists to save.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from core.config import KDConfig
-from core.seeds import stream_seed
-from core.sources import Source
-from student.data import real_batches
 from student.evaluate import prepare
 from student.losses import kd_loss
-from student.objectives import DATA_STREAM, MIX_STREAM, Objective
+from student.objectives import RealStreamObjective
+from student.stream import RealPart, StreamPlan
 
 Teacher = tuple[nn.Module, dict[str, Any]]  # a model and its checkpoint's input contract
 
@@ -54,35 +51,25 @@ def mix_rows(images: torch.Tensor, count: int, generator: torch.Generator) -> to
     return out
 
 
-class OnlineKDObjective(Objective):
+class OnlineKDObjective(RealStreamObjective):
     """Hinton KD on fresh augmentations with the ensemble computing the targets every step."""
 
-    def __init__(self, teachers: list[Teacher], source: Source, kd_cfg: KDConfig, *args: Any) -> None:
-        super().__init__(*args)
-        self.teachers, self.source, self.kd = teachers, source, kd_cfg
+    def __init__(self, teachers: list[Teacher], real: RealPart, plan: StreamPlan, kd_cfg: KDConfig,
+                 *args: Any) -> None:
+        super().__init__(real, plan, *args)
+        self.teachers, self.kd = teachers, kd_cfg
         for model, _ in teachers:
             model.to(self.device).eval()
             if self.cfg.channels_last:
                 model.to(memory_format=torch.channels_last)
-        self.batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.mix_count = round(kd_cfg.online_mix * self.cfg.batch_size)
 
-    def begin_epoch(self, epoch: int) -> None:
-        super().begin_epoch(epoch)
-        self.batches = real_batches(self.source, self.cfg.batch_size,
-                                    stream_seed(self.seed, DATA_STREAM, epoch, self.rank),
-                                    class_balanced=self.cfg.class_balanced)
-        self.mix_rng = torch.Generator().manual_seed(stream_seed(self.seed, MIX_STREAM, epoch, self.rank))
-
     def step(self, model: nn.Module, plain: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
-        assert self.batches is not None, "begin_epoch first"
-        images, labels = next(self.batches)
+        images, labels = self.real_batch()
         if self.mix_count:
             images = mix_rows(images, self.mix_count, self.mix_rng)
             labels = labels.clone()
             labels[:self.mix_count] = -1  # a mix has no real label: KL term only, as in kd
-        self.counts.drawn[0] += len(labels)
-        self.counts.trained[0] += len(labels)
         logp = ensemble_log_probs(self.teachers, images).to(self.device)
         x, labels = self.to_input(images), labels.to(self.device, non_blocking=True)
         kd = self.kd

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.sources import Source
 from core.tasks.regression import split_gaussian
 from student.losses import gaussian_kl, gaussian_nll, mse_loss
 from student.objectives import ERMObjective, KDObjective
 from student.shards import SetShards
+from student.stream import RealPart
 
 
 def erm_loss(outputs: torch.Tensor, target: torch.Tensor, out_dim: int, loss: str) -> torch.Tensor:
@@ -38,9 +38,9 @@ def kd_loss(outputs: torch.Tensor, teacher: torch.Tensor, out_dim: int, loss: st
 class RegressionERM(ERMObjective):
     """ERM on the real split's float targets with ``train.regression_loss`` (NLL or MSE)."""
 
-    def __init__(self, source: Source, *args: Any) -> None:
-        super().__init__(source, *args)
-        self.out_dim = source.out_dim
+    def __init__(self, real: RealPart, *args: Any) -> None:
+        super().__init__(real, *args)
+        self.out_dim = real.source.out_dim
 
     def step(self, model: nn.Module, plain: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
         x, target, partner, lam = self.next_batch()

@@ -1,10 +1,11 @@
-"""Resumable train states: model, optimizer, AMP scaler and step, written at epoch ends.
+"""Resumable train states: model, optimizer, AMP scaler and step, written every
+``checkpoint_steps`` steps.
 
-Why nothing else (but the rows counted so far, for the views-seen figure): the learning rate
-is a pure function of the step (:mod:`student.optim`) and
-every random stream restarts at each epoch from ``(seed, epoch, rank)`` (:mod:`student.stream`,
-:mod:`student.objectives`), so a run resumed from the state of epoch e continues exactly as the
-uninterrupted run did. A state from a different run (another config, seed, data or reader
+Why nothing else (but the rows counted so far and what they covered, for the result's figures):
+the learning rate is a pure function of the step (:mod:`student.optim`), the stream is a pure
+function of the step it starts at (:mod:`student.stream`) and the step's own draws are seeded by
+``(seed, step, rank)`` (:mod:`student.objectives`), so a run resumed from the state of step s
+continues exactly as the uninterrupted run did. A state from a different run (another config, seed, data or reader
 layout) is never resumed: its ``spec`` hash differs.
 """
 
@@ -22,7 +23,7 @@ from torch import nn
 from core.storage import atomic_write
 
 STATE_NAME = "state.pt"
-STATE_FORMAT = "transferset-train-state/1"
+STATE_FORMAT = "transferset-train-state/2"
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
@@ -30,10 +31,13 @@ def spec_hash(spec: dict[str, Any]) -> str:
 
 
 def save_state(path: Path, *, spec: str, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler | None, counts: dict[str, list[int]] | None = None) -> None:
-    """``counts``: the objective's rows by origin so far (:class:`student.objectives.RowCounts`)."""
+               scaler: torch.amp.GradScaler | None, counts: dict[str, list[int]] | None = None,
+               coverage: dict[str, Any] | None = None) -> None:
+    """``counts``: the objective's rows by origin so far (:class:`student.objectives.RowCounts`);
+    ``coverage``: what they covered (:meth:`student.stream.coverage.Coverage.state`)."""
     payload = {
         "format": STATE_FORMAT, "spec": spec, "step": step, "counts": dict(counts or {}),
+        "coverage": coverage or {},
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},

@@ -1,10 +1,11 @@
 """What a student of each task trains with and is measured by, registered by task name.
 
 ``OBJECTIVES[task][objective]`` builds a run's :class:`~student.objectives.Objective`: ``erm``
-takes ``(source, *common)``, ``kd`` ``(sets, real, kd_cfg, plan, expected_shape, *common)``,
-``kd_online`` ``(teachers, source, kd_cfg, *common)``, where ``common`` is ``(train_cfg, input
-spec, device, seed, rank)``. ``EVALUATE[task]`` gives the metrics of a model (or an ensemble) on
-a held-out split. A task without an entry does not offer that objective.
+takes ``(real, plan, *common)``, ``kd`` ``(sets, real or None, kd_cfg, plan, expected_shape,
+coverage, *common)``, ``kd_online`` ``(teachers, real, plan, kd_cfg, *common)``, where ``real`` is
+the real split as a stream member (:class:`student.stream.RealPart`), ``plan`` the run's stream
+and ``common`` is ``(train_cfg, input spec, device, seed, rank)``. ``EVALUATE[task]`` gives the
+metrics of a model (or an ensemble) on a held-out split. A task without an entry does not offer that objective.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 One call trains one model for exactly ``steps`` optimizer steps and leaves, in ``out_dir``:
 ``metrics.jsonl`` (train and eval rows), ``curves.png``, ``model.pt`` (a self-describing
-checkpoint) and ``result.json``. At each ``checkpoint_epochs``-th epoch end it writes
-``state.pt``; a later call with the same spec resumes from it and ends with the same weights as
-an uninterrupted run (same seed, readers and machine; see :mod:`student.state`). It runs as one
+checkpoint) and ``result.json``. Every ``checkpoint_steps`` steps it writes ``state.pt``; a later
+call with the same spec resumes from it — at any step, mid-epoch — and ends with the same weights
+as an uninterrupted run (same seed, readers and machine; see :mod:`student.state`). It runs as one
 process, under ``torchrun`` or under Ray Train (:mod:`student.distributed`); only rank 0 writes.
 
 :func:`train_model` is three parts: :func:`student.build.build_run` (inputs checked, model,
@@ -40,6 +40,7 @@ from student.objectives import Objective
 from student.optim import lr_factor, set_lr
 from student.pruning.shaping import Shaping
 from student.state import save_state
+from student.stream.coverage import Coverage
 from student.tasks import EVALUATE
 
 __all__ = ["MAX_TRAIN_ROWS", "batches_per_transfer", "epoch_steps", "log_interval", "lr_factor", "train_model"]
@@ -110,12 +111,14 @@ def step_once(run: Run, step: int) -> tuple[float, torch.Tensor, dict[str, float
     return lr, loss, extras, time.perf_counter() - tick
 
 
-def save_epoch(run: Run, step: int) -> None:
-    """The resumable state at an epoch end (rank 0 writes it; the row counts are summed first)."""
+def save_train_state(run: Run, step: int) -> None:
+    """The resumable state after ``step`` (rank 0 writes it; the row counts and what was read are
+    summed over the ranks first)."""
     counts = summed_counts(run.step_fn, run.ctx)
+    coverage = merged_coverage(run.step_fn, run.ctx)
     if run.ctx.is_main:
         save_state(run.state_path, spec=run.run_spec, step=step, model=run.plain, optimizer=run.optimizer,
-                   scaler=run.scaler, counts=counts)
+                   scaler=run.scaler, counts=counts, coverage=None if coverage is None else coverage.state())
     distributed.barrier(run.ctx)
 
 
@@ -130,8 +133,7 @@ def loop(run: Run) -> tuple[dict[str, Any], float]:
     try:
         run.model.train()
         for step in range(run.start_step + 1, steps + 1):
-            if (step - 1) % epoch == 0:
-                run.step_fn.begin_epoch((step - 1) // epoch)
+            run.step_fn.begin_step(step)
             lr, loss, extras, seconds = step_once(run, step)
             train_seconds += seconds
             logged.add(loss, seconds, extras)
@@ -148,8 +150,8 @@ def loop(run: Run) -> tuple[dict[str, Any], float]:
             if ctx.is_main and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
                 final = evaluate(run)
                 log.write({"kind": "eval", "step": step, **final})
-            if step % (epoch * cfg.checkpoint_epochs) == 0 and step < steps:
-                save_epoch(run, step)
+            if step % cfg.checkpoint_steps == 0 and step < steps:
+                save_train_state(run, step)
         distributed.sync_buffers(run.plain, ctx)
     finally:
         run.step_fn.close()
@@ -166,7 +168,11 @@ def finish(run: Run, final: dict[str, Any], train_seconds: float, seconds: float
               "seconds": seconds, "samples_per_s": (cfg.steps - run.start_step) * cfg.batch_size
               / max(train_seconds, 1e-9), "parameters": count_parameters(run.plain)}
     stats = run.step_fn.stats()
-    result["seen"] = views_seen(summed_counts(run.step_fn, ctx), run.opened, len(run.train_source), run.objective)
+    coverage = merged_coverage(run.step_fn, ctx)
+    result["seen"] = views_seen(summed_counts(run.step_fn, ctx), run.opened, len(run.train_source), run.objective,
+                                coverage)
+    if coverage is not None:
+        result["images_per_batch"] = coverage.images_per_batch()
     if planned:
         result["planned_seen"] = planned
     if ctx.enabled:
@@ -204,12 +210,23 @@ def summed_counts(step_fn: Objective, ctx: distributed.Dist) -> dict[str, list[i
     return {key: distributed.sum_over_ranks(values, ctx) for key, values in step_fn.counts.state().items()}
 
 
+def merged_coverage(step_fn: Objective, ctx: distributed.Dist) -> Coverage | None:
+    """What the run read, merged over the ranks (a collective: every rank calls it)."""
+    coverage = step_fn.counts.coverage
+    if coverage is None:
+        return None
+    return coverage.merged(lambda bits: distributed.max_over_ranks(bits, ctx),
+                           lambda values: distributed.sum_over_ranks(values, ctx))
+
+
 def views_seen(counts: dict[str, list[int]], opened: list[Any], source_samples: int,
-               objective: str) -> list[dict[str, Any]]:
+               objective: str, coverage: Coverage | None = None) -> list[dict[str, Any]]:
     """How often the run saw each sample of each of its sets: one row per transfer set, then the
     real split where it was used, with the samples, the rows drawn and trained on (they differ
     with ``pick``) and ``seen`` = trained / samples. A stored view is the same pixels and target
-    each time it is seen; the real split's rows are fresh augmentations (``stored: false``)."""
+    each time it is seen; the real split's rows are fresh augmentations (``stored: false``). With
+    ``coverage``, each row also has the distinct samples and distinct source images read and the
+    mean distinct source images per batch among the origin's rows."""
     origins = [(storage.name_of(s.directory), sum(max(0, n) for n in s.samples), True)
                for s in opened] if objective == "kd" else []
     origins.append(("source", source_samples, False))  # the last origin is always the real split
@@ -218,8 +235,11 @@ def views_seen(counts: dict[str, list[int]], opened: list[Any], source_samples: 
         trained, drawn = counts["trained"][where], counts["drawn"][where]
         if not stored and objective == "kd" and not drawn:
             continue  # a kd student without the real split
-        rows.append({"set": name, "stored": stored, "samples": samples, "drawn": drawn, "trained": trained,
-                     "seen": trained / samples if samples else 0.0})
+        row = {"set": name, "stored": stored, "samples": samples, "drawn": drawn, "trained": trained,
+               "seen": trained / samples if samples else 0.0}
+        if coverage is not None and where < len(coverage.sizes):
+            row.update(coverage.rows()[where])
+        rows.append(row)
     return rows
 
 
