@@ -21,7 +21,7 @@ from core import set_index as sx
 from core import storage
 from core.config import Config, SetConfig, StoreConfig
 from core.errors import FormatError, UserError
-from core.fingerprint import PREFIX_CHARS, set_fingerprint
+from core.fingerprint import PREFIX_CHARS, content_version, set_fingerprint
 from core.format import sha256_file
 from core.models import load_model
 from core.replay_record import source_fingerprint
@@ -289,6 +289,7 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
     source_unused = {name for name in ("samples", "test_samples", "metric")
                      if getattr(spec.source_cfg, name) is None} | spec.source_cfg.unused_keys() or None
     sx.write_index(spec.out_dir, SetIndex(
+        format=content_version(spec.set_cfg),  # 1 for every set whose bytes format 2 left alone
         fingerprint=spec.fingerprint,
         name=spec.name,
         **spec.kind.index_outputs(spec.classes, spec.outputs),
