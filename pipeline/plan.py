@@ -97,8 +97,8 @@ def check_out_dir(out_dir: str, fingerprint: str) -> SetIndex | None:
         raise UserError(f"{err}; choose another --out or delete it") from err
     if index is not None:
         if index.fingerprint != fingerprint:
-            raise UserError(f"{out_dir} holds set with fingerprint {index.fingerprint}, this config gives "
-                            f"{fingerprint}; choose another --out or delete it")
+            raise UserError(f"{out_dir} holds set with fingerprint {index.fingerprint}{_old_order(index)}, this "
+                            f"config gives {fingerprint}; choose another --out or delete it")
         return index
     marker = storage.join(out_dir, MARKER_NAME)
     if storage.is_file(marker):
@@ -114,6 +114,16 @@ def check_out_dir(out_dir: str, fingerprint: str) -> SetIndex | None:
             raise UserError(f"{out_dir} is not empty and holds no transfer set (found {foreign[:3]}); "
                             "choose another --out or delete it")
     return None
+
+
+def _old_order(index: SetIndex) -> str:
+    """Why a format-1 views-only set is never reused: format 2 writes views sets in another order."""
+    try:
+        set_cfg = index.set_config()
+    except ValueError:  # a config this version cannot read: say nothing more
+        set_cfg = None
+    old_views = index.format == 1 and set_cfg is not None and set_cfg.enumerates_source()
+    return " (a format-1 views set; format 2 writes views sets in another order)" if old_views else ""
 
 
 def check_teachers(paths: Sequence[str | Path], task: Task, outputs: int, channels: int,

@@ -215,11 +215,13 @@ def test_a_format1_directory_is_refused_not_grown_or_replaced(made, teachers, tm
     unfinished = shutil.copytree(made["old"], tmp_path / "unfinished")  # a killed format-1 run: no index yet
     (unfinished / sx.INDEX_NAME).unlink()
     (unfinished / sx.MANIFEST_NAME).unlink()
-    for directory, needle in ((old, "holds set with fingerprint"), (unfinished, "holds an unfinished set")):
+    refusals = [(old, "holds set with fingerprint {} (a format-1 views set; format 2 writes views sets in another "
+                      "order), this config gives"), (unfinished, "holds an unfinished set with fingerprint {}")]
+    for directory, needle in refusals:
         before = tree(directory)
         result = transferset("generate", job_file(tmp_path / "job.yaml", teachers, str(directory)),
                              "--out", tmp_path / "job", cwd=tmp_path)
-        assert_one_error_line(result, [str(directory), needle, fingerprint, "choose another --out or delete it"])
+        assert_one_error_line(result, [str(directory), needle.format(fingerprint), "choose another --out or delete it"])
         assert tree(directory) == before
 
 
