@@ -22,13 +22,15 @@ never the same view twice) as the ceiling. Every student trains for ``--steps`` 
 example's batch with the example's recipe.
 
 One change to the example's reader, the same for every offline student: the shuffle buffer holds
-``max(K) × images`` samples and is filled once per run (``epoch_steps`` = steps). A views set is
-enumerated image by image (K consecutive samples are K views of one image, a 4 000-sample shard
-holds 32 images at K = 128) and the trainer draws whole shards with replacement, so through the
-default 2 000-sample buffer a batch of 128 holds ~54 distinct images at K = 128 instead of ~115,
-and a 780-step run reads about half of the 1 000 images, ~88 % through the study's buffer
-(``img/batch, images read``, measured by :func:`reader_reach` with the trainer's own reader); what
-the default reader costs is the ``kd_K_buffer2000`` row (``--default-buffer``).
+``max(K) × images`` samples and is filled once per run (``epoch_steps`` = steps). The study's
+figures (docs/RESULTS.md) were measured on format-1 views sets, enumerated image by image (K
+consecutive samples were K views of one image, a 4 000-sample shard held 32 images at K = 128);
+the trainer draws whole shards with replacement, so through the default 2 000-sample buffer a
+batch of 128 held ~54 distinct images at K = 128 instead of ~115, and a 780-step run read about
+half of the 1 000 images, ~88 % through the study's buffer (``img/batch, images read``, measured
+by :func:`reader_reach` with the trainer's own reader); what the default reader cost is the
+``kd_K_buffer2000`` row (``--default-buffer``). Format 2 writes views sets view-major (each shard
+holds different images, docs/FORMAT.md), so a rerun makes other sets and other reader figures.
 
 Everything runs through the project's chain into ``--out``: teachers, sets and students already
 made there are reused (the default is the example's run directory, so after ``transferset run

@@ -1,6 +1,6 @@
 """The set fingerprint: equal fingerprints mean equal shards, so a directory can be reused.
 
-It covers everything that changes a shard's bytes — format version, source identity (incl. the
+It covers everything that changes a shard's bytes — content version, source identity (incl. the
 class subset, fraction and imbalance), samplers (each one's own options and share), samples per
 shard, target format (dense / top-k and k; regression: Gaussian and its dtype), uncertainty
 selection, teacher weights (by checkpoint sha256, in order), teacher precision (autocast) and
@@ -8,6 +8,12 @@ seed — and deliberately not the sample count nor where the set is written: ask
 samples with the same fingerprint only adds shards, and any job that asks for the same set finds
 it in the cache. Asking for fewer is refused by the planner (``pipeline.plan.check_not_smaller``):
 the shards past the smaller count belong to whoever asked for more.
+
+The payload's ``format`` is the set's *content version* (:func:`content_version`), the format
+version in which this kind of set's bytes last changed — not ``FORMAT_VERSION``. Format 2
+rewrote only views-only sets (view-major order), so their fingerprint changes: an ``out: auto``
+entry or a directory of the old order is never grown with shards of the new one. Every other set
+keeps the bytes, hence the fingerprint and the cache entry, it had in format 1.
 """
 
 from __future__ import annotations
@@ -18,12 +24,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.config import SetConfig, StoreConfig
-from core.format import FORMAT_VERSION
+from core.format import VIEWS_ORDER_FORMAT
 
 TARGET_PRECISION = "float16"
 # Characters of the fingerprint in a cache directory name (48 bits: collisions are not a concern
 # at cache scale, and the full fingerprint in index.json is checked anyway).
 PREFIX_CHARS = 12
+
+
+def content_version(set_cfg: SetConfig) -> int:
+    """The format version in which a set like ``set_cfg`` last changed its bytes: 2 for a
+    views-only set (format 2's order), 1 for the rest (format 2 left them alone)."""
+    return VIEWS_ORDER_FORMAT if set_cfg.enumerates_source() else 1
 
 
 def fingerprint_payload(
@@ -42,7 +54,7 @@ def fingerprint_payload(
         {"store": store.model_dump(mode="json", exclude={"image", "quality"} if store.replay else {"kind"})}
     return {
         **stored,  # PNG sets keep the fingerprint they had before JPEG storage existed
-        "format": FORMAT_VERSION,
+        "format": content_version(set_cfg),
         "source": source_identity,
         "sampler": samplers[0] if set_cfg.sampler is not None else samplers,
         "samples_per_shard": set_cfg.samples_per_shard,

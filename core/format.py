@@ -38,7 +38,13 @@ from core.target_codec import (  # noqa: F401  (part of the contract's namespace
     topk_dtype,
 )
 
-FORMAT_VERSION = 1
+# The newest format. Format 2 changed one thing: a views-only set is written view-major, each view
+# in its own seeded image order (docs/FORMAT.md, "Versions"). A set's index.json says its content
+# version (core.fingerprint.content_version): 2 for a views-only set, 1 for every set whose bytes
+# format 2 left alone. Records of both name their image and view, so readers read both alike.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+VIEWS_ORDER_FORMAT = 2  # the version in which a views-only set's bytes last changed
 
 
 def sample_key(shard: int, index: int) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from core import storage
 from core.config import SetConfig, SourceConfig
 from core.errors import FormatError
-from core.format import FORMAT_VERSION
+from core.format import FORMAT_VERSION, READABLE_FORMATS
 from core.tasks import Task, task_named
 
 INDEX_NAME = "index.json"
@@ -240,7 +240,11 @@ class SetIndex:
 
 
 def write_index(set_dir: str | Path, index: SetIndex) -> None:
-    data = json.dumps({**index.to_dict(), "format": FORMAT_VERSION}, indent=1, sort_keys=True).encode()
+    """Write ``index.json``; its ``format`` is the set's content version (``index.format``), so a
+    set whose bytes format 2 left alone still says 1 and format-1 readers keep reading it."""
+    if index.format not in READABLE_FORMATS:
+        raise ValueError(f"index format {index.format!r}: this version writes formats {READABLE_FORMATS}")
+    data = json.dumps(index.to_dict(), indent=1, sort_keys=True).encode()
     storage.atomic_write(storage.join(set_dir, INDEX_NAME), data)
 
 
@@ -254,8 +258,9 @@ def read_index(set_dir: str | Path) -> SetIndex | None:
     except (OSError, json.JSONDecodeError) as err:
         raise FormatError(f"{path}: unreadable index ({err})") from err
     found = raw.get("format") if isinstance(raw, dict) else None
-    if found != FORMAT_VERSION:
-        raise FormatError(f"{path}: format {found!r}, this version reads {FORMAT_VERSION}")
+    if type(found) is not int or found not in READABLE_FORMATS:  # not True, not 1.0
+        raise FormatError(f"{path}: format {found!r}, this version reads formats "
+                          f"{', '.join(map(str, READABLE_FORMATS))}")
     return SetIndex.from_dict(raw)
 
 

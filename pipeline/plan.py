@@ -21,7 +21,7 @@ from core import set_index as sx
 from core import storage
 from core.config import Config, SetConfig, StoreConfig
 from core.errors import FormatError, UserError
-from core.fingerprint import PREFIX_CHARS, set_fingerprint
+from core.fingerprint import PREFIX_CHARS, content_version, set_fingerprint
 from core.format import sha256_file
 from core.models import load_model
 from core.replay_record import source_fingerprint
@@ -97,8 +97,8 @@ def check_out_dir(out_dir: str, fingerprint: str) -> SetIndex | None:
         raise UserError(f"{err}; choose another --out or delete it") from err
     if index is not None:
         if index.fingerprint != fingerprint:
-            raise UserError(f"{out_dir} holds set with fingerprint {index.fingerprint}, this config gives "
-                            f"{fingerprint}; choose another --out or delete it")
+            raise UserError(f"{out_dir} holds set with fingerprint {index.fingerprint}{_old_order(index)}, this "
+                            f"config gives {fingerprint}; choose another --out or delete it")
         return index
     marker = storage.join(out_dir, MARKER_NAME)
     if storage.is_file(marker):
@@ -114,6 +114,16 @@ def check_out_dir(out_dir: str, fingerprint: str) -> SetIndex | None:
             raise UserError(f"{out_dir} is not empty and holds no transfer set (found {foreign[:3]}); "
                             "choose another --out or delete it")
     return None
+
+
+def _old_order(index: SetIndex) -> str:
+    """Why a format-1 views-only set is never reused: format 2 writes views sets in another order."""
+    try:
+        set_cfg = index.set_config()
+    except ValueError:  # a config this version cannot read: say nothing more
+        set_cfg = None
+    old_views = index.format == 1 and set_cfg is not None and set_cfg.enumerates_source()
+    return " (a format-1 views set; format 2 writes views sets in another order)" if old_views else ""
 
 
 def check_teachers(paths: Sequence[str | Path], task: Task, outputs: int, channels: int,
@@ -289,6 +299,7 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
     source_unused = {name for name in ("samples", "test_samples", "metric")
                      if getattr(spec.source_cfg, name) is None} | spec.source_cfg.unused_keys() or None
     sx.write_index(spec.out_dir, SetIndex(
+        format=content_version(spec.set_cfg),  # 1 for every set whose bytes format 2 left alone
         fingerprint=spec.fingerprint,
         name=spec.name,
         **spec.kind.index_outputs(spec.classes, spec.outputs),

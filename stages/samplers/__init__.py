@@ -6,9 +6,11 @@ candidate ``index`` of shard ``shard`` comes from ``sample_rng(seed, shard, inde
 sampler makes which candidate of a shard comes from ``(seed, shard)``.
 
 A set has one or several samplers with shares. A views-only set enumerates the source (every
-image × K views, in a seeded order); every other set draws ``samples`` at random, each shard
-holding its samplers in proportion to their shares. ``gan`` samples (XCL-GAN, ``generating.py``)
-are drawn like the others but made in batches by their generator: :func:`shard_images`.
+image × K views) view by view, each view in its own seeded image order (:func:`enumerated_slot`,
+format 2), so a shard holds about as many distinct images as samples (at most the source's);
+every other set draws ``samples`` at random, each shard holding its samplers in proportion to
+their shares. ``gan`` samples (XCL-GAN, ``generating.py``) are drawn like the others but made in
+batches by their generator: :func:`shard_images`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from stages.samplers.mixing import SAMPLERS as MIXING
 from stages.samplers.mixing import cutmix_box, mix_pixels
 
 __all__ = [
-    "SAMPLERS", "Sampler", "apply_aug", "apply_params", "cutmix_box", "draw_aug", "draw_shard",
+    "SAMPLERS", "Sampler", "apply_aug", "apply_params", "cutmix_box", "draw_aug", "draw_shard", "enumerated_slot",
     "identity_aug", "mix_pixels", "sample_label", "sample_rng", "set_size", "shard_images", "view_order",
 ]
 
@@ -61,10 +63,19 @@ def set_size(set_cfg: SetConfig, source: Source) -> int:
     return set_cfg.samples
 
 
-def view_order(seed: int, source: Source) -> np.ndarray:
-    """The order in which a views set visits the real images: a seeded permutation, so each
-    shard holds many classes even when the source is sorted by class."""
-    return np.random.default_rng([seed, SET_STREAM]).permutation(len(source))
+def view_order(seed: int, source: Source, view: int) -> np.ndarray:
+    """The order in which view ``view`` of a views set visits the real images: a seeded
+    permutation of its own, so each shard holds many classes even when the source is sorted by
+    class, and no two views put the same images side by side."""
+    return np.random.default_rng([seed, SET_STREAM, view]).permutation(len(source))
+
+
+def enumerated_slot(position: int, images: int) -> tuple[int, int]:
+    """``(view, slot)`` of set position ``position`` of a views set of ``images`` images
+    (format 2, view-major): position p is view ``p // images`` of image ``view_order(v)[p % images]``,
+    so the first ``images`` positions hold every image once (view 0, unaugmented) before any
+    image gets a second view, and a capped set covers the images before it repeats them."""
+    return divmod(position, images)
 
 
 def assign_samplers(shares: list[float], count: int, seed: int, shard: int) -> np.ndarray:
@@ -80,12 +91,20 @@ def assign_samplers(shares: list[float], count: int, seed: int, shard: int) -> n
     return np.random.default_rng([seed, shard, SHARD_STREAM]).permutation(kinds)
 
 
-def _enumerated_view(cfg: SamplerConfig, source: Source, rng: np.random.Generator, position: int,
-                     order: np.ndarray) -> Params:
-    slot, view = divmod(position, cfg.views)
-    image = int(order[slot])
-    aug = identity_view(source, image) if view == 0 else draw_view(rng, source, image)
-    return {"image": image, "view": int(view), "aug": aug}
+def _enumerated_views(source: Source, seed: int, shard: int, first: int, count: int) -> list[Params]:
+    """Samples ``first … first + count − 1`` of a views-only set, made as shard ``shard``: each
+    view's image order is drawn once per shard, not per sample; view 0 is the unaugmented view
+    of its image, the other views draw from ``sample_rng(seed, shard, index)``."""
+    orders: dict[int, np.ndarray] = {}
+    drawn = []
+    for index in range(count):
+        view, slot = enumerated_slot(first + index, len(source))
+        if view not in orders:
+            orders[view] = view_order(seed, source, view)
+        image = int(orders[view][slot])
+        aug = identity_view(source, image) if view == 0 else draw_view(sample_rng(seed, shard, index), source, image)
+        drawn.append({"image": image, "view": int(view), "aug": aug})
+    return drawn
 
 
 def draw_shard(set_cfg: SetConfig, source: Source, seed: int, shard: int, total: int) -> list[tuple[str, Params]]:
@@ -97,9 +116,7 @@ def draw_shard(set_cfg: SetConfig, source: Source, seed: int, shard: int, total:
         return []
     samplers = set_cfg.sampler_list()
     if set_cfg.enumerates_source():
-        order = view_order(seed, source)
-        return [("views", _enumerated_view(samplers[0], source, sample_rng(seed, shard, i), shard * spp + i, order))
-                for i in range(count)]
+        return [("views", params) for params in _enumerated_views(source, seed, shard, shard * spp, count)]
     candidates = set_cfg.candidates(count)
     which = assign_samplers([s.share for s in samplers], candidates, seed, shard)
     drawn = []
