@@ -25,7 +25,7 @@ def test_kd_on_cifar_shards_mixed_with_the_real_split_learns(tmp_path):
     write_set(tmp_path / "set", train.images(), np.log(probs), [None] * len(train), samples_per_shard=1000)
     result = train_model(
         name="cifar", model_cfg=ModelConfig(arch="tiny_cnn", arch_kwargs={"width": 16}),
-        train_cfg=TrainConfig(steps=120, batch_size=64, lr=0.05, num_workers=1, epoch_steps=40),
+        train_cfg=TrainConfig(steps=120, batch_size=64, lr=0.05, num_workers=1),
         objective="kd", kd_cfg=KDConfig(temperature=2.0, alpha=0.7), sets=[(str(tmp_path / "set"), 3.0),
                                                                          ("source", 1.0)],
         train_source=train, test_source=test, out_dir=tmp_path / "out", seed=0,

@@ -122,7 +122,7 @@ def test_student_loader_reads_topk_sets_unchanged(tmp_path) -> None:
     storage.atomic_write(sx.shard_url(tmp_path, 0), data)
     sx.write_index(tmp_path, sx.SetIndex(num_classes=20, classes=[str(c) for c in range(20)], shards=[
         sx.ShardEntry(name=sx.shard_name(0), samples=48, bytes=len(data), sha256=fmt.sha256_bytes(data))]))
-    batch = next(iter(transfer_loader([(str(tmp_path), 1.0)], 16, seed=0, num_workers=0, shuffle_buffer=1)))
+    batch = next(iter(transfer_loader([(str(tmp_path), 1.0)], 16, seed=0, num_workers=0, shuffle_window=1)))
     assert batch["target"].shape == (16, 20)
     for image, target in zip(batch["image"], batch["target"], strict=True):
         expected = fmt.stored_logp(logp[int(image[0, 0, 0])], 4)

@@ -188,7 +188,7 @@ def test_the_stream_carries_each_records_mu_and_logvar(made) -> None:
     opened = open_transfer_sets([(str(made["root"] / "mix"), 1.0)], task="regress")
     assert (opened[0].outputs, opened[0].width) == (2, 4)
     stored = {r["image"].tobytes(): np.concatenate([r["mu"], r["logvar"]]) for _, r in records(made["root"] / "mix")}
-    loader = TransferLoader(opened, StreamPlan(batch_size=16, seed=0, epoch_steps=4, shuffle_buffer=32))
+    loader = TransferLoader(opened, StreamPlan(batch_size=16, seed=0, shuffle_window=32))
     batch = next(iter(loader))
     for image, row in zip(batch["image"], batch["target"], strict=True):
         np.testing.assert_array_equal(row.numpy(), stored[image.permute(1, 2, 0).numpy().tobytes()])

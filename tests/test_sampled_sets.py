@@ -38,7 +38,7 @@ JOB = {
     "sets": {"mix": {"sampler": {"kind": "mix"}, "samples": SAMPLES, "samples_per_shard": SAMPLES,
                      "targets": {"kind": "sampled", "k": 10}}},
     "students": {"kd": {"model": STUDENT, "objective": "kd", "sets": {"mix": 1.0}, "kd": {"alpha": 1.0},
-                        "train": {"steps": 1, "batch_size": SAMPLES, "shuffle_buffer": SAMPLES,
+                        "train": {"steps": 1, "batch_size": SAMPLES, "shuffle_window": SAMPLES,
                                   "num_workers": 0}},
                  # pick scores candidates with the dense estimate and trains the chosen rows' weights
                  "kd_pick": {"model": STUDENT, "objective": "kd", "sets": {"mix": 1.0},

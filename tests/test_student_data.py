@@ -12,8 +12,8 @@ from core import format as fmt
 from core.errors import UserError
 from core.sources import Source
 from stages.samplers import apply_aug
-from student.data import normalize, real_batches, source_input_spec
-from student.stream import transfer_loader
+from student.data import normalize, source_input_spec
+from student.stream import RealPart, StreamPlan, TransferLoader, transfer_loader
 
 
 def toy_source(n=24, size=6, channels=1, pad=1, flip=True, seed=0):
@@ -33,12 +33,19 @@ def is_aug_of(image_chw, source, label, dx, dy, flip):
     return np.array_equal(hwc(image_chw), apply_aug(source.image(int(label)), aug, source.pad))
 
 
-# ---------------------------------------------------------------- real batches
+# ---------------------------------------------------------------- the real split in the stream
+
+
+def real_batches(source, batch_size, seed, workers=0, start_step=0):
+    """``(images, labels)`` of the stream's real member alone, as ERM reads it."""
+    loader = TransferLoader([], StreamPlan(batch_size=batch_size, seed=seed, num_workers=workers,
+                                           start_step=start_step, batches_per_item=2), RealPart(source))
+    return ((b["image"], b["label"]) for b in loader)
 
 
 def test_real_batches_visit_every_image_once_per_epoch():
-    source = toy_source()
-    batches = real_batches(source, batch_size=8, seed=3, augment=False)
+    source = toy_source(pad=0, flip=False)
+    batches = real_batches(source, batch_size=8, seed=3)
     for _ in range(2):  # two epochs of 3 batches
         seen = []
         for images, labels in itertools.islice(batches, 3):
@@ -53,7 +60,7 @@ def test_real_batches_visit_every_image_once_per_epoch():
 def test_real_batches_augment_with_crops_and_flips_of_the_right_image():
     source = toy_source(pad=1, flip=True)
     offsets, flips = set(), set()
-    for images, labels in itertools.islice(real_batches(source, batch_size=16, seed=0), 6):
+    for images, labels in itertools.islice(real_batches(source, batch_size=16, seed=0, workers=2), 6):
         for image, label in zip(images, labels, strict=True):
             candidates = [
                 (dx, dy, flip) for dx in range(3) for dy in range(3) for flip in (0, 1)
@@ -74,15 +81,16 @@ def test_real_batches_never_flip_when_the_source_says_so():
             )
 
 
-def test_real_batches_are_reproducible_per_seed():
+def test_real_batches_are_reproducible_per_seed_and_start_anywhere():
     source = toy_source()
 
-    def first(seed):
-        return list(itertools.islice(real_batches(source, 10, seed), 4))
+    def first(seed, start=0):
+        return list(itertools.islice(real_batches(source, 10, seed, start_step=start), 4 - start))
 
-    a, b, c = first(5), first(5), first(6)
+    a, b, c, d = first(5), first(5), first(6), first(5, start=1)
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
     assert not all(torch.equal(x[0], y[0]) for x, y in zip(a, c, strict=True))
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a[1:], d, strict=True))
 
 
 # ---------------------------------------------------------------- normalisation
@@ -128,7 +136,7 @@ def test_transfer_loader_mixes_sets_by_weight_and_decodes_exactly(tmp_path):
     _, truth_a = make_set(tmp_path / "a", 300, favourite=0, seed=1)
     _, truth_b = make_set(tmp_path / "b", 200, favourite=1, seed=2)
     loader = transfer_loader([(str(tmp_path / "a"), 0.8), (str(tmp_path / "b"), 0.2)], batch_size=100, seed=0,
-                             num_workers=0, shuffle_buffer=100)
+                             num_workers=0, shuffle_window=100)
     assert loader.width == 4
     batches = collect(loader, 20)
     from_a = 0
@@ -165,7 +173,7 @@ def test_transfer_loader_is_reproducible_and_ignores_zero_weights(tmp_path):
 
 def test_transfer_loader_workers_read_different_streams(tmp_path):
     make_set(tmp_path / "a", 256, favourite=0, seed=1, per_shard=32)
-    loader = transfer_loader([(str(tmp_path / "a"), 1.0)], 32, seed=0, num_workers=2, shuffle_buffer=32)
+    loader = transfer_loader([(str(tmp_path / "a"), 1.0)], 32, seed=0, num_workers=2, shuffle_window=32)
     first, second = collect(loader, 2)  # the DataLoader takes batches from the workers in turn
     assert not torch.equal(first["image"], second["image"])
     again = collect(loader, 2)
@@ -201,7 +209,7 @@ def test_truncated_shard_listed_by_a_stale_index_stops_the_stream(tmp_path):
     index = json.loads((set_dir / "index.json").read_text())
     index["shards"][0]["bytes"] = paths[0].stat().st_size  # the index agrees with the cut file
     (set_dir / "index.json").write_text(json.dumps(index))
-    loader = transfer_loader([(str(set_dir), 1.0)], 16, 0, num_workers=0, shuffle_buffer=16)
+    loader = transfer_loader([(str(set_dir), 1.0)], 16, 0, num_workers=0, shuffle_window=16)
     with pytest.raises(UserError, match=rf"transfer shard {paths[0]} is damaged \(.*truncated"):
         collect(loader, 100)
 
@@ -213,7 +221,7 @@ def test_corrupt_shard_of_the_right_size_fails_naming_it(tmp_path, num_workers):
     _, start = member_offsets(paths[1])["000001-000010.png"]
     data[start:start + 40] = bytes(40)  # zero the PNG signature and header of one sample
     paths[1].write_bytes(bytes(data))
-    loader = transfer_loader([(str(tmp_path / "a"), 1.0)], 16, 0, num_workers=num_workers, shuffle_buffer=16)
+    loader = transfer_loader([(str(tmp_path / "a"), 1.0)], 16, 0, num_workers=num_workers, shuffle_window=16)
     named = rf"transfer shard {paths[1]} is damaged \(sample 000001-000010: "
     with pytest.raises(UserError, match=named) as err:
         collect(loader, 200)

@@ -185,7 +185,7 @@ def test_the_trainer_reads_both_formats(made, which) -> None:
     arrays = decode_shard(sx.shard_urls(set_dir, index)[0], index.shards[0].samples, 10)
     params = [r["meta"]["params"] for r in stored[:len(arrays)]]
     np.testing.assert_array_equal(arrays.sources[:, 0], [p["image"] for p in params])
-    loader = transfer_loader([(str(set_dir), 1.0)], 32, seed=0, epoch_steps=8, shuffle_buffer=64)
+    loader = transfer_loader([(str(set_dir), 1.0)], 32, seed=0, shuffle_window=64)
     seen = 0
     for batch in itertools.islice(iter(loader), 8):
         for image, target, label in zip(batch["image"], batch["target"], batch["label"], strict=True):

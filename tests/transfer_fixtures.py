@@ -17,17 +17,20 @@ from core.tasks import CLASSIFY
 
 def write_set(
     set_dir: Path, images: np.ndarray, logp: np.ndarray, labels: Sequence[int | None], samples_per_shard: int,
-    set_config: dict | None = None,
+    set_config: dict | None = None, made_from: Sequence[int] | None = None,
 ) -> list[Path]:
     """Write shards and index.json for uint8 NHWC ``images`` with targets ``logp`` (N, C);
-    ``set_config`` is what the index records the set was made from (its samplers)."""
+    ``set_config`` is what the index records the set was made from (its samplers); ``made_from``:
+    the real image each sample is a view of (its meta then names sampler ``views``)."""
     entries, paths = [], []
     for shard, start in enumerate(range(0, len(images), samples_per_shard)):
         samples = []
         for index, position in enumerate(range(start, min(start + samples_per_shard, len(images)))):
             key = fmt.sample_key(shard, index)
-            samples.append(CLASSIFY.sample(key, images[position], {"key": key, "shard": shard, "index": index},
-                                           logp[position], labels[position]))
+            meta = {"key": key, "shard": shard, "index": index}
+            if made_from is not None:
+                meta.update(sampler="views", params={"image": int(made_from[position])})
+            samples.append(CLASSIFY.sample(key, images[position], meta, logp[position], labels[position]))
         data = fmt.tar_bytes(samples)
         path = sx.shard_path(set_dir, shard)
         storage.atomic_write(path, data)
