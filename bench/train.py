@@ -19,6 +19,10 @@
    figures use a cache too small for one shard (every shard visit rebuilds or decodes it again),
    and ``*_main_small_cache`` also moves the stream into the training process, so every rebuild
    is inside the timed window (a DataLoader worker prefetches up to 4 items of batches ahead).
+5. ``rebuild_*``: views/s of rebuilding the replay set's shards in this process, on the same
+   shards: record by record (``decode_per_record``, the path before column-wise decoding),
+   column-wise one shard at a time (``decode_shard``, what the stream's cache calls) and all
+   shards in one ``decode_shards`` call; best of two alternating passes each.
 
 Setups: ``cifar`` (the default where cifar10-mini is present: 4 ResNet-20 teachers, a transfer
 set of the 5000 training images, a ResNet-8 student; 30 steps per epoch, 3 rounds) and ``digits``
@@ -56,7 +60,7 @@ from stages.samplers import apply_aug, draw_aug  # noqa: E402
 from student.data import crop_flip, real_batches, source_input_spec  # noqa: E402
 from student.evaluate import prepare  # noqa: E402
 from student.losses import kd_loss  # noqa: E402
-from student.shards import SetShards, decode_shard, open_transfer_sets  # noqa: E402
+from student.shards import SetShards, decode_per_record, decode_shard, decode_shards, open_transfer_sets  # noqa: E402
 from student.stream import StreamPlan, TransferLoader  # noqa: E402
 from student.train import batches_per_transfer, epoch_steps  # noqa: E402
 
@@ -145,6 +149,23 @@ def decode_rate(opened: SetShards) -> tuple[float, int]:
     return samples / (time.perf_counter() - start), nbytes
 
 
+def rebuild_rates(opened: SetShards) -> dict[str, float]:
+    """Views/s of rebuilding every shard of a replay set: per record, column-wise per shard, and all
+    shards in one call (best of two alternating passes, so drift hits each alike)."""
+    shards = list(zip(opened.urls, opened.samples, strict=True))
+    ways: dict[str, Callable[[], object]] = {
+        "per_record": lambda: [decode_per_record(url, n, opened.width, opened.replay) for url, n in shards],
+        "column": lambda: [decode_shard(url, n, opened.width, opened.replay) for url, n in shards],
+        "together": lambda: decode_shards(shards, opened.width, opened.replay)}
+    best = {name: 0.0 for name in ways}
+    for _ in range(2):
+        for name, way in ways.items():
+            start = time.perf_counter()
+            way()
+            best[name] = max(best[name], sum(opened.samples) / (time.perf_counter() - start))
+    return best
+
+
 def student_step(spec, model_cfg: ModelConfig, channels: int
                  ) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor], torch.optim.Optimizer]:
     from core.models import build_model
@@ -199,6 +220,7 @@ def main() -> None:
     made = made_views_sets(workdir, source_cfg, checkpoints, args.replay_views)
     stored = {store: open_transfer_sets([(str(path), 1.0)], source=train) for store, path in made.items()}
     decoding = {store: decode_rate(sets[0]) for store, sets in stored.items()}
+    rebuild = rebuild_rates(stored["replay"][0])
 
     # The same samples as in-memory tensors (decoded once from the shards).
     arrays = [decode_shard(url, n, 10) for url, n in zip(opened[0].urls, opened[0].samples, strict=True)]
@@ -297,6 +319,9 @@ def main() -> None:
         "set_samples": len(mem_labels), "replay_set_samples": sum(stored["replay"][0].samples),
         "replay_views": args.replay_views,
         **{f"decode_{store}_samples_per_s": round(rate) for store, (rate, _) in decoding.items()},
+        **{f"rebuild_{name}_views_per_s": round(rate) for name, rate in rebuild.items()},
+        "rebuild_column_vs_per_record": rebuild["column"] / rebuild["per_record"],
+        "rebuild_together_vs_per_record": rebuild["together"] / rebuild["per_record"],
         "decoded_set_mb": round(decoding["replay"][1] / 2**20, 1), "cache_mb": defaults.cache_mb,
         "cache_holds_set": decoding["replay"][1] <= cache,
         **{f"shard_visits_{name}": [warm[name], len(loaders[name].visited)] for name in modes if name in loaders},
@@ -309,6 +334,9 @@ def main() -> None:
     print(f"replay set: {figures['replay_set_samples']} views, {figures['decoded_set_mb']} MB decoded; the "
           f"default cache ({defaults.cache_mb:g} MB) {held} it. Rebuilding {figures['decode_replay_samples_per_s']} "
           f"samples/s vs decoding the pixel set {figures['decode_pixels_samples_per_s']} samples/s (one process)")
+    print(f"rebuilding the replay set's views (one process): per record {rebuild['per_record']:.0f}/s, column-wise "
+          f"{rebuild['column']:.0f}/s (×{figures['rebuild_column_vs_per_record']:.2f}), all shards in one call "
+          f"{rebuild['together']:.0f}/s (×{figures['rebuild_together_vs_per_record']:.2f})")
     print(json.dumps(figures))
 
 

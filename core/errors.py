@@ -18,3 +18,12 @@ class JobFailure(Exception):
 
 class FormatError(ValueError):
     """A shard, index or manifest that does not follow the shard contract (:mod:`core.format`)."""
+
+
+class RecordError(FormatError):
+    """One record of a column decoded at once that does not decode: ``row`` says which, so the
+    reader can name that sample's own key (not just its shard)."""
+
+    def __init__(self, row: int, message: str) -> None:
+        super().__init__(message)
+        self.row = int(row)

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import FormatError
+from core.errors import FormatError, RecordError
 from core.sample_sources import NO_IMAGE, source_indices
 
 Params = dict[str, Any]
@@ -182,6 +182,19 @@ class ParamLayout:
                           ops=[[OPS[int(op)], float(m)] for op, m in zip(row["op"], row["magnitude"], strict=True)
                                if int(op) != NO_OP])
         return kind, params
+
+    def decode_all(self, records: np.ndarray) -> list[tuple[str, Params]]:
+        """:meth:`decode` of every record of a shard, each row read as a dict of Python values (one
+        ``tolist`` per column: a structured row read field by field costs more); a row that does
+        not decode raises :class:`RecordError` naming it."""
+        names = [name for name, _, _ in self.fields()]
+        out = []
+        for row, values in enumerate(zip(*(records[name].tolist() for name in names), strict=True)):
+            try:
+                out.append(self.decode(dict(zip(names, values, strict=True))))
+            except (IndexError, KeyError, ValueError, TypeError) as err:
+                raise RecordError(row, f"its parameters do not decode ({type(err).__name__}: {err})") from err
+        return out
 
     def indices(self, kind: str, params: Params) -> list[int]:
         """The real images a sample reads (what ``verify`` checks against the source's size)."""

@@ -15,6 +15,9 @@ with ``np.load(path)`` (no pickle, no project code). A row holds, in this order:
 
 :func:`decode_record` gives back the record's metadata and its target members exactly as a
 pixel set's tar holds them, so one decoder (the task's) reads both kinds of set.
+:func:`decode_columns` gives a trainer the same targets, labels and source images for a whole
+shard at once, column by column (a one-record ``.npy`` round trip per sample cost most of a
+rebuild); tests hold the two paths equal bit for bit.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import FormatError
+from core.errors import FormatError, RecordError
 from core.format import Sample, decode_npy, encode_npy, sample_key
 from core.replay_params import ParamLayout, dtype_of, index_dtype, layout_of
-from core.sampled_target import sampled_dtype
-from core.target_codec import topk_dtype
+from core.sample_sources import record_sources
+from core.sampled_target import dense_weights_rows, reconstruct_sampled_rows, sampled_dtype
+from core.target_codec import reconstruct_logp_rows, topk_dtype
 
 LABELLED = frozenset({"views", "noise", "autoaugment", "cutout"})  # kinds that keep the real label
 TARGET_MEMBERS = {"logp": "logp.npy", "topk": "topk.npy", "sampled": "sampled.npy"}
@@ -183,3 +187,40 @@ def decode_record(layout: RecordLayout, shard: int, row: Any) -> tuple[dict[str,
     if meta["label"] >= 0:
         members[LABEL_MEMBER] = str(meta["label"]).encode("ascii")
     return meta, members
+
+
+@dataclass(frozen=True)
+class RecordColumns:
+    """A shard's records decoded column-wise: what :func:`decode_record` and the task's
+    ``decode_targets`` give per record, stacked."""
+
+    target: np.ndarray  # float32 (N, C): log p̄ (a sampled set's dense estimate)
+    labels: np.ndarray  # int64 (N,), −1 where a sample has no real label
+    weights: np.ndarray | None  # float32 (N, C): a sampled set's importance weights, else None
+    sources: np.ndarray  # int64 (N, 2): the real images each sample reads, −1 none
+
+
+def decode_columns(layout: RecordLayout, records: np.ndarray) -> RecordColumns:
+    """The targets, labels and source images of every record at once (bit for bit the per-record
+    values); a record that does not decode raises :class:`RecordError` naming its row."""
+    classes, kinds = layout.num_classes, layout.params.kinds
+    codes = records["sampler"].astype(np.int64) if len(kinds) > 1 else np.zeros(len(records), np.int64)
+    if (codes >= len(kinds)).any():
+        row = int(np.argmax(codes >= len(kinds)))
+        raise RecordError(row, f"sampler {int(codes[row])} is not one of the set's {len(kinds)} kinds")
+    weights = None
+    if layout.target == "logp":
+        target = records["logp"].astype(np.float32)
+    elif layout.target == "topk":
+        target = reconstruct_logp_rows(records["topk"], classes)
+    else:
+        target = reconstruct_sampled_rows(records["sampled"], classes)
+        weights = dense_weights_rows(records["sampled"], classes)
+    labels = records["label"].astype(np.int64) if layout.labels else np.full(len(records), -1, np.int64)
+    columns = {name: records[name] for name in ("image", "i", "j") if name in records.dtype.names}
+    sources = record_sources(kinds, codes, columns)
+    beyond = (sources >= layout.params.images).any(axis=1)
+    if beyond.any():
+        row = int(np.argmax(beyond))
+        raise RecordError(row, f"image {int(sources[row].max())} is beyond the source's {layout.params.images} images")
+    return RecordColumns(target, np.where(labels >= 0, labels, -1), weights, sources)

@@ -8,7 +8,10 @@ slot is −1 for a one-image sample, both are −1 for a sample made without a r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 PAIRED = frozenset({"mix", "mixup", "cutmix"})  # kinds that read two real images
 UNSOURCED = frozenset({"gaussian_image", "gan"})  # kinds made without a real image
@@ -22,3 +25,16 @@ def source_indices(kind: str, params: dict[str, Any]) -> tuple[int, int]:
     if kind in UNSOURCED:
         return NO_IMAGE, NO_IMAGE
     return int(params["image"]), NO_IMAGE
+
+
+def record_sources(kinds: Sequence[str], codes: np.ndarray, columns: dict[str, np.ndarray]) -> np.ndarray:
+    """:func:`source_indices` of many stored samples at once, int64 (N, 2): ``codes`` is each
+    sample's position in ``kinds``, ``columns`` the ``image``, ``i`` and ``j`` columns it has."""
+    out = np.full((len(codes), 2), NO_IMAGE, dtype=np.int64)
+    for code, kind in enumerate(kinds):
+        rows = codes == code
+        if kind in PAIRED:
+            out[rows, 0], out[rows, 1] = columns["i"][rows], columns["j"][rows]
+        elif kind not in UNSOURCED:
+            out[rows, 0] = columns["image"][rows]
+    return out

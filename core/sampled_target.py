@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.errors import FormatError
-from core.target_codec import LOGP_FLOOR, complete_logp, log_mass
+from core.errors import FormatError, RecordError
+from core.target_codec import LOGP_FLOOR, complete_logp, complete_logp_rows, log_mass
 
 # The word that separates a sample's target draw from its sampler's stream (seed, shard, index).
 TARGET_STREAM = 0x5A4D
@@ -132,6 +132,38 @@ def reconstruct_sampled(record: np.ndarray) -> np.ndarray:
     record = _one(record)
     index, _, logp = used(record)
     return complete_logp(int(record["classes"]), index, logp, float(record["log_tail"]), "sampled-class")
+
+
+def used_slots(column: np.ndarray) -> np.ndarray:
+    """bool (N, S): the used slots of a column of sampled-class records (fields as
+    :func:`sampled_dtype` without ``classes``); a count beyond the slots raises :class:`RecordError`."""
+    count = np.asarray(column["count"], dtype=np.int64)
+    slots = column["index"].shape[1]
+    over = count > slots
+    if over.any():
+        row = int(np.argmax(over))
+        raise RecordError(row, f"sampled-class record uses {int(count[row])} of {slots} slots")
+    return np.arange(slots) < count[:, None]
+
+
+def reconstruct_sampled_rows(column: np.ndarray, classes: int) -> np.ndarray:
+    """:func:`reconstruct_sampled` of a whole column: float32 (N, C), the per-record rows bit for bit."""
+    return complete_logp_rows(classes, column["index"], column["logp"], column["log_tail"], used_slots(column),
+                              "sampled-class")
+
+
+def dense_weights_rows(column: np.ndarray, classes: int) -> np.ndarray:
+    """:func:`dense_weights` of a whole column: float32 (N, C), zero where nothing was drawn."""
+    used = used_slots(column)
+    index = np.asarray(column["index"], dtype=np.int64)
+    beyond = ((index >= classes) & used).any(axis=1)
+    if beyond.any():
+        raise RecordError(int(np.argmax(beyond)),
+                          f"sampled-class record has class indices beyond its {classes} classes")
+    rows = np.zeros((len(index), classes), dtype=np.float32)
+    r, s = np.nonzero(used)
+    rows[r, index[r, s]] = column["weight"][r, s].astype(np.float32)
+    return rows
 
 
 def record_problems(record: np.ndarray, k: int, uniform: float) -> list[str]:

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from core.errors import FormatError
+from core.errors import FormatError, RecordError
 
 LOGP_DTYPE = np.float16
 # float16 cannot hold -inf; log-probabilities below this carry no information anyway.
@@ -66,6 +66,41 @@ def complete_logp(classes: int, index: np.ndarray, known: np.ndarray, log_tail: 
     full[index] = top
     peak = full.max()
     full -= peak + math.log(np.exp(full - peak).sum())
+    return np.maximum(full, LOGP_FLOOR).astype(np.float32)
+
+
+def reconstruct_logp_rows(column: np.ndarray, classes: int) -> np.ndarray:
+    """:func:`reconstruct_logp` of a whole column of top-k records (fields ``logp``, ``index``,
+    ``log_tail``; the class count given): float32 (N, C), the very rows the per-record path gives."""
+    index = np.asarray(column["index"])
+    return complete_logp_rows(classes, index, column["logp"], column["log_tail"],
+                              np.ones(index.shape, dtype=bool), "top-k")
+
+
+def complete_logp_rows(classes: int, index: np.ndarray, known: np.ndarray, log_tail: np.ndarray,
+                       used: np.ndarray, what: str) -> np.ndarray:
+    """:func:`complete_logp` of N records at once, row r from its slots where ``used[r]``: the
+    same float32 rows bit for bit — why each step mirrors it: logs by ``math.log`` (numpy's
+    vectorised log may differ in the last bit), sums along contiguous rows (numpy sums each row
+    as it sums one vector). A bad row raises :class:`RecordError` naming it."""
+    index = np.asarray(index, dtype=np.int64).reshape(len(log_tail), -1)
+    rows, slots = index.shape
+    filled = np.where(used, index, classes + np.arange(slots))  # unused slots: distinct, out of range
+    bad = ((filled >= classes) & used).any(axis=1)
+    if slots > 1:
+        bad |= (np.diff(np.sort(filled, axis=1), axis=1) == 0).any(axis=1)
+    if bad.any():
+        raise RecordError(int(np.argmax(bad)), f"{what} record has invalid class indices for {classes} classes")
+    rest = classes - used.sum(axis=1)
+    logs = {int(r): -math.inf if r == 0 else math.log(max(int(r), 1)) for r in np.unique(rest)}
+    tail = np.asarray(log_tail, dtype=np.float64)
+    fill = np.where(rest == 0, -np.inf, tail - np.array([logs[int(r)] for r in rest], dtype=np.float64))
+    full = np.repeat(fill[:, None], classes, axis=1)
+    r, s = np.nonzero(used)
+    full[r, index[r, s]] = np.asarray(known, dtype=np.float64)[r, s]
+    peak = full.max(axis=1)
+    sums = np.exp(full - peak[:, None]).sum(axis=1)
+    full -= (peak + np.array([math.log(v) for v in sums.tolist()], dtype=np.float64))[:, None]
     return np.maximum(full, LOGP_FLOOR).astype(np.float32)
 
 

@@ -17,8 +17,10 @@ classes), which is what its KD loss uses.
 
 A replay set's shard is one ``.npy`` of records without pixels (:mod:`core.replay_record`): its
 images are rebuilt here, in the reader (a DataLoader worker), from the source the set was made
-from, with the functions generation made them with (:mod:`core.sample_apply`); its targets go
-through the same task decoder as a tar's. The source is checked when the set is opened.
+from, with the functions generation made them with (:mod:`core.sample_apply`). Its columns are
+decoded at once and several shards are rebuilt together, each source image decoded once
+(:mod:`student.replay_read`); the per-record path (a tar's, through the task's decoder) stays
+as the reference that decode is tested against. The source is checked when the set is opened.
 """
 
 from __future__ import annotations
@@ -34,20 +36,18 @@ import numpy as np
 from core import storage
 from core.errors import FormatError, UserError
 from core.format import iter_tar, read_records, sample_key
-from core.replay_record import RecordLayout, decode_record, record_layout, source_fingerprint
+from core.replay_record import decode_record, record_layout, source_fingerprint
 from core.sample_apply import apply_params
 from core.sample_sources import NO_IMAGE, source_indices
 from core.set_index import SetIndex, parse_shard_name, read_index, shard_urls
 from core.sources import IN_MEMORY_BYTES, Source, load_in_memory
 from core.tasks import CLASSIFY, Task, decode_fields, task_named
+from student.replay_read import decode_replay_shards
+from student.shard_arrays import ReplaySource, ShardArrays, ShardDamage, one_line
 
-
-@dataclass(frozen=True)
-class ReplaySource:
-    """What a replay set's reader rebuilds images from: the records' layout and the real images."""
-
-    layout: RecordLayout
-    source: Source
+__all__ = ["DecodedCache", "ReplaySource", "SetShards", "ShardArrays", "ShardDamage", "check_sampled_temperature",
+           "damage_message", "decode_per_record", "decode_shard", "decode_shards", "one_line",
+           "open_transfer_sets", "replay_source"]
 
 
 @dataclass(frozen=True)
@@ -77,42 +77,6 @@ class SetShards:
     def width(self) -> int:
         """Values per sample in the target slot: classes, or μ and log σ² (2·D) for regression."""
         return self.kind.width(self.outputs)
-
-
-@dataclass(frozen=True)
-class ShardArrays:
-    """A decoded shard: ``images`` uint8 (N, H, W, C), ``target`` float32 (N, width) — log p̄
-    over the classes, or rows ``[μ, log σ²]`` of a regression set — and ``labels`` int64 (N,)
-    with −1 where a sample has no real class label; ``weights`` float32 (N, C) the importance
-    weights of a sampled-class set (None for any other)."""
-
-    url: str
-    images: np.ndarray
-    target: np.ndarray
-    labels: np.ndarray
-    weights: np.ndarray | None = None
-    sources: np.ndarray | None = None  # int32 (N, 2): the real images each sample is made from, −1 none
-
-    @property
-    def nbytes(self) -> int:
-        extra = sum(0 if a is None else a.nbytes for a in (self.weights, self.sources))
-        return self.images.nbytes + self.target.nbytes + self.labels.nbytes + extra
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-class ShardDamage(Exception):
-    """A shard that could not be read or decoded; carries the shard's url."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(url, reason)
-        self.url, self.reason = url, reason
-
-
-def one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def damage_message(url: str, set_dir: str, reason: str) -> str:
@@ -238,10 +202,25 @@ def _records(url: str, replay: ReplaySource | None) -> Iterator[tuple[str, Calla
         yield key, lambda fields=fields: decode_fields(fields)
 
 
+def decode_shards(shards: list[tuple[str, int]], width: int, replay: ReplaySource | None) -> list[ShardArrays]:
+    """Shards ``(url, expected samples)`` decoded, one :class:`ShardArrays` each, in order: a
+    replay set's together, column-wise, each source image decoded once for all of them
+    (:mod:`student.replay_read`); a tar's one by one. ``width`` is the width of the target row
+    (classes; 2·D for a regression set). Raises :class:`ShardDamage` naming the first bad shard."""
+    if replay is not None:
+        return decode_replay_shards(shards, width, replay)
+    return [decode_per_record(url, count, width) for url, count in shards]
+
+
 def decode_shard(url: str, expected_samples: int, width: int, replay: ReplaySource | None = None) -> ShardArrays:
-    """Read and decode every record of one shard (a replay shard's images rebuilt from
-    ``replay``); raises :class:`ShardDamage` naming it. ``width`` is the width of the target row
-    (classes; 2·D for a regression set)."""
+    """Every record of one shard decoded (:func:`decode_shards` of that shard alone)."""
+    return decode_shards([(url, expected_samples)], width, replay)[0]
+
+
+def decode_per_record(url: str, expected_samples: int, width: int, replay: ReplaySource | None = None) -> ShardArrays:
+    """Read and decode one shard record by record through the task's decoder: a tar's path, and
+    for a replay shard the reference its column-wise decode is tested (and benchmarked) against;
+    raises :class:`ShardDamage` naming it."""
     images, targets, labels, weights, sources = [], [], [], [], []
     key = "?"
     try:
@@ -285,16 +264,29 @@ class DecodedCache:
         self.decoded = 0  # shards decoded from disk (cache misses)
 
     def get(self, url: str, expected_samples: int, width: int, replay: ReplaySource | None = None) -> ShardArrays:
-        found = self.items.get(url)
-        if found is not None:
+        return self.get_many([(url, expected_samples)], width, replay)[0]
+
+    def get_many(self, shards: list[tuple[str, int]], width: int, replay: ReplaySource | None = None
+                 ) -> list[ShardArrays]:
+        """Shards ``(url, expected samples)`` in order: the cached ones as they are, the others
+        decoded together in one :func:`decode_shards` call (a replay set's source images are then
+        decoded once for all of them) and cached."""
+        found = {url: self.items[url] for url, _ in shards if url in self.items}
+        for url in found:
             self.items.move_to_end(url)
-            return found
-        arrays = decode_shard(url, expected_samples, width, replay)
-        self.decoded += 1
-        if arrays.nbytes <= self.max_bytes:
-            self.items[url] = arrays
-            self.bytes += arrays.nbytes
-            while self.bytes > self.max_bytes:
-                _, dropped = self.items.popitem(last=False)
-                self.bytes -= dropped.nbytes
-        return arrays
+        missing = list({url: (url, count) for url, count in shards if url not in found}.values())
+        if missing:
+            for arrays in decode_shards(missing, width, replay):
+                found[arrays.url] = arrays
+                self._keep(arrays)
+            self.decoded += len(missing)
+        return [found[url] for url, _ in shards]
+
+    def _keep(self, arrays: ShardArrays) -> None:
+        if arrays.nbytes > self.max_bytes:
+            return
+        self.items[arrays.url] = arrays
+        self.bytes += arrays.nbytes
+        while self.bytes > self.max_bytes:
+            _, dropped = self.items.popitem(last=False)
+            self.bytes -= dropped.nbytes

@@ -1,0 +1,130 @@
+"""A replay set's shards decoded column-wise, several at once, each source image decoded once.
+
+Why column-wise: pushing every record's target through a one-record ``.npy`` (what a pixel set's
+tar member holds) was ~73 % of a rebuild (BENCHMARKS "Replay sets");
+:func:`core.replay_record.decode_columns` decodes a shard's target, label and source columns in
+a few numpy operations, to the same bits.
+
+Why several shards together: a file-backed source (an image contract, or a source too large to
+hold in memory) decodes a file on every ``raw(i)``. The views and mixes of a window of shards
+that read one image are made from one decode of it, held from its first use to its last (a
+views set holds one image at a time; a mix holds its first image until its partner's turn).
+Every image is still made by :func:`core.sample_apply.apply_params`, generation's own function.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from core import storage
+from core.errors import RecordError
+from core.format import read_records, sample_key
+from core.replay_record import RecordColumns, RecordLayout, decode_columns
+from core.sample_apply import Params, apply_params
+from core.set_index import parse_shard_name
+from core.sources import Source
+from student.shard_arrays import ReplaySource, ShardArrays, ShardDamage, one_line
+
+
+@dataclass(frozen=True)
+class ReadShard:
+    """One replay shard's records, decoded but for the images."""
+
+    url: str
+    shard: int
+    index: np.ndarray  # the records' index column (a sample's key is shard-index)
+    samples: list[tuple[str, Params]]  # (sampler kind, parameters) per record
+    columns: RecordColumns
+
+    def key(self, row: int) -> str:
+        return sample_key(self.shard, int(self.index[row]))
+
+
+def read_replay_shard(url: str, expected_samples: int, width: int, layout: RecordLayout) -> ReadShard:
+    """A replay shard's records with their columns decoded; :class:`ShardDamage` names the shard
+    (and the sample, when one record is bad)."""
+    shard = int(parse_shard_name(storage.name_of(url)) or 0)
+    try:
+        records = read_records(url, layout.dtype)
+    except FileNotFoundError as err:
+        raise ShardDamage(url, "file missing") from err
+    except Exception as err:  # numpy and the storage layer raise their own types
+        raise ShardDamage(url, one_line(err)) from err
+    if expected_samples >= 0 and len(records) != expected_samples:
+        raise ShardDamage(url, f"{len(records)} complete samples read, the index lists {expected_samples}")
+    if not len(records):
+        raise ShardDamage(url, "no samples")
+    try:
+        if layout.num_classes != width:
+            raise RecordError(0, f"target shape ({layout.num_classes},), expected ({width},)")
+        columns = decode_columns(layout, records)
+        samples = layout.params.decode_all(records)
+    except RecordError as err:
+        raise ShardDamage(url, f"sample {sample_key(shard, int(records['index'][err.row]))}: {one_line(err)}") from err
+    return ReadShard(url, shard, records["index"], samples, columns)
+
+
+def _last_uses(sources: np.ndarray, ready: np.ndarray) -> dict[int, list[int]]:
+    """The images to drop once the walk has made every sample whose later image is ``r``."""
+    flat, at = sources.ravel(), np.repeat(ready, 2)
+    keep = flat >= 0
+    images, inverse = np.unique(flat[keep], return_inverse=True)
+    last = np.full(len(images), -1, dtype=np.int64)
+    np.maximum.at(last, inverse, at[keep])
+    drop: dict[int, list[int]] = defaultdict(list)
+    for image, r in zip(images.tolist(), last.tolist(), strict=True):
+        drop[r].append(image)
+    return drop
+
+
+def rebuild_images(shards: list[ReadShard], source: Source) -> list[np.ndarray]:
+    """Every sample's image, one uint8 (N, H, W, C) array per shard. Samples are made in order of
+    the later of their images, each image decoded at its first use and dropped after its last."""
+    sources = np.concatenate([s.columns.sources for s in shards])
+    samples = [sample for s in shards for sample in s.samples]
+    ends = np.cumsum([len(s.samples) for s in shards])
+    ready = sources.max(axis=1)  # −1: made without a real image
+    order = np.argsort(ready, kind="stable")
+    walk = ready[order]
+    drop, held = _last_uses(sources, ready), {}
+
+    def raw(index: int) -> np.ndarray:
+        image = held.get(index)
+        if image is None:
+            image = held[index] = source.raw(index)
+        return image
+
+    images: list[np.ndarray | None] = [None] * len(samples)
+    for step, pos in enumerate(order.tolist()):
+        try:
+            images[pos] = apply_params(*samples[pos], source, raw)
+        except Exception as err:  # PIL, numpy and torchvision raise their own types
+            which = int(np.searchsorted(ends, pos, side="right"))
+            shard = shards[which]
+            row = pos - (int(ends[which - 1]) if which else 0)
+            raise ShardDamage(shard.url, f"sample {shard.key(row)}: {one_line(err)}") from err
+        if step + 1 == len(order) or walk[step + 1] != walk[step]:
+            for index in drop.pop(int(walk[step]), ()):
+                held.pop(index, None)
+    out, start = [], 0
+    for shard, end in zip(shards, ends.tolist(), strict=True):
+        made = images[start:end]
+        shapes = {image.shape for image in made}
+        if len(shapes) > 1:
+            raise ShardDamage(shard.url, f"images of different shapes {sorted(shapes)}")
+        out.append(np.stack(made))
+        start = end
+    return out
+
+
+def decode_replay_shards(shards: list[tuple[str, int]], width: int, replay: ReplaySource) -> list[ShardArrays]:
+    """Replay shards ``(url, expected samples)`` decoded together: one :class:`ShardArrays` each, in
+    order. A damaged shard raises :class:`ShardDamage` naming it (the others are not returned:
+    a caller that skips bad shards decodes them again without it)."""
+    read = [read_replay_shard(url, count, width, replay.layout) for url, count in shards]
+    images = rebuild_images(read, replay.source)
+    return [ShardArrays(shard.url, made, shard.columns.target, shard.columns.labels, shard.columns.weights,
+                        shard.columns.sources.astype(np.int32)) for shard, made in zip(read, images, strict=True)]
