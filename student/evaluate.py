@@ -6,6 +6,8 @@ teachers and students trained at different resolutions can be evaluated and aver
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from core.contracts import interpolation_of, resize, size_of
 from core.errors import UserError
@@ -53,12 +56,37 @@ def eval_mode(models: list[nn.Module]) -> Iterator[None]:
             model.train(mode)
 
 
-def image_batches(images: Source | np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
-    """uint8 NCHW batches of a split or of a uint8 NHWC array, in order."""
-    for start in range(0, len(images), batch_size):
-        indices = np.arange(start, min(start + batch_size, len(images)))
+EVAL_WORKERS = 2  # processes decoding a file-backed split's batches while the models evaluate
+
+
+class SplitBatches(Dataset):
+    """Batch ``i`` of a split (uint8 NCHW), for a DataLoader: a split read from files is decoded
+    batch by batch in worker processes, never held whole."""
+
+    def __init__(self, images: Source | np.ndarray, batch_size: int) -> None:
+        self.images, self.batch_size = images, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, number: int) -> torch.Tensor:
+        start = number * self.batch_size
+        indices = np.arange(start, min(start + self.batch_size, len(self.images)))
+        images = self.images
         chunk = images.images(indices) if isinstance(images, Source) else images[indices]
-        yield torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2)
+
+
+def image_batches(images: Source | np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+    """uint8 NCHW batches of a split or of a uint8 NHWC array, in order (a file-backed split's
+    decoded in :data:`EVAL_WORKERS` worker processes)."""
+    batches = SplitBatches(images, batch_size)
+    from_files = isinstance(images, Source) and images._images is None and len(batches) > 1
+    if not from_files:
+        yield from (batches[i] for i in range(len(batches)))
+        return
+    workers = max(1, min(EVAL_WORKERS, os.cpu_count() or 1))
+    yield from DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=2)
 
 
 def forward(model: nn.Module, spec: dict[str, Any], images: torch.Tensor) -> torch.Tensor:

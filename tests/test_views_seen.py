@@ -67,7 +67,9 @@ def test_the_planned_sightings_are_reported_before_training_and_warned_past_the_
 def test_one_set_counts_every_trained_row(digits, two_sets, tmp_path):
     result = train(digits, tmp_path, sets=[(str(two_sets / "a"), 1.0)], steps=25)
     assert result["seen"] == [{"set": "a", "stored": True, "samples": 400, "drawn": 800, "trained": 800,
-                               "seen": 2.0}]  # 25 steps × 32 rows over 400 stored views
+                               "seen": 2.0, "distinct_samples": 400, "distinct_images": 0,
+                               "images_per_batch": 0.0}]  # 25 steps × 32 rows over 400 stored views: 2 epochs
+    # (this set's samples name no real image: written without sampler parameters)
 
 
 def test_weighted_sets_and_the_real_split_share_the_rows(digits, two_sets, tmp_path):
@@ -77,10 +79,12 @@ def test_weighted_sets_and_the_real_split_share_the_rows(digits, two_sets, tmp_p
     assert list(seen) == ["a", "b", "source"] and not seen["source"]["stored"]
     assert sum(row["trained"] for row in seen.values()) == 40 * 32
     for name, share in (("a", 0.5), ("b", 0.25), ("source", 0.25)):
-        expected = share * 40 * 32
-        assert abs(seen[name]["trained"] - expected) < 4 * np.sqrt(expected)  # binomial draws by weight
+        assert seen[name]["trained"] == share * 40 * 32  # fixed quotas: 16, 8 and 8 rows of every batch
         assert seen[name]["seen"] == pytest.approx(seen[name]["trained"] / seen[name]["samples"])
     assert seen["source"]["samples"] == len(digits[0])
+    assert seen["b"]["distinct_samples"] == 300 and seen["a"]["distinct_samples"] == 400  # 320 ≥ 300 rows of b
+    assert seen["source"]["distinct_samples"] == seen["source"]["distinct_images"] == 320  # < one epoch
+    assert seen["source"]["images_per_batch"] == 8.0  # its 8 rows of a batch: 8 different images
 
 
 def test_pick_draws_ratio_times_the_rows_it_trains_on(digits, two_sets, tmp_path):
@@ -98,9 +102,8 @@ def test_pick_keeps_the_real_split_at_its_share(digits, two_sets, tmp_path):
     seen = {row["set"]: row for row in result["seen"]}
     assert seen["a"]["drawn"] + seen["source"]["drawn"] == 2 * 20 * 32
     assert seen["a"]["trained"] + seen["source"]["trained"] == 20 * 32
-    expected = 0.5 * 20 * 32
-    assert abs(seen["source"]["trained"] - expected) < 4 * np.sqrt(expected)
-    assert seen["source"]["trained"] == pytest.approx(seen["source"]["drawn"] / 2, abs=20)  # its first half
+    assert seen["source"]["drawn"] == 0.5 * 2 * 20 * 32  # half of every candidate batch
+    assert seen["source"]["trained"] == seen["source"]["drawn"] / 2  # all kept: picking never drops x
 
 
 def test_pick_among_views_only_keeps_the_real_split_out_of_the_contest(digits, tmp_path):
@@ -123,7 +126,9 @@ def test_pick_among_views_only_keeps_the_real_split_out_of_the_contest(digits, t
 def test_erm_sees_fresh_views_of_the_real_split(digits, tmp_path):
     result = train(digits, tmp_path, objective="erm", steps=12)
     assert result["seen"] == [{"set": "source", "stored": False, "samples": len(digits[0]), "drawn": 384,
-                               "trained": 384, "seen": 384 / len(digits[0])}]
+                               "trained": 384, "seen": 384 / len(digits[0]), "distinct_samples": 384,
+                               "distinct_images": 384, "images_per_batch": 32.0}]  # part of one epoch
+    assert result["images_per_batch"] == 32.0
 
 
 def test_mix_rows_blends_the_first_rows_with_partners_and_rounds() -> None:

@@ -65,32 +65,46 @@ class SetMember:
         self.spot: Spot | None = None
         self.chunk: Chunk = {}
 
-    def _decode(self, shard: int) -> ShardArrays | None:
-        """A shard's arrays, or None when it is damaged and damaged shards are skipped."""
-        if shard in self.bad:
-            return None
-        url = self.shards.urls[shard]
-        try:
-            arrays = self.cache.get(url, self.shards.samples[shard], self.shards.width, self.shards.replay)
-            if self.shards.sampled != (arrays.weights is not None):
-                raise ShardDamage(url, f"its targets are {'not ' * self.shards.sampled}sampled-class records, "
-                                       f"the index says {'sampled' if self.shards.sampled else 'otherwise'}")
-        except ShardDamage:
-            if self.on_bad_shard != "skip":
-                raise
-            self.bad.add(shard)
-            self.log.skipped.append(url)
-            if all(piece.shard in self.bad for piece in self.order.part):
-                raise UserError(f"transfer set {self.shards.directory}: every shard this reader was given is "
-                                f"damaged; run `transferset verify {self.shards.directory}`") from None
-            return None
-        self.log.visited.append(url)
-        return arrays
+    def _check(self, arrays: ShardArrays) -> None:
+        if self.shards.sampled != (arrays.weights is not None):
+            raise ShardDamage(arrays.url, f"its targets are {'not ' * self.shards.sampled}sampled-class records, "
+                                          f"the index says {'sampled' if self.shards.sampled else 'otherwise'}")
+
+    def _decode(self, shards: list[int]) -> dict[int, ShardArrays | None]:
+        """The shards' arrays, decoded together (a replay set's source images once for all of
+        them); a damaged one is None when damaged shards are skipped."""
+        wanted = [shard for shard in dict.fromkeys(shards) if shard not in self.bad]
+        by_url = {self.shards.urls[shard]: shard for shard in wanted}
+        while True:
+            try:
+                decoded = self.cache.get_many([(self.shards.urls[s], self.shards.samples[s]) for s in wanted],
+                                              self.shards.width, self.shards.replay)
+                for arrays in decoded:
+                    self._check(arrays)
+                break
+            except ShardDamage as err:
+                if self.on_bad_shard != "skip":
+                    raise
+                self._skip(by_url[err.url])
+                wanted.remove(by_url[err.url])
+        self.log.visited += [arrays.url for arrays in decoded]
+        found: dict[int, ShardArrays | None] = {shard: None for shard in shards}
+        found.update(zip(wanted, decoded, strict=True))
+        return found
+
+    def _skip(self, shard: int) -> None:
+        self.bad.add(shard)
+        self.log.skipped.append(self.shards.urls[shard])
+        if all(piece.shard in self.bad for piece in self.order.part):
+            raise UserError(f"transfer set {self.shards.directory}: every shard this reader was given is "
+                            f"damaged; run `transferset verify {self.shards.directory}`")
 
     def _load(self, spot: Spot) -> None:
         """Decode the window's shards and gather its rows in their seeded order."""
         pieces, rows = self.order.rows(spot)
-        decoded = {i: self._decode(self.order.part[i].shard) for i in np.unique(pieces).tolist()}
+        used = np.unique(pieces).tolist()
+        arrays = self._decode([self.order.part[i].shard for i in used])
+        decoded = {i: arrays[self.order.part[i].shard] for i in used}
         good = np.asarray([decoded[i] is not None for i in pieces.tolist()], dtype=bool)
         if not good.all():
             pieces, rows = self._refill(pieces, rows, good, decoded)
@@ -112,8 +126,8 @@ class SetMember:
         if good.any():
             donor_pieces, donor_rows = pieces[good], rows[good]
         else:
-            spare = next(i for i, piece in enumerate(self.order.part) if self._decode(piece.shard) is not None)
-            decoded[spare] = self._decode(self.order.part[spare].shard)
+            spare = next(i for i, piece in enumerate(self.order.part) if self._decode([piece.shard])[piece.shard])
+            decoded[spare] = self._decode([self.order.part[spare].shard])[self.order.part[spare].shard]
             donor_rows = self.order.part[spare].row_numbers()
             donor_pieces = np.full(len(donor_rows), spare, dtype=np.int64)
         bad = np.flatnonzero(~good)
