@@ -68,6 +68,22 @@ class SelfGuidanceConfig(Strict):
     temperature: float = Field(3.0, gt=0)
 
 
+class RandAugmentConfig(Strict):
+    """RandAugment (torchvision's ``RandAugment``) on the real split's training views, after the
+    crop and flip: ``num_ops`` ops per image at magnitude bin ``magnitude`` of ``magnitude_bins``."""
+
+    num_ops: int = Field(2, ge=1)
+    magnitude: int = Field(9, ge=0)
+    magnitude_bins: int = Field(31, ge=2)
+
+    @model_validator(mode="after")
+    def _bins(self) -> RandAugmentConfig:
+        if self.magnitude >= self.magnitude_bins:
+            raise ValueError(f"randaugment.magnitude {self.magnitude} must be below magnitude_bins "
+                             f"{self.magnitude_bins}")
+        return self
+
+
 RENAMED_TRAIN_OPTIONS = {
     "shuffle_buffer": "sets are read in epochs shuffled in windows of several shards; use shuffle_window (rows)",
     "epoch_steps": "every set and the real split run through their own epochs; drop it "
@@ -99,6 +115,8 @@ class TrainConfig(Strict):
     regression_loss: Literal["nll", "mse"] = Field(
         "nll", description="ERM on a regression source: Gaussian NLL (XCL eq 5) or MSE of μ")
     class_balanced: bool = Field(False, description="real images drawn ∝ 1/class population (XCL §6.2)")
+    randaugment: RandAugmentConfig | None = Field(
+        None, description="RandAugment on the real split's training views (ERM, teachers, source share, kd_online)")
     self_guidance: SelfGuidanceConfig | None = None
     checkpoint_steps: int = Field(500, ge=1, description="steps between resumable train states (any step resumes)")
     eval_every: int = Field(0, ge=0, description="steps between evaluations; 0 = at the end")

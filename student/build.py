@@ -192,18 +192,18 @@ def build_objective(objective: str, task: Task, train_cfg: TrainConfig, kd_cfg: 
     """The run's objective (:data:`student.tasks.OBJECTIVES`), its stream positioned at ``start_step``."""
     factory = OBJECTIVES[task.name][objective]
     common = (train_cfg, spec, ctx.device, seed, ctx.rank)
-    balanced = train_cfg.class_balanced
+    balanced, augment = train_cfg.class_balanced, train_cfg.randaugment
     if objective == "erm":
-        real = RealPart(source, 1.0, balanced, values=source.targets is not None)
+        real = RealPart(source, 1.0, balanced, values=source.targets is not None, randaugment=augment)
         plan = stream_plan(train_cfg, train_cfg.batch_size, seed, start_step, ctx, source, source.out_dim)
         return factory(real, plan, *common)
     if kd_cfg is None:
         raise UserError(f"objective {objective!r} needs a kd config (temperature, alpha)")
     if objective == "kd_online":
         plan = stream_plan(train_cfg, train_cfg.batch_size, seed, start_step, ctx, source, 0)
-        return factory(teachers, RealPart(source, 1.0, balanced), plan, kd_cfg, *common)
+        return factory(teachers, RealPart(source, 1.0, balanced, randaugment=augment), plan, kd_cfg, *common)
     _, real_weight = kd_sets(sets)
-    real = RealPart(source, real_weight, balanced) if real_weight > 0 else None
+    real = RealPart(source, real_weight, balanced, randaugment=augment) if real_weight > 0 else None
     candidates = train_cfg.batch_size if kd_cfg.pick is None else math.ceil(kd_cfg.pick.ratio * train_cfg.batch_size)
     plan = stream_plan(train_cfg, candidates, seed, start_step, ctx, source, opened[0].width)
     coverage = Coverage([sum(s.samples) for s in opened] + [len(source)], len(source))

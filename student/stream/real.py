@@ -13,7 +13,8 @@ How an image becomes a training image follows the source:
 - the contract's ``random_resized_crop``: torchvision's ``RandomResizedCrop`` at the contract's
   ``scale``, ``ratio`` and interpolation (the box drawn with torchvision's rule, the box cut from
   the decoded image, then resized with PIL, as ``torchvision.transforms.functional.resized_crop``
-  does on a PIL image), then a horizontal flip with probability ½.
+  does on a PIL image), then a horizontal flip with probability ½;
+- then, with ``train.randaugment``, torchvision's ``RandAugment`` on each view.
 
 Order: in each epoch every image of the reader's part (images ``i ≡ reader (mod readers)``)
 comes once, in a seeded permutation; with ``class_balanced`` each row is an independent draw
@@ -27,11 +28,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from core.errors import UserError
 from core.image_contract import RESAMPLE, base_image, draw_random_resized_crop
 from core.readers import Source
 from core.sample_sources import NO_IMAGE
+from core.train_config import RandAugmentConfig
 
 __all__ = ["RealMember", "RealPart", "pad_crop_flip", "real_views"]
 
@@ -49,6 +52,7 @@ class RealPart:
     weight: float = 1.0
     class_balanced: bool = False
     values: bool = False
+    randaugment: RandAugmentConfig | None = None
 
 
 def pad_crop_flip(images: np.ndarray, pad: int, flip: bool, rng: np.random.Generator) -> np.ndarray:
@@ -81,6 +85,19 @@ def _random_resized_crops(source: Source, indices: np.ndarray, rng: np.random.Ge
         image = image[:, :, None] if image.ndim == 2 else image
         out[slot] = image[:, ::-1] if rng.random() < 0.5 else image
     return out
+
+
+def rand_augment(images: np.ndarray, cfg: RandAugmentConfig, seed: int) -> np.ndarray:
+    """torchvision's ``RandAugment`` on each uint8 NHWC image, its ops drawn from a torch RNG
+    seeded with ``seed`` (forked: the process's global RNG is left as it was)."""
+    from torchvision.transforms import v2
+
+    augment = v2.RandAugment(num_ops=cfg.num_ops, magnitude=cfg.magnitude, num_magnitude_bins=cfg.magnitude_bins)
+    tensors = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = torch.stack([augment(image) for image in tensors])
+    return np.ascontiguousarray(out.permute(0, 2, 3, 1).numpy())
 
 
 def real_views(source: Source, indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -133,7 +150,10 @@ class RealMember:
         """Rows ``t0 … t1 − 1`` of the member's sequence, for the reader's batch ``k``."""
         source, n = self.real.source, t1 - t0
         indices = self._indices(t0, t1, k)
-        images = real_views(source, indices, np.random.default_rng([*self.seed, AUGMENT, k]))
+        rng = np.random.default_rng([*self.seed, AUGMENT, k])
+        images = real_views(source, indices, rng)
+        if self.real.randaugment is not None:
+            images = rand_augment(images, self.real.randaugment, int(rng.integers(2**62)))
         if self.real.values and source.targets is not None:
             target = np.ascontiguousarray(source.targets[indices], dtype=np.float32)
         else:
