@@ -143,7 +143,7 @@ def loop(run: Run) -> tuple[dict[str, Any], float]:
                 if not math.isfinite(mean_loss):
                     raise UserError(f"{run.name}: training diverged at step {step} (loss {mean_loss}); lower train.lr")
                 log.write({"kind": "train", "step": step, "epoch": (step - 1) // epoch, "loss": mean_loss, "lr": lr,
-                           "samples_per_s": sps, **means, **skipped(run.step_fn)})
+                           "samples_per_s": sps, **means, **skipped(run.step_fn), **read_so_far(run)})
             if run.progress is not None and ctx.is_main and (step % every_progress == 0 or step == steps):
                 mean_loss, sps, _ = shown.take(cfg.batch_size)
                 run.progress(f"{run.name}: step {step}/{steps} loss {mean_loss:.4f} {sps:.0f} samples/s")
@@ -272,6 +272,19 @@ def views_seen_lines(name: str, planned: list[dict[str, Any]], bound: float | No
                          f"student_stage.views_seen_warning ({bound:g}); a student overfits repeated teacher "
                          f"targets: store more views (store: replay makes them tens of bytes) or train fewer steps")
     return lines
+
+
+def read_so_far(run: Run) -> dict[str, Any]:
+    """For a train row: per origin, the distinct samples and distinct source images this rank
+    has read so far (``result.json``'s ``seen`` has the figures merged over the ranks)."""
+    coverage = run.step_fn.counts.coverage
+    if coverage is None:
+        return {}
+    names = [storage.name_of(s.directory) for s in run.opened] if run.objective == "kd" else []
+    names.append("source")
+    return {"read": {name: {"samples": int(samples.sum()), "images": int(images.sum())}
+                     for name, samples, images, batches in zip(names, coverage.samples, coverage.images,
+                                                               coverage.batches, strict=True) if batches}}
 
 
 def skipped(step_fn: Objective) -> dict[str, int]:

@@ -85,6 +85,10 @@ def test_weighted_sets_and_the_real_split_share_the_rows(digits, two_sets, tmp_p
     assert seen["b"]["distinct_samples"] == 300 and seen["a"]["distinct_samples"] == 400  # 320 ≥ 300 rows of b
     assert seen["source"]["distinct_samples"] == seen["source"]["distinct_images"] == 320  # < one epoch
     assert seen["source"]["images_per_batch"] == 8.0  # its 8 rows of a batch: 8 different images
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    last = [row for row in rows if row["kind"] == "train"][-1]["read"]
+    assert last == {"a": {"samples": 400, "images": 0}, "b": {"samples": 300, "images": 0},
+                    "source": {"samples": 320, "images": 320}}
 
 
 def test_pick_draws_ratio_times_the_rows_it_trains_on(digits, two_sets, tmp_path):
