@@ -34,6 +34,7 @@ from core.sources import Source
 from core.train_config import DEFAULT_VIEWS_SEEN_WARNING
 from student import distributed
 from student.build import Progress, Run, batches_per_transfer, build_run, epoch_steps, kd_sets
+from student.cpu_kernels import safe_cpu_kernels
 from student.curves import plot_curves
 from student.metrics import MAX_TRAIN_ROWS, MetricsLog, Window, log_interval
 from student.objectives import Objective
@@ -74,7 +75,8 @@ def train_model(
     if progress is not None and run.ctx.is_main:
         for line in views_seen_lines(name, planned, views_seen_warning):
             progress(line)
-    final, train_seconds = loop(run)
+    with safe_cpu_kernels(run.plain, run.ctx.device):
+        final, train_seconds = loop(run)
     return finish(run, final, train_seconds, time.perf_counter() - started, planned)
 
 

@@ -180,10 +180,22 @@ def test_a_changed_config_does_not_resume_a_foreign_state(digits, tmp_path):
     assert not any("resuming" in line for line in lines)
 
 
-# Width 8, not 4: a width-4 ResNet-8 on 8×8 digits with one torch thread corrupts the heap inside
-# oneDNN's CPU kernels on an AMD EPYC (AVX2) machine (torch 2.14.1; reproduced without this
-# project's code; fine at width 8 and on 32×32 images; fine with torch.backends.mkldnn off).
-SG_MODEL = ModelConfig(arch="resnet_cifar", arch_kwargs={"depth": 8, "width": 8, "survival": 0.5})
+# Width 4: thin enough that the trainer turns oneDNN off on the CPU (student/cpu_kernels.py); on
+# an AMD EPYC (AVX2) with one thread these runs corrupted the heap inside oneDNN before that.
+SG_MODEL = ModelConfig(arch="resnet_cifar", arch_kwargs={"depth": 8, "width": 4, "survival": 0.5})
+
+
+def test_thin_models_train_without_onednn_on_the_cpu():
+    from core.models import build_model
+    from student.cpu_kernels import is_thin, safe_cpu_kernels
+
+    thin, wide = (build_model("resnet_cifar", 1, 10, {"depth": 8, "width": w}) for w in (4, 8))
+    assert is_thin(thin) and not is_thin(wide)
+    with safe_cpu_kernels(thin, torch.device("cpu")):
+        assert not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled
+    assert torch.backends.mkldnn.enabled == torch.backends.mkldnn.is_available()
+    with safe_cpu_kernels(wide, torch.device("cpu")):
+        assert torch.backends.mkldnn.enabled == torch.backends.mkldnn.is_available()
 
 
 def test_self_guidance_trains_a_stochastic_depth_resnet(digits, tmp_path):
