@@ -124,7 +124,7 @@ class TrainConfig(Strict):
     threads: int = Field(0, ge=0, description="torch threads of the trainer; 0 = the cores the loader leaves")
     shuffle_window: int | None = Field(
         None, ge=1, description="rows of a set shuffled together per reader (several shards open at once); "
-                                "default: as many as fit in cache_mb, at most 65 536")
+                                "default: as many as fit in cache_mb, at most 16 384")
     batches_per_transfer: int = Field(
         0, ge=0, description="batches per worker→trainer transfer; 0 = up to 32 batches within 16 MiB")
     cache_mb: float = Field(1024, ge=0, description="decoded shards kept in memory per reader")

@@ -3,9 +3,10 @@
 :class:`SetMember` turns the positions of :class:`student.stream.order.PartOrder` into rows: it
 holds the decoded shards of the current window (through the reader's
 :class:`student.shards.DecodedCache`, so a set that fits is decoded once per reader and later
-epochs touch no file), gathers the window's rows in their seeded order, and hands out the rows a
-batch asks for. Each row carries the set's sample number (the shard's first sample + the row) and
-the real images it was made from, so the trainer can count what it read.
+epochs touch no file) and the window's seeded order as ``(shard, row)`` pairs, and gathers the
+rows a batch asks for from the shards themselves (a window is never copied whole). Each row
+carries the set's sample number (the shard's first sample + the row) and the real images it was
+made from, so the trainer can count what it read.
 
 A damaged shard with ``train.on_bad_shard: skip`` is dropped for the rest of the run; its places
 in a window are filled with other rows of the same window (read again), so positions keep their
@@ -63,7 +64,7 @@ class SetMember:
         self.first_sample = np.concatenate([[0], np.cumsum(shards.samples)[:-1]]).astype(np.int64)
         self.bad: set[int] = set()  # shards found damaged (skip mode)
         self.spot: Spot | None = None
-        self.chunk: Chunk = {}
+        self.window: tuple[np.ndarray, np.ndarray, dict[int, ShardArrays | None]] = (np.zeros(0), np.zeros(0), {})
 
     def _check(self, arrays: ShardArrays) -> None:
         if self.shards.sampled != (arrays.weights is not None):
@@ -100,7 +101,8 @@ class SetMember:
                             f"damaged; run `transferset verify {self.shards.directory}`")
 
     def _load(self, spot: Spot) -> None:
-        """Decode the window's shards and gather its rows in their seeded order."""
+        """Decode the window's shards and keep its seeded order as ``(piece, row)`` pairs: rows
+        are gathered from the decoded shards batch by batch, never copied as a whole window."""
         pieces, rows = self.order.rows(spot)
         used = np.unique(pieces).tolist()
         arrays = self._decode([self.order.part[i].shard for i in used])
@@ -108,6 +110,13 @@ class SetMember:
         good = np.asarray([decoded[i] is not None for i in pieces.tolist()], dtype=bool)
         if not good.all():
             pieces, rows = self._refill(pieces, rows, good, decoded)
+        self.window = (pieces, rows, decoded)
+        self.spot = spot
+
+    def _gather(self, first: int, last: int) -> Chunk:
+        """Rows ``first … last − 1`` of the loaded window, in its order."""
+        pieces, rows, decoded = self.window
+        pieces, rows = pieces[first:last], rows[first:last]
         chunk: Chunk = {}
         for i in np.unique(pieces).tolist():
             where = np.flatnonzero(pieces == i)
@@ -117,7 +126,7 @@ class SetMember:
                 if name not in chunk:
                     chunk[name] = np.empty((len(rows), *values.shape[1:]), dtype=values.dtype)
                 chunk[name][where] = values
-        self.chunk, self.spot = chunk, spot
+        return chunk
 
     def _refill(self, pieces: np.ndarray, rows: np.ndarray, good: np.ndarray,
                 decoded: dict[int, ShardArrays | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +156,7 @@ class SetMember:
                 spot = self.order.locate(t)
                 self._load(spot)
             end = min(t1, spot.start + spot.rows)
-            parts.append({name: values[t - spot.start:end - spot.start] for name, values in self.chunk.items()})
+            parts.append(self._gather(t - spot.start, end - spot.start))
             t = end
         if len(parts) == 1:
             return parts[0]
