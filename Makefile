@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= examples/quickstart.yaml
 
-.PHONY: run test lint bench bench-generate bench-train bench-topk bench-student bench-storage study study-views clean
+.PHONY: run test lint bench bench-generate bench-train bench-topk bench-student bench-storage bench-peers study study-views clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ bench-student: $(STAMP)
 # Bytes per stored view of replay sets (>= 100 000 views each) beside the same sets as pixels (~5 min).
 bench-storage: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/storage.py
+
+# The stream beside webdataset's recipe and mosaicml-streaming on one 80 000-view set (~15 min; makes the set
+# in /tmp/bench-peers once). mosaicml-streaming is installed without its declared dependencies (constraints.txt).
+$(VENV)/.bench-installed: $(STAMP) constraints.txt
+	$(BIN)/pip install -q -c constraints.txt brotli python-snappy zstd xxhash catalogue
+	$(BIN)/pip install -q -c constraints.txt --no-deps mosaicml-streaming
+	touch $@
+
+bench-peers: $(VENV)/.bench-installed
+	RAY_AUTH_MODE=disabled $(BIN)/python bench/peers.py
 
 # The CIFAR-10 KD study of docs/RESULTS.md (hours on two cores): the example, then every study group.
 study: $(STAMP)
