@@ -85,13 +85,16 @@ class Pictures:
 TEST_PICTURES = 10**9  # test pictures are numbered from here: never among the training ones
 
 
-def large_folder(root: Path, count: int, pictures: Pictures, like: Path | None = None) -> Path:
-    """``root/{train,test}/<class>/<index>.jpg``: ``count`` training pictures and 20 test ones;
-    files of ``like`` (an earlier folder of the same pictures) are linked, not made again."""
-    for split, indices in (("train", range(count)), ("test", range(TEST_PICTURES, TEST_PICTURES + 20))):
+def large_folder(root: Path, count: int, pictures: Pictures, like: Path | None = None, tests: int = 20) -> Path:
+    """``root/{train,test}/<class>/<index>.jpg``: ``count`` training pictures and ``tests`` test
+    ones; files of ``like`` (an earlier folder of the same pictures) are linked, not made again,
+    and files already there are kept."""
+    for split, indices in (("train", range(count)), ("test", range(TEST_PICTURES, TEST_PICTURES + tests))):
         for index in indices:
             name = Path(split) / pictures.classes[pictures.label(index)] / f"{index:010d}.jpg"
             (root / name).parent.mkdir(parents=True, exist_ok=True)
+            if (root / name).exists():
+                continue  # a folder left half-made by an interrupted run
             if like is not None and (like / name).exists():
                 os.link(like / name, root / name)
             else:

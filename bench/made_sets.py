@@ -9,15 +9,25 @@ what ``transferset generate`` writes.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from common import ROOT  # noqa: F401  (puts the repo on sys.path)
+import numpy as np
+import torch
+from common import ROOT
 
-from core.config import ModelConfig, SourceConfig, TrainConfig, parse_config
-from core.sources import Source, load_in_memory, load_source
-from pipeline.driver import generate_set, shutdown_ray
-from student.train import train_model
+sys.path.insert(0, str(ROOT / "tests"))
+
+from transfer_fixtures import write_set  # noqa: E402
+
+from core.config import ModelConfig, SourceConfig, TrainConfig, parse_config  # noqa: E402
+from core.models import load_model  # noqa: E402
+from core.sources import Source, load_in_memory, load_source  # noqa: E402
+from pipeline.driver import generate_set, shutdown_ray  # noqa: E402
+from stages.samplers import apply_aug, draw_aug  # noqa: E402
+from student.evaluate import prepare  # noqa: E402
+from student.train import train_model  # noqa: E402
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -62,3 +72,40 @@ def generate(cfg: Any, name: str, out: Path, teachers: list[Path]) -> dict[str, 
 
 def shutdown() -> None:
     shutdown_ray()
+
+
+def load_teachers(paths: list[Path]) -> list[tuple[torch.nn.Module, dict]]:
+    teachers = []
+    for path in paths:
+        model, payload = load_model(path, outputs=10)
+        teachers.append((model.eval(), payload["input"]))
+    return teachers
+
+
+@torch.no_grad()
+def ensemble_logp(teachers, images_nchw: torch.Tensor) -> torch.Tensor:
+    probs = sum(torch.softmax(model(prepare(images_nchw, spec)), dim=1) for model, spec in teachers)
+    return torch.log(probs / len(teachers)).clamp_min(-1e4)
+
+
+def make_views_set(set_dir: Path, train, teachers, views: int) -> None:
+    """Every training image × ``views`` (view 0 = the image), labelled by the ensemble, 1024 per shard."""
+    rng = np.random.default_rng(0)
+    images = np.stack([image if v == 0 else apply_aug(image, draw_aug(rng, train.pad, train.flip), train.pad)
+                      for image in train.images() for v in range(views)])
+    logp = np.concatenate([ensemble_logp(teachers, torch.from_numpy(chunk).permute(0, 3, 1, 2)).numpy()
+                           for chunk in np.array_split(images, max(1, len(images) // 1024))])
+    labels = [int(y) for y in np.repeat(train.labels, views)]
+    write_set(set_dir, images, logp, labels, samples_per_shard=1024)
+
+
+def made_views_sets(workdir: Path, source_cfg: SourceConfig, checkpoints: list[Path], views: int) -> dict[str, Path]:
+    """The same views set generated twice by the project's stages, stored as pixels and as replay records."""
+    sampler = {"kind": "views", "views": views}
+    cfg = job(source_cfg.model_dump(mode="json"), {store: {"sampler": sampler, "store": store}
+                                                   for store in ("pixels", "replay")})
+    dirs = {store: workdir / f"views-{store}" for store in ("pixels", "replay")}
+    for store, out in dirs.items():
+        generate(cfg, store, out, checkpoints)
+    shutdown()
+    return dirs
