@@ -317,9 +317,11 @@ def write_manifest(set_dir: str | Path, rows: Sequence[dict[str, Any]], task: st
 
 
 def read_manifest(set_dir: str | Path):
-    """The manifest as a pyarrow table. Read on this thread: a manifest is small, and a parquet
-    worker thread still alive at interpreter exit can abort the process (apache/arrow#34314)."""
+    """The manifest as a pyarrow table. Read on this thread, without pre-buffering: a manifest is
+    small, and arrow's pre-buffer schedules reads on its IO thread pool, whose last task may
+    release the Python buffer during interpreter exit and abort the process ("terminate called
+    without an active exception", apache/arrow#34314; seen here with `transferset verify`)."""
     import pyarrow.parquet as pq
 
     data = io.BytesIO(storage.read_bytes(storage.join(set_dir, MANIFEST_NAME)))
-    return pq.ParquetFile(data).read(use_threads=False)
+    return pq.ParquetFile(data, pre_buffer=False).read(use_threads=False)
