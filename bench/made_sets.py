@@ -26,7 +26,7 @@ from core.models import load_model  # noqa: E402
 from core.sources import Source, load_in_memory, load_source  # noqa: E402
 from pipeline.driver import generate_set, shutdown_ray  # noqa: E402
 from stages.samplers import apply_aug, draw_aug  # noqa: E402
-from student.evaluate import prepare  # noqa: E402
+from student.online import ensemble_log_probs  # noqa: E402
 from student.train import train_model  # noqa: E402
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -84,8 +84,8 @@ def load_teachers(paths: list[Path]) -> list[tuple[torch.nn.Module, dict]]:
 
 @torch.no_grad()
 def ensemble_logp(teachers, images_nchw: torch.Tensor) -> torch.Tensor:
-    probs = sum(torch.softmax(model(prepare(images_nchw, spec)), dim=1) for model, spec in teachers)
-    return torch.log(probs / len(teachers)).clamp_min(-1e4)
+    """The stored target (``student.online.ensemble_log_probs``), without building a graph."""
+    return ensemble_log_probs(teachers, images_nchw)
 
 
 def make_views_set(set_dir: Path, train, teachers, views: int) -> None:
