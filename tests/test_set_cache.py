@@ -27,11 +27,12 @@ from conftest import kill_session
 
 from core import set_index as sx
 from core.config import parse_config
-from core.liveness import writer_tag
-from core.set_lease import LeaseRecord, SetLease
 from pipeline.plan import finish, plan_set, resume, start
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
+
+# The lease's modules are imported in the tests that use them, so that the rest of this file runs
+# (and fails for what it shows) on a version without them.
 
 
 def made(cache: Path, teachers: list[Path], samples: int, where: Path) -> Path:
@@ -46,13 +47,13 @@ def test_growth_completes_a_short_shard_under_its_full_name_and_changes_no_liste
     shutil.copy(set_dir / sx.INDEX_NAME, tmp_path / "index-300.json")
     old = sx.read_index(set_dir)
     before = {e.name: (set_dir / "shards" / str(e.name)).read_bytes() for e in old.listed()}
-    assert "shard-000004-000044.tar" in before  # a short last shard is named by its count
 
     grown = generate(config(tmp_path / "big", cache, teachers, 500))
     assert grown.returncode == 0, grown.stderr[-3000:]
     assert forward_passes(grown) == 500 - 4 * 64  # shard 4 in full, 5, 6 and 7 (52)
     for name, data in before.items():
         assert (set_dir / "shards" / name).read_bytes() == data, f"{name} changed while the set grew"
+    assert "shard-000004-000044.tar" in before  # a short last shard is named by its count
     old_verified = transferset("verify", set_dir, "--index", tmp_path / "index-300.json")
     assert old_verified.returncode == 0, old_verified.stdout + old_verified.stderr
     now = transferset("verify", set_dir)
@@ -75,11 +76,12 @@ def test_a_run_killed_while_growing_leaves_a_set_that_verifies(teachers, tmp_pat
     cache = tmp_path / "cache"
     set_dir = made(cache, teachers, 300, tmp_path / "small")
     index = sx.read_index(set_dir)
-    full = set_dir / "shards" / "shard-000004.tar"
+    listed_bytes = {e.name: e.bytes for e in index.listed()}
+    full = set_dir / "shards" / "shard-000004.tar"  # shard 4 in full (before the fix: rewritten in place)
     proc = start_generate(config(tmp_path / "big", cache, teachers, 500), tmp_path / "grow.log")
     try:
         deadline = time.monotonic() + 300
-        while not (full.is_file() and full.stat().st_size > 0):
+        while not (full.is_file() and full.stat().st_size not in (0, listed_bytes.get(full.name))):
             assert proc.poll() is None, (tmp_path / "grow.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "shard 4 was never completed"
             time.sleep(0.02)
@@ -125,6 +127,8 @@ def test_a_waiting_smaller_request_is_refused_once_the_set_grew_and_the_index_ke
                                                                                                tmp_path) -> None:
     """``check_not_smaller`` ran only at plan time and each job's finish wrote its own index: a
     smaller request planned before a larger one finished put the index back to the smaller count."""
+    from core.set_lease import SetLease
+
     cache = tmp_path / "cache"
     set_dir = made(cache, teachers, 128, tmp_path / "first")
     lease = SetLease(set_dir, "test: 320 samples").acquire()
@@ -148,6 +152,8 @@ def test_a_waiting_smaller_request_is_refused_once_the_set_grew_and_the_index_ke
 
 
 def test_a_killed_holder_is_taken_over_at_once_and_a_silent_one_after_its_ttl(teachers, tmp_path) -> None:
+    from core.set_lease import LeaseRecord
+
     cache = tmp_path / "cache"
     set_dir = made(cache, teachers, 128, tmp_path / "first")
     proc = start_generate(config(tmp_path / "killed", cache, teachers, 320), tmp_path / "killed.log")
@@ -178,6 +184,8 @@ def test_a_killed_holder_is_taken_over_at_once_and_a_silent_one_after_its_ttl(te
 
 def test_a_live_writers_temp_file_is_never_deleted(teachers, tmp_path) -> None:
     """``remove_stale_temps`` deleted every temp file at start and finish, another writer's too."""
+    from core.liveness import writer_tag
+
     cache = tmp_path / "cache"
     set_dir = made(cache, teachers, 128, tmp_path / "first")
     live = set_dir / "shards" / f"shard-000009.tar.tmp-{writer_tag()}-0123456789ab"  # this test process: alive
@@ -195,18 +203,46 @@ def test_a_live_writers_temp_file_is_never_deleted(teachers, tmp_path) -> None:
 
 
 def test_gc_refuses_while_a_writer_holds_the_lease(teachers, tmp_path) -> None:
+    from core.set_lease import SetLease
+
     cache = tmp_path / "cache"
     set_dir = made(cache, teachers, 128, tmp_path / "first")
     (set_dir / "shards" / "shard-000005.tar").write_bytes((set_dir / "shards" / "shard-000001.tar").read_bytes())
     lease = SetLease(set_dir, "mix: 999 samples").acquire()
+
+    def unleased() -> dict:  # the set's files but the lease, whose heartbeat moves
+        return {k: v for k, v in tree(set_dir).items() if not k.startswith("_lease.")}
+
     try:
-        before = tree(set_dir)
+        before = unleased()
         refused = transferset("gc", set_dir)
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
         assert "mix: 999 samples is being written by pid" in last_line(refused.stderr)
         assert last_line(refused.stderr).startswith("error: ") and "holds the set's lease" in last_line(refused.stderr)
-        assert tree(set_dir) == before
+        assert unleased() == before
     finally:
         lease.release()
     swept = transferset("gc", set_dir)
     assert swept.returncode == 0 and json.loads(swept.stdout)["removed"] == ["shard-000005.tar"], swept.stderr
+
+
+def test_a_set_made_before_counted_names_is_read_and_grown(teachers, tmp_path) -> None:
+    """An earlier version named the short last shard ``shard-N.tar``: it stays as it is, and the
+    full shard N takes the counted name ``shard-N-<spp>.tar``."""
+    from format1 import legacy_names
+
+    cache = tmp_path / "cache"
+    _grow_in_process(cache, teachers, 300)
+    set_dir = the_set(cache)
+    index = set_dir / sx.INDEX_NAME
+    index.write_text(json.dumps(legacy_names(set_dir, json.loads(index.read_text())), indent=1, sort_keys=True))
+    shutil.copy(index, tmp_path / "index-300.json")
+    old = (set_dir / "shards" / "shard-000004.tar").read_bytes()
+    assert transferset("verify", set_dir).returncode == 0
+    grown = generate(config(tmp_path / "big", cache, teachers, 500))
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    assert (set_dir / "shards" / "shard-000004.tar").read_bytes() == old
+    names = [e.name for e in sx.read_index(set_dir).listed()]
+    assert names[4:] == ["shard-000004-000064.tar", "shard-000005.tar", "shard-000006.tar", "shard-000007-000052.tar"]
+    assert transferset("verify", set_dir, "--index", tmp_path / "index-300.json").returncode == 0
+    assert transferset("verify", set_dir).returncode == 0
