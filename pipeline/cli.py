@@ -183,7 +183,6 @@ def verify(set_dir: str, index: Annotated[str | None, typer.Option(
         raise UserError(f"verify: {set_dir} is not a directory")
     if index is not None and not storage.is_file(index):
         raise UserError(f"verify --index {index}: no such file")
-    from core.set_index import read_index
     from pipeline.verify import unlisted_shards, verify_set
 
     problems = verify_set(set_dir, index)
@@ -192,7 +191,7 @@ def verify(set_dir: str, index: Annotated[str | None, typer.Option(
     if problems:
         print(f"error: verify {set_dir}: {len(problems)} problem(s), the first: {problems[0]}", file=sys.stderr)
         raise typer.Exit(1)  # main() passes the code on (click returns it without standalone mode)
-    unlisted = unlisted_shards(set_dir, read_index(set_dir))
+    unlisted = unlisted_shards(set_dir)
     if unlisted:
         print(f"note: {len(unlisted)} shard file(s) not listed in the index ({', '.join(unlisted[:3])}"
               f"{', …' if len(unlisted) > 3 else ''}): completed short shards or a killed run's; "

@@ -211,8 +211,10 @@ def _verify_index(set_dir: str, index: SetIndex, manifest: bool) -> list[str]:
     return problems
 
 
-def unlisted_shards(set_dir: str | Path, index: SetIndex | None) -> list[str]:
-    """Shard files on disk that the index does not list: a short shard since completed under its
-    full name, or shards of a killed run. Readers never see them; ``transferset gc`` removes them."""
+def unlisted_shards(set_dir: str | Path, index: SetIndex | None = None) -> list[str]:
+    """Shard files on disk that the index (default: the set's own) does not list: a short shard
+    since completed under its full name, or shards of a killed run. Readers never see them;
+    ``transferset gc`` removes them."""
+    index = index if index is not None else _read_or_none(str(set_dir))
     names = {entry.name for entry in index.listed()} if index is not None else set()
     return [name for name in sorted(sx.committed_shards(set_dir)) if name not in names]
