@@ -108,10 +108,17 @@ def _lease_url(set_dir: str, epoch: int) -> str:
 
 
 def _read(set_dir: str, epoch: int) -> LeaseRecord | None:
-    try:
-        return LeaseRecord.decode(storage.read_bytes(_lease_url(set_dir, epoch)))
-    except (FileNotFoundError, OSError):
-        return None
+    """The record of a lease file; None if it is gone or stays unreadable. A read can meet the
+    holder's heartbeat rewriting it (s3fs then fails the GET its HEAD's ETag no longer matches):
+    read again before calling it unreadable."""
+    for attempt in range(4):
+        try:
+            return LeaseRecord.decode(storage.read_bytes(_lease_url(set_dir, epoch)))
+        except FileNotFoundError:
+            return None
+        except OSError:
+            time.sleep(0.05 * (attempt + 1))
+    return None
 
 
 class SetLease:
@@ -217,6 +224,10 @@ class SetLease:
 
     def holds(self) -> bool:
         """Whether this writer still holds the lease (no later epoch took it over)."""
+        with self._lock:  # never read our own file while our heartbeat rewrites it
+            return self._holds()
+
+    def _holds(self) -> bool:
         if self.record is None:
             return False
         epochs = _epochs(self.set_dir)
@@ -228,13 +239,17 @@ class SetLease:
         if not self.holds():
             self.progress(f"{self.what}: lost the lease on {self.set_dir} (silent for {self.ttl:g} s); taking it again")
             self._halt()
-            self.record = None
+            with self._lock:
+                found = _read(self.set_dir, self.epoch)
+                if found is not None and self.record is not None and found.token == self.record.token:
+                    storage.remove(_lease_url(self.set_dir, self.epoch))  # ours, superseded: not a live holder
+                self.record = None
             self.acquire(wait=True)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl / 5):
             with self._lock:
-                if self._stop.is_set() or self.record is None or not self.holds():
+                if self._stop.is_set() or self.record is None or not self._holds():
                     return
                 self.record = LeaseRecord(**{**asdict(self.record), "beat": self.record.beat + 1})
                 try:
@@ -257,7 +272,7 @@ class SetLease:
         """Give the lease back (and remove earlier epochs' files, so a finished set keeps none)."""
         self._halt()
         with self._lock:
-            if self.record is not None and self.holds():
+            if self._holds():
                 self._remove_below(self.epoch + 1)
             self.record = None
 
