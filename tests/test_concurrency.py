@@ -2,9 +2,11 @@
 set at random moments, on a local disk and on an S3-compatible server (moto's, over HTTP).
 
 Each round starts two ``transferset generate`` runs of the same ``out: auto`` set with random
-sample counts (identical ones included) at random offsets, SIGKILLs one of them (with its Ray) at a
-random moment in most rounds, and runs two readers (``tests/set_reader.py``: index, then every
-listed shard checked against it) and one ``transferset verify`` meanwhile. Every run must end with
+sample counts (identical ones included; each round's counts lie above the last round's, so every
+round grows the set) at random offsets, SIGKILLs one of them (with its Ray) at a random moment in
+most rounds (half of those while a writer holds the lease), and runs two readers
+(``tests/set_reader.py``: index, then every listed shard checked against it) and one
+``transferset verify`` meanwhile. Every run must end with
 exit 0, or exit 2 with "a set only grows" (it asked for fewer than the set came to hold), or be
 the killed one; no reader may ever meet a listed shard that is not as its index says, the planned
 total a reader sees never falls, and every index any reader saw still verifies at the end of its
@@ -40,7 +42,12 @@ from pipeline.verify import verify_set
 
 pytestmark = pytest.mark.concurrency
 ROUNDS = int(os.environ.get("TRANSFERSET_CONCURRENCY_ROUNDS", "3"))
-SIZES = (192, 300, 420, 500)  # 3 shards, 5 (the last of 44), 7 (36), 8 (52)
+GROWTH = (0, 44, 108, 236)  # a round asks for base + one of these: short last shards of other counts
+STEP = 100  # each round's base grows, so every round grows the set (and completes a short shard)
+
+
+def sizes_of(round_no: int) -> tuple[int, ...]:
+    return tuple(192 + STEP * round_no + extra for extra in GROWTH)
 HERE = Path(__file__).resolve().parent
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -81,12 +88,32 @@ def _set_dir(cache_root: str) -> str | None:
     return storage.join(cache_root, found[0]) if found else None
 
 
-def one_round(rng: random.Random, cache_root: str, teachers: list[Path], work: Path, env: dict[str, str]) -> dict:
+def _kill_later(rng: random.Random, proc: subprocess.Popen, cache_root: str) -> int:
+    """SIGKILL ``proc`` with its Ray at a random moment: half the time any moment, half the time
+    while a writer holds the set's lease (making or committing shards). Returns 1 if it was killed."""
+    if rng.random() < 0.5:
+        time.sleep(rng.uniform(0, 12))
+    else:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            set_dir = _set_dir(cache_root)
+            if set_dir and any(name.startswith("_lease.") for name in storage.list_names(set_dir)):
+                break
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0, 3))
+    if proc.poll() is not None:
+        return 0
+    kill_session(proc)
+    return 1
+
+
+def one_round(rng: random.Random, round_no: int, cache_root: str, teachers: list[Path], work: Path,
+              env: dict[str, str]) -> dict:
     """One schedule; returns its figures (asserting everything said in the module docstring)."""
     work.mkdir(parents=True)
     stop = work / "stop"
     readers = [_reader(cache_root, work / f"reader-{n}", stop, env) for n in range(2)]
-    sizes = [rng.choice(SIZES) for _ in range(2)]
+    sizes = [rng.choice(sizes_of(round_no)) for _ in range(2)]
     victim = rng.randrange(2) if rng.random() < 0.75 else None
     runs: list[tuple[subprocess.Popen, Path]] = []
     began = time.monotonic()
@@ -98,12 +125,7 @@ def one_round(rng: random.Random, cache_root: str, teachers: list[Path], work: P
     verified = transferset("verify", _set_dir(cache_root) or cache_root, env=env)
     assert verified.returncode == 0 or "no index.json" in verified.stdout + verified.stderr \
         or "is not a directory" in verified.stderr, verified.stdout[-2000:] + verified.stderr[-2000:]
-    killed = 0
-    if victim is not None:
-        time.sleep(rng.uniform(0, 12))
-        if runs[victim][0].poll() is None:
-            kill_session(runs[victim][0])
-            killed = 1
+    killed = _kill_later(rng, runs[victim][0], cache_root) if victim is not None else 0
     for n, (proc, log) in enumerate(runs):
         code = proc.wait(timeout=600)
         if n == victim and killed:
@@ -132,8 +154,8 @@ def run_suite(cache_root: str, clean_root: str, teachers: list[Path], work: Path
               store: str) -> None:
     rng = random.Random(int(os.environ.get("TRANSFERSET_CONCURRENCY_SEED", "24")))
     began = time.monotonic()
-    rounds = [one_round(rng, cache_root, teachers, work / f"round-{n}", env) for n in range(ROUNDS)]
-    largest = max(SIZES)
+    rounds = [one_round(rng, n, cache_root, teachers, work / f"round-{n}", env) for n in range(ROUNDS)]
+    largest = max(sizes_of(ROUNDS - 1))
     final = generate(config(work / "final", cache_root, teachers, largest), env)
     assert final.returncode == 0, final.stderr[-3000:]
     set_dir = _set_dir(cache_root)
