@@ -42,8 +42,8 @@ from pipeline.verify import verify_set
 
 pytestmark = pytest.mark.concurrency
 ROUNDS = int(os.environ.get("TRANSFERSET_CONCURRENCY_ROUNDS", "3"))
-GROWTH = (0, 44, 108, 236)  # a round asks for base + one of these: short last shards of other counts
-STEP = 100  # each round's base grows, so every round grows the set (and completes a short shard)
+GROWTH = (0, 20, 44, 100)  # a round asks for base + one of these: short last shards of other counts
+STEP = 110  # above the largest GROWTH: each round asks for more than the last one made, so it grows the set
 
 
 def sizes_of(round_no: int) -> tuple[int, ...]:
