@@ -6,6 +6,9 @@ A transfer set is a directory (a local path or an fsspec URL)::
     index.json          written last; readers trust it, never a glob
     manifest.parquet    one row per sample (the task's manifest columns)
     shards/shard-000000.tar ...     (a replay set: shard-000000.npy, see core.replay_record)
+    shards/shard-000004-000044.tar  a short last shard: its planned count in the name
+
+A shard's name says what it holds, so a listed file never changes (:func:`shard_name`).
 
 This is the one module that reads or writes ``index.json`` and shard summaries as JSON; every
 other module sees their typed form. Reading is lenient (a field an index lacks is None, so
