@@ -84,10 +84,11 @@ def generator_stage_run(cfg: Any, teachers: list[str], out: str) -> dict[str, An
     from pipeline import driver
     from pipeline.plan import plan_set
 
-    spec = plan_set(cfg, "bench", out, teachers).spec
+    plan = plan_set(cfg, "bench", out, teachers)
+    spec = plan.spec
     driver.ensure_ray(cfg.ray)
     driver._configure_data_context(cfg.ray)
-    ds = driver.generator_stage(driver.shard_specs(spec, list(range(spec.shards))), spec)
+    ds = driver.generator_stage(driver.shard_specs(plan, list(range(spec.shards))), spec)
     began, first_at, first_samples, samples = time.perf_counter(), 0.0, 0, 0
     for row in ds.iter_rows():
         samples += len(row["generated"])

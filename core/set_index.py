@@ -6,6 +6,9 @@ A transfer set is a directory (a local path or an fsspec URL)::
     index.json          written last; readers trust it, never a glob
     manifest.parquet    one row per sample (the task's manifest columns)
     shards/shard-000000.tar ...     (a replay set: shard-000000.npy, see core.replay_record)
+    shards/shard-000004-000044.tar  a short last shard: its planned count in the name
+
+A shard's name says what it holds, so a listed file never changes (:func:`shard_name`).
 
 This is the one module that reads or writes ``index.json`` and shard summaries as JSON; every
 other module sees their typed form. Reading is lenient (a field an index lacks is None, so
@@ -26,6 +29,7 @@ from core import storage
 from core.config import SetConfig, SourceConfig
 from core.errors import FormatError
 from core.format import FORMAT_VERSION, READABLE_FORMATS
+from core.liveness import process_alive
 from core.tasks import Task, task_named
 
 INDEX_NAME = "index.json"
@@ -37,26 +41,38 @@ SHARD_PREFIX, SHARD_SUFFIX, REPLAY_SUFFIX = "shard-", ".tar", ".npy"
 # ---------------------------------------------------------------- shard names
 
 
-def shard_name(shard: int, replay: bool = False) -> str:
-    """A shard's file name: a tar of records with pixels, or a replay set's ``.npy`` of records."""
-    return f"{SHARD_PREFIX}{shard:06d}{REPLAY_SUFFIX if replay else SHARD_SUFFIX}"
+def shard_name(shard: int, replay: bool = False, count: int | None = None) -> str:
+    """A shard's file name: ``shard-NNNNNN.tar`` for shard N full, ``shard-NNNNNN-CCCCCC.tar`` for
+    its first ``count`` planned samples (a short last shard). A name thus says what the file holds,
+    so its bytes never change (docs/FORMAT.md, "Shard names"). A replay set's shards end in ``.npy``."""
+    counted = "" if count is None else f"-{count:06d}"
+    return f"{SHARD_PREFIX}{shard:06d}{counted}{REPLAY_SUFFIX if replay else SHARD_SUFFIX}"
 
 
 def is_replay_shard(name: str) -> bool:
     return str(name).endswith(REPLAY_SUFFIX)
 
 
+def parse_shard(name: str) -> tuple[int, int | None] | None:
+    """``(shard, count)`` of a committed shard's file name (count None: the full shard, or the
+    short last shard of a set made before counted names); None for anything else (temp files too)."""
+    suffix = REPLAY_SUFFIX if is_replay_shard(name) else SHARD_SUFFIX
+    if not (name.startswith(SHARD_PREFIX) and name.endswith(suffix)):
+        return None
+    digits = name[len(SHARD_PREFIX):-len(suffix)].split("-")
+    if len(digits) > 2 or not all(part.isdigit() and len(part) >= 6 for part in digits):
+        return None
+    return int(digits[0]), int(digits[1]) if len(digits) == 2 else None
+
+
 def parse_shard_name(name: str) -> int | None:
     """The shard number of a committed shard's file name, None for anything else (temp files too)."""
-    suffix = REPLAY_SUFFIX if is_replay_shard(name) else SHARD_SUFFIX
-    digits = name[len(SHARD_PREFIX):-len(suffix)]
-    if not (name.startswith(SHARD_PREFIX) and name.endswith(suffix) and digits.isdigit()):
-        return None
-    return int(digits)
+    parsed = parse_shard(name)
+    return None if parsed is None else parsed[0]
 
 
 def shard_path(set_dir: str | Path, shard: int, replay: bool = False) -> Path:
-    """A shard's path in a local set (see :func:`shard_url` for any set)."""
+    """A full shard's path in a local set (see :func:`shard_url` for any set)."""
     return storage.local_path(set_dir) / SHARDS_DIR / shard_name(shard, replay)
 
 
@@ -64,26 +80,57 @@ def shard_url(set_dir: str | Path, shard: int, replay: bool = False) -> str:
     return storage.join(set_dir, SHARDS_DIR, shard_name(shard, replay))
 
 
-def committed_shards(set_dir: str | Path) -> dict[int, str]:
-    """Shards whose rename happened: exactly the complete ones (temp files are ignored)."""
+def committed_shards(set_dir: str | Path) -> dict[str, str]:
+    """Shard files whose rename happened (name → location): complete shards, listed or not (temp
+    files are ignored)."""
     shards_dir = storage.join(set_dir, SHARDS_DIR)
-    found: dict[int, str] = {}
-    for name in storage.list_names(shards_dir):
-        shard = parse_shard_name(name)
-        if shard is not None:
-            found[shard] = storage.join(shards_dir, name)
-    return found
+    return {name: storage.join(shards_dir, name) for name in storage.list_names(shards_dir)
+            if parse_shard(name) is not None}
 
 
-def remove_stale_temps(set_dir: str | Path) -> int:
-    """Delete temp files left by a killed writer; returns how many."""
+def remove_stale_temps(set_dir: str | Path, max_age_s: float) -> int:
+    """Delete the temp files of dead writers; returns how many. A temp names its writer
+    (``storage.temp_name``): one of a process of this host goes when that process is gone and
+    never while it lives; one of another host (or of an older version, which named no writer) when
+    it has not been written for ``max_age_s`` (a lease's time to live; a live writer writes a temp
+    in one go and renames it within seconds). So another live writer's temp file is never deleted
+    under it. Object stores have no temp files (one PUT is the commit)."""
+    if not storage.is_local(set_dir):
+        return 0
     removed = 0
     for parent in (str(set_dir), storage.join(set_dir, SHARDS_DIR)):
         for name in storage.list_names(parent):
-            if storage.TMP_MARKER in name:
+            if storage.TMP_MARKER in name and _stale_temp(storage.join(parent, name), max_age_s):
                 storage.remove(storage.join(parent, name))
                 removed += 1
     return removed
+
+
+def _stale_temp(url: str, max_age_s: float) -> bool:
+    writer = storage.name_of(url).rsplit(storage.TMP_MARKER, 1)[1].split("-")
+    alive = process_alive(writer[0], int(writer[1])) if len(writer) == 3 and writer[1].isdigit() else None
+    if alive is not None:  # a process of this host: its liveness decides, whatever the age
+        return not alive
+    age = storage.modified_age(url)
+    return age is not None and age >= max_age_s
+
+
+def listed_counts(index: SetIndex, samples_per_shard: int) -> dict[int, tuple[str, int]]:
+    """Shard number → (listed name, planned samples) of an index's shards. A name without a count
+    is a full shard, except the last shard of a set made before counted names, which may be short
+    (its planned count follows from ``totals.planned``)."""
+    found: dict[int, tuple[str, int]] = {}
+    for entry in index.listed():
+        parsed = parse_shard(str(entry.name))
+        if parsed is None:
+            continue
+        shard, count = parsed
+        if count is None:
+            planned = index.totals.planned
+            count = samples_per_shard if planned is None else \
+                min(samples_per_shard, planned - shard * samples_per_shard)
+        found[shard] = (str(entry.name), count)
+    return found
 
 
 # ---------------------------------------------------------------- the index's parts
@@ -239,18 +286,32 @@ class SetIndex:
         )
 
 
-def write_index(set_dir: str | Path, index: SetIndex) -> None:
-    """Write ``index.json``; its ``format`` is the set's content version (``index.format``), so a
+def index_bytes(index: SetIndex) -> bytes:
+    """``index.json``'s bytes; its ``format`` is the set's content version (``index.format``), so a
     set whose bytes format 2 left alone still says 1 and format-1 readers keep reading it."""
     if index.format not in READABLE_FORMATS:
         raise ValueError(f"index format {index.format!r}: this version writes formats {READABLE_FORMATS}")
-    data = json.dumps(index.to_dict(), indent=1, sort_keys=True).encode()
-    storage.atomic_write(storage.join(set_dir, INDEX_NAME), data)
+    return json.dumps(index.to_dict(), indent=1, sort_keys=True).encode()
+
+
+def write_index(set_dir: str | Path, index: SetIndex) -> None:
+    storage.atomic_write(storage.join(set_dir, INDEX_NAME), index_bytes(index))
+
+
+def commit_index(set_dir: str | Path, rows: Sequence[dict[str, Any]], task: str | Task, index: SetIndex) -> None:
+    """The manifest, then ``index.json`` (readers trust the index), renamed back to back."""
+    storage.atomic_write_all([(storage.join(set_dir, MANIFEST_NAME), manifest_bytes(rows, task)),
+                              (storage.join(set_dir, INDEX_NAME), index_bytes(index))])
 
 
 def read_index(set_dir: str | Path) -> SetIndex | None:
     """The set's index, or None when the set was never completed."""
-    path = storage.join(set_dir, INDEX_NAME)
+    return read_index_file(storage.join(set_dir, INDEX_NAME))
+
+
+def read_index_file(path: str | Path) -> SetIndex | None:
+    """An ``index.json`` at ``path`` (the set's own, or a copy kept from earlier), None if absent."""
+    path = str(path)
     if not storage.is_file(path):
         return None
     try:
@@ -305,7 +366,7 @@ class ShardSummary:
         return cls(**json.loads(text))
 
 
-def write_manifest(set_dir: str | Path, rows: Sequence[dict[str, Any]], task: str | Task) -> None:
+def manifest_bytes(rows: Sequence[dict[str, Any]], task: str | Task) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -313,7 +374,11 @@ def write_manifest(set_dir: str | Path, rows: Sequence[dict[str, Any]], task: st
     table = pa.table({name: [row[name] for row in ordered] for name in task_named(task).manifest_columns})
     out = io.BytesIO()
     pq.write_table(table, out)
-    storage.atomic_write(storage.join(set_dir, MANIFEST_NAME), out.getvalue())
+    return out.getvalue()
+
+
+def write_manifest(set_dir: str | Path, rows: Sequence[dict[str, Any]], task: str | Task) -> None:
+    storage.atomic_write(storage.join(set_dir, MANIFEST_NAME), manifest_bytes(rows, task))
 
 
 def read_manifest(set_dir: str | Path):

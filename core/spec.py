@@ -50,7 +50,9 @@ class SetSpec(BaseModel):
         return self.set_cfg.store.replay
 
     def shard_name(self, shard: int) -> str:
-        return shard_name(shard, self.replay)
+        """The file of ``shard`` at its planned count: ``shard-N.tar`` full, ``shard-N-C.tar`` short."""
+        count = self.planned(shard)
+        return shard_name(shard, self.replay, None if count == self.set_cfg.samples_per_shard else count)
 
     @property
     def teacher_paths(self) -> list[str]:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
 import uuid
 from pathlib import Path
 from typing import IO, Any
+
+from core.liveness import writer_tag
 
 TMP_MARKER = ".tmp-"
 CACHE_ENV = "TRANSFERSET_CACHE"
@@ -42,6 +45,14 @@ def _fs(url: str) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(url)
 
 
+def _fresh(url: str) -> tuple[Any, str]:
+    """The filesystem with its cached listing of ``url`` dropped: a set directory changes under
+    other writers (index, leases, new shards), and s3fs would answer from this process's cache."""
+    fs, path = _fs(url)
+    fs.invalidate_cache(path)
+    return fs, path
+
+
 def join(url: str | Path, *parts: str) -> str:
     if is_local(url):
         return str(local_path(url).joinpath(*parts))
@@ -55,21 +66,21 @@ def name_of(url: str | Path) -> str:
 def is_file(url: str | Path) -> bool:
     if is_local(url):
         return local_path(url).is_file()
-    fs, path = _fs(str(url))
+    fs, path = _fresh(str(url))
     return fs.isfile(path)
 
 
 def is_dir(url: str | Path) -> bool:
     if is_local(url):
         return local_path(url).is_dir()
-    fs, path = _fs(str(url))
+    fs, path = _fresh(str(url))
     return fs.isdir(path)
 
 
 def exists(url: str | Path) -> bool:
     if is_local(url):
         return local_path(url).exists()
-    fs, path = _fs(str(url))
+    fs, path = _fresh(str(url))
     return fs.exists(path)
 
 
@@ -78,7 +89,7 @@ def list_names(url: str | Path) -> list[str]:
     if is_local(url):
         directory = local_path(url)
         return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
-    fs, path = _fs(str(url))
+    fs, path = _fresh(str(url))
     if not fs.isdir(path):
         return []
     return sorted(name_of(entry) for entry in fs.ls(path, detail=False))
@@ -92,7 +103,7 @@ def list_entries(url: str | Path) -> list[tuple[str, bool, int]]:
         if not directory.is_dir():
             return []
         return sorted((p.name, p.is_dir(), 0 if p.is_dir() else p.stat().st_size) for p in directory.iterdir())
-    fs, path = _fs(str(url))
+    fs, path = _fresh(str(url))
     if not fs.isdir(path):
         return []
     return sorted((name_of(entry["name"]), entry["type"] == "directory", int(entry.get("size") or 0))
@@ -133,7 +144,7 @@ def read_range(url: str | Path, offset: int, length: int) -> bytes:
 def open_read(url: str | Path) -> IO[bytes]:
     if is_local(url):
         return open(local_path(url), "rb")
-    fs, path = _fs(str(url))
+    fs, path = _fresh(str(url))
     return fs.open(path, "rb")
 
 
@@ -146,7 +157,7 @@ def remove(url: str | Path) -> None:
     if is_local(url):
         local_path(url).unlink(missing_ok=True)
         return
-    fs, path = _fs(str(url))
+    fs, path = _fresh(str(url))
     if fs.exists(path):
         fs.rm(path)
 
@@ -159,25 +170,88 @@ def make_dirs(url: str | Path) -> None:
     fs.makedirs(path, exist_ok=True)
 
 
-def atomic_write(url: str | Path, data: bytes) -> None:
-    """Write ``url`` exactly once: readers never see half a file (see the module docstring)."""
-    if not is_local(url):
-        fs, path = _fs(str(url))
-        parent = posixpath.dirname(path)
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        fs.pipe_file(path, data)
-        return
-    path = local_path(url)
+def temp_name(name: str) -> str:
+    """A temp file's name: the final name, the marker, and the writer (process space and pid, so a
+    dead writer's temps can be told from a live one's: ``core.set_index.remove_stale_temps``)."""
+    return f"{name}{TMP_MARKER}{writer_tag()}-{uuid.uuid4().hex[:12]}"
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{TMP_MARKER}{uuid.uuid4().hex}")
+    tmp = path.with_name(temp_name(path.name))
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    return tmp
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _put(url: str, data: bytes, **options: Any) -> None:
+    fs, path = _fs(url)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    fs.pipe_file(path, data, **options)
+
+
+def atomic_write(url: str | Path, data: bytes) -> None:
+    """Write ``url`` exactly once: readers never see half a file (see the module docstring)."""
+    atomic_write_all([(url, data)])
+
+
+def atomic_write_all(files: list[tuple[str | Path, bytes]]) -> None:
+    """Replace several files, in order, with the renames back to back: every temp is written and
+    fsynced first, so a writer killed in between leaves them out of step for microseconds, not for
+    the time of a write (the manifest and ``index.json`` of a set). Object stores: one PUT each."""
+    if not all(is_local(url) for url, _ in files):
+        for url, data in files:
+            _put(str(url), data)
+        return
+    temps = [(_write_temp(local_path(url), data), local_path(url)) for url, data in files]
+    for tmp, path in temps:
+        os.replace(tmp, path)
+    for directory in sorted({path.parent for _, path in temps}):
+        _fsync_dir(directory)
+
+
+def create_exclusive(url: str | Path, data: bytes) -> bool:
+    """Create ``url`` holding ``data`` if nothing is there, atomically; False if something is.
+
+    Locally (and on NFS): a complete temp file hard-linked to the name (``link`` fails when the
+    name exists, and the file appears whole). Object stores: a PUT with ``If-None-Match: *``
+    (s3fs's ``mode="create"``); a store that ignores the header overwrites instead, which
+    :mod:`core.set_lease` detects by probing it once."""
+    if not is_local(url):
+        try:
+            _put(str(url), data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    path = local_path(url)
+    tmp = _write_temp(path, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return True
+
+
+def modified_age(url: str | Path) -> float | None:
+    """Seconds since a local file was last written (None where that is not known: object stores)."""
+    if not is_local(url):
+        return None
+    try:
+        return max(0.0, time.time() - local_path(url).stat().st_mtime)
+    except FileNotFoundError:
+        return None

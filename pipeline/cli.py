@@ -1,4 +1,4 @@
-"""``transferset`` command line: run, generate, train, plan, verify, inspect, import-teacher.
+"""``transferset`` command line: run, generate, train, plan, verify, gc, inspect, import-teacher.
 
 Bad input ends with one ``error: ...`` line on stderr and exit code 2; ``verify`` exits 1 when a
 set has problems. Progress lines go to stderr, results to stdout.
@@ -175,19 +175,37 @@ def plan(config: Path, out: OutOption = None, set_: SetOption = None,
 
 
 @command
-def verify(set_dir: str) -> None:
+def verify(set_dir: str, index: Annotated[str | None, typer.Option(
+        "--index", help="check the set against this index.json (a copy kept from earlier) instead of its own")]
+        = None) -> None:
     """Check a transfer set: checksums, counts, every record decodes. Exit 1 on any problem."""
     if not storage.is_dir(set_dir):
         raise UserError(f"verify: {set_dir} is not a directory")
-    from pipeline.verify import verify_set
+    if index is not None and not storage.is_file(index):
+        raise UserError(f"verify --index {index}: no such file")
+    from pipeline.verify import unlisted_shards, verify_set
 
-    problems = verify_set(set_dir)
+    problems = verify_set(set_dir, index)
     for problem in problems:
         print(f"problem: {problem}")
     if problems:
         print(f"error: verify {set_dir}: {len(problems)} problem(s), the first: {problems[0]}", file=sys.stderr)
         raise typer.Exit(1)  # main() passes the code on (click returns it without standalone mode)
+    unlisted = unlisted_shards(set_dir)
+    if unlisted:
+        print(f"note: {len(unlisted)} shard file(s) not listed in the index ({', '.join(unlisted[:3])}"
+              f"{', …' if len(unlisted) > 3 else ''}): completed short shards or a killed run's; "
+              "`transferset gc` removes them")
     print(f"{set_dir}: OK")
+
+
+@command
+def gc(set_dir: str) -> None:
+    """Remove the shard files a set's index no longer lists (a short shard completed when the set
+    grew, a killed run's shards) and dead writers' temp files. Refused while a writer holds the set."""
+    from pipeline.set_gc import collect
+
+    print(json.dumps(collect(set_dir, progress)))
 
 
 @command

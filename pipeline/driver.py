@@ -47,9 +47,10 @@ import torch
 from core.config import Config, RayConfig
 from core.errors import FormatError, UserError
 from core.set_index import ShardSummary
+from core.set_lease import SetLease
 from core.sources import load_source_cached
 from core.spec import SetSpec
-from pipeline.plan import SetPlan, finish, plan_set, resume, start
+from pipeline.plan import SetPlan, finish, plan_set, refresh, resume, start
 from stages.samplers import draw_shard
 from stages.samplers.generating import GeneratorRunner, set_generator
 from stages.teachers import Ensemble
@@ -82,7 +83,8 @@ class GeneratorActor:
             drawn = draw_shard(spec.set_cfg, self.source, spec.seed, int(shard), spec.total)
             params = [p for kind, p in drawn if kind == "gan"]
             generated.append(self.runner.generate(params).cpu().numpy())
-        return {"shard": batch["shard"], "count": batch["count"], "generated": np.stack(generated)}
+        return {"shard": batch["shard"], "count": batch["count"], "name": batch["name"],
+                "generated": np.stack(generated)}
 
 
 class ShardActor:
@@ -116,19 +118,19 @@ class ShardActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         summaries, errors = [], []
-        for row, (shard, count) in enumerate(zip(batch["shard"], batch["count"], strict=True)):
+        for row, (shard, count, name) in enumerate(zip(batch["shard"], batch["count"], batch["name"], strict=True)):
             try:
                 if self.input_error:
                     raise UserError(self.input_error)
                 generated = batch["generated"][row] if "generated" in batch else None
-                summaries.append(self._make(int(shard), int(count), generated).to_json())
+                summaries.append(self._make(int(shard), int(count), str(name), generated).to_json())
                 errors.append("")
             except (UserError, FormatError) as err:
                 summaries.append("")
                 errors.append(str(err))
         return {"summary": summaries, "error": errors}
 
-    def _make(self, shard: int, count: int, generated: Any = None) -> ShardSummary:
+    def _make(self, shard: int, count: int, name: str, generated: Any = None) -> ShardSummary:
         made_on_device: list[Any] = []
         generate = None
         if generated is not None:  # made by the generator stage
@@ -143,7 +145,7 @@ class ShardActor:
             else images
         with self.forward:
             output = self.ensemble.predict(labelled)
-        return write_shard(self.spec, shard, images, drawn, labels, output, count=count)
+        return write_shard(self.spec, shard, images, drawn, labels, output, count=count, name=name)
 
     def _fused_generate(self, runner: GeneratorRunner,
                         made_on_device: list[Any]) -> Callable[[list[dict[str, Any]]], Any]:
@@ -203,11 +205,11 @@ def _configure_data_context(ray_cfg: RayConfig) -> None:
 # ---------------------------------------------------------------- the job
 
 
-def shard_specs(spec: SetSpec, shards: list[int]) -> Any:
-    """The Ray Dataset of shard specs: one row (and one block) per shard."""
+def shard_specs(plan: SetPlan, shards: list[int]) -> Any:
+    """The Ray Dataset of shard specs: one row (and one block) per shard, with the file it goes to."""
     import ray
 
-    return ray.data.from_items([{"shard": i, "count": spec.planned(i)} for i in shards],
+    return ray.data.from_items([{"shard": i, "count": plan.spec.planned(i), "name": plan.name(i)} for i in shards],
                                override_num_blocks=len(shards))
 
 
@@ -241,11 +243,12 @@ def generator_stage(ds: Any, spec: SetSpec) -> Any:
     )
 
 
-def _run_ray(spec: SetSpec, missing: list[int], on_shard: Callable[[ShardSummary], None]) -> None:
+def _run_ray(plan: SetPlan, missing: list[int], on_shard: Callable[[ShardSummary], None]) -> None:
     import ray
 
+    spec = plan.spec
     stage = spec.teacher_stage
-    ds = shard_specs(spec, missing)
+    ds = shard_specs(plan, missing)
     if set_generator(spec.set_cfg) is not None and not spec.generator_stage.fuse:
         ds = generator_stage(ds, spec)
     ds = map_actors(
@@ -263,6 +266,10 @@ def _run_ray(spec: SetSpec, missing: list[int], on_shard: Callable[[ShardSummary
 def execute(plan: SetPlan, ray_cfg: RayConfig, progress: Callable[[str], None]) -> dict[str, Any]:
     """Make (or complete) a planned set; see the module docstring.
 
+    A complete set is reused without a lease (reading only). Otherwise everything that writes runs
+    under the set's lease (:class:`core.set_lease.SetLease`): a second writer of the same set
+    waits, then finds what the first made (:func:`pipeline.plan.refresh`) and makes only the rest.
+
     Returns ``{set_dir, shards_made, shards_total, samples, rejected, teacher_forward_samples,
     seconds, samples_per_s, first_shard_s, steady_samples_per_s, fingerprint}`` where ``seconds``
     / ``samples_per_s`` cover the shards made by this call (Ray's start-up excluded, the actors'
@@ -272,11 +279,26 @@ def execute(plan: SetPlan, ray_cfg: RayConfig, progress: Callable[[str], None]) 
     result = {"set_dir": spec.out_dir, "shards_made": 0, "shards_total": spec.shards, "teacher_forward_samples": 0,
               "fingerprint": spec.fingerprint, "seconds": 0.0, "samples_per_s": 0.0}
     if plan.complete():
-        assert plan.index is not None
-        progress(f"{spec.name}: complete at {spec.out_dir} ({spec.shards} shards, fingerprint "
-                 f"{spec.fingerprint[:12]}), nothing to do: reused with 0 teacher forward passes")
-        return {**result, "samples": plan.index.totals.samples, "rejected": plan.index.totals.rejected}
+        return _reused(plan, result, progress)
+    with SetLease(spec.out_dir, f"{spec.name}: {spec.total} samples", progress) as lease:
+        plan = refresh(plan)
+        if plan.complete():
+            return _reused(plan, result, progress)
+        return _make(plan, lease, ray_cfg, progress, result)
 
+
+def _reused(plan: SetPlan, result: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+    spec, index = plan.spec, plan.index
+    assert index is not None
+    progress(f"{spec.name}: complete at {spec.out_dir} ({spec.shards} shards, fingerprint "
+             f"{spec.fingerprint[:12]}), nothing to do: reused with 0 teacher forward passes")
+    return {**result, "samples": index.totals.samples, "rejected": index.totals.rejected}
+
+
+def _make(plan: SetPlan, lease: SetLease, ray_cfg: RayConfig, progress: Callable[[str], None],
+          result: dict[str, Any]) -> dict[str, Any]:
+    """Resume, make the missing shards on Ray, and commit the index (the lease held throughout)."""
+    spec = plan.spec
     start(plan)
     state = resume(plan, progress)
     missing = state.missing(spec)
@@ -298,8 +320,9 @@ def execute(plan: SetPlan, ray_cfg: RayConfig, progress: Callable[[str], None]) 
         progress(f"{spec.name}: {len(state.summaries)}/{spec.shards} shards ({rate:.0f} samples/s)")
 
     if missing:
-        _run_ray(spec, missing, on_shard)
+        _run_ray(plan, missing, on_shard)
     seconds = time.perf_counter() - began
+    lease.ensure()  # the index is written only under the lease
     totals = finish(plan, state)
     if totals["rejected"]:
         progress(f"{spec.name}: rejected {totals['rejected']} samples with non-finite teacher outputs")

@@ -5,7 +5,9 @@ resolves them into a frozen :class:`~core.spec.SetSpec`; it writes nothing, so a
 its sets first and refuse bad input before touching any of them. :func:`start` claims the
 directory, :func:`resume` finds the committed shards a killed run left (the first state of the
 set's :class:`SetProgress`, which the driver then owns), and :func:`finish` writes
-``manifest.parquet`` and then ``index.json`` last.
+``manifest.parquet`` and then ``index.json`` last. The driver runs ``start`` … ``finish`` under
+the set's lease (:mod:`core.set_lease`) after :func:`refresh` re-read the directory: a set only
+grows, and its index is never replaced by a smaller one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from core.format import sha256_file
 from core.models import load_model
 from core.replay_record import source_fingerprint
 from core.set_index import SetIndex, ShardSummary, TeacherEntry
+from core.set_lease import is_lease_name, lease_ttl
 from core.sources import Source, load_source, load_source_cached
 from core.spec import SetSpec
 from core.tasks import Task
@@ -52,6 +55,21 @@ class SetPlan:
     spec: SetSpec
     index: SetIndex | None
 
+    def name(self, shard: int) -> str:
+        """The file name of this plan's ``shard``: the name the index lists for it when it lists
+        the same planned count, else the name of its count (:func:`core.set_index.shard_name`).
+        A set made before counted names may list its short last shard as ``shard-N.tar``; the
+        full shard N then takes the counted name ``shard-N-<spp>.tar``, so no name changes content."""
+        spec = self.spec
+        count, spp = spec.planned(shard), spec.set_cfg.samples_per_shard
+        listed = sx.listed_counts(self.index, spp).get(shard) if self.index is not None else None
+        if listed is not None and listed[1] == count:
+            return listed[0]
+        plain = sx.shard_name(shard, spec.replay)
+        if count == spp and (listed is None or listed[0] != plain):
+            return plain
+        return sx.shard_name(shard, spec.replay, count)
+
     def complete(self) -> bool:
         """The index lists exactly this plan's shards, on disk with the listed sizes (a cheap
         check; ``transferset verify`` hashes everything)."""
@@ -59,7 +77,7 @@ class SetPlan:
         if self.index is None or self.index.totals.planned != spec.total:
             return False
         listed = self.index.listed()
-        if [entry.name for entry in listed] != [spec.shard_name(i) for i in range(spec.shards)]:
+        if [entry.name for entry in listed] != [self.name(i) for i in range(spec.shards)]:
             return False
         for entry in listed:
             path = storage.join(spec.out_dir, sx.SHARDS_DIR, str(entry.name))
@@ -109,6 +127,7 @@ def check_out_dir(out_dir: str, fingerprint: str) -> SetIndex | None:
     else:
         shards = storage.join(out_dir, sx.SHARDS_DIR)
         foreign = [name for name in storage.list_names(out_dir) if storage.TMP_MARKER not in name
+                   and not is_lease_name(name)
                    and not (name == sx.SHARDS_DIR and storage.is_dir(shards) and not storage.list_names(shards))]
         if foreign:
             raise UserError(f"{out_dir} is not empty and holds no transfer set (found {foreign[:3]}); "
@@ -207,16 +226,24 @@ def check_replayable(name: str, task: str) -> None:
 
 
 def check_not_smaller(spec: SetSpec, index: SetIndex | None) -> None:
-    """A set only grows: a request for fewer samples than the directory holds (or a killed larger
-    run committed) is refused, since making it would delete or shorten shards another job made
-    and may still read (the fingerprint leaves out the sample count, so the two share a directory)."""
+    """A set only grows: a request for fewer samples than its index lists is refused, since the
+    job would train on a set other than the one it asked for (the fingerprint leaves out the sample
+    count, so the two share a directory). Checked at plan time and again under the lease
+    (:func:`refresh`), where another writer may have grown the set meanwhile. Shards on disk that no
+    index lists (a killed larger run's) are no reason to refuse: nothing here touches them."""
     held = index.totals.planned if index is not None else None
-    beyond = sorted(shard for shard in sx.committed_shards(spec.out_dir) if shard >= spec.shards)
-    if (held is not None and held > spec.total) or beyond:
-        what = f"{held} samples" if held is not None and held > spec.total else f"shard {spec.shard_name(beyond[0])}"
-        raise UserError(f"sets.{spec.name}: {spec.out_dir} already holds {what} of this set, more than the "
+    if held is not None and held > spec.total:
+        raise UserError(f"sets.{spec.name}: {spec.out_dir} already holds {held} samples of this set, more than the "
                         f"{spec.total} samples asked for; a set only grows (other jobs may read those shards): "
                         "ask for at least as many samples, or give the set another `out`")
+
+
+def refresh(plan: SetPlan) -> SetPlan:
+    """The plan with its directory read again (under the lease: a writer that waited for it may
+    find the set grown, complete, or claimed by another config)."""
+    index = check_out_dir(plan.spec.out_dir, plan.spec.fingerprint)
+    check_not_smaller(plan.spec, index)
+    return SetPlan(spec=plan.spec, index=index)
 
 
 # ---------------------------------------------------------------- resume
@@ -224,41 +251,40 @@ def check_not_smaller(spec: SetSpec, index: SetIndex | None) -> None:
 
 def start(plan: SetPlan) -> None:
     """Claim the directory for this fingerprint (so a killed run resumes and a foreign config is
-    refused) and drop temp files a killed writer left."""
+    refused) and drop temp files dead writers left (never a live writer's: see
+    :func:`core.set_index.remove_stale_temps`)."""
     out_dir = plan.spec.out_dir
     storage.make_dirs(out_dir)
     storage.atomic_write(storage.join(out_dir, MARKER_NAME), (plan.spec.fingerprint + "\n").encode())
-    sx.remove_stale_temps(out_dir)
+    sx.remove_stale_temps(out_dir, lease_ttl())
 
 
 def resume(plan: SetPlan, progress: Callable[[str], None]) -> SetProgress:
     """The set's progress so far: the committed shards that fit the plan (see
-    :meth:`SetProgress.missing` for the others).
+    :meth:`SetProgress.missing` for the others). Reads only.
 
-    A shard is reused when it is intact, still has the sha256 the index recorded (if listed),
-    and its last sample index is the planned last one, so a short final shard of a smaller
-    earlier run is remade (a full shard is the same either way).
+    A shard is reused when the file of its name (:meth:`SetPlan.name`) is intact, still has the
+    sha256 the index recorded (if listed) and, if unlisted, holds the planned samples (a file of a
+    set made before counted names may hold another count under a full shard's name). Files of
+    other names — a larger request's shards, a short shard since completed — are left alone.
     """
     spec, state = plan.spec, SetProgress()
     layout = replay_layout(spec, load_source_cached(spec.source_cfg, "train")) if spec.replay else None
     indexed = {entry.name: str(entry.sha256) for entry in plan.index.listed()} if plan.index is not None else {}
-    for shard, path in sorted(sx.committed_shards(spec.out_dir).items()):
-        if shard >= spec.shards:
-            raise UserError(f"sets.{spec.name}: {path} lies past this request's {spec.shards} shards; "
-                            "a set only grows, so ask for at least as many samples")
-        name = storage.name_of(path)
+    present = sx.committed_shards(spec.out_dir)
+    for shard in range(spec.shards):
+        name = plan.name(shard)
+        if name not in present:
+            continue
         try:
-            summary = summary_from_tar(path, spec.kind, spec.planned(shard), layout)
+            summary = summary_from_tar(present[name], spec.kind, spec.planned(shard), layout)
         except FormatError as err:
             progress(f"{name}: damaged ({err}); remaking it")
             continue
         if name in indexed and indexed[name] != summary.sha256:
             progress(f"{name}: changed since it was indexed; remaking it")
             continue
-        if summary.last_index() > spec.planned(shard):  # a larger request's full shard: never shorten it
-            raise UserError(f"sets.{spec.name}: {name} holds samples up to index {summary.last_index() - 1}, more "
-                            f"than this request plans ({spec.total}); a set only grows, so ask for at least as many")
-        if summary.last_index() == spec.planned(shard):
+        if name in indexed or summary.last_index() == spec.planned(shard):
             state.summaries[shard] = summary
     return state
 
@@ -284,10 +310,10 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
     totals = {"samples": sum(s.samples for s in ordered), "shards": spec.shards,
               "rejected": sum(s.rejected for s in ordered), "planned": spec.total}
     height, width, channels = spec.image_shape
-    # Every shard is committed and no writer runs any more: a temp file now is a leftover of a
-    # shard call that died mid-write and was re-run elsewhere (a lost node), never listed.
-    sx.remove_stale_temps(spec.out_dir)
-    sx.write_manifest(spec.out_dir, rows, spec.kind)
+    # A temp file of a dead writer now is a leftover of a shard call that died mid-write and was
+    # re-run elsewhere (a lost node), never listed.
+    sx.remove_stale_temps(spec.out_dir, lease_ttl())
+    check_not_smaller(spec, sx.read_index(spec.out_dir))  # under the lease; never list less than is listed
     # Keys a classification set never uses stay out of its index (its bytes predate them).
     targets_unused = {key for key in ("dtype", "temperature", "uniform") if getattr(spec.set_cfg.targets, key) is None}
     unused: dict[str, Any] = {"targets": targets_unused} if targets_unused else {}
@@ -298,7 +324,7 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
         unused["store"] = {"image", "quality"} if store.replay else {"kind"}
     source_unused = {name for name in ("samples", "test_samples", "metric")
                      if getattr(spec.source_cfg, name) is None} | spec.source_cfg.unused_keys() or None
-    sx.write_index(spec.out_dir, SetIndex(
+    sx.commit_index(spec.out_dir, rows, spec.kind, SetIndex(
         format=content_version(spec.set_cfg),  # 1 for every set whose bytes format 2 left alone
         fingerprint=spec.fingerprint,
         name=spec.name,

@@ -155,15 +155,38 @@ def _check_shard(set_dir: str, entry: ShardEntry, index: SetIndex, seen: dict[st
     return problems
 
 
-def verify_set(set_dir: str | Path) -> list[str]:
-    """Problems found in the set at ``set_dir`` (empty list = the set is sound)."""
+def verify_set(set_dir: str | Path, index_file: str | Path | None = None) -> list[str]:
+    """Problems found in the set at ``set_dir`` (empty list = the set is sound).
+
+    ``index_file``: check the set against that ``index.json`` (a copy kept from earlier) instead of
+    its own: a listed shard never changes, so every index the set ever had still verifies. Its
+    manifest belongs to the newest index and is checked only against the set's own. A set that
+    grows while it is read (the manifest then holds the new index's rows) is read again.
+    """
     set_dir = str(set_dir)
+    for _ in range(3):
+        try:
+            index = sx.read_index(set_dir) if index_file is None else sx.read_index_file(index_file)
+        except FormatError as err:
+            return [str(err)]
+        if index is None:
+            where = set_dir if index_file is None else str(index_file)
+            return [f"{where}: no {sx.INDEX_NAME} (the set is incomplete; run generate again)"]
+        problems = _verify_index(set_dir, index, manifest=index_file is None)
+        if index_file is not None or not any(p.startswith(sx.MANIFEST_NAME) for p in problems) \
+                or _read_or_none(set_dir) == index:
+            return problems
+    return problems
+
+
+def _read_or_none(set_dir: str) -> SetIndex | None:
     try:
-        index = sx.read_index(set_dir)
-    except FormatError as err:
-        return [str(err)]
-    if index is None:
-        return [f"{set_dir}: no {sx.INDEX_NAME} (the set is incomplete; run generate again)"]
+        return sx.read_index(set_dir)
+    except FormatError:
+        return None
+
+
+def _verify_index(set_dir: str, index: SetIndex, manifest: bool) -> list[str]:
     if index.shards is None:
         return [f"{sx.INDEX_NAME}: no shard list"]
     problems: list[str] = []
@@ -175,6 +198,8 @@ def verify_set(set_dir: str | Path) -> list[str]:
         problems += _check_shard(set_dir, entry, index, seen, replay)
     if index.totals.samples != sum(entry.samples or 0 for entry in index.shards):
         problems.append(f"{sx.INDEX_NAME}: totals.samples {index.totals.samples} differs from its shards")
+    if not manifest:
+        return problems
     try:
         keys = sx.read_manifest(set_dir).column("key").to_pylist()
     except Exception as err:  # noqa: BLE001 — missing or unreadable parquet
@@ -183,8 +208,13 @@ def verify_set(set_dir: str | Path) -> list[str]:
         if len(keys) != len(seen) or set(keys) != set(seen):
             problems.append(f"{sx.MANIFEST_NAME}: {len(keys)} rows / {len(set(keys))} keys, "
                             f"the shards hold {len(seen)} samples; key sets differ")
-    names = {entry.name for entry in index.shards}
-    for path in sorted(sx.committed_shards(set_dir).values()):
-        if storage.name_of(path) not in names:
-            problems.append(f"{storage.name_of(path)}: on disk but not listed in {sx.INDEX_NAME}")
     return problems
+
+
+def unlisted_shards(set_dir: str | Path, index: SetIndex | None = None) -> list[str]:
+    """Shard files on disk that the index (default: the set's own) does not list: a short shard
+    since completed under its full name, or shards of a killed run. Readers never see them;
+    ``transferset gc`` removes them."""
+    index = index if index is not None else _read_or_none(str(set_dir))
+    names = {entry.name for entry in index.listed()} if index is not None else set()
+    return [name for name in sorted(sx.committed_shards(set_dir)) if name not in names]

@@ -73,13 +73,14 @@ def choose(task: Task, output: Any, count: int, select: SelectConfig | None) -> 
 
 
 def write_shard(spec: SetSpec, shard: int, images: np.ndarray, drawn: Drawn, labels: np.ndarray, output: Any,
-                *, count: int | None = None) -> ShardSummary:
+                *, count: int | None = None, name: str | None = None) -> ShardSummary:
     """Commit shard ``shard`` of the set and return its summary.
 
     ``output`` is the ensemble's targets for every candidate (``Ensemble.predict``); ``count`` is
     the number of samples the shard should hold (default: one per candidate); with the set's
     ``select`` the most uncertain ``count`` candidates are kept. Invalid candidates (non-finite
-    teacher outputs) are never written and count as rejected.
+    teacher outputs) are never written and count as rejected. ``name`` is the file to commit
+    (default: the name of the shard's planned count, :meth:`core.spec.SetSpec.shard_name`).
     """
     task, select, candidates = spec.kind, spec.set_cfg.select, len(drawn)
     count = candidates if count is None else count
@@ -104,8 +105,9 @@ def write_shard(spec: SetSpec, shard: int, images: np.ndarray, drawn: Drawn, lab
     else:
         data = fmt.tar_bytes(samples, spec.set_cfg.store.image, spec.set_cfg.store.quality)
         metas = [s.meta for s in samples]
-    storage.atomic_write(sx.shard_url(spec.out_dir, shard, spec.replay), data)
-    return ShardSummary(shard=int(shard), name=spec.shard_name(shard), samples=len(samples), bytes=len(data),
+    name = name or spec.shard_name(shard)
+    storage.atomic_write(storage.join(spec.out_dir, sx.SHARDS_DIR, name), data)
+    return ShardSummary(shard=int(shard), name=name, samples=len(samples), bytes=len(data),
                         sha256=fmt.sha256_bytes(data), rejected=count - len(samples), planned=count,
                         rows=[task.manifest_row(meta) for meta in metas])
 

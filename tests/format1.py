@@ -5,8 +5,9 @@ Format 1 enumerated a views set image by image: position p was view ``p % K`` of
 ``order[p // K]``, one seeded ``order`` for the whole set, and its fingerprint hashed ``format: 1``.
 :func:`write_format1_set` makes such a set in this process (no Ray) with the project's own
 writer — the same make/label/commit/finish steps a run takes — with only the order swapped back,
-then stamps ``format: 1`` in its index. ``tests/test_golden_bytes.py`` checks that it gives the
-shard bytes format 1 recorded, so the sets it makes are the real old ones.
+then stamps ``format: 1`` in its index and gives a short last shard the name sets had before
+counted names (``shard-N.tar``, :func:`legacy_names`). ``tests/test_golden_bytes.py`` checks that
+it gives the bytes format 1 recorded, so the sets it makes are the real old ones.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 from conftest import plan_in
 
+from core import set_index as sx
 from core.config import SetConfig
 from core.fingerprint import fingerprint_payload
 from core.sources import Source, load_source_cached
@@ -82,5 +84,18 @@ def write_format1_set(out: Path, set_cfg: SetConfig, teachers: list[Path], seed:
                                                         count=spec.planned(shard))
     finish(plan, state)
     index = out / "index.json"
-    index.write_text(json.dumps({**json.loads(index.read_text()), "format": 1}, indent=1, sort_keys=True))
+    index.write_text(json.dumps({**legacy_names(out, json.loads(index.read_text())), "format": 1}, indent=1,
+                                sort_keys=True))
     return plan
+
+
+def legacy_names(set_dir: Path, index: dict[str, Any]) -> dict[str, Any]:
+    """Rename a counted short shard (``shard-N-C.tar``) to the plain name every set had before
+    counted names, as a set made by an earlier version holds it; returns the index with its name."""
+    for entry in index["shards"]:
+        shard, count = sx.parse_shard(entry["name"]) or (0, None)
+        if count is not None:
+            plain = sx.shard_name(shard, sx.is_replay_shard(entry["name"]))
+            (set_dir / sx.SHARDS_DIR / entry["name"]).rename(set_dir / sx.SHARDS_DIR / plain)
+            entry["name"] = plain
+    return index

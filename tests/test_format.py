@@ -77,4 +77,4 @@ def test_atomic_write_leaves_no_temp_and_replaces_whole(tmp_path):
     storage.atomic_write(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == [target.name]
-    assert sx.committed_shards(tmp_path) == {0: str(target)}
+    assert sx.committed_shards(tmp_path) == {target.name: str(target)}

@@ -81,7 +81,8 @@ def test_rerun_on_complete_set_makes_nothing(made) -> None:
 
 
 def test_more_samples_only_add_shards(made, teachers, tmp_path) -> None:
-    """Same fingerprint, more samples: full shards are kept, the short last one is remade."""
+    """Same fingerprint, more samples: every shard is kept, the short last one completed under
+    its full name (the short one stays, unlisted, until gc)."""
     grown = tmp_path / "grown"
     shutil.copytree(made["root"] / "mix-a", grown)
     bigger = SETS["mix"].model_copy(update={"samples": 400})

@@ -32,7 +32,8 @@ FLOORS = ("core", "stages", "student", "pipeline")
 # inside its commands, after the config is read: `--help` and a bad config answer in 0.4 s.
 FUNCTION_LEVEL = frozenset(("pipeline/cli.py", module) for module in (
     "pipeline.chain", "pipeline.cost", "pipeline.cost_report", "pipeline.driver", "pipeline.inspect",
-    "pipeline.ray_train", "pipeline.report", "pipeline.runs", "pipeline.teacher_import", "pipeline.verify"))
+    "pipeline.ray_train", "pipeline.report", "pipeline.runs", "pipeline.set_gc", "pipeline.teacher_import",
+    "pipeline.verify"))
 
 
 def project_files() -> list[Path]:

@@ -20,8 +20,8 @@ from core import format as fmt
 from core import set_index as sx
 from core import storage
 from core.config import SamplerConfig, SetConfig
-from core.errors import UserError
-from pipeline.verify import verify_set
+from pipeline.set_gc import collect
+from pipeline.verify import unlisted_shards, verify_set
 
 SHARDS, PER_SHARD = 40, 32
 SET = SetConfig(sampler=SamplerConfig(kind="mix"), samples=SHARDS * PER_SHARD, samples_per_shard=PER_SHARD)
@@ -89,16 +89,16 @@ def test_damaged_shards_are_named_and_remade(clean, teachers, tmp_path) -> None:
     flipped.write_bytes(bytes(data))
     shutil.copy(shards / sx.shard_name(0), shards / sx.shard_name(99))
     problems = verify_set(damaged)
-    for name in (sx.shard_name(3), sx.shard_name(5), sx.shard_name(99)):
+    for name in (sx.shard_name(3), sx.shard_name(5)):
         assert any(p.startswith(name) for p in problems), (name, problems)
+    assert not any(sx.shard_name(99) in p for p in problems)  # unlisted: no reader sees it
+    assert unlisted_shards(damaged, sx.read_index(damaged)) == [sx.shard_name(99)]
 
-    # A committed shard past the set's end may be another job's (a larger request of the same
-    # fingerprint): the planner refuses to touch the set rather than delete it.
-    before = snapshot(damaged)
-    with pytest.raises(UserError, match="shard-000099.tar.*a set only grows"):
-        generate_set_in(damaged, SET, teachers)
-    assert snapshot(damaged) == before
-    (shards / sx.shard_name(99)).unlink()  # the user's decision: it is not another job's
+    # A committed shard past the set's end may be another job's (a killed larger request of the
+    # same fingerprint): the rerun leaves it alone, and only `gc` removes it.
+    extra = (shards / sx.shard_name(99)).read_bytes()
     assert generate_set_in(damaged, SET, teachers)["shards_made"] == 2
-    assert snapshot(damaged) == snapshot(clean)
+    assert (shards / sx.shard_name(99)).read_bytes() == extra
     assert verify_set(damaged) == []
+    assert collect(str(damaged))["removed"] == [sx.shard_name(99)]
+    assert snapshot(damaged) == snapshot(clean)
