@@ -199,7 +199,7 @@ def unknown_sampler(records: np.ndarray) -> int:
 
 @pytest.mark.parametrize(("change", "message"), [
     (duplicate_class, "top-k record has invalid class indices for 10 classes"),
-    (image_past_the_source, "image 5000 is beyond the source's 1437 images"),
+    (image_past_the_source, "real image 5000 outside the source's 1437 images"),
     (unknown_sampler, "sampler 9 is not one of the set's 2 kinds"),
 ])
 def test_a_damaged_record_is_named_by_its_own_key(tmp_path, change, message) -> None:
