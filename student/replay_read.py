@@ -100,11 +100,11 @@ def rebuild_images(shards: list[ReadShard], source: Source) -> list[np.ndarray]:
             image = held[index] = source.raw(index)
         return image
 
-    images: list[np.ndarray | None] = [None] * len(samples)
     def size(index: int) -> tuple[int, int]:
         shape = raw(index).shape  # decoded here, held for the rebuild that follows
         return int(shape[0]), int(shape[1])
 
+    images: list[np.ndarray | None] = [None] * len(samples)
     for step, pos in enumerate(order.tolist()):
         try:
             problem = sample_box_problem(samples[pos][1], size) if source.contract is not None else None
