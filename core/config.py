@@ -6,7 +6,6 @@ default. Problems surface as one :class:`UserError` line naming the field.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from core.errors import UserError
+from core.config_yaml import check_config_size, load_yaml, unshared
+from core.errors import SHOWN_CHARS, UserError, clip
 from core.generator_config import GeneratorConfig, GeneratorStageConfig
 from core.image_config import ImageConfig, StoreConfig  # noqa: F401  (re-exported)
 from core.target_config import TargetConfig
@@ -337,35 +337,38 @@ class Config(Strict):
 
 # ---------------------------------------------------------------- loading
 
+MAX_PROBLEMS = 3  # validation problems named in the one error line
+
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply one ``dotted.key=value`` override; the value is parsed as YAML (``3``, ``true``)."""
     path, sep, text = assignment.partition("=")
     if not sep or not path:
-        raise UserError(f"--set {assignment!r}: expected key=value, e.g. --set teachers.members=2")
+        raise UserError(f"--set {clip(repr(assignment))}: expected key=value, e.g. --set teachers.members=2")
     keys = path.split(".")
     node: Any = raw
     for depth, key in enumerate(keys[:-1]):
         if not isinstance(node, dict):
-            raise UserError(f"--set {path}: {'.'.join(keys[:depth])} is not a section")
+            raise UserError(f"--set {clip(path)}: {clip('.'.join(keys[:depth]))} is not a section")
         node = node.setdefault(key, {})
     if not isinstance(node, dict):
-        raise UserError(f"--set {path}: {'.'.join(keys[:-1])} is not a section")
+        raise UserError(f"--set {clip(path)}: {clip('.'.join(keys[:-1]))} is not a section")
     try:
-        node[keys[-1]] = yaml.safe_load(text)
+        node[keys[-1]] = unshared(load_yaml(text, f"--set {clip(path)}"), f"--set {clip(path)}")
     except yaml.YAMLError as err:
-        raise UserError(f"--set {path}: value {text!r} is not valid YAML ({err.problem})") from err
+        raise UserError(f"--set {clip(path)}: value {clip(repr(text))} is not valid YAML ({err.problem})") from err
 
 
 def describe_validation_error(err: ValidationError) -> str:
     parts = []
     for item in err.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
+        where = clip(".".join(str(p) for p in item["loc"]) or "(top level)")
+        message = clip(item["msg"].removeprefix("Value error, "), 2 * SHOWN_CHARS)
         given = item.get("input")
-        shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+        shown = "" if isinstance(given, dict | list) or given is None else f" (got {clip(repr(given))})"
         parts.append(f"{where}: {message}{shown}")
-    return "; ".join(parts)
+    more = f"; and {len(parts) - MAX_PROBLEMS} more" if len(parts) > MAX_PROBLEMS else ""
+    return "; ".join(parts[:MAX_PROBLEMS]) + more
 
 
 def parse_config(raw: dict[str, Any], origin: str = "config") -> Config:
@@ -382,7 +385,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not path.is_file():
         raise UserError(f"config {path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        check_config_size(path.stat().st_size, f"config {path}")
+        raw = load_yaml(path.read_text(encoding="utf-8"), f"config {path}")
     except OSError as err:
         raise UserError(f"config {path}: cannot be read ({err.strerror})") from err
     except UnicodeDecodeError as err:
@@ -391,8 +395,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise UserError(f"config {path}: not valid YAML ({str(err).splitlines()[0]})") from err
     if not isinstance(raw, dict):
         raise UserError(f"config {path}: expected a mapping at the top level")
-    # YAML anchors alias one dict in several places; unshare them so an override touches one.
-    raw = json.loads(json.dumps(raw, default=str))
+    raw = unshared(raw, f"config {path}")
     for assignment in overrides or []:
         apply_override(raw, assignment)
     return parse_config(raw, origin=f"config {path}")

@@ -27,3 +27,13 @@ class RecordError(FormatError):
     def __init__(self, row: int, message: str) -> None:
         super().__init__(message)
         self.row = int(row)
+
+
+SHOWN_CHARS = 200  # of a value echoed in an error line
+
+
+def clip(text: object, limit: int = SHOWN_CHARS) -> str:
+    """``text`` (``str()`` of it) cut to ``limit`` characters with the length left out said: an
+    error line echoes what the user gave, and a 50 MB value must not become a 50 MB line."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit:,} more characters)"

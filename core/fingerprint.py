@@ -1,7 +1,8 @@
 """The set fingerprint: equal fingerprints mean equal shards, so a directory can be reused.
 
 It covers everything that changes a shard's bytes — content version, source identity (incl. the
-class subset, fraction and imbalance), samplers (each one's own options and share), samples per
+class subset, fraction and imbalance, and a ``pad`` or ``flip`` other than the reader's default:
+``core.sources.augmentation_identity``), samplers (each one's own options and share), samples per
 shard, target format (dense / top-k and k; regression: Gaussian and its dtype), uncertainty
 selection, teacher weights (by checkpoint sha256, in order), teacher precision (autocast) and
 seed — and deliberately not the sample count nor where the set is written: asking for more

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from core import storage
 from core.config import ImageConfig, SourceConfig
-from core.errors import UserError
+from core.errors import UserError, clip
 from core.gaze import RENDER_VERSION, render_split
 from core.image_contract import eval_image
 from core.tasks import CLASSIFY, REGRESS, Task
@@ -119,14 +119,30 @@ def _open_image(path: str | Path | TarMember) -> Any:
     return io.BytesIO(path.read()) if isinstance(path, TarMember) else storage.open_read(path)
 
 
+# What opening an image may raise for a bad file: PIL's DecompressionBombError (an image header
+# claiming more than twice PIL's MAX_IMAGE_PIXELS, ~179 megapixels) is no OSError, and would
+# otherwise escape as a traceback from the header check or mid-set from a worker.
+UNREADABLE = (OSError, UnidentifiedImageError, Image.DecompressionBombError)
+
+
+def unreadable(path: str | Path | TarMember, err: BaseException) -> UserError:
+    """The one line naming an image file that cannot be opened, and why."""
+    if isinstance(err, UnidentifiedImageError):
+        reason = "not an image file PIL can read"
+    elif isinstance(err, Image.DecompressionBombError):
+        reason = f"{err} (PIL's decompression-bomb limit)"
+    else:
+        reason = str(err)
+    return UserError(f"image {path}: unreadable ({clip(reason)}); remove or replace the file")
+
+
 def image_size(path: str | Path | TarMember) -> tuple[int, int]:
     """(height, width) from an image's header, without decoding its pixels."""
     try:
         with _open_image(path) as handle, Image.open(handle) as pil:
             width, height = pil.size
-    except (OSError, UnidentifiedImageError) as err:
-        reason = "not an image file PIL can read" if isinstance(err, UnidentifiedImageError) else str(err)
-        raise UserError(f"image {path}: unreadable ({reason}); remove or replace the file") from err
+    except UNREADABLE as err:
+        raise unreadable(path, err) from err
     return (int(height), int(width))
 
 
@@ -136,9 +152,8 @@ def open_pil(path: str | Path | TarMember, channels: int) -> Image.Image:
         with _open_image(path) as handle, Image.open(handle) as pil:
             pil.load()
             return pil.convert("L" if channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError) as err:
-        reason = "not an image file PIL can read" if isinstance(err, UnidentifiedImageError) else str(err)
-        raise UserError(f"image {path}: unreadable ({reason}); remove or replace the file") from err
+    except UNREADABLE as err:
+        raise unreadable(path, err) from err
 
 
 def read_image(path: str | Path | TarMember, channels: int) -> np.ndarray:
@@ -175,13 +190,24 @@ def read_digits(cfg: SourceConfig, split: Split) -> Source:
     )
 
 
+def _entries(directory: str) -> list[tuple[str, bool, int]]:
+    """``storage.list_entries`` of an ImageFolder directory; an entry that cannot be looked at (a
+    dangling symlink, a symlink loop: ``stat`` fails) is a user error naming it."""
+    try:
+        return storage.list_entries(directory)
+    except OSError as err:
+        what = err.filename or directory
+        raise UserError(f"source.path: {what}: {err.strerror or err} (a dangling symlink or a symlink loop?); "
+                        "remove it or make it point at an image") from err
+
+
 def read_imagefolder(cfg: SourceConfig, split: Split) -> Source:
     """``<path>/<split>/<class>/<image>``; ``path`` may be an fsspec URL (``s3://``, ``gs://``)
     that every node of a cluster can read."""
     root = storage.join(cfg.path or "", cfg.train_dir if split == "train" else cfg.test_dir)
     if not storage.is_dir(root):
         raise UserError(f"source.path: {root} is not a directory (expected <path>/<split>/<class>/<image>)")
-    class_names = [name for name, is_dir, _ in storage.list_entries(root) if is_dir]
+    class_names = [name for name, is_dir, _ in _entries(root) if is_dir]
     if not class_names:
         raise UserError(f"source.path: {root} has no class folders")
     files: list[str] = []
@@ -189,7 +215,7 @@ def read_imagefolder(cfg: SourceConfig, split: Split) -> Source:
     listing = []
     for label, class_name in enumerate(class_names):
         class_dir = storage.join(root, class_name)
-        members = [(name, size) for name, is_dir, size in storage.list_entries(class_dir)
+        members = [(name, size) for name, is_dir, size in _entries(class_dir)
                    if not is_dir and Path(name).suffix.lower() in IMAGE_SUFFIXES]
         if not members:
             raise UserError(f"source.path: class folder {class_dir} has no images")

@@ -67,6 +67,7 @@ class ParamLayout:
     enumerated: bool = False  # a views-only set: every sample has its view number
     views: int = 1  # the largest view count
     ops: int = AUTOAUGMENT_OPS  # the most autoaugment ops a sample can have
+    shape: tuple[int, int] = (0, 0)  # (height, width) of a view image: Cutout/CutMix boxes lie within it
 
     def __post_init__(self) -> None:
         refused = [k for k in self.kinds if k not in REPLAYABLE]
@@ -211,7 +212,8 @@ def layout_of(set_cfg: Any, source: Any) -> ParamLayout:
     return ParamLayout(kinds=kinds, images=len(source),
                        box_views=contract is not None and contract.views == "random_resized_crop",
                        pad=int(source.pad), enumerated=set_cfg.enumerates_source(),
-                       views=max(s.views for s in samplers), ops=ops)
+                       views=max(s.views for s in samplers), ops=ops,
+                       shape=(int(source.shape[0]), int(source.shape[1])))
 
 
 def dtype_of(fields: list[Field]) -> np.dtype:

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import FormatError, RecordError
+from core.errors import FormatError
 from core.format import Sample, decode_npy, encode_npy, sample_key
+from core.replay_checks import first_problem
 from core.replay_params import ParamLayout, dtype_of, index_dtype, layout_of
 from core.sample_sources import record_sources
 from core.sampled_target import dense_weights_rows, reconstruct_sampled_rows, sampled_dtype
@@ -113,7 +114,9 @@ def record_layout(set_cfg: Any, source: Any, num_classes: int) -> RecordLayout:
 
 def source_fingerprint(source: Any) -> str:
     """What a replay set's images depend on in its source: its identity (images, order, labels,
-    image contract) and the pad-and-crop and flip its views were drawn with."""
+    image contract) and the pad-and-crop and flip its views were drawn with. (The identity holds a
+    pad or flip that differs from the reader's default too, at the same value: merged here, the
+    text — hence every replay set's recorded ``replay.source`` — is the one it was before.)"""
     text = json.dumps({**source.identity, "pad": int(source.pad), "flip": bool(source.flip)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -202,12 +205,11 @@ class RecordColumns:
 
 def decode_columns(layout: RecordLayout, records: np.ndarray) -> RecordColumns:
     """The targets, labels and source images of every record at once (bit for bit the per-record
-    values); a record that does not decode raises :class:`RecordError` naming its row."""
+    values); a record that does not decode, or whose parameters ``verify`` would reject
+    (:mod:`core.replay_checks`), raises :class:`RecordError` naming its row."""
     classes, kinds = layout.num_classes, layout.params.kinds
+    first_problem(layout.params, records, classes)  # verify's range checks: a bad record stops here
     codes = records["sampler"].astype(np.int64) if len(kinds) > 1 else np.zeros(len(records), np.int64)
-    if (codes >= len(kinds)).any():
-        row = int(np.argmax(codes >= len(kinds)))
-        raise RecordError(row, f"sampler {int(codes[row])} is not one of the set's {len(kinds)} kinds")
     weights = None
     if layout.target == "logp":
         target = records["logp"].astype(np.float32)
@@ -219,8 +221,4 @@ def decode_columns(layout: RecordLayout, records: np.ndarray) -> RecordColumns:
     labels = records["label"].astype(np.int64) if layout.labels else np.full(len(records), -1, np.int64)
     columns = {name: records[name] for name in ("image", "i", "j") if name in records.dtype.names}
     sources = record_sources(kinds, codes, columns)
-    beyond = (sources >= layout.params.images).any(axis=1)
-    if beyond.any():
-        row = int(np.argmax(beyond))
-        raise RecordError(row, f"image {int(sources[row].max())} is beyond the source's {layout.params.images} images")
     return RecordColumns(target, np.where(labels >= 0, labels, -1), weights, sources)

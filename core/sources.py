@@ -22,11 +22,29 @@ __all__ = ["Source", "Split", "check_readable", "in_memory_if_small", "load_in_m
            "load_source_cached"]
 
 
+def augmentation_identity(source: Source, cfg: SourceConfig) -> dict[str, Any]:
+    """The augmentation options that differ from the reader's defaults for ``source``.
+
+    ``pad`` and ``flip`` change every augmented view's pixels (and a replay record's offsets),
+    so they belong to the source's identity — hence to every set's fingerprint and cache entry.
+    Only a value other than the reader's default joins it: a config that omits them, or spells
+    out the default, keeps the identity (and the fingerprints) sets had before they were in it.
+    """
+    changed: dict[str, Any] = {}
+    if cfg.pad is not None and cfg.pad != source.pad:
+        changed["pad"] = int(cfg.pad)
+    if cfg.flip is not None and cfg.flip != source.flip:
+        changed["flip"] = bool(cfg.flip)
+    return changed
+
+
 def _with_options(source: Source, cfg: SourceConfig) -> Source:
-    """The reader's defaults for standard augmentation, overridden by the config; the image
-    contract (the images' size becomes the contract's, and the contract joins the identity)."""
+    """The reader's defaults for standard augmentation, overridden by the config (an override
+    joins the identity: :func:`augmentation_identity`); the image contract (the images' size
+    becomes the contract's, and the contract joins the identity)."""
     source = replace(source, pad=source.pad if cfg.pad is None else cfg.pad,
-                     flip=source.flip if cfg.flip is None else cfg.flip)
+                     flip=source.flip if cfg.flip is None else cfg.flip,
+                     identity={**source.identity, **augmentation_identity(source, cfg)})
     if cfg.image is None:
         return source
     return replace(source, contract=cfg.image, shape=(*cfg.image.hw, source.shape[2]),

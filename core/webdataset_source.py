@@ -21,19 +21,21 @@ import re
 import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
-from braceexpand import braceexpand
+from braceexpand import UnbalancedBracesError, braceexpand
 
 from core import storage
 from core.config import SourceConfig
-from core.errors import UserError
+from core.errors import UserError, clip
 
 # webdataset skips members named like __key__ / __meta__ (its ``skip_meta``).
 META_NAME = re.compile(r"__[^/]*__($|/)")
 SAMPLE_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 GZIP_MAGIC = b"\x1f\x8b"
 LISTING_CACHE = 4096  # tars whose listings a process keeps
+MAX_TARS = 1_000_000  # tars a split may list
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +81,23 @@ class WebDatasetSplit:
     identity: dict[str, Any]
 
 
-def expand_urls(value: str | list[str] | None) -> list[str]:
-    """The URLs of a split, brace patterns expanded in order (``a-{0..2}.tar`` → a-0, a-1, a-2)."""
+def expand_urls(value: str | list[str] | None, field: str = "urls") -> list[str]:
+    """The URLs of a split, brace patterns expanded in order (``a-{0..2}.tar`` → a-0, a-1, a-2).
+    A pattern braceexpand cannot parse (unbalanced braces), or one that names more than
+    :data:`MAX_TARS` tars (``{0..999999999}``: a typo, and a list that would fill the memory), is
+    a user error naming ``source.<field>``."""
     patterns = [value] if isinstance(value, str) else list(value or [])
-    return [url for pattern in patterns for url in braceexpand(pattern)]
+    urls: list[str] = []
+    for pattern in patterns:
+        try:
+            urls += islice(braceexpand(pattern), MAX_TARS + 1 - len(urls))
+        except UnbalancedBracesError:
+            raise UserError(f"source.{field}: {clip(repr(pattern))} has unbalanced braces; a pattern is like "
+                            "data/train-{000000..000009}.tar (escape a literal brace as \\{)") from None
+        if len(urls) > MAX_TARS:
+            raise UserError(f"source.{field}: {clip(repr(pattern))} names more than {MAX_TARS:,} tars; check the "
+                            "brace pattern's range")
+    return urls
 
 
 def extensions(text: str) -> list[str]:
@@ -204,7 +219,7 @@ def _digest(value: Any) -> str:
 def read_split(cfg: SourceConfig, split: str) -> WebDatasetSplit:
     """The samples of one split, in shard order then tar order; the classes from both splits."""
     field = "urls" if split == "train" else "test_urls"
-    lists = {"urls": expand_urls(cfg.urls), "test_urls": expand_urls(cfg.test_urls)}
+    lists = {"urls": expand_urls(cfg.urls, "urls"), "test_urls": expand_urls(cfg.test_urls, "test_urls")}
     for name, urls in lists.items():
         if not urls:
             raise UserError(f"source.{name}: no tar shards listed; give a list of paths/URLs or a brace pattern")

@@ -36,6 +36,7 @@ from pipeline.runs import (
     teacher_paths,
     train_member,
 )
+from pipeline.set_locations import check_config_locations, check_planned, check_writable
 from pipeline.supervisor import supervise
 from pipeline.teacher_import import import_spec, prepare_teacher
 
@@ -101,6 +102,7 @@ def generate_sets(cfg: Config, out: str | Path, teachers: list[Path], progress: 
                   names: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Plan every set first (all input checked, nothing written), then make them one by one, each
     under the supervisor (restarts from the committed shards after a stall or a cluster failure)."""
+    check_config_locations(cfg, out)
     source = load_source(cfg.source, "train")
     check_readable(source)
 
@@ -108,6 +110,10 @@ def generate_sets(cfg: Config, out: str | Path, teachers: list[Path], progress: 
         return plan_set(cfg, name, set_dir(out, name), teachers, source=source)
 
     plans = [plan_of(name) for name in names or list(cfg.sets)]
+    check_planned(cfg, out, [plan.spec for plan in plans])
+    for plan in plans:  # a complete set is only read: a read-only cache serves it
+        if not plan.complete():
+            check_writable(cfg, plan.spec)
     results = {}
     for plan in plans:
         name = plan.spec.name
@@ -140,6 +146,7 @@ def run_job(cfg: Config, out: Path, progress: Progress) -> dict[str, Any]:
     """The full chain; returns the report (also written to ``OUT/report.json``)."""
     train, test = load_splits(cfg)
     check_pruning(cfg, train)
+    check_config_locations(cfg, out)  # before the teachers: nothing is written for a job that would clash
     teachers = train_teachers(cfg, out, train, test, progress)
     generate_sets(cfg, out, teachers, progress)
     students = train_students(cfg, out, list(cfg.students), train, test, progress)

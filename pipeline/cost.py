@@ -49,6 +49,7 @@ from pipeline.runs import (
     set_dir,
     teacher_paths,
 )
+from pipeline.set_locations import check_config_locations, check_planned, check_writable
 from pipeline.teacher_import import import_spec, prepare_teacher
 from stages.writer import make_shard, write_shard
 
@@ -212,14 +213,19 @@ def job_cost(cfg: Config, out: str | Path, *, probe: bool = False,
              progress: Progress = lambda _: None) -> dict[str, Any]:
     """The plan of job ``cfg`` run into ``out`` (see the module docstring); a JSON-ready dict."""
     train, _ = load_splits(cfg)  # both splits, so a bad source stops the plan as it would the run
+    check_config_locations(cfg, out)
     with tempfile.TemporaryDirectory(prefix="transferset-plan-") as scratch_dir:
         scratch = Path(scratch_dir)
         teachers, to_train = job_teachers(cfg, out, train, scratch)
         final = not to_train
         sets, images = [], None
-        for name in cfg.sets:
-            spec, to_make = set_work(cfg, name, out, teachers, train, final)
-            progress(f"plan: set {name}: probe shard 0 ({spec.planned(0)} samples)")
+        work = [set_work(cfg, name, out, teachers, train, final) for name in cfg.sets]
+        check_planned(cfg, out, [spec for spec, _ in work])
+        for spec, to_make in work:  # the run would refuse a set it cannot write: so does its plan
+            if final and to_make:
+                check_writable(cfg, spec)
+        for spec, to_make in work:
+            progress(f"plan: set {spec.name}: probe shard 0 ({spec.planned(0)} samples)")
             shard_probe, shard_images = probe_shard(spec, scratch, probe)
             images = shard_images if images is None else images
             sets.append(set_cost(spec, to_make, shard_probe, final))

@@ -12,8 +12,9 @@ import numpy as np
 
 from core import set_index as sx
 from core import storage
-from core.errors import FormatError, UserError
-from core.format import iter_tar, read_records
+from core.errors import FormatError, UserError, clip
+from core.format import iter_tar, read_records, sample_key
+from core.replay_checks import record_problems
 from core.replay_record import decode_record
 from core.sample_apply import apply_params
 from core.set_index import SetIndex
@@ -61,10 +62,20 @@ def _replay_records(url: str, index: SetIndex) -> Iterator[Record]:
     except FormatError as err:
         raise UserError(f"inspect: shard {url}: {err}; run `transferset verify`") from err
     shard = int(sx.parse_shard_name(storage.name_of(url)) or 0)
-    for row in rows:
-        meta, members = decode_record(ctx.layout, shard, row)
-        yield {**CLASSIFY.decode_targets(members), "meta": meta,
-               "image": apply_params(meta["sampler"], meta["params"], ctx.source)}
+    layout = ctx.layout
+    for position, row in enumerate(rows):
+        where = f"inspect: shard {url}: sample {sample_key(shard, int(row['index']))}"
+        found = record_problems(layout.params, rows[position:position + 1], layout.num_classes, ctx.source.raw_size)
+        if found:  # verify's range checks, on the records inspect rebuilds
+            raise UserError(f"{where}: {found[0][1]}; run `transferset verify`")
+        try:
+            meta, members = decode_record(layout, shard, row)
+            record = {**CLASSIFY.decode_targets(members), "meta": meta,
+                      "image": apply_params(meta["sampler"], meta["params"], ctx.source)}
+        except (FormatError, ValueError, IndexError, KeyError) as err:  # a record that does not decode
+            raise UserError(f"{where}: cannot decode ({type(err).__name__}: {clip(err)}); run `transferset verify`") \
+                from err
+        yield record
 
 
 def records(set_dir: str, index: SetIndex, limit: int) -> list[Record]:

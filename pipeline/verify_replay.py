@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+import numpy as np
 
 from core import format as fmt
+from core.replay_checks import record_problems
 from core.replay_record import RecordLayout, decode_record, record_layout, source_fingerprint
 from core.sample_apply import apply_params
 from core.set_index import SetIndex
@@ -44,38 +46,13 @@ def replay_context(index: SetIndex) -> ReplayContext | str:
     return ReplayContext(record_layout(set_cfg, source, index.outputs), source)
 
 
-def _view_problems(where: str, aug: dict[str, Any], image: int, ctx: ReplayContext) -> list[str]:
-    if "box" in aug:
-        top, left, height, width = aug["box"]
-        full_h, full_w = ctx.source.raw_size(image)
-        if not (height > 0 and width > 0 and top + height <= full_h and left + width <= full_w):
-            return [f"{where}: view box {aug['box']} outside image {image} ({full_h}×{full_w})"]
-    elif "dx" in aug and not (0 <= aug["dx"] <= 2 * ctx.source.pad and 0 <= aug["dy"] <= 2 * ctx.source.pad):
-        return [f"{where}: view offset ({aug['dx']}, {aug['dy']}) outside [0, {2 * ctx.source.pad}]"]
-    if aug.get("flip") not in (0, 1):
-        return [f"{where}: flip {aug.get('flip')}"]
-    return []
-
-
-def param_problems(where: str, kind: str, params: dict[str, Any], ctx: ReplayContext) -> list[str]:
-    """Parameters a record's kind cannot have with this source (indices, boxes, λ, offsets)."""
-    images = ctx.layout.params.indices(kind, params)
-    problems = [f"{where}: real image {i} outside the source's {len(ctx.source)}" for i in images
-                if not 0 <= i < len(ctx.source)]
-    if problems:
-        return problems
-    views = [(params["aug"], params["image"])] if "aug" in params else \
-        [(params[f"aug_{p}"], params[p]) for p in ("i", "j") if f"aug_{p}" in params]
-    for aug, image in views:
-        problems += _view_problems(where, aug, image, ctx)
-    if "lam" in params and not 0.0 <= params["lam"] <= 1.0:
-        problems.append(f"{where}: lam {params['lam']} outside [0, 1]")
-    if "box" in params:
-        y0, y1, x0, x1 = params["box"]
-        height, width = ctx.source.shape[:2]
-        if not (0 <= y0 <= y1 <= height and 0 <= x0 <= x1 <= width):
-            problems.append(f"{where}: box {params['box']} outside the {height}×{width} image")
-    return problems
+def shard_problems(records: np.ndarray, ctx: ReplayContext) -> dict[int, list[str]]:
+    """The range problems of a shard's records by row (:func:`core.replay_checks.record_problems`,
+    the trainer's checks, with each view box checked against its image's header)."""
+    found: dict[int, list[str]] = {}
+    for row, problem in record_problems(ctx.layout.params, records, ctx.layout.num_classes, ctx.source.raw_size):
+        found.setdefault(row, []).append(problem)
+    return found
 
 
 def check_replay_shard(path: str, name: str, shard: int, index: SetIndex, ctx: ReplayContext,
@@ -86,19 +63,20 @@ def check_replay_shard(path: str, name: str, shard: int, index: SetIndex, ctx: R
     except fmt.FormatError as err:
         return 0, [f"{name}: {err}"]
     problems: list[str] = []
+    out_of_range = shard_problems(records, ctx)
     for position, row in enumerate(records):
+        key = fmt.sample_key(shard, int(row["index"]))
+        where = f"{name}: sample {key}"
+        if key in seen:
+            problems.append(f"{where}: also in {seen[key]}")
+        seen[key] = name
+        if position in out_of_range:
+            problems += [f"{where}: {problem}" for problem in out_of_range[position]]
+            continue
         try:
             meta, members = decode_record(ctx.layout, shard, row)
         except Exception as err:  # noqa: BLE001 — a record that does not decode is a finding
-            problems.append(f"{name}: record {position}: cannot decode ({type(err).__name__}: {err})")
-            continue
-        where = f"{name}: sample {meta['key']}"
-        if meta["key"] in seen:
-            problems.append(f"{where}: also in {seen[meta['key']]}")
-        seen[meta["key"]] = name
-        found = param_problems(where, meta["sampler"], meta["params"], ctx)
-        if found:
-            problems += found
+            problems.append(f"{where}: cannot decode ({type(err).__name__}: {err})")
             continue
         try:
             image = apply_params(meta["sampler"], meta["params"], ctx.source)

@@ -22,6 +22,7 @@ import numpy as np
 from core import storage
 from core.errors import RecordError
 from core.format import read_records, sample_key
+from core.replay_checks import sample_box_problem
 from core.replay_record import RecordColumns, RecordLayout, decode_columns
 from core.sample_apply import Params, apply_params
 from core.set_index import parse_shard_name
@@ -82,7 +83,9 @@ def _last_uses(sources: np.ndarray, ready: np.ndarray) -> dict[int, list[int]]:
 
 def rebuild_images(shards: list[ReadShard], source: Source) -> list[np.ndarray]:
     """Every sample's image, one uint8 (N, H, W, C) array per shard. Samples are made in order of
-    the later of their images, each image decoded at its first use and dropped after its last."""
+    the later of their images, each image decoded at its first use and dropped after its last. A
+    random-resized-crop box outside its image (which only the decoded image can tell; every
+    other range was checked by ``decode_columns``) is :class:`ShardDamage` naming the sample."""
     sources = np.concatenate([s.columns.sources for s in shards])
     samples = [sample for s in shards for sample in s.samples]
     ends = np.cumsum([len(s.samples) for s in shards])
@@ -97,9 +100,16 @@ def rebuild_images(shards: list[ReadShard], source: Source) -> list[np.ndarray]:
             image = held[index] = source.raw(index)
         return image
 
+    def size(index: int) -> tuple[int, int]:
+        shape = raw(index).shape  # decoded here, held for the rebuild that follows
+        return int(shape[0]), int(shape[1])
+
     images: list[np.ndarray | None] = [None] * len(samples)
     for step, pos in enumerate(order.tolist()):
         try:
+            problem = sample_box_problem(samples[pos][1], size) if source.contract is not None else None
+            if problem is not None:  # the one range check that needs the image itself
+                raise RecordError(pos, problem)
             images[pos] = apply_params(*samples[pos], source, raw)
         except Exception as err:  # PIL, numpy and torchvision raise their own types
             which = int(np.searchsorted(ends, pos, side="right"))

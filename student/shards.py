@@ -36,6 +36,7 @@ import numpy as np
 from core import storage
 from core.errors import FormatError, UserError
 from core.format import iter_tar, read_records, sample_key
+from core.replay_checks import record_problems
 from core.replay_record import decode_record, record_layout, source_fingerprint
 from core.sample_apply import apply_params
 from core.sample_sources import NO_IMAGE, source_indices
@@ -185,8 +186,13 @@ def replay_records(url: str, replay: ReplaySource) -> Iterator[tuple[str, Callab
     """A replay shard's samples: each key and how to decode it (the image rebuilt, the targets
     decoded), so a failure names its own sample."""
     shard = parse_shard_name(storage.name_of(url))
-    for row in read_records(url, replay.layout.dtype):
-        def decode(row: Any = row) -> dict[str, Any]:
+    records = read_records(url, replay.layout.dtype)
+    layout, size = replay.layout, replay.source.raw_size
+    for position, row in enumerate(records):
+        def decode(row: Any = row, position: int = position) -> dict[str, Any]:
+            found = record_problems(layout.params, records[position:position + 1], layout.num_classes, size)
+            if found:  # the trainer's (and verify's) range checks
+                raise FormatError(found[0][1])
             meta, members = decode_record(replay.layout, int(shard or 0), row)
             image = apply_params(meta["sampler"], meta["params"], replay.source)
             return {**CLASSIFY.decode_targets(members), "image": image, "meta": meta}

@@ -41,12 +41,21 @@ def command() -> str:
     return str(script) if script.is_file() else shutil.which("transferset") or "transferset"
 
 
-def transferset(*args: Any, cwd: Path, extra_path: Path | None = None) -> subprocess.CompletedProcess[str]:
+def transferset(*args: Any, cwd: Path, extra_path: Path | None = None, timeout: float = 600,
+                memory: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed command; ``memory``: an address-space limit in bytes (for inputs that
+    would make an unguarded loader eat the machine's memory)."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     if extra_path is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(extra_path), env.get("PYTHONPATH", "")) if p)
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
     return subprocess.run([command(), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=timeout, preexec_fn=limit if memory else None)
 
 
 def write_config(path: Path, raw: dict[str, Any]) -> Path:
@@ -107,6 +116,24 @@ class Corpus:
         shutil.rmtree(self.job)
         shutil.copytree(self.root / "pristine", self.job)
         return True
+
+
+    def replay(self) -> tuple[Path, Path]:
+        """``(config, job)`` of a replay set made from this job's teacher (mix and cutmix records,
+        2 shards) and a student of it: made by the installed command on first use."""
+        job = self.root / "replay-job"
+        config = self.root / "replay.yaml"
+        if not (job / "sets" / "rmix" / "index.json").is_file():
+            write_config(config, job_with(teachers__checkpoints=[str(self.teacher())], sets=REPLAY_SETS,
+                                          students={"kd": {**JOB["students"]["kd"], "sets": {"rmix": 1.0}}}))
+            result = transferset("generate", config, "--out", job, cwd=self.root)
+            if result.returncode != 0:
+                raise AssertionError(f"the replay set failed: exit {result.returncode}\n{result.stderr[-3000:]}")
+        return config, job
+
+
+REPLAY_SETS = {"rmix": {"samplers": [{"kind": "mix", "share": 0.5}, {"kind": "cutmix", "share": 0.5}],
+                        "samples": 256, "samples_per_shard": 128, "store": "replay"}}
 
 
 def make_corpus(root: Path) -> Corpus:
@@ -211,3 +238,113 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str], needles: Any
 
 def dumps(value: Any) -> str:
     return json.dumps(value)
+
+
+# ---------------------------------------------------------------- boundary inputs (issue 24)
+
+
+def png_bomb(path: Path, side: int = 16000) -> Path:
+    """A valid 1-bit PNG of ``side``×``side`` blank pixels: 256 megapixels (more than twice PIL's
+    MAX_IMAGE_PIXELS) in about 30 KB — a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    packer = zlib.compressobj(9)
+    row = bytes(1 + (side + 7) // 8)  # filter byte 0, then the row's bits
+    pixels = b"".join(packer.compress(row * 1000) for _ in range(side // 1000)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A YAML "billion laughs": ``levels`` anchors, each a list of ``width`` aliases of the one
+    before (width**levels values once expanded), under a key the config does not have."""
+    names = [f"l{n}" for n in range(levels)]
+    lines = [f"{names[0]}: &{names[0]} [{', '.join(['lol'] * width)}]"]
+    lines += [f"{name}: &{name} [{', '.join(['*' + names[n]] * width)}]" for n, name in enumerate(names[1:])]
+    return "name: bomb\nbomb:\n" + "\n".join("  " + line for line in lines) + "\n"
+
+
+def replay_records(set_dir: Path, shard_number: int = 1) -> tuple[Path, Any]:
+    """The records of one replay shard (path, structured array) to damage and save back."""
+    import numpy as np
+
+    path = set_dir / "shards" / f"shard-{shard_number:06d}.npy"
+    return path, np.load(path)
+
+
+def save_records(path: Path, records: Any) -> None:
+    """Write damaged records back in place: the same dtype and length, so the same size."""
+    import numpy as np
+
+    size = path.stat().st_size
+    np.save(path, records, allow_pickle=False)
+    assert path.stat().st_size == size
+
+
+def first_row(records: Any, code: int) -> int:
+    """The first record of sampler code ``code`` (0: mix, 1: cutmix in REPLAY_SETS)."""
+    import numpy as np
+
+    return int(np.flatnonzero(records["sampler"] == code)[0])
+
+
+def with_overrides(verb: str, *overrides: Any) -> Any:
+    """``verb`` (generate, plan) of the finished job with ``--set`` overrides, each a string or a
+    function of (corpus, the case's directory) giving one."""
+    def build(c: Corpus, tmp: Path) -> list[Any]:
+        made = [o(c, tmp) if callable(o) else o for o in overrides]
+        return [verb, c.config, "--out", c.job, *[a for o in made for a in ("--set", o)]]
+    return build
+
+
+def linked_folder(target: str) -> Any:
+    """An ImageFolder (tests' two-class one) whose train/a/2.png is a symlink to ``target``
+    (relative to its folder): a dangling link or a loop."""
+    def make(_: Corpus, tmp: Path) -> str:
+        root = imagefolder(tmp / "images", [(8, 8), (8, 8)])
+        (root / "train" / "a" / "2.png").symlink_to(target)
+        return str(root)
+    return make
+
+
+def bombed_folder(number: int) -> Any:
+    """An ImageFolder whose train/a/<number>.png is a decompression bomb (0: the first file, which
+    the reader decodes; 1: a later one, which the header check meets)."""
+    def make(_: Corpus, tmp: Path) -> str:
+        root = imagefolder(tmp / "images", [(8, 8), (8, 8)])
+        png_bomb(root / "train" / "a" / f"{number}.png")
+        return str(root)
+    return make
+
+
+def damaged_replay(damage: Any, verb: str) -> Any:
+    """``train --student kd`` (or ``inspect``) of a copy of the corpus's replay job after
+    ``damage(records)`` on shard 1's records, written back at the same size."""
+    def build(c: Corpus, tmp: Path) -> list[Any]:
+        config, job = c.replay()
+        copy = tmp / "job"
+        shutil.copytree(job, copy)
+        path, records = replay_records(copy / "sets" / "rmix")
+        damage(records)
+        save_records(path, records)
+        if verb == "train":
+            return ["train", config, "--out", copy, "--student", "kd"]
+        return [verb, copy / "sets" / "rmix"]
+    return build
+
+
+def lam_out_of_range(records: Any) -> None:
+    records["lam"][first_row(records, 0)] = 7.5
+
+
+def box_out_of_range(records: Any) -> None:
+    records["box"][first_row(records, 1)] = [0, 12, 0, 12]  # digits are 8×8
+
+
+def offset_out_of_range(records: Any) -> None:
+    records["aug_i_dx"][first_row(records, 0)] = 9  # pad 1: offsets lie in [0, 2]

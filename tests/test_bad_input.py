@@ -18,17 +18,25 @@ import pytest
 from bad_input import (
     Corpus,
     RunsCode,
+    alias_bomb,
+    bombed_folder,
+    box_out_of_range,
     checkpoint_payload,
+    damaged_replay,
     flip_byte,
     imagefolder,
     job_with,
+    lam_out_of_range,
     last_line,
+    linked_folder,
     npz,
+    offset_out_of_range,
     save_torch,
     shard,
     transferset,
     tree,
     truncate,
+    with_overrides,
     write_config,
 )
 
@@ -42,6 +50,8 @@ class Case:
     needles: tuple[str, ...]  # each must appear in the last stderr line
     code: int = 2
     writes: str | None = None  # new files allowed under this part of the case's directory (its own output)
+    timeout: float = 600  # seconds; an input that once hung the command gets less
+    memory: int | None = None  # an address-space limit, for inputs that once ate the memory
 
 
 def gen(*overrides: str) -> Build:
@@ -54,16 +64,24 @@ def train(*overrides: str, student: str = "kd") -> Build:
                          *[a for o in overrides for a in ("--set", o)]]
 
 
-def config_file(content: bytes | str | None, directory: bool = False) -> Build:
-    """``run`` of a config file with this content (None: no file; ``directory``: a directory)."""
+def config_file(content: bytes | str | Callable[[], str] | None, directory: bool = False) -> Build:
+    """``run`` of a config file with this content (None: no file; ``directory``: a directory; a
+    function: the content, made when the case runs)."""
     def build(c: Corpus, tmp: Path) -> list[object]:
         path = tmp / "job.yaml"
+        text = content() if callable(content) else content
         if directory:
             path.mkdir()
-        elif content is not None:
-            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        elif text is not None:
+            path.write_bytes(text if isinstance(text, bytes) else text.encode())
         return ["run", path, "--out", c.job]
     return build
+
+
+def write_yaml(raw: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(raw, sort_keys=False, width=1 << 30)
 
 
 def own_config(**changes: object) -> Build:
@@ -295,7 +313,63 @@ DAMAGED = [
     Case("train-missing-index", damaged_job(unlink("index.json")), ("sets/real", "not generated yet")),
     Case("train-broken-index", damaged_job(overwrite("index.json", b"{")), ("index.json",)),
 ]
-CASES = [*CONFIG_FILES, *UNKNOWN_KEYS, *WRONG_VALUES, *COMMAND_LINE, *SOURCES, *CHECKPOINTS, *DAMAGED]
+# Issue 24: inputs at the boundaries, sets that would share a directory, replay records out of range.
+GiB = 1 << 30
+LONG = " ".join(["a"] * 500_000)  # a 1 MB value (that no name pattern accepts)
+BOUNDS = [
+    Case("config-alias-bomb", config_file(alias_bomb()), ("job.yaml", "alias bomb"), timeout=30, memory=4 * GiB),
+    Case("config-self-alias", config_file("name: x\nseed: &a [1, *a]\n"), ("job.yaml", "alias of itself")),
+    Case("config-oversize", config_file(lambda: "name: " + "x" * (50 << 20) + "\n"), ("job.yaml", "50.0 MiB"),
+         timeout=60, memory=4 * GiB),
+    Case("config-long-value", config_file(lambda: write_yaml(job_with(name=LONG))), ("name", "more characters")),
+    Case("set-long-value", gen(f"name={LONG[:90_000]}"), ("name", "more characters")),
+    Case("webdataset-unbalanced-braces", own_config(source={
+        "kind": "webdataset", "urls": "data/train-{000000..000009.tar", "test_urls": ["data/test.tar"]}),
+        ("source.urls", "unbalanced braces")),
+    Case("cache-root-a-file", own_config(teachers__checkpoints=lambda c, _: [str(c.teacher())], sets__mix__out="auto",
+                                         cache_root=lambda c, tmp: str(text_file("cache", b"x")(c, tmp))),
+         ("cache_root", "is a file, not a directory")),
+    Case("folder-dangling-symlink", own_config(source=lambda c, tmp: {
+        "kind": "imagefolder", "path": linked_folder("nothing.png")(c, tmp)}), ("2.png", "symlink")),
+    Case("folder-symlink-loop", own_config(source=lambda c, tmp: {
+        "kind": "imagefolder", "path": linked_folder("2.png")(c, tmp)}), ("2.png", "symlink")),
+    Case("folder-bomb-first", own_config(source=lambda c, tmp: {
+        "kind": "imagefolder", "path": bombed_folder(0)(c, tmp)}), ("0.png", "decompression-bomb")),
+    Case("folder-bomb-later", own_config(source=lambda c, tmp: {
+        "kind": "imagefolder", "path": bombed_folder(1)(c, tmp)}), ("1.png", "decompression-bomb")),
+]
+SHARED = ("is also the directory of set 'real'", "never share a directory")
+LOCATIONS = [
+    Case("out-shared-generate", with_overrides("generate", lambda _, tmp: f"sets.mix.out={tmp / 'x'}",
+                                               lambda _, tmp: f"sets.real.out={tmp / 'x'}"), ("sets.mix.out", *SHARED)),
+    Case("out-shared-plan", with_overrides("plan", lambda _, tmp: f"sets.mix.out={tmp / 'x'}",
+                                           lambda _, tmp: f"sets.real.out={tmp / 'x'}"), ("sets.mix.out", *SHARED)),
+    Case("out-shared-run", own_config(sets__mix__out=lambda _, tmp: str(tmp / "x"),
+                                      sets__real__out=lambda _, tmp: str(tmp / "x")), ("sets.mix.out", *SHARED)),
+    Case("out-is-a-default-run", own_config(sets__mix__out=lambda _, tmp: str(tmp / "out" / "sets" / "real")),
+         ("sets.mix.out", "default OUT/sets/real", *SHARED)),
+    Case("out-inside-a-default", with_overrides(
+        "generate", lambda c, _: f"sets.mix.out={c.job / 'sets' / 'real' / 'm'}"),
+         ("sets.mix.out", "lies inside", "of set 'real'")),
+    Case("out-holds-the-cache", with_overrides("plan", lambda _, tmp: f"sets.mix.out={tmp / 'c'}", "sets.real.out=auto",
+                                               lambda _, tmp: f"cache_root={tmp / 'c' / 'cache'}"),
+         ("sets.mix.out", "holds the cache root", "'real' (out: auto)")),
+]
+REPLAY = [
+    Case("train-replay-lam", damaged_replay(lam_out_of_range, "train"),
+         ("shard-000001.npy", "sample 000001-", "lam 7.5 outside [0, 1]"), writes="job/students"),
+    Case("train-replay-box", damaged_replay(box_out_of_range, "train"),
+         ("shard-000001.npy", "sample 000001-", "box [0, 12, 0, 12] outside the 8×8 image"), writes="job/students"),
+    Case("train-replay-offset", damaged_replay(offset_out_of_range, "train"),
+         ("shard-000001.npy", "sample 000001-", "view offset (9, ", "outside [0, 2]"), writes="job/students"),
+    Case("inspect-replay-lam", damaged_replay(lam_out_of_range, "inspect"),
+         ("shard-000001.npy", "sample 000001-", "lam 7.5 outside [0, 1]")),
+    Case("inspect-replay-box", damaged_replay(box_out_of_range, "inspect"),
+         ("shard-000001.npy", "sample 000001-", "box [0, 12, 0, 12] outside the 8×8 image")),
+]
+CASES = [*CONFIG_FILES, *UNKNOWN_KEYS, *WRONG_VALUES, *COMMAND_LINE, *SOURCES, *CHECKPOINTS, *DAMAGED, *BOUNDS,
+         *LOCATIONS, *REPLAY]
+MAX_LINE = 500  # characters of the error line ("a few hundred")
 
 
 def shutil_copy(source: Path, target: Path) -> Path:
@@ -312,7 +386,7 @@ def test_the_corpus_is_large_and_every_case_is_named_once() -> None:
 def test_bad_input_gets_one_line_and_changes_nothing(corpus: Corpus, case: Case, tmp_path: Path) -> None:
     args = case.build(corpus, tmp_path)
     before = tree(tmp_path)
-    result = transferset(*args, cwd=tmp_path)
+    result = transferset(*args, cwd=tmp_path, timeout=case.timeout, memory=case.memory)
     job_changed, after = corpus.changed(), tree(tmp_path)  # first: a changed job is restored for the next case
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output[-3000:]
@@ -321,6 +395,7 @@ def test_bad_input_gets_one_line_and_changes_nothing(corpus: Corpus, case: Case,
     assert last.startswith("error: "), result.stderr[-3000:]
     for needle in case.needles:
         assert needle in last, f"{needle!r} not in {last!r}"
+    assert len(last) <= MAX_LINE, f"{len(last)} characters: {last[:MAX_LINE]}…"
     assert {k: after.get(k) for k in before} == before, "the case's own inputs were changed or deleted"
     assert all(case.writes and k.startswith(case.writes) for k in set(after) - set(before)), \
         f"the case wrote {sorted(set(after) - set(before))[:5]}"

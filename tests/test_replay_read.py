@@ -197,10 +197,24 @@ def unknown_sampler(records: np.ndarray) -> int:
     return 7
 
 
+def lam_past_one(records: np.ndarray) -> int:
+    row = first_mix(records)
+    records["lam"][row] = 7.5
+    return row
+
+
+def offset_past_the_padding(records: np.ndarray) -> int:
+    row = int(np.flatnonzero(records["sampler"] == 0)[0])  # a views record
+    records["aug_dx"][row], records["aug_dy"][row] = 9, 9
+    return row
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (duplicate_class, "top-k record has invalid class indices for 10 classes"),
-    (image_past_the_source, "image 5000 is beyond the source's 1437 images"),
+    (image_past_the_source, "real image 5000 outside the source's 1437 images"),
     (unknown_sampler, "sampler 9 is not one of the set's 2 kinds"),
+    (lam_past_one, "lam 7.5 outside [0, 1]"),  # issue 24: numpy clipped it, the student trained on it
+    (offset_past_the_padding, "view offset (9, 9) outside [0, 2]"),
 ])
 def test_a_damaged_record_is_named_by_its_own_key(tmp_path, change, message) -> None:
     source = load_source(SourceConfig(kind="digits"), "train")
@@ -217,3 +231,21 @@ def test_a_damaged_record_is_named_by_its_own_key(tmp_path, change, message) -> 
     with pytest.raises(ShardDamage) as err:  # the cache's path too, and the per-record path names the same sample
         DecodedCache(1 << 30).get_many(shards, 10, replay)
     assert err.value.reason.startswith(f"sample 000001-{row:06d}: ")
+
+
+def test_a_view_box_outside_its_image_is_named_as_the_image_is_rebuilt(tmp_path) -> None:
+    """Issue 24: a random-resized-crop box past its image was rebuilt padded with black. Only the
+    decoded image knows its size: the column checks pass, the rebuild names the sample."""
+    set_cfg, source_cfg, classes = SETS["contract_sampled"]
+    source = load_source(SourceConfig.model_validate(source_cfg), "train")
+    shards, replay = write_replay_shards(tmp_path, set_cfg, source, classes, shards=2)
+    records = np.load(shards[1][0])
+    row = int(np.flatnonzero((records["sampler"] == 0) & (records["aug_box"][:, 2] > 0))[0])  # a boxed view
+    records["aug_box"][row] = [4, 4, 8, 8]  # an 8×8 box at (4, 4) of an 8×8 digit
+    np.save(shards[1][0], records)
+    message = f"view box [4, 4, 8, 8] outside image {int(records['image'][row])} (8×8)"
+    with pytest.raises(ShardDamage) as err:
+        decode_shards(shards, classes, replay)
+    assert err.value.url == shards[1][0] and err.value.reason == f"sample 000001-{row:06d}: RecordError: {message}"
+    with pytest.raises(ShardDamage, match=r"sample 000001-\d+: FormatError: view box \[4, 4, 8, 8\] outside"):
+        decode_per_record(*shards[1], classes, replay)

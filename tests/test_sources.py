@@ -3,6 +3,8 @@ class subset / fraction / imbalance options."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import struct
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from conftest import CIFAR10_MINI
 from core.config import SamplerConfig, SetConfig, SourceConfig
 from core.errors import UserError
 from core.fingerprint import set_fingerprint
+from core.replay_record import source_fingerprint
 from core.sources import load_source
 
 CIFAR_MINI = CIFAR10_MINI
@@ -109,6 +112,23 @@ def test_subsets_change_the_fingerprint() -> None:
         digits(), digits(fraction=0.5), digits(fraction=0.5, subset_seed=1), digits(classes=["1", "2"]),
         digits(imbalance={"classes": 2, "keep": 0.1}))}
     assert len(prints) == 5
+
+
+def test_pad_and_flip_other_than_the_readers_default_change_the_fingerprint_and_nothing_else() -> None:
+    """Issue 24: ``pad: 3`` reused a ``pad: 1`` set's cache entry. A value other than the
+    reader's default joins the identity; omitted or spelled-out defaults keep the identity (so
+    every existing set's fingerprint), and a replay set's recorded source fingerprint holds."""
+    set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=10)
+    default, spelled = digits(), digits(pad=1, flip=False)  # digits: pad 1, no flips
+    assert default.identity == spelled.identity == {"kind": "digits", "split": "train", "test_fraction": 0.2,
+                                                    "split_seed": 0}
+    prints = [set_fingerprint(set_cfg, source, ["t"], 0) for source in (
+        default, spelled, digits(pad=3), digits(flip=True), digits(pad=3, flip=True))]
+    assert prints[0] == prints[1] and len(set(prints)) == 4
+    padded = digits(pad=3)
+    assert padded.identity == {**default.identity, "pad": 3} and padded.pad == 3
+    old_rule = json.dumps({**default.identity, "pad": 3, "flip": False}, sort_keys=True)  # before issue 24
+    assert source_fingerprint(padded) == hashlib.sha256(old_rule.encode()).hexdigest()
 
 
 @pytest.mark.skipif(not CIFAR_MINI.is_dir(), reason="cifar10-mini not present")
