@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from core.config_yaml import check_config_size, load_yaml, unshared
+from core.config_yaml import apply_override, check_config_size, load_yaml, unshared  # noqa: F401  (apply_override re-exported)
 from core.errors import SHOWN_CHARS, UserError, clip
 from core.generator_config import GeneratorConfig, GeneratorStageConfig
 from core.image_config import ImageConfig, StoreConfig  # noqa: F401  (re-exported)
@@ -338,25 +338,6 @@ class Config(Strict):
 # ---------------------------------------------------------------- loading
 
 MAX_PROBLEMS = 3  # validation problems named in the one error line
-
-
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one ``dotted.key=value`` override; the value is parsed as YAML (``3``, ``true``)."""
-    path, sep, text = assignment.partition("=")
-    if not sep or not path:
-        raise UserError(f"--set {clip(repr(assignment))}: expected key=value, e.g. --set teachers.members=2")
-    keys = path.split(".")
-    node: Any = raw
-    for depth, key in enumerate(keys[:-1]):
-        if not isinstance(node, dict):
-            raise UserError(f"--set {clip(path)}: {clip('.'.join(keys[:depth]))} is not a section")
-        node = node.setdefault(key, {})
-    if not isinstance(node, dict):
-        raise UserError(f"--set {clip(path)}: {clip('.'.join(keys[:-1]))} is not a section")
-    try:
-        node[keys[-1]] = unshared(load_yaml(text, f"--set {clip(path)}"), f"--set {clip(path)}")
-    except yaml.YAMLError as err:
-        raise UserError(f"--set {clip(path)}: value {clip(repr(text))} is not valid YAML ({err.problem})") from err
 
 
 def describe_validation_error(err: ValidationError) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from core.errors import UserError
+from core.errors import UserError, clip
 
 MAX_CONFIG_BYTES = 2 << 20  # 2 MiB
 MAX_VALUES = 1_000_000  # scalars, lists and mappings after every alias is expanded
@@ -105,3 +105,22 @@ def check_config_size(size: int, where: str) -> None:
         raise UserError(f"{where}: {size / (1 << 20):.1f} MiB, more than a config may hold "
                         f"({MAX_CONFIG_BYTES >> 20} MiB); is this the config file? Keep large data "
                         f"(images, class lists) in the files the config names")
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override; the value is parsed as YAML (``3``, ``true``)."""
+    path, sep, text = assignment.partition("=")
+    if not sep or not path:
+        raise UserError(f"--set {clip(repr(assignment))}: expected key=value, e.g. --set teachers.members=2")
+    keys = path.split(".")
+    node: Any = raw
+    for depth, key in enumerate(keys[:-1]):
+        if not isinstance(node, dict):
+            raise UserError(f"--set {clip(path)}: {clip('.'.join(keys[:depth]))} is not a section")
+        node = node.setdefault(key, {})
+    if not isinstance(node, dict):
+        raise UserError(f"--set {clip(path)}: {clip('.'.join(keys[:-1]))} is not a section")
+    try:
+        node[keys[-1]] = unshared(load_yaml(text, f"--set {clip(path)}"), f"--set {clip(path)}")
+    except yaml.YAMLError as err:
+        raise UserError(f"--set {clip(path)}: value {clip(repr(text))} is not valid YAML ({err.problem})") from err

@@ -153,6 +153,11 @@ def shard(set_dir: Path, number: int = 1) -> Path:
     return set_dir / "shards" / f"shard-{number:06d}.tar"
 
 
+def last_shard(set_dir: Path) -> Path:
+    """The set's last shard: the short one (``shard-NNNNNN-CCCCCC.tar``) when its samples do not fill it."""
+    return sorted((set_dir / "shards").glob("shard-*.tar"))[-1]
+
+
 def truncate(path: Path) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
