@@ -48,6 +48,8 @@ STEP = 110  # above the largest GROWTH: each round asks for more than the last o
 
 def sizes_of(round_no: int) -> tuple[int, ...]:
     return tuple(192 + STEP * round_no + extra for extra in GROWTH)
+
+
 HERE = Path(__file__).resolve().parent
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
