@@ -108,9 +108,9 @@ def _lease_url(set_dir: str, epoch: int) -> str:
 
 
 def _read(set_dir: str, epoch: int) -> LeaseRecord | None:
-    """The record of a lease file; None if it is gone or stays unreadable. A read can meet the
-    holder's heartbeat rewriting it (s3fs then fails the GET its HEAD's ETag no longer matches):
-    read again before calling it unreadable."""
+    """The record of a lease file; None if it is gone or stays unreadable. A read meeting the
+    holder's heartbeat rewrite gets one version whole (``storage.read_bytes``); a transient store
+    error is read again before the file is called unreadable."""
     for attempt in range(4):
         try:
             return LeaseRecord.decode(storage.read_bytes(_lease_url(set_dir, epoch)))

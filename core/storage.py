@@ -149,8 +149,16 @@ def open_read(url: str | Path) -> IO[bytes]:
 
 
 def read_bytes(url: str | Path) -> bytes:
-    with open_read(url) as handle:
-        return handle.read()
+    """The whole file. Remote, one GET: a file another job replaces meanwhile (a set's index or
+    manifest at its commit) is read whole as one version or the other. s3fs's file object reads
+    with a HEAD, then GETs pinned to its ETag, and fails (``FileExpired``) when the file was
+    replaced in between; and ``cat_file`` of a large object splits into ranged GETs unless told
+    not to (``max_concurrency``, s3fs's option), which could join two versions."""
+    if is_local(url):
+        return local_path(url).read_bytes()
+    fs, path = _fresh(str(url))
+    whole = {"max_concurrency": 1} if hasattr(fs, "max_concurrency") else {}
+    return bytes(fs.cat_file(path, **whole))
 
 
 def remove(url: str | Path) -> None:

@@ -22,13 +22,11 @@ Marked ``concurrency``; ``TRANSFERSET_CONCURRENCY_ROUNDS`` rounds per store (def
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,33 +49,6 @@ def sizes_of(round_no: int) -> tuple[int, ...]:
 
 
 HERE = Path(__file__).resolve().parent
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """An S3-compatible server on 127.0.0.1 (moto's, in a thread of this process) with a bucket;
-    yields the environment that points boto/s3fs at it (this process's too, while it runs)."""
-    moto_server = pytest.importorskip("moto.server")
-    import boto3
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {**S3_KEYS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        boto3.client("s3").create_bucket(Bucket="cache")
-        yield env
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
 
 
 def _reader(cache_root: str, out: Path, stop: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -135,7 +106,11 @@ def one_round(rng: random.Random, round_no: int, cache_root: str, teachers: list
         text = log.read_text()
         assert code == 0 or (code == 2 and "a set only grows" in last_line(text)), f"{n} ({sizes[n]}): {text[-3000:]}"
     stop.touch()
-    stats = [json.loads(r.communicate(timeout=120)[0]) for r in readers]
+    stats = []
+    for reader in readers:
+        out, err = reader.communicate(timeout=120)
+        assert reader.returncode == 0 and out, f"reader exit {reader.returncode}: {err[-3000:]}"
+        stats.append(json.loads(out))
     for found in stats:
         assert found["mismatches"] == [], found["mismatches"]
         assert found["planned"] == sorted(found["planned"]), "a reader saw the set shrink"

@@ -8,7 +8,7 @@
   silent holder is taken over, a live writer's temp file is never deleted, ``gc`` refuses while
   the lease is held.
 
-Each of these failed before the fix (checked against f4bfe00). The concurrency suite
+Each of these failed before the fix (checked against f4bfe00 and f24531e). The concurrency suite
 (``tests/test_concurrency.py``) runs the same on random schedules, locally and on S3."""
 
 from __future__ import annotations
