@@ -72,9 +72,9 @@ def build_teachers(out: Path, members: int, depth: int, width: int, channels: in
 
 
 def set_config(samples: int, per_shard: int):
-    from core.config import SamplerConfig, SetConfig
+    from core.config import SetConfig, sampler_config
 
-    return SetConfig(sampler=SamplerConfig(kind="mix"), samples=samples, samples_per_shard=per_shard)
+    return SetConfig(sampler=sampler_config(kind="mix"), samples=samples, samples_per_shard=per_shard)
 
 
 def stage_config(batch_size: int):

@@ -112,9 +112,9 @@ def large_source(folder: Path, size: int) -> Any:
 
 
 def mix_set(samples: int, per_shard: int) -> Any:
-    from core.config import SamplerConfig, SetConfig
+    from core.config import SetConfig, sampler_config
 
-    return SetConfig(sampler=SamplerConfig(kind="mix", augment=True), samples=samples, samples_per_shard=per_shard)
+    return SetConfig(sampler=sampler_config(kind="mix", augment=True), samples=samples, samples_per_shard=per_shard)
 
 
 def bare_rate(args: argparse.Namespace, bench: ModuleType, teachers: list[str], source: Any,

@@ -22,10 +22,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from transfer_fixtures import write_set  # noqa: E402
 
 from core.config import ModelConfig, SourceConfig, TrainConfig, parse_config  # noqa: E402
+from core.image_contract import pad_crop  # noqa: E402
 from core.models import load_model  # noqa: E402
+from core.samplers.base import draw_aug  # noqa: E402
 from core.sources import Source, load_in_memory, load_source  # noqa: E402
 from pipeline.driver import generate_set, shutdown_ray  # noqa: E402
-from stages.samplers import apply_aug, draw_aug  # noqa: E402
 from student.online import ensemble_log_probs  # noqa: E402
 from student.train import train_model  # noqa: E402
 
@@ -91,7 +92,7 @@ def ensemble_logp(teachers, images_nchw: torch.Tensor) -> torch.Tensor:
 def make_views_set(set_dir: Path, train, teachers, views: int) -> None:
     """Every training image × ``views`` (view 0 = the image), labelled by the ensemble, 1024 per shard."""
     rng = np.random.default_rng(0)
-    images = np.stack([image if v == 0 else apply_aug(image, draw_aug(rng, train.pad, train.flip), train.pad)
+    images = np.stack([image if v == 0 else pad_crop(image, draw_aug(rng, train.pad, train.flip), train.pad)
                       for image in train.images() for v in range(views)])
     logp = np.concatenate([ensemble_logp(teachers, torch.from_numpy(chunk).permute(0, 3, 1, 2)).numpy()
                            for chunk in np.array_split(images, max(1, len(images) // 1024))])

@@ -15,8 +15,11 @@ from pydantic import Field, ValidationError, model_validator
 
 from core.config_yaml import apply_override, check_config_size, load_yaml, unshared  # noqa: F401  (apply_override re-exported)
 from core.errors import SHOWN_CHARS, UserError, clip
-from core.generator_config import GeneratorConfig, GeneratorStageConfig
+from core.generator_config import GeneratorStageConfig
 from core.image_config import ImageConfig, StoreConfig  # noqa: F401  (re-exported)
+
+# A set's sampler options: one class per sampler kind (core/samplers/), picked by ``kind``.
+from core.samplers import SAMPLERS, SamplerConfig, SamplerOptions, sampler_config  # noqa: F401  (re-exported)
 from core.target_config import TargetConfig
 from core.teacher_config import InputContractConfig, TeacherModelConfig, TeachersConfig  # noqa: F401  (re-exported)
 from core.train_config import (  # noqa: F401  (re-exported: the job config is one namespace)
@@ -104,78 +107,6 @@ class SourceConfig(WebDatasetKeys):
         return self
 
 
-SamplerKind = Literal["views", "mix", "mixup", "cutmix", "noise", "gaussian_image", "autoaugment", "cutout", "gan"]
-
-# The options each sampler reads; the others must stay unset (and stay out of the fingerprint).
-SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
-    "views": ("views",),
-    "mix": ("augment",),
-    "mixup": ("augment", "alpha"),
-    "cutmix": ("augment", "alpha"),
-    "noise": ("augment", "sigma"),
-    "gaussian_image": ("mean", "std"),
-    "autoaugment": ("augment", "policy", "num_ops", "magnitude", "magnitude_bins"),
-    "cutout": ("augment", "size"),
-    "gan": ("generator", "classes", "class_map", "mix_classes"),
-}
-
-
-class SamplerConfig(Strict):
-    """One sampler of a set (see docs/FORMAT.md for the parameters each one stores).
-
-    ``share`` is its proportion when a set has several samplers. ``augment`` applies the
-    source's standard augmentation (random crop, flip) to real images before the sampler's own
-    transform. ``mean``/``std`` of ``gaussian_image`` default to the first teacher's input
-    normalisation, so its pixels are N(0, 1) in that teacher's normalised space.
-    """
-
-    kind: SamplerKind
-    share: float = Field(1.0, gt=0)
-    views: int = Field(8, ge=1, description="views: images per real sample (view 0 = the image)")
-    augment: bool = Field(True, description="standard augmentation of real images first")
-    alpha: float = Field(1.0, gt=0, description="mixup/cutmix: lambda ~ Beta(alpha, alpha)")
-    sigma: float = Field(0.1, gt=0, description="noise: std of pixel noise, in [0, 1] pixel units")
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    policy: Literal["cifar10", "imagenet", "svhn", "randaugment"] = "cifar10"
-    num_ops: int = Field(2, ge=1, description="randaugment: ops per image")
-    magnitude: int = Field(9, ge=0, description="randaugment: magnitude bin")
-    magnitude_bins: int = Field(31, ge=2, description="randaugment: number of magnitude bins")
-    size: float = Field(0.5, gt=0, le=1, description="cutout: side of the square, as a fraction of the image side")
-    generator: GeneratorConfig | None = Field(None, description="gan: the class-conditional generator")
-    classes: list[int] | None = Field(
-        None, description="gan: generator classes to draw i, j from (default: class_map's keys, else all)")
-    class_map: dict[int, int | str] | None = Field(
-        None, description="gan: generator class → teacher class (index or name), where the label spaces differ")
-    mix_classes: bool = Field(True, description="gan: λ·e_i + (1−λ)·e_j, λ ~ U[0, 1]; false: one-hot e_i")
-
-    @model_validator(mode="after")
-    def _options_of_kind(self) -> SamplerConfig:
-        own = {"kind", "share", *SAMPLER_OPTIONS[self.kind]}
-        stray = sorted(name for name in self.model_fields_set - own
-                       if getattr(self, name) != type(self).model_fields[name].default)
-        if stray:
-            takes = list(SAMPLER_OPTIONS[self.kind])
-            raise ValueError(f"sampler {self.kind!r} does not take {stray}; it takes {takes}")
-        if self.kind == "autoaugment" and self.policy == "randaugment" and self.magnitude >= self.magnitude_bins:
-            raise ValueError(f"magnitude {self.magnitude} must be below magnitude_bins {self.magnitude_bins}")
-        if (self.mean is None) != (self.std is None) or (self.std is not None and min(self.std) <= 0):
-            raise ValueError("gaussian_image: give both mean and std (std > 0), or neither")
-        if self.kind == "gan" and self.generator is None:
-            raise ValueError("sampler 'gan' needs generator: {kind: biggan | pca | factory, ...}")
-        if self.classes is not None and (not self.classes or len(set(self.classes)) != len(self.classes)):
-            raise ValueError("gan: classes must list generator classes, each once")
-        return self
-
-    def identity(self) -> dict[str, Any]:
-        """What the sampler's samples depend on: its kind, share and its own options."""
-        identity = {k: v for k, v in self.model_dump(mode="json").items()
-                    if k in ("kind", "share", *SAMPLER_OPTIONS[self.kind])}
-        if self.generator is not None:
-            identity["generator"] = self.generator.identity()
-        return identity
-
-
 class SelectConfig(Strict):
     """Uncertainty-targeted generation: draw samples/keep candidates per shard, label them all,
     keep the most uncertain ones."""
@@ -206,18 +137,19 @@ class SetConfig(Strict):
             raise ValueError(f"a set with samplers {kinds} needs samples")
         if self.select is not None and enumerates:
             raise ValueError("select needs random samplers; a views-only set enumerates the source")
-        generators = {s.generator.model_dump_json() for s in self.sampler_list() if s.generator is not None}
+        generators = {g.model_dump_json() for s in self.sampler_list() if (g := s.generator_of()) is not None}
         if len(generators) > 1:
             raise ValueError("the gan samplers of one set must share one generator; make a set per generator")
-        if self.store.replay and "gan" in kinds:
-            raise ValueError("gan samples are made by a generator, so they are stored as pixels only; drop "
-                             "store: replay or give the gan sampler a set of its own")
+        generated = [kind for kind in kinds if SAMPLERS[kind].generated]
+        if self.store.replay and generated:
+            raise ValueError(f"{generated[0]} samples are made by a generator, so they are stored as pixels only; "
+                             f"drop store: replay or give the {generated[0]} sampler a set of its own")
         return self
 
-    def sampler_list(self) -> list[SamplerConfig]:
+    def sampler_list(self) -> list[SamplerOptions]:
         return [self.sampler] if self.sampler is not None else list(self.samplers or [])
 
-    def with_samplers(self, samplers: list[SamplerConfig]) -> SetConfig:
+    def with_samplers(self, samplers: list[SamplerOptions]) -> SetConfig:
         """The set with ``samplers`` in place of its own, in the same shape (one ``sampler`` or a list)."""
         if self.sampler is not None:
             return self.model_copy(update={"sampler": samplers[0]})
@@ -340,10 +272,22 @@ class Config(Strict):
 MAX_PROBLEMS = 3  # validation problems named in the one error line
 
 
+def _field_path(item: Any) -> str:
+    """The dotted path of a validation error's field. A sampler's options are a tagged union, whose
+    errors pydantic locates under the tag (``sampler.mix.alpha``): the tag is left out, and a tag
+    that names no sampler is located at ``kind``."""
+    loc = list(item["loc"])
+    kept = [part for i, part in enumerate(loc)
+            if not (part in SAMPLERS and i and (loc[i - 1] == "sampler" or (i > 1 and loc[i - 2] == "samplers")))]
+    if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        kept.append("kind")
+    return ".".join(str(part) for part in kept) or "(top level)"
+
+
 def describe_validation_error(err: ValidationError) -> str:
     parts = []
     for item in err.errors():
-        where = clip(".".join(str(p) for p in item["loc"]) or "(top level)")
+        where = clip(_field_path(item))
         message = clip(item["msg"].removeprefix("Value error, "), 2 * SHOWN_CHARS)
         given = item.get("input")
         shown = "" if isinstance(given, dict | list) or given is None else f" (got {clip(repr(given))})"

@@ -33,11 +33,10 @@ from core.errors import FormatError
 from core.format import Sample, decode_npy, encode_npy, sample_key
 from core.replay_checks import first_problem
 from core.replay_params import ParamLayout, dtype_of, index_dtype, layout_of
-from core.sample_sources import record_sources
 from core.sampled_target import dense_weights_rows, reconstruct_sampled_rows, sampled_dtype
+from core.samplers import SAMPLERS, record_sources
 from core.target_codec import reconstruct_logp_rows, topk_dtype
 
-LABELLED = frozenset({"views", "noise", "autoaugment", "cutout"})  # kinds that keep the real label
 TARGET_MEMBERS = {"logp": "logp.npy", "topk": "topk.npy", "sampled": "sampled.npy"}
 LABEL_MEMBER = "cls"
 CONSTANT = "classes"  # the field of a top-k or sampled record that every row shares
@@ -65,7 +64,7 @@ class RecordLayout:
 
     @property
     def labels(self) -> bool:
-        return bool(LABELLED & set(self.params.kinds))
+        return any(SAMPLERS[kind].keeps_label for kind in self.params.kinds)  # a real label to keep
 
     @property
     def member_dtype(self) -> np.dtype:

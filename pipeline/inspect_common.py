@@ -16,7 +16,7 @@ from core.errors import FormatError, UserError, clip
 from core.format import iter_tar, read_records, sample_key
 from core.replay_checks import record_problems
 from core.replay_record import decode_record
-from core.sample_apply import apply_params
+from core.samplers import apply_params
 from core.set_index import SetIndex
 from core.tasks import CLASSIFY, Record, decode_fields
 from pipeline.verify_replay import replay_context

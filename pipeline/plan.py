@@ -163,18 +163,9 @@ def check_teachers(paths: Sequence[str | Path], task: Task, outputs: int, channe
 
 
 def resolve_samplers(set_cfg: SetConfig, teacher_input: dict[str, Any], channels: int) -> SetConfig:
-    """Fill what a sampler takes from the teachers: ``gaussian_image`` draws N(0, 1) in the first
-    teacher's normalised space unless its mean/std are given."""
-    resolved = []
-    for sampler in set_cfg.sampler_list():
-        if sampler.kind == "gaussian_image" and sampler.mean is None:
-            sampler = sampler.model_copy(update={"mean": [float(v) for v in teacher_input["mean"]],
-                                                 "std": [float(v) for v in teacher_input["std"]]})
-        if sampler.kind == "gaussian_image" and len(sampler.mean or []) not in (1, channels):
-            raise UserError(f"gaussian_image: mean/std have {len(sampler.mean or [])} values, the images have "
-                            f"{channels} channels")
-        resolved.append(sampler)
-    return set_cfg.with_samplers(resolved)
+    """Fill what a sampler takes from the teachers (``gaussian_image`` draws N(0, 1) in the first
+    teacher's normalised space unless its mean/std are given)."""
+    return set_cfg.with_samplers([s.resolved(teacher_input, channels) for s in set_cfg.sampler_list()])
 
 
 def plan_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str | Path], *,

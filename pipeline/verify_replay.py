@@ -16,7 +16,7 @@ import numpy as np
 from core import format as fmt
 from core.replay_checks import record_problems
 from core.replay_record import RecordLayout, decode_record, record_layout, source_fingerprint
-from core.sample_apply import apply_params
+from core.samplers import apply_params
 from core.set_index import SetIndex
 from core.sources import Source, load_source
 from core.tasks import CLASSIFY, Record

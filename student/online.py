@@ -40,7 +40,7 @@ def ensemble_log_probs(teachers: list[Teacher], images_uint8: torch.Tensor) -> t
 def mix_rows(images: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """XCL-Mix on the first ``count`` rows of a uint8 NCHW batch: ``λ·x_i + (1 − λ)·x_j`` with a
     shuffled partner from the same batch and λ ~ U[0, 1] per row, rounded to uint8 as a stored
-    mix is (``stages.samplers.mixing.mix_pixels``)."""
+    mix is (``core.samplers.mixing.mix_pixels``)."""
     if count <= 0:
         return images
     partners = images[torch.randperm(len(images), generator=generator)[:count]]

@@ -9,7 +9,7 @@ Why several shards together: a file-backed source (an image contract, or a sourc
 hold in memory) decodes a file on every ``raw(i)``. The views and mixes of a window of shards
 that read one image are made from one decode of it, held from its first use to its last (a
 views set holds one image at a time; a mix holds its first image until its partner's turn).
-Every image is still made by :func:`core.sample_apply.apply_params`, generation's own function.
+Every image is still made by :func:`core.samplers.apply_params`, generation's own function.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from core.errors import RecordError
 from core.format import read_records, sample_key
 from core.replay_checks import sample_box_problem
 from core.replay_record import RecordColumns, RecordLayout, decode_columns
-from core.sample_apply import Params, apply_params
+from core.samplers import Params, apply_params
 from core.set_index import parse_shard_name
 from core.sources import Source
 from student.shard_arrays import ReplaySource, ShardArrays, ShardDamage, one_line

@@ -17,7 +17,7 @@ classes), which is what its KD loss uses.
 
 A replay set's shard is one ``.npy`` of records without pixels (:mod:`core.replay_record`): its
 images are rebuilt here, in the reader (a DataLoader worker), from the source the set was made
-from, with the functions generation made them with (:mod:`core.sample_apply`). Its columns are
+from, with the functions generation made them with (:mod:`core.samplers`). Its columns are
 decoded at once and several shards are rebuilt together, each source image decoded once
 (:mod:`student.replay_read`); the per-record path (a tar's, through the task's decoder) stays
 as the reference that decode is tested against. The source is checked when the set is opened.
@@ -38,8 +38,7 @@ from core.errors import FormatError, UserError
 from core.format import iter_tar, read_records, sample_key
 from core.replay_checks import record_problems
 from core.replay_record import decode_record, record_layout, source_fingerprint
-from core.sample_apply import apply_params
-from core.sample_sources import NO_IMAGE, source_indices
+from core.samplers import NO_IMAGE, apply_params, source_indices
 from core.set_index import SetIndex, parse_shard_name, read_index, shard_urls
 from core.sources import IN_MEMORY_BYTES, Source, load_in_memory
 from core.tasks import CLASSIFY, Task, decode_fields, task_named

@@ -16,8 +16,9 @@ from conftest import plan_in, snapshot
 
 from core import format as fmt
 from core import set_index as sx
-from core.config import SamplerConfig, SetConfig, SourceConfig, parse_config
+from core.config import SetConfig, SourceConfig, parse_config, sampler_config
 from core.errors import UserError
+from core.samplers import apply_params
 from core.sources import load_source
 from core.tasks import decode_fields
 from pipeline.chain import generate_sets
@@ -25,7 +26,6 @@ from pipeline.inspect import inspect_set
 from pipeline.plan import SetProgress, finish, plan_set, resume, start
 from pipeline.runs import locate_set
 from pipeline.verify import verify_set
-from stages.samplers import apply_params
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 
@@ -146,7 +146,7 @@ def test_file_url_output_through_ray(ray_session, teachers, tmp_path) -> None:
 def test_memory_url_set_commits_verifies_and_inspects(teachers) -> None:
     """An object-store set (fsspec memory://), made by the same plan / writer / finish code."""
     url = "memory://transferset-test/sets/mem"
-    set_cfg = SetConfig(sampler=SamplerConfig(kind="cutmix"), samples=40, samples_per_shard=16,
+    set_cfg = SetConfig(sampler=sampler_config(kind="cutmix"), samples=40, samples_per_shard=16,
                         targets={"kind": "topk", "k": 4})
     plan = plan_in(url, set_cfg, teachers, name="mem")
     start(plan)

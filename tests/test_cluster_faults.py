@@ -24,12 +24,12 @@ from conftest import generate_set_in, kill_session, snapshot
 
 from core import format as fmt
 from core import set_index as sx
-from core.config import SamplerConfig, SetConfig
+from core.config import SetConfig, sampler_config
 from pipeline.verify import verify_set
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS, PER_SHARD = 64, 256
-SET = SetConfig(sampler=SamplerConfig(kind="mix"), samples=SHARDS * PER_SHARD, samples_per_shard=PER_SHARD)
+SET = SetConfig(sampler=sampler_config(kind="mix"), samples=SHARDS * PER_SHARD, samples_per_shard=PER_SHARD)
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
 
 

@@ -12,7 +12,7 @@ from transfer_fixtures import log_softmax
 from core import format as fmt
 from core import set_index as sx
 from core import storage
-from core.config import SamplerConfig, SelectConfig, SetConfig, SourceConfig
+from core.config import SelectConfig, SetConfig, SourceConfig, sampler_config
 from core.errors import FormatError
 from core.tasks import CLASSIFY, decode_fields
 from core.tasks.classification import LOGP_FIELD, TOPK_FIELD
@@ -68,7 +68,7 @@ def test_topk_member_decodes_with_plain_numpy_no_pickle() -> None:
 
 
 def test_writer_records_the_kl_it_costs(teachers, tmp_path) -> None:
-    set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=64, samples_per_shard=64,
+    set_cfg = SetConfig(sampler=sampler_config(kind="mix"), samples=64, samples_per_shard=64,
                         targets={"kind": "topk", "k": 3})
     spec = plan_in(tmp_path, set_cfg, teachers).spec
     images, drawn, labels = make_shard(spec, 0)
@@ -82,7 +82,7 @@ def test_writer_records_the_kl_it_costs(teachers, tmp_path) -> None:
 
 def test_select_keeps_the_most_uncertain_candidates(teachers, tmp_path) -> None:
     select = SelectConfig(by="entropy", keep=0.25)
-    set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=40, samples_per_shard=40, select=select)
+    set_cfg = SetConfig(sampler=sampler_config(kind="mix"), samples=40, samples_per_shard=40, select=select)
     spec = plan_in(tmp_path, set_cfg, teachers).spec
     images, drawn, labels = make_shard(spec, 0)
     assert len(drawn) == 160  # 40 / 0.25 candidates

@@ -16,11 +16,11 @@ from gan_fixtures import tiny_config
 from core import format as fmt
 from core import set_index as sx
 from core.config import GeneratorStageConfig, SetConfig, SourceConfig
+from core.samplers import apply_params
 from core.sources import load_source
 from core.tasks import decode_fields
 from pipeline.verify import verify_set
 from stages.generators import fresh_biggan, save_biggan
-from stages.samplers import apply_params
 from stages.samplers.generating import generate_images
 from stages.teachers import Ensemble
 

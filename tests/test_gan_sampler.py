@@ -16,10 +16,11 @@ from gan_fixtures import tiny_config
 from core.config import SetConfig, SourceConfig
 from core.errors import UserError
 from core.fingerprint import set_fingerprint
+from core.samplers import SAMPLERS, apply_params, sample_rng
 from core.sources import load_source
 from stages.generators import BIGGAN_WEIGHTS_NAME, fresh_biggan, save_biggan
-from stages.samplers import apply_params, sample_label, sample_rng
-from stages.samplers.generating import GeneratorRunner, draw_gan, generate_images, resolve_gan_samplers
+from stages.samplers import sample_label
+from stages.samplers.generating import GeneratorRunner, generate_images, resolve_gan_samplers
 from stages.writer import make_shard
 
 DIGITS = SourceConfig(kind="digits")
@@ -55,7 +56,7 @@ def one_line(excinfo: pytest.ExceptionInfo) -> str:
 
 def test_draw_gives_pairs_from_the_class_list_and_uniform_lambda(digits) -> None:
     sampler = resolved(digits, {"kind": "pca", "rank": 4}, classes=[1, 3, 7]).sampler
-    params = [draw_gan(sampler, digits, sample_rng(0, 0, i)) for i in range(3000)]
+    params = [SAMPLERS["gan"].draw(sampler, digits, sample_rng(0, 0, i)) for i in range(3000)]
     assert {p["i"] for p in params} == {p["j"] for p in params} == {1, 3, 7}
     counts = np.bincount([p["i"] for p in params], minlength=8)[[1, 3, 7]]
     assert counts.min() > 900  # uniform over 3 classes: 1000 each
@@ -63,14 +64,14 @@ def test_draw_gives_pairs_from_the_class_list_and_uniform_lambda(digits) -> None
     assert lam.min() >= 0 and lam.max() <= 1 and abs(lam.mean() - 0.5) < 0.02 and abs(lam.var() - 1 / 12) < 0.01
     assert all(p["class_i"] == p["i"] and p["class_j"] == p["j"] for p in params)  # 10 = 10 classes: identity
     assert all(p["truncation"] == 1.0 for p in params)  # pca's default
-    assert params[5] == draw_gan(sampler, digits, sample_rng(0, 0, 5))  # a pure function of (seed, shard, index)
+    assert params[5] == SAMPLERS["gan"].draw(sampler, digits, sample_rng(0, 0, 5))  # a pure function of the RNG
     assert len({p["z_seed"] for p in params}) == len(params)
     assert sample_label("gan", params[0], digits) == -1  # the teachers label generated samples
 
 
 def test_one_hot_ablation_draws_lambda_one(digits) -> None:
     sampler = resolved(digits, {"kind": "pca", "rank": 4}, mix_classes=False).sampler
-    params = [draw_gan(sampler, digits, sample_rng(1, 2, i)) for i in range(200)]
+    params = [SAMPLERS["gan"].draw(sampler, digits, sample_rng(1, 2, i)) for i in range(200)]
     assert all(p["j"] == p["i"] and p["lam"] == 1.0 for p in params)
     assert len({p["i"] for p in params}) == 10
 
@@ -81,10 +82,10 @@ def test_class_map_names_classes_and_restricts_the_draw(digits, biggan_dir) -> N
     sampler = cfg.sampler
     assert sampler.classes == [12, 15] and sampler.class_map == {12: 3, 15: 8}
     assert sampler.generator.truncation == 0.4  # biggan's default
-    params = [draw_gan(sampler, digits, sample_rng(0, 0, i)) for i in range(100)]
+    params = [SAMPLERS["gan"].draw(sampler, digits, sample_rng(0, 0, i)) for i in range(100)]
     assert all((p["i"], p["class_i"]) in {(12, 3), (15, 8)} for p in params)
     unmapped = resolved(digits, {"kind": "biggan", "weights": str(wide)}, classes=[0, 19]).sampler
-    assert unmapped.class_map == {} and draw_gan(unmapped, digits, sample_rng(0, 0, 0))["class_i"] == -1
+    assert unmapped.class_map == {} and SAMPLERS["gan"].draw(unmapped, digits, sample_rng(0, 0, 0))["class_i"] == -1
     for bad, needle in [({"class_map": {25: 1}}, "generator classes [25]"),
                         ({"class_map": {1: "eleven"}}, "'eleven' is not a teacher class"),
                         ({"class_map": {1: 10}}, "teacher class 10"),
@@ -95,7 +96,7 @@ def test_class_map_names_classes_and_restricts_the_draw(digits, biggan_dir) -> N
 
 
 def test_gan_samples_are_not_applied_one_by_one(digits) -> None:
-    params = draw_gan(resolved(digits, {"kind": "pca"}).sampler, digits, sample_rng(0, 0, 0))
+    params = SAMPLERS["gan"].draw(resolved(digits, {"kind": "pca"}).sampler, digits, sample_rng(0, 0, 0))
     with pytest.raises(ValueError, match="generate_images"):
         apply_params("gan", params, digits)
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from core.config import ModelConfig, SourceConfig, TrainConfig
+from core.samplers import apply_params
+from core.samplers.base import identity_aug
 from core.sources import load_source
-from stages.samplers import apply_params
-from stages.samplers.base import identity_aug
 from stages.teachers import Ensemble
 from student.train import train_model
 

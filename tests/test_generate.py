@@ -21,20 +21,20 @@ from conftest import build_teachers, generate_set_in, snapshot
 
 from core import format as fmt
 from core import set_index as sx
-from core.config import SamplerConfig, SetConfig, SourceConfig
+from core.config import SetConfig, SourceConfig, sampler_config
 from core.errors import UserError
 from core.fingerprint import set_fingerprint
+from core.samplers import apply_params
 from core.sources import load_source
 from core.tasks import decode_fields
 from pipeline.plan import MARKER_NAME
 from pipeline.verify import verify_set
-from stages.samplers import apply_params
 from stages.teachers import Ensemble
 
 DIGITS = SourceConfig(kind="digits")
 SETS = {
-    "mix": SetConfig(sampler=SamplerConfig(kind="mix"), samples=300, samples_per_shard=64),
-    "views": SetConfig(sampler=SamplerConfig(kind="views", views=2), samples=200, samples_per_shard=64),
+    "mix": SetConfig(sampler=sampler_config(kind="mix"), samples=300, samples_per_shard=64),
+    "views": SetConfig(sampler=sampler_config(kind="views", views=2), samples=200, samples_per_shard=64),
 }
 
 

@@ -33,16 +33,16 @@ from conftest import build_teachers, generate_set_in
 from format1 import write_format1_set
 from regression_fixtures import build_regression_teachers, gaze_config
 
-from core.config import SamplerConfig, SetConfig
+from core.config import SetConfig, sampler_config
 from core.format import FORMAT_VERSION, READABLE_FORMATS
 
 CLASSIFICATION = {
-    "mix": SetConfig(sampler=SamplerConfig(kind="mix"), samples=300, samples_per_shard=64),
-    "views": SetConfig(sampler=SamplerConfig(kind="views", views=2), samples=200, samples_per_shard=64),
+    "mix": SetConfig(sampler=sampler_config(kind="mix"), samples=300, samples_per_shard=64),
+    "views": SetConfig(sampler=sampler_config(kind="views", views=2), samples=200, samples_per_shard=64),
 }
 REGRESSION = {
-    "mix": SetConfig(sampler=SamplerConfig(kind="mix"), samples=120, samples_per_shard=50),
-    "real": SetConfig(sampler=SamplerConfig(kind="views", views=2), samples_per_shard=80,
+    "mix": SetConfig(sampler=sampler_config(kind="mix"), samples=120, samples_per_shard=50),
+    "real": SetConfig(sampler=sampler_config(kind="views", views=2), samples_per_shard=80,
                       targets={"dtype": "float16"}),
 }
 

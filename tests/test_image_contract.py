@@ -17,14 +17,16 @@ from conftest import draw_spec
 from PIL import Image
 
 from core import format as fmt
-from core.config import ImageConfig, SamplerConfig, SetConfig, SourceConfig, StoreConfig, parse_config
+from core.config import ImageConfig, SetConfig, SourceConfig, StoreConfig, parse_config, sampler_config
 from core.errors import UserError
 from core.fingerprint import set_fingerprint
 from core.image_contract import draw_random_resized_crop, eval_image, resized_box
 from core.models import TinyCNN, input_spec, save_checkpoint
+from core.samplers import SAMPLERS, apply_params, sample_rng
+from core.samplers.mixing import mix_pixels
 from core.sources import load_in_memory, load_source
 from core.tasks import decode_fields
-from stages.samplers import SAMPLERS, apply_params, draw_shard, mix_pixels, sample_rng
+from stages.samplers import draw_shard
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 
@@ -124,14 +126,14 @@ def test_every_sampler_makes_contract_sized_images_that_replay(folder, views) ->
     cfg = source_cfg(folder, views=views, size=[28, 36])
     source = load_source(cfg, "train")
     for kind in KINDS + ["gaussian_image"]:
-        sampler = SamplerConfig(kind=kind, mean=[0.5] * 3, std=[0.2] * 3) if kind == "gaussian_image" \
-            else SamplerConfig(kind=kind)
+        sampler = sampler_config(kind=kind, mean=[0.5] * 3, std=[0.2] * 3) if kind == "gaussian_image" \
+            else sampler_config(kind=kind)
         for i in range(12):
             params = SAMPLERS[kind].draw(sampler, source, sample_rng(5, 1, i))
             image = apply_params(kind, params, source)
             assert image.shape == (28, 36, 3) and image.dtype == np.uint8, kind
             np.testing.assert_array_equal(apply_params(kind, params, source), image)
-    mix = SAMPLERS["mix"].draw(SamplerConfig(kind="mix"), source, sample_rng(5, 2, 0))
+    mix = SAMPLERS["mix"].draw(sampler_config(kind="mix"), source, sample_rng(5, 2, 0))
     a, b = (SAMPLERS["views"].apply({"image": mix[p], "aug": mix[f"aug_{p}"]}, source) for p in "ij")
     np.testing.assert_array_equal(apply_params("mix", mix, source), mix_pixels(a, b, mix["lam"]))
 
@@ -139,7 +141,7 @@ def test_every_sampler_makes_contract_sized_images_that_replay(folder, views) ->
 def test_a_views_set_stores_box_and_flip_and_replays_from_the_source_image(folder) -> None:
     cfg = source_cfg(folder, views="random_resized_crop", scale=[0.3, 1.0])
     source = load_source(cfg, "train")
-    set_cfg = SetConfig(sampler=SamplerConfig(kind="views", views=4), samples_per_shard=40)
+    set_cfg = SetConfig(sampler=sampler_config(kind="views", views=4), samples_per_shard=40)
     drawn = draw_shard(set_cfg, source, 0, 0, 72)
     boxes = [params["aug"] for _, params in drawn if params["view"] > 0]
     assert boxes and all(set(aug) == {"box", "flip"} for aug in boxes)
@@ -166,7 +168,7 @@ def rgb_teacher(path: Path, classes: int = 3) -> Path:
 @pytest.mark.parametrize("encoding", ["png", "jpeg"])
 def test_stored_images_are_what_the_teachers_labelled(folder, tmp_path, encoding) -> None:
     cfg = source_cfg(folder, views="random_resized_crop")
-    set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=30, samples_per_shard=30,
+    set_cfg = SetConfig(sampler=sampler_config(kind="mix"), samples=30, samples_per_shard=30,
                         store=StoreConfig(image=encoding, quality=80))
     spec = draw_spec(set_cfg, cfg, out_dir=tmp_path)
     ensemble = Ensemble([rgb_teacher(tmp_path / "t.pt")], 3, device="cpu")
@@ -191,7 +193,7 @@ def test_stored_images_are_what_the_teachers_labelled(folder, tmp_path, encoding
 
 def test_jpeg_storage_changes_the_fingerprint_png_keeps_it(folder) -> None:
     source = load_source(source_cfg(folder), "train")
-    base = SetConfig(sampler=SamplerConfig(kind="mix"), samples=10)
+    base = SetConfig(sampler=sampler_config(kind="mix"), samples=10)
     prints = {set_fingerprint(base.model_copy(update={"store": store}), source, ["t"], 0)
               for store in (StoreConfig(), StoreConfig(image="jpeg"), StoreConfig(image="jpeg", quality=70))}
     assert len(prints) == 3

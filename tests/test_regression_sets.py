@@ -25,17 +25,17 @@ from core.config import (
     KDConfig,
     ModelConfig,
     PickConfig,
-    SamplerConfig,
     SetConfig,
     TrainConfig,
+    sampler_config,
 )
 from core.errors import UserError
+from core.samplers import apply_params
 from core.sources import load_source
 from core.tasks import REGRESS, decode_fields
 from core.tasks.regression import gaussian_ensemble_targets
 from pipeline.inspect import inspect_set, write_plots
 from pipeline.verify import verify_set
-from stages.samplers import apply_params
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 from student.shards import open_transfer_sets
@@ -43,8 +43,8 @@ from student.stream import StreamPlan, TransferLoader
 from student.train import train_model
 
 SETS = {
-    "mix": SetConfig(sampler=SamplerConfig(kind="mix"), samples=120, samples_per_shard=50),
-    "real": SetConfig(sampler=SamplerConfig(kind="views", views=2), samples_per_shard=80,
+    "mix": SetConfig(sampler=sampler_config(kind="mix"), samples=120, samples_per_shard=50),
+    "real": SetConfig(sampler=sampler_config(kind="views", views=2), samples_per_shard=80,
                       targets={"dtype": "float16"}),
 }
 
@@ -175,7 +175,7 @@ def test_planning_refuses_mismatched_teachers_and_topk(made) -> None:
     classify = build_teachers(made["root"], members=1, steps=1)
     with pytest.raises(UserError, match="task is 'classify', this job needs 'regress'"):
         plan_in(made["root"] / "x", SETS["mix"], classify, source=made["source_cfg"])
-    topk = SetConfig(sampler=SamplerConfig(kind="mix"), samples=10, targets={"kind": "topk"})
+    topk = SetConfig(sampler=sampler_config(kind="mix"), samples=10, targets={"kind": "topk"})
     with pytest.raises(UserError, match="top-k targets are for classification"):
         plan_in(made["root"] / "x", topk, made["teachers"], source=made["source_cfg"])
     assert not (made["root"] / "x").exists()

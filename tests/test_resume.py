@@ -19,12 +19,12 @@ from conftest import generate_set_in, kill_session, snapshot
 from core import format as fmt
 from core import set_index as sx
 from core import storage
-from core.config import SamplerConfig, SetConfig
+from core.config import SetConfig, sampler_config
 from pipeline.set_gc import collect
 from pipeline.verify import unlisted_shards, verify_set
 
 SHARDS, PER_SHARD = 40, 32
-SET = SetConfig(sampler=SamplerConfig(kind="mix"), samples=SHARDS * PER_SHARD, samples_per_shard=PER_SHARD)
+SET = SetConfig(sampler=sampler_config(kind="mix"), samples=SHARDS * PER_SHARD, samples_per_shard=PER_SHARD)
 SCRIPT = textwrap.dedent("""
     import json, sys
     from core.config import parse_config

@@ -17,7 +17,7 @@ from transfer_fixtures import log_softmax
 from core import format as fmt
 from core import sampled_target as st
 from core import set_index as sx
-from core.config import SamplerConfig, SetConfig
+from core.config import SetConfig, sampler_config
 from core.errors import FormatError
 from core.target_codec import compress_topk, reconstruct_logp
 from core.tasks import CLASSIFY, decode_fields
@@ -140,7 +140,7 @@ def test_kd_loss_uses_the_weights_unnormalised() -> None:
 def test_writer_draws_from_the_sample_identity(teachers, tmp_path) -> None:
     """Through the real stages: shards of a sampled set are byte-identical when remade, differ with
     the seed, and every record's weights are counts of k draws at the set's temperature."""
-    set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=64, samples_per_shard=64,
+    set_cfg = SetConfig(sampler=sampler_config(kind="mix"), samples=64, samples_per_shard=64,
                         targets={"kind": "sampled", "k": 10})
     spec = plan_in(tmp_path / "a", set_cfg, teachers).spec
     images, drawn, labels = make_shard(spec, 0)

@@ -9,20 +9,21 @@ from conftest import plan_in
 
 from core import format as fmt
 from core import set_index as sx
-from core.config import SamplerConfig, SetConfig, SourceConfig
+from core.config import SetConfig, SourceConfig, sampler_config
 from core.errors import UserError
+from core.image_contract import pad_crop
+from core.samplers import SAMPLERS, SamplerOptions, apply_params, sample_rng
+from core.samplers.autoaugment import _policy
 from core.sources import load_source
 from core.tasks import decode_fields
-from stages.samplers import SAMPLERS, apply_params, draw_shard, sample_rng
-from stages.samplers.augmenting import _policy
-from stages.samplers.base import apply_aug
+from stages.samplers import draw_shard
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 
 DIGITS = SourceConfig(kind="digits")
-ALL = [SamplerConfig(kind=k) for k in ("views", "mix", "mixup", "cutmix", "noise", "autoaugment", "cutout")] + [
-    SamplerConfig(kind="autoaugment", policy="randaugment", num_ops=3),
-    SamplerConfig(kind="gaussian_image", mean=[0.5], std=[0.25]),
+ALL = [sampler_config(kind=k) for k in ("views", "mix", "mixup", "cutmix", "noise", "autoaugment", "cutout")] + [
+    sampler_config(kind="autoaugment", policy="randaugment", num_ops=3),
+    sampler_config(kind="gaussian_image", mean=[0.5], std=[0.25]),
 ]
 
 
@@ -31,18 +32,18 @@ def source():
     return load_source(DIGITS, "train")
 
 
-def draws(source, cfg: SamplerConfig, n: int = 300):
+def draws(source, cfg: SamplerOptions, n: int = 300):
     return [SAMPLERS[cfg.kind].draw(cfg, source, sample_rng(3, 0, i)) for i in range(n)]
 
 
 def partner_images(source, p):
-    return (apply_aug(source.image(p["i"]), p["aug_i"], source.pad).astype(np.float64),
-            apply_aug(source.image(p["j"]), p["aug_j"], source.pad).astype(np.float64))
+    return (pad_crop(source.image(p["i"]), p["aug_i"], source.pad).astype(np.float64),
+            pad_crop(source.image(p["j"]), p["aug_j"], source.pad).astype(np.float64))
 
 
 @pytest.mark.parametrize("alpha", [0.2, 1.0])
 def test_mixup_pixels_are_the_convex_combination(source, alpha) -> None:
-    params = draws(source, SamplerConfig(kind="mixup", alpha=alpha))
+    params = draws(source, sampler_config(kind="mixup", alpha=alpha))
     lams = np.array([p["lam"] for p in params])
     assert ((lams >= 0) & (lams <= 1)).all()
     extreme = np.mean((lams < 0.1) | (lams > 0.9))  # Beta(0.2, 0.2) piles up at 0 and 1; Beta(1, 1) is flat
@@ -54,7 +55,7 @@ def test_mixup_pixels_are_the_convex_combination(source, alpha) -> None:
 
 
 def test_cutmix_box_area_matches_lambda(source) -> None:
-    params = draws(source, SamplerConfig(kind="cutmix"))
+    params = draws(source, sampler_config(kind="cutmix"))
     height, width = source.shape[:2]
     clipped = 0
     for p in params:
@@ -73,10 +74,10 @@ def test_cutmix_box_area_matches_lambda(source) -> None:
 
 
 def test_noise_adds_gaussian_noise_of_sigma(source) -> None:
-    params = draws(source, SamplerConfig(kind="noise", sigma=0.05), n=100)
+    params = draws(source, sampler_config(kind="noise", sigma=0.05), n=100)
     residuals = []
     for p in params:
-        clean = apply_aug(source.image(p["image"]), p["aug"], source.pad).astype(np.float64)
+        clean = pad_crop(source.image(p["image"]), p["aug"], source.pad).astype(np.float64)
         noisy = apply_params("noise", p, source).astype(np.float64)
         inside = (clean > 40) & (clean < 215)  # away from clipping at 0 and 255
         residuals.append((noisy - clean)[inside])
@@ -85,7 +86,7 @@ def test_noise_adds_gaussian_noise_of_sigma(source) -> None:
 
 
 def test_gaussian_image_is_standard_normal_in_teacher_space(source) -> None:
-    cfg = SamplerConfig(kind="gaussian_image", mean=[0.5], std=[0.1])
+    cfg = sampler_config(kind="gaussian_image", mean=[0.5], std=[0.1])
     z = np.concatenate([(apply_params("gaussian_image", p, source) / 255.0 - 0.5) / 0.1
                         for p in draws(source, cfg, n=100)]).ravel()
     assert abs(z.mean()) < 0.05 and z.std() == pytest.approx(1.0, rel=0.05)
@@ -94,23 +95,23 @@ def test_gaussian_image_is_standard_normal_in_teacher_space(source) -> None:
 def test_autoaugment_ops_come_from_the_policy(source) -> None:
     policies, space = _policy("cifar10", 10, 8, 8)
     named = {name for policy in policies for name, _, _ in policy}
-    for p in draws(source, SamplerConfig(kind="autoaugment"), n=200):
+    for p in draws(source, sampler_config(kind="autoaugment"), n=200):
         assert len(p["ops"]) <= 2 and all(name in named for name, _ in p["ops"])
         for name, magnitude in p["ops"]:
             assert abs(magnitude) in [abs(m) for m in space[name][0]] or magnitude == 0.0
         if not p["ops"]:  # no op fired: the stored image is the augmented real image
             np.testing.assert_array_equal(apply_params("autoaugment", p, source),
-                                          apply_aug(source.image(p["image"]), p["aug"], source.pad))
-    rand = draws(source, SamplerConfig(kind="autoaugment", policy="randaugment", num_ops=3), n=50)
+                                          pad_crop(source.image(p["image"]), p["aug"], source.pad))
+    rand = draws(source, sampler_config(kind="autoaugment", policy="randaugment", num_ops=3), n=50)
     assert all(len(p["ops"]) == 3 for p in rand)
 
 
 def test_cutout_blanks_a_clipped_square(source) -> None:
-    for p in draws(source, SamplerConfig(kind="cutout", size=0.5), n=100):
+    for p in draws(source, sampler_config(kind="cutout", size=0.5), n=100):
         y0, y1, x0, x1 = p["box"]
         assert y1 - y0 <= 4 and x1 - x0 <= 4 and (y1 - y0) * (x1 - x0) > 0
         stored = apply_params("cutout", p, source)
-        clean = apply_aug(source.image(p["image"]), p["aug"], source.pad)
+        clean = pad_crop(source.image(p["image"]), p["aug"], source.pad)
         assert (stored[y0:y1, x0:x1] == 0).all()
         outside = np.ones(stored.shape[:2], bool)
         outside[y0:y1, x0:x1] = False
@@ -118,7 +119,7 @@ def test_cutout_blanks_a_clipped_square(source) -> None:
 
 
 def test_shards_hold_samplers_in_proportion(source) -> None:
-    set_cfg = SetConfig(samplers=[SamplerConfig(kind="mix", share=3), SamplerConfig(kind="cutmix", share=1)],
+    set_cfg = SetConfig(samplers=[sampler_config(kind="mix", share=3), sampler_config(kind="cutmix", share=1)],
                         samples=200, samples_per_shard=100)
     for shard in (0, 1):
         kinds = [kind for kind, _ in draw_shard(set_cfg, source, 0, shard, 200)]
@@ -129,7 +130,7 @@ def test_shards_hold_samplers_in_proportion(source) -> None:
 
 def test_stray_sampler_options_are_refused() -> None:
     with pytest.raises(ValueError, match="does not take"):
-        SamplerConfig(kind="mix", sigma=0.3)
+        sampler_config(kind="mix", sigma=0.3)
     with pytest.raises(ValueError, match="exactly one of sampler or samplers"):
         SetConfig(samples=10)
 
@@ -155,10 +156,10 @@ def test_every_sampler_replays_from_stored_shards(source, teachers, tmp_path) ->
 
 
 def test_gaussian_image_defaults_to_the_first_teachers_normalisation(teachers, tmp_path) -> None:
-    plan = plan_in(tmp_path / "g", SetConfig(sampler=SamplerConfig(kind="gaussian_image"), samples=8), teachers)
+    plan = plan_in(tmp_path / "g", SetConfig(sampler=sampler_config(kind="gaussian_image"), samples=8), teachers)
     assert (plan.spec.set_cfg.sampler.mean, plan.spec.set_cfg.sampler.std) == ([0.5], [0.25])
     with pytest.raises(UserError, match="3 values"):
-        plan_in(tmp_path / "g", SetConfig(sampler=SamplerConfig(kind="gaussian_image", mean=[0.5] * 3,
+        plan_in(tmp_path / "g", SetConfig(sampler=sampler_config(kind="gaussian_image", mean=[0.5] * 3,
                                                                 std=[0.2] * 3), samples=8), teachers)
 
 

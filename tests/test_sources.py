@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import CIFAR10_MINI
 
-from core.config import SamplerConfig, SetConfig, SourceConfig
+from core.config import SetConfig, SourceConfig, sampler_config
 from core.errors import UserError
 from core.fingerprint import set_fingerprint
 from core.replay_record import source_fingerprint
@@ -107,7 +107,7 @@ def test_imbalance_reduces_chosen_classes_to_keep() -> None:
 
 
 def test_subsets_change_the_fingerprint() -> None:
-    set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=10)
+    set_cfg = SetConfig(sampler=sampler_config(kind="mix"), samples=10)
     prints = {set_fingerprint(set_cfg, source, ["t"], 0) for source in (
         digits(), digits(fraction=0.5), digits(fraction=0.5, subset_seed=1), digits(classes=["1", "2"]),
         digits(imbalance={"classes": 2, "keep": 0.1}))}
@@ -118,7 +118,7 @@ def test_pad_and_flip_other_than_the_readers_default_change_the_fingerprint_and_
     """Issue 24: ``pad: 3`` reused a ``pad: 1`` set's cache entry. A value other than the
     reader's default joins the identity; omitted or spelled-out defaults keep the identity (so
     every existing set's fingerprint), and a replay set's recorded source fingerprint holds."""
-    set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=10)
+    set_cfg = SetConfig(sampler=sampler_config(kind="mix"), samples=10)
     default, spelled = digits(), digits(pad=1, flip=False)  # digits: pad 1, no flips
     assert default.identity == spelled.identity == {"kind": "digits", "split": "train", "test_fraction": 0.2,
                                                     "split_seed": 0}

@@ -10,8 +10,8 @@ from transfer_fixtures import log_softmax, member_offsets, write_set
 
 from core import format as fmt
 from core.errors import UserError
+from core.image_contract import pad_crop
 from core.sources import Source
-from stages.samplers import apply_aug
 from student.data import normalize, source_input_spec
 from student.stream import RealPart, StreamPlan, TransferLoader, transfer_loader
 
@@ -30,7 +30,7 @@ def hwc(image_chw):
 
 def is_aug_of(image_chw, source, label, dx, dy, flip):
     aug = {"dx": dx, "dy": dy, "flip": flip}
-    return np.array_equal(hwc(image_chw), apply_aug(source.image(int(label)), aug, source.pad))
+    return np.array_equal(hwc(image_chw), pad_crop(source.image(int(label)), aug, source.pad))
 
 
 # ---------------------------------------------------------------- the real split in the stream

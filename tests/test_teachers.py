@@ -14,11 +14,11 @@ from torch.nn import functional as F
 from core import format as fmt
 from core import set_index as sx
 from core import storage
-from core.config import SamplerConfig, SetConfig, SourceConfig
+from core.config import SetConfig, SourceConfig, sampler_config
 from core.models import TinyCNN, input_spec, save_checkpoint
+from core.samplers import apply_params
 from core.sources import load_source
 from core.tasks.classification import ensemble_targets
-from stages.samplers import apply_params
 from stages.teachers import Ensemble
 from stages.writer import make_shard, summary_from_tar, write_shard
 
@@ -103,7 +103,7 @@ def test_members_see_their_own_input_contract(tmp_path) -> None:
 
 
 def test_writer_skips_invalid_samples_and_summary_round_trips(tmp_path, teachers) -> None:
-    set_cfg = SetConfig(sampler=SamplerConfig(kind="mix"), samples=40, samples_per_shard=16)
+    set_cfg = SetConfig(sampler=sampler_config(kind="mix"), samples=40, samples_per_shard=16)
     spec = plan_in(tmp_path, set_cfg, teachers, seed=7).spec
     images, drawn, labels = make_shard(spec, 2)
     assert images.shape == (8, 8, 8, 1) and images.dtype == np.uint8 and (labels == -1).all()

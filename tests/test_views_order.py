@@ -23,8 +23,10 @@ from format1 import write_format1_set
 
 from core import format as fmt
 from core import set_index as sx
-from core.config import SamplerConfig, SetConfig, SourceConfig
+from core.config import SetConfig, SourceConfig, sampler_config
 from core.fingerprint import content_version, fingerprint_payload, set_fingerprint
+from core.samplers import sample_rng
+from core.samplers.base import draw_view, identity_view
 from core.sources import Source, load_source
 from core.tasks import decode_fields
 from pipeline.inspect import inspect_set
@@ -32,13 +34,12 @@ from pipeline.plan import plan_set
 from pipeline.set_gc import collect
 from pipeline.verify import verify_set
 from stages.samplers import draw_shard, set_size
-from stages.samplers.base import draw_view, identity_view, sample_rng
 from student.shards import decode_shard
 from student.stream import transfer_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"kind": "digits", "fraction": 0.1}  # 140 images: 3 views are 420 samples, 4 shards
-VIEWS = SetConfig(sampler=SamplerConfig(kind="views", views=3), samples_per_shard=128)
+VIEWS = SetConfig(sampler=sampler_config(kind="views", views=3), samples_per_shard=128)
 
 
 def drawn_set(set_cfg: SetConfig, source: Source, seed: int = 0) -> list[tuple[int, int, dict[str, Any]]]:
@@ -60,7 +61,7 @@ def toy_source(n: int) -> Source:
 def test_every_image_and_view_once_view_by_view_each_view_in_its_own_order() -> None:
     source = load_source(SourceConfig(kind="digits"), "train")
     n, seed = len(source), 7
-    drawn = drawn_set(SetConfig(sampler=SamplerConfig(kind="views", views=3), samples_per_shard=500), source, seed)
+    drawn = drawn_set(SetConfig(sampler=sampler_config(kind="views", views=3), samples_per_shard=500), source, seed)
     assert len(drawn) == 3 * n
     pairs = [(params["image"], params["view"]) for _, _, params in drawn]
     assert sorted(pairs) == sorted(itertools.product(range(n), range(3)))  # each (image, view) exactly once
@@ -81,7 +82,7 @@ def test_every_image_and_view_once_view_by_view_each_view_in_its_own_order() -> 
 def test_a_shard_holds_distinct_images_not_the_views_of_a_few() -> None:
     """1 000 images × 128 views, 1 024 a shard: format 1 put 8 images in a shard."""
     source = toy_source(1000)
-    set_cfg = SetConfig(sampler=SamplerConfig(kind="views", views=128), samples_per_shard=1024)
+    set_cfg = SetConfig(sampler=sampler_config(kind="views", views=128), samples_per_shard=1024)
     total = set_size(set_cfg, source)
     distinct = [len({p["image"] for _, p in draw_shard(set_cfg, source, 0, shard, total)}) for shard in range(12)]
     assert distinct[0] == 1000
@@ -93,7 +94,7 @@ def test_a_capped_set_covers_every_image_before_any_second_view() -> None:
     source = load_source(SourceConfig(kind="digits"), "train")
     n = len(source)
     for samples, first_views in ((n + 100, {0: n, 1: 100}), (300, {0: 300})):
-        set_cfg = SetConfig(sampler=SamplerConfig(kind="views", views=4), samples=samples, samples_per_shard=256)
+        set_cfg = SetConfig(sampler=sampler_config(kind="views", views=4), samples=samples, samples_per_shard=256)
         drawn = [params for _, _, params in drawn_set(set_cfg, source)]
         assert len(drawn) == samples
         views = [params["view"] for params in drawn]
@@ -113,14 +114,14 @@ def format1_rule(set_cfg: SetConfig, identity: dict[str, Any]) -> str:
 
 def test_only_views_only_sets_change_their_fingerprint() -> None:
     source = load_source(SourceConfig(kind="digits"), "train")
-    kept = [SetConfig(sampler=SamplerConfig(kind=kind), samples=64) for kind in ("mix", "cutmix", "mixup", "noise")]
-    kept += [SetConfig(samplers=[SamplerConfig(kind="views"), SamplerConfig(kind="mix")], samples=64),  # random views
-             SetConfig(sampler=SamplerConfig(kind="mix"), samples=64, targets={"dtype": "float16"}),  # regression mix
-             SetConfig(sampler=SamplerConfig(kind="mix"), samples=64, store="replay")]
+    kept = [SetConfig(sampler=sampler_config(kind=kind), samples=64) for kind in ("mix", "cutmix", "mixup", "noise")]
+    kept += [SetConfig(samplers=[sampler_config(kind="views"), sampler_config(kind="mix")], samples=64),  # random views
+             SetConfig(sampler=sampler_config(kind="mix"), samples=64, targets={"dtype": "float16"}),  # regression mix
+             SetConfig(sampler=sampler_config(kind="mix"), samples=64, store="replay")]
     for set_cfg in kept:
         assert content_version(set_cfg) == 1
         assert set_fingerprint(set_cfg, source, ["a", "b"], 0) == format1_rule(set_cfg, source.identity)
-    views = SamplerConfig(kind="views", views=3)
+    views = sampler_config(kind="views", views=3)
     changed = [SetConfig(sampler=views), SetConfig(sampler=views, samples=64),  # capped or not
                SetConfig(sampler=views, targets={"dtype": "float16"}), SetConfig(sampler=views, store="replay")]
     for set_cfg in changed:

@@ -230,7 +230,7 @@ def test_a_views_set_of_the_tar_images_holds_each_image_and_its_label(tmp_path: 
     """The stages on a webdataset source (no Ray: ``transferset run`` on tars is tests/test_your_data.py)."""
     from conftest import draw_spec
 
-    from core.config import SamplerConfig, SetConfig
+    from core.config import SetConfig, sampler_config
     from stages.writer import make_shard
 
     samples = {split: [(f"{split}{i:04d}", tinted(i % 3, i), i % 3) for i in range(count)]
@@ -240,7 +240,7 @@ def test_a_views_set_of_the_tar_images_holds_each_image_and_its_label(tmp_path: 
     write_shard(tmp_path / "test-000000.tar", samples["test"])
     source_cfg = SourceConfig(kind="webdataset", urls=str(tmp_path / "train-{000000..000001}.tar"),
                               test_urls=[str(tmp_path / "test-000000.tar")])
-    spec = draw_spec(SetConfig(sampler=SamplerConfig(kind="views", views=1), samples_per_shard=16), source_cfg)
+    spec = draw_spec(SetConfig(sampler=sampler_config(kind="views", views=1), samples_per_shard=16), source_cfg)
     assert spec.total == 40 and spec.classes == ("0", "1", "2") and spec.image_shape == (16, 16, 3)
     seen = []
     for shard in range(spec.shards):

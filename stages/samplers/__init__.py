@@ -1,7 +1,7 @@
 """Samplers: draw a sample's parameters first, then apply them to real images.
 
-Parameters are plain JSON values stored in the sample's metadata, so :func:`apply_params`
-(:mod:`core.sample_apply`) replays any stored sample exactly (noise fields from their stored seed). All randomness of
+Parameters are plain JSON values stored in the sample's metadata, so a sampler's ``apply``
+(:mod:`core.samplers`) replays any stored sample exactly (noise fields from their stored seed). All randomness of
 candidate ``index`` of shard ``shard`` comes from ``sample_rng(seed, shard, index)``; which
 sampler makes which candidate of a shard comes from ``(seed, shard)``.
 
@@ -19,38 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from core.config import SamplerConfig, SetConfig
-from core.sample_apply import apply_params
+from core.config import SamplerOptions, SetConfig
+from core.samplers import SAMPLERS, Params, apply_params, sample_rng
+from core.samplers.base import SET_STREAM, SHARD_STREAM, draw_view, identity_view
 from core.sources import Source
-from stages.samplers.augmenting import SAMPLERS as AUGMENTING
-from stages.samplers.base import (
-    SET_STREAM,
-    SHARD_STREAM,
-    Params,
-    Sampler,
-    apply_aug,
-    draw_aug,
-    draw_view,
-    identity_aug,
-    identity_view,
-    sample_rng,
-)
-from stages.samplers.generating import SAMPLERS as GENERATING
 from stages.samplers.generating import Generate
-from stages.samplers.mixing import SAMPLERS as MIXING
-from stages.samplers.mixing import cutmix_box, mix_pixels
 
-__all__ = [
-    "SAMPLERS", "Sampler", "apply_aug", "apply_params", "cutmix_box", "draw_aug", "draw_shard", "enumerated_slot",
-    "identity_aug", "mix_pixels", "sample_label", "sample_rng", "set_size", "shard_images", "view_order",
-]
-
-SAMPLERS: dict[str, Sampler] = {**MIXING, **AUGMENTING, **GENERATING}
+__all__ = ["draw_shard", "enumerated_slot", "sample_label", "set_size", "shard_images", "view_order"]
 
 
-def views_count(cfg: SamplerConfig, source: Source) -> int:
+def views_count(cfg: SamplerOptions, source: Source) -> int:
     """Samples in a views set: every real image times K views."""
-    return len(source) * cfg.views
+    return len(source) * cfg.views_per_image()
 
 
 def set_size(set_cfg: SetConfig, source: Source) -> int:
@@ -129,7 +109,7 @@ def draw_shard(set_cfg: SetConfig, source: Source, seed: int, shard: int, total:
 def shard_images(drawn: list[tuple[str, Params]], source: Source, generate: Generate | None = None) -> np.ndarray:
     """uint8 NHWC images of a shard's candidates: ``gan`` ones from one ``generate`` call on all
     of their parameters (batched), the others from :func:`apply_params`."""
-    wanted = [params for kind, params in drawn if kind == "gan"]
+    wanted = [params for kind, params in drawn if SAMPLERS[kind].generated]
     made: Any = ()
     if wanted:
         if generate is None:
@@ -138,7 +118,7 @@ def shard_images(drawn: list[tuple[str, Params]], source: Source, generate: Gene
         if len(made) != len(wanted):
             raise ValueError(f"the generator made {len(made)} images for {len(wanted)} gan samples")
     generated = iter(made)
-    return np.stack([next(generated) if kind == "gan" else apply_params(kind, params, source)
+    return np.stack([next(generated) if SAMPLERS[kind].generated else apply_params(kind, params, source)
                      for kind, params in drawn])
 
 

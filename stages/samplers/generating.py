@@ -1,8 +1,7 @@
-"""XCL-GAN: samples of a class-conditional generator with mixed class vectors (XCL §4.2, supp. A.6).
+"""XCL-GAN images: a class-conditional generator with mixed class vectors (XCL §4.2, supp. A.6).
 
-``draw``: generator classes i, j uniform over the configured ``classes``, λ ~ U[0, 1] (one-hot
-e_i, λ = 1, with ``mix_classes: false``: the Table 8 ablation) and a z seed; all from the
-sample's ``(seed, shard, index)`` RNG. ``apply``: x = G(z; λ·e_i + (1−λ)·e_j) with z = truncation ·
+A ``gan`` sample's parameters are drawn by :class:`core.samplers.gan.Gan` (classes i, j, λ and a
+z seed). Its image: x = G(z; λ·e_i + (1−λ)·e_j) with z = truncation ·
 N(0, 1) cut at ±2 from ``default_rng(z_seed)``, resized (antialiased) to the set's image size,
 quantised to uint8. BigGAN's class embedding is linear, so G sees λ·v_i + (1−λ)·v_j.
 
@@ -27,8 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from core.config import GeneratorConfig, SamplerConfig, SetConfig, SourceConfig
+from core.config import SetConfig, SourceConfig
 from core.errors import UserError
+from core.generator_config import GeneratorConfig
+from core.samplers import Params
+from core.samplers.gan import GanOptions
 from core.sources import Source, load_source_cached
 from stages.generators import (
     biggan_digest,
@@ -40,35 +42,14 @@ from stages.generators import (
     quantize,
     truncated_normal,
 )
-from stages.samplers.base import Params, Sampler, draw_seed
 from stages.teachers import AUTOCAST_DTYPES, resolve_device, torch_threads
 
 Generate = Callable[[list[Params]], np.ndarray]  # gan params of a shard → their uint8 NHWC images
 
 
-def draw_gan(cfg: SamplerConfig, source: Source, rng: np.random.Generator) -> Params:
-    if cfg.generator is None or cfg.classes is None or cfg.generator.truncation is None:
-        raise ValueError("gan: draw needs a resolved sampler (resolve_gan fills classes and truncation)")
-    classes = cfg.classes
-    i = classes[int(rng.integers(0, len(classes)))]
-    j, lam = (classes[int(rng.integers(0, len(classes)))], float(rng.uniform(0.0, 1.0))) if cfg.mix_classes \
-        else (i, 1.0)
-    mapped = cfg.class_map or {}
-    return {"z_seed": draw_seed(rng), "truncation": cfg.generator.truncation, "i": i, "j": j, "lam": lam,
-            "class_i": int(mapped.get(i, -1)), "class_j": int(mapped.get(j, -1))}
-
-
-def apply_gan(params: Params, source: Source) -> np.ndarray:
-    raise ValueError("gan samples are made in batches by their generator: use "
-                     "stages.samplers.generating.generate_images(generator config, params, source)")
-
-
-SAMPLERS = {"gan": Sampler(draw_gan, apply_gan, keeps_label=False)}
-
-
 def set_generator(set_cfg: SetConfig) -> GeneratorConfig | None:
     """The generator of a set's ``gan`` samplers (a set has at most one), or None."""
-    return next((s.generator for s in set_cfg.sampler_list() if s.kind == "gan"), None)
+    return next((g for s in set_cfg.sampler_list() if (g := s.generator_of()) is not None), None)
 
 
 # ---------------------------------------------------------------- plan-time resolution
@@ -102,7 +83,7 @@ def resolve_generator(cfg: GeneratorConfig, source: Source) -> tuple[GeneratorCo
     return cfg.model_copy(update={"truncation": cfg.resolved_truncation(), "sha256": digest}), num_classes
 
 
-def resolve_gan(cfg: SamplerConfig, source: Source, generator: tuple[GeneratorConfig, int]) -> SamplerConfig:
+def resolve_gan(cfg: GanOptions, source: Source, generator: tuple[GeneratorConfig, int]) -> GanOptions:
     """Fill what a ``gan`` sampler draws from: the class list and the class map as indices.
 
     ``class_map`` defaults to the identity when the generator and the teachers have the same
@@ -135,7 +116,8 @@ def resolve_gan_samplers(set_cfg: SetConfig, source: Source) -> SetConfig:
     if generator is None:
         return set_cfg
     resolved_generator = resolve_generator(generator, source)
-    samplers = [resolve_gan(s, source, resolved_generator) if s.kind == "gan" else s for s in set_cfg.sampler_list()]
+    samplers = [resolve_gan(s, source, resolved_generator) if isinstance(s, GanOptions) else s
+                for s in set_cfg.sampler_list()]
     return set_cfg.with_samplers(samplers)
 
 

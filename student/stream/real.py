@@ -33,7 +33,7 @@ import torch
 from core.errors import UserError
 from core.image_contract import RESAMPLE, base_image, draw_random_resized_crop
 from core.readers import Source
-from core.sample_sources import NO_IMAGE
+from core.samplers import NO_IMAGE
 from core.train_config import RandAugmentConfig
 
 __all__ = ["RealMember", "RealPart", "pad_crop_flip", "real_views"]

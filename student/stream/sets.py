@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.errors import UserError
-from core.sample_sources import NO_IMAGE
+from core.samplers import NO_IMAGE
 from student.shards import DecodedCache, SetShards, ShardArrays, ShardDamage
 from student.stream.order import PartOrder, Spot
 
