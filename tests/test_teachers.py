@@ -116,8 +116,10 @@ def test_writer_skips_invalid_samples_and_summary_round_trips(tmp_path, teachers
     logits[0, 5, 1] = float("nan")
     summary = write_shard(spec, 2, images, drawn, labels, ensemble_targets(logits))
     assert (summary.samples, summary.rejected, summary.planned) == (7, 1, 8)
-    keys = [key for key, _ in fmt.iter_tar(sx.shard_path(tmp_path, 2))]
+    assert summary.name == sx.shard_name(2, count=8)  # the short last shard's name says what it holds
+    shard = tmp_path / sx.SHARDS_DIR / summary.name
+    keys = [key for key, _ in fmt.iter_tar(shard)]
     assert keys == [fmt.sample_key(2, i) for i in range(8) if i != 5]
-    rebuilt = summary_from_tar(sx.shard_path(tmp_path, 2), spec.kind, planned=8)
+    rebuilt = summary_from_tar(shard, spec.kind, planned=8)
     assert rebuilt.to_json() == summary.to_json()
     assert not [p for p in (tmp_path / sx.SHARDS_DIR).iterdir() if storage.TMP_MARKER in p.name]
