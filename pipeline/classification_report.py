@@ -43,12 +43,6 @@ def ensemble_probs(teachers: list[Path], test: Source, factories: Sequence[str] 
     return predict_probs(models, specs, test), each
 
 
-def ensemble_accuracy(teachers: list[Path], test: Source, factories: Sequence[str] = ()) -> tuple[float, list[float]]:
-    """Accuracy of the ensemble mean and of each member on the test split."""
-    probs, each = ensemble_probs(teachers, test, factories)
-    return accuracy(probs, test.labels), each
-
-
 def normalized_entropy(probs: np.ndarray) -> float:
     """Mean Ĥ = −Σ p log p / log C over the rows (XCL eq 4): 0 for one-hot, 1 for uniform."""
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)

@@ -62,10 +62,6 @@ def barrier(ctx: Dist) -> None:
         dist.barrier()
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def sync_buffers(model: nn.Module, ctx: Dist) -> None:
     """Give every rank rank 0's buffers (batch-norm statistics). DDP broadcasts them before each
     forward, so after the last forward each rank holds its own; this makes the ranks equal."""
