@@ -177,6 +177,7 @@ def s3() -> Iterator[dict[str, str]]:
     """An S3-compatible server on 127.0.0.1 (moto's, in a thread of this process) with a bucket;
     yields the environment that points boto/s3fs at it (this process's too, while the module runs)."""
     moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
     import boto3
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -186,6 +187,9 @@ def s3() -> Iterator[dict[str, str]]:
     env = {**S3_KEYS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    # fsspec keeps one S3FileSystem per set of arguments, bound to the endpoint of its creation
+    # (another module's server, stopped since): drop them so this server is the one used.
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         boto3.client("s3").create_bucket(Bucket="cache")
         yield env
@@ -196,3 +200,4 @@ def s3() -> Iterator[dict[str, str]]:
             else:
                 os.environ[key] = value
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
