@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= examples/quickstart.yaml
 
-.PHONY: run test lint bench bench-generate bench-train bench-topk bench-student bench-storage bench-peers \
+.PHONY: run test lint docs bench bench-generate bench-train bench-topk bench-student bench-storage bench-peers \
 	bench-real-split study study-views clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -18,6 +18,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests
+
+# docs/CONFIG.md's key reference, generated from the config models (a test keeps it current).
+docs: $(STAMP)
+	$(BIN)/python -m pipeline.config_reference docs/CONFIG.md
 
 # ruff, then the floors' import contracts (pyproject.toml [tool.importlinter]; also run by the tests).
 lint: $(STAMP)

@@ -44,7 +44,7 @@ class ImbalanceConfig(Strict):
     training images."""
 
     classes: int | list[str] = Field(description="how many classes to reduce (picked with subset_seed), or names")
-    keep: float = Field(0.1, gt=0, le=1)
+    keep: float = Field(0.1, gt=0, le=1, description="share of each reduced class's training images kept")
 
 
 class SourceConfig(WebDatasetKeys):
@@ -68,20 +68,24 @@ class SourceConfig(WebDatasetKeys):
     names the error the report shows.
     """
 
-    kind: Literal["digits", "imagefolder", "npz", "torchvision", "gaze", "webdataset"]
-    path: str | None = None
+    kind: Literal["digits", "imagefolder", "npz", "torchvision", "gaze", "webdataset"] = Field(
+        description="the reader: digits (bundled), imagefolder, npz, torchvision, gaze (bundled), webdataset")
+    path: str | None = Field(
+        None, description="imagefolder/npz: a folder or file (fsspec URLs too); torchvision: the data root")
     name: str | None = Field(None, description="torchvision: the data set class, e.g. CIFAR10, CIFAR100, MNIST")
-    download: bool = False
-    train_dir: str = "train"
-    test_dir: str = "test"
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    split_seed: int = 0
+    download: bool = Field(
+        False, description="torchvision: fetch the data set if absent (the only download a job makes)")
+    train_dir: str = Field("train", description="imagefolder: the training split's folder under path")
+    test_dir: str = Field("test", description="imagefolder: the test split's folder under path")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="share held out as the test split when the source has none")
+    split_seed: int = Field(0, description="seed of that split (and of gaze's rendering)")
     pad: int | None = Field(None, ge=0, description="random-crop padding; default per source")
     flip: bool | None = Field(None, description="horizontal flips; default per source")
     classes: list[str] | None = Field(None, description="keep only these classes (relabelled in this order)")
     fraction: float = Field(1.0, gt=0, le=1, description="class-balanced fraction of the training images")
-    imbalance: ImbalanceConfig | None = None
-    subset_seed: int = 0
+    imbalance: ImbalanceConfig | None = Field(None, description="reduce some classes' training images (XCL §6.2)")
+    subset_seed: int = Field(0, description="seed of fraction and imbalance")
     samples: int | None = Field(None, gt=0, description="gaze: training images to render (default 8000)")
     test_samples: int | None = Field(None, gt=0, description="gaze: test images to render (default 2000)")
     image: ImageConfig | None = Field(None, description="the job's image contract (the top-level `image` "
@@ -111,18 +115,21 @@ class SelectConfig(Strict):
     """Uncertainty-targeted generation: draw samples/keep candidates per shard, label them all,
     keep the most uncertain ones."""
 
-    by: Literal["entropy", "disagreement"]
-    keep: float = Field(gt=0, le=1)
+    by: Literal["entropy", "disagreement"] = Field(
+        description="the uncertainty ranked: the ensemble's entropy or its members' disagreement")
+    keep: float = Field(gt=0, le=1, description="share of the drawn candidates kept (the most uncertain)")
 
 
 class SetConfig(Strict):
-    sampler: SamplerConfig | None = None
+    sampler: SamplerConfig | None = Field(
+        None, description="the set's one sampler: {kind, options} (see the sampler sections)")
     samplers: list[SamplerConfig] | None = Field(None, description="several samplers, mixed by their share")
     samples: int | None = Field(None, gt=0, description="samples to draw; a views-only set defaults to all views")
-    samples_per_shard: int = Field(1024, gt=0)
-    targets: TargetConfig = TargetConfig()
-    store: StoreConfig = StoreConfig()
-    select: SelectConfig | None = None
+    samples_per_shard: int = Field(1024, gt=0, description="samples per shard: the unit of work, commit and resume")
+    targets: TargetConfig = Field(TargetConfig(), description="what the teachers' output is stored as")
+    store: StoreConfig = Field(StoreConfig(), description="how samples are stored: pixels (png/jpeg) or replay records")
+    select: SelectConfig | None = Field(
+        None, description="uncertainty-targeted generation: keep the most uncertain candidates")
     out: str | None = Field(None, description="'auto' (the shared cache), a path or fsspec URL; default OUT/sets/NAME")
 
     @model_validator(mode="after")
@@ -171,47 +178,49 @@ class TeacherStageConfig(Strict):
     only; ``channels_last`` everywhere. ``threads`` defaults to the actor's whole CPUs (at least
     one) and is fixed, so repeated runs sum floats in the same order."""
 
-    batch_size: int = Field(512, gt=0)
+    batch_size: int = Field(512, gt=0, description="images per teacher forward pass")
     actors: int = Field(1, ge=1, description="size of the teacher actor pool")
-    num_cpus: float = Field(0.5, gt=0)
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per teacher actor (fractions leave room for read and write)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractions share a GPU)")
     threads: int | None = Field(None, ge=1, description="torch threads per actor (default: max(1, num_cpus))")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    autocast: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = True
-    pin_memory: bool = True
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the actor has a GPU, else cpu")
+    autocast: Literal["none", "bf16", "fp16"] = Field("none", description="teacher precision on CUDA")
+    channels_last: bool = Field(True, description="NHWC memory format for the teachers")
+    pin_memory: bool = Field(True, description="pinned host memory for batches sent to CUDA")
 
     def torch_threads(self) -> int:
         return self.threads if self.threads is not None else max(1, int(self.num_cpus))
 
 
 class RayConfig(Strict):
-    address: str | None = None
-    num_cpus: int | None = Field(None, gt=0)
+    address: str | None = Field(
+        None, description="a Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs of the embedded local Ray (default: the machine's)")
     stall_timeout_s: float = Field(600.0, gt=0, description="no progress for this long ends the execution")
     max_restarts: int = Field(2, ge=0, description="restarts from the committed shards after a stall or "
                                                    "a cluster failure (also --max-restarts)")
 
 
 class ReportConfig(Strict):
-    baseline: str = "kd"
-    compare: list[str] = []
+    baseline: str = Field("kd", description="the student the gap reductions are measured against")
+    compare: list[str] = Field([], description="students compared with the baseline (default: every KD student)")
 
 
 class Config(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
-    seed: int = 0
-    source: SourceConfig
-    teachers: TeachersConfig
-    teacher_stage: TeacherStageConfig = TeacherStageConfig()
-    generator_stage: GeneratorStageConfig = GeneratorStageConfig()
-    student_stage: StudentStageConfig = StudentStageConfig()
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="the job's name: default output folder runs/NAME")
+    seed: int = Field(0, description="the job's seed: every random draw derives from it")
+    source: SourceConfig = Field(description="the real images (and the task: classification or regression)")
+    teachers: TeachersConfig = Field(description="the teacher ensemble: trained here, checkpoints, or imported models")
+    teacher_stage: TeacherStageConfig = Field(TeacherStageConfig(), description="resources of the teacher actors")
+    generator_stage: GeneratorStageConfig = Field(
+        GeneratorStageConfig(), description="resources of the generator actors (gan samplers)")
+    student_stage: StudentStageConfig = Field(StudentStageConfig(), description="how student runs are scheduled")
     cache_root: str | None = Field(None, description="where 'out: auto' sets live (default $TRANSFERSET_CACHE "
                                                      "or ~/.cache/transferset)")
-    ray: RayConfig = RayConfig()
-    sets: dict[str, SetConfig] = {}
-    students: dict[str, StudentConfig] = {}
-    report: ReportConfig = ReportConfig()
+    ray: RayConfig = Field(RayConfig(), description="the Ray cluster and the supervisor's limits")
+    sets: dict[str, SetConfig] = Field({}, description="transfer sets by name")
+    students: dict[str, StudentConfig] = Field({}, description="students by name")
+    report: ReportConfig = Field(ReportConfig(), description="what the report compares")
 
     @model_validator(mode="before")
     @classmethod

@@ -31,7 +31,8 @@ class GeneratorConfig(Strict):
     on its neighbours, but another shape or precision may round a pixel differently.
     """
 
-    kind: Literal["biggan", "pca", "factory"]
+    kind: Literal["biggan", "pca", "factory"] = Field(
+        description="biggan (pretrained weights), pca (fitted on the source), factory (your module)")
     weights: str | None = Field(None, description="biggan: a pretrained name or a local directory")
     rank: int = Field(16, ge=1, description="pca: principal axes per class (= z_dim)")
     factory: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:factory")
@@ -78,12 +79,12 @@ class GeneratorStageConfig(Strict):
     are then unused.
     """
 
-    fuse: bool = False
+    fuse: bool = Field(False, description="run the generator inside each teacher actor")
     actors: int = Field(1, ge=1, description="size of the generator actor pool (unfused)")
-    num_cpus: float = Field(0.5, gt=0)
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per generator actor")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per generator actor (fractions share a GPU)")
     threads: int | None = Field(None, ge=1, description="torch threads per actor (default: max(1, num_cpus))")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the actor has a GPU, else cpu")
 
     @model_validator(mode="after")
     def _gpu_for_cuda(self) -> GeneratorStageConfig:

@@ -22,10 +22,12 @@ class ImageConfig(Strict):
     """
 
     size: int | tuple[int, int] = Field(description="height and width of every image (one int: a square)")
-    views: Literal["resize_crop", "random_resized_crop"] = "resize_crop"
+    views: Literal["resize_crop", "random_resized_crop"] = Field(
+        "resize_crop", description="how training views are drawn: resize_crop (pad-and-crop) or random_resized_crop")
     scale: tuple[float, float] = Field((0.08, 1.0), description="random_resized_crop: range of the box's area")
     ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="random_resized_crop: range of its aspect ratio")
-    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
+        "bilinear", description="resampling of every resize")
     crop_pct: float | None = Field(None, gt=0, le=1, description="evaluation: share of the short side kept")
 
     @model_validator(mode="after")
@@ -56,8 +58,9 @@ class StoreConfig(Strict):
     structured ``.npy`` per shard (``core.replay_record``, tens of bytes a sample); the trainer
     rebuilds the images from the source. ``store: replay`` is short for ``store: {kind: replay}``."""
 
-    kind: Literal["pixels", "replay"] = "pixels"
-    image: Literal["png", "jpeg"] = "png"
+    kind: Literal["pixels", "replay"] = Field(
+        "pixels", description="pixels: images in the tars; replay: parameters rebuilt by the trainer")
+    image: Literal["png", "jpeg"] = Field("png", description="pixels: the image encoding")
     quality: int = Field(90, ge=1, le=100, description="jpeg quality")
 
     @model_validator(mode="before")

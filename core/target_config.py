@@ -17,7 +17,8 @@ class TargetConfig(Strict):
     drawn from the teacher at ``temperature`` with importance weights (``sampled``: an unbiased
     KD target for students at that temperature, core/sampled_target.py)."""
 
-    kind: Literal["dense", "topk", "sampled"] = "dense"
+    kind: Literal["dense", "topk", "sampled"] = Field(
+        "dense", description="dense log-probabilities, the top k, or k sampled classes")
     k: int = Field(10, ge=1, le=65535, description="topk: classes kept; sampled: classes drawn per sample")
     temperature: float | None = Field(
         None, gt=0, description=f"sampled: the temperature the classes are drawn at (default "

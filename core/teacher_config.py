@@ -25,7 +25,8 @@ class InputContractConfig(Strict):
     channels: int | None = Field(None, ge=1, description="input channels (default: the published, else 3)")
     mean: list[float] | None = Field(None, min_length=1, description="per-channel mean of the [0, 1] pixels")
     std: list[float] | None = Field(None, min_length=1, description="per-channel std (> 0)")
-    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(
+        None, description="resampling of the resize to the teacher's input")
     crop_pct: float | None = Field(None, gt=0, le=1, description="eval: center crop of this fraction (timm's)")
 
     @field_validator("size")
@@ -58,9 +59,9 @@ class TeacherModelConfig(Strict):
     ``pretrained:<tag>``, the library's weights, which needs internet on this machine)."""
 
     arch: str = Field(description="timm:NAME, torchvision:NAME, a built-in name, or module:factory")
-    weights: str = Field(min_length=1)
-    arch_kwargs: dict[str, Any] = {}
-    input: InputContractConfig | None = None
+    weights: str = Field(min_length=1, description="a checkpoint file (.pt/.pth/.safetensors) or a zoo weights name")
+    arch_kwargs: dict[str, Any] = Field({}, description="keyword arguments of the arch's constructor")
+    input: InputContractConfig | None = Field(None, description="the input contract, overriding the published one")
 
     @field_validator("arch")
     @classmethod
@@ -91,9 +92,9 @@ class TeachersConfig(Strict):
     """The ensemble, one of three ways: trained here (``model``, ``members``, ``train``), existing
     transferset checkpoints (``checkpoints``), or weights made elsewhere, imported (``models``)."""
 
-    model: ModelConfig | None = None
-    members: int = Field(4, ge=1)
-    train: TrainConfig | None = None
+    model: ModelConfig | None = Field(None, description="the members' model (trained here)")
+    members: int = Field(4, ge=1, description="ensemble size (trained here)")
+    train: TrainConfig | None = Field(None, description="the members' training (trained here)")
     checkpoints: list[str] | None = Field(
         None, description="existing checkpoint files to use instead of training the ensemble"
     )
@@ -101,7 +102,7 @@ class TeachersConfig(Strict):
         None, description="members to import: [{arch, weights, input?, arch_kwargs?}] (timm, torchvision, ...)")
     parallel: Literal["auto", "ray", "off"] = Field(
         "auto", description="train members as parallel Ray tasks (auto: when the CPUs allow two at once)")
-    cpus_per_member: float = Field(1.0, gt=0)
+    cpus_per_member: float = Field(1.0, gt=0, description="CPUs per member when members train as parallel Ray tasks")
 
     @field_validator("parallel", mode="before")
     @classmethod

@@ -44,7 +44,7 @@ def factory_of(arch: str) -> str | None:
 class ModelConfig(Strict):
     arch: str = Field(description="a built-in name, timm:NAME, torchvision:NAME, or module:factory "
                                   "(code the config names)")
-    arch_kwargs: dict[str, Any] = {}
+    arch_kwargs: dict[str, Any] = Field({}, description="keyword arguments of the arch's constructor")
     logvar: Literal["isotropic", "diagonal"] = Field(
         "isotropic", description="regression heads: one log σ² per sample (XCL supplement A.1) or one per dimension")
 
@@ -65,16 +65,16 @@ class SelfGuidanceConfig(Strict):
     weight·τ²·KL(p_T ‖ p_S), where base is CE (ERM) or the KD loss."""
 
     weight: float = Field(0.25, gt=0, description="λ of eq 5")
-    temperature: float = Field(3.0, gt=0)
+    temperature: float = Field(3.0, gt=0, description="temperature of the self-guidance KL")
 
 
 class RandAugmentConfig(Strict):
     """RandAugment (torchvision's ``RandAugment``) on the real split's training views, after the
     crop and flip: ``num_ops`` ops per image at magnitude bin ``magnitude`` of ``magnitude_bins``."""
 
-    num_ops: int = Field(2, ge=1)
-    magnitude: int = Field(9, ge=0)
-    magnitude_bins: int = Field(31, ge=2)
+    num_ops: int = Field(2, ge=1, description="ops per image")
+    magnitude: int = Field(9, ge=0, description="magnitude bin")
+    magnitude_bins: int = Field(31, ge=2, description="number of magnitude bins")
 
     @model_validator(mode="after")
     def _bins(self) -> RandAugmentConfig:
@@ -93,18 +93,20 @@ RENAMED_TRAIN_OPTIONS = {
 
 
 class TrainConfig(Strict):
-    steps: int = Field(gt=0)
-    batch_size: int = Field(128, gt=0)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0)
+    steps: int = Field(gt=0, description="optimizer steps")
+    batch_size: int = Field(128, gt=0, description="samples per step")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (momentum) or adam")
+    lr: float = Field(0.05, gt=0, description="peak learning rate")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum, or Adam's β1")
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["cosine", "constant", "multistep"] = "cosine"
+    nesterov: bool = Field(True, description="SGD: Nesterov momentum")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay")
+    schedule: Literal["cosine", "constant", "multistep"] = Field(
+        "cosine", description="learning-rate schedule after the warm-up")
     milestones: list[float] = Field([0.5, 0.75], description="multistep: fractions of steps where lr *= gamma")
-    gamma: float = Field(0.1, gt=0, le=1)
-    warmup_steps: int = Field(0, ge=0)
-    clip_grad_norm: float | None = Field(None, gt=0)
+    gamma: float = Field(0.1, gt=0, le=1, description="multistep: lr factor at each milestone")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    clip_grad_norm: float | None = Field(
+        None, gt=0, description="clip the gradient norm to this (default: no clipping)")
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     channels_last: bool = Field(
         True, description="NHWC memory format for model and inputs (a ResNet-8 trains 1.2–1.5× faster on CPU)")
@@ -117,10 +119,11 @@ class TrainConfig(Strict):
     class_balanced: bool = Field(False, description="real images drawn ∝ 1/class population (XCL §6.2)")
     randaugment: RandAugmentConfig | None = Field(
         None, description="RandAugment on the real split's training views (ERM, teachers, source share, kd_online)")
-    self_guidance: SelfGuidanceConfig | None = None
+    self_guidance: SelfGuidanceConfig | None = Field(
+        None, description="Self-Guidance loss (needs a stochastic-depth model)")
     checkpoint_steps: int = Field(500, ge=1, description="steps between resumable train states (any step resumes)")
     eval_every: int = Field(0, ge=0, description="steps between evaluations; 0 = at the end")
-    num_workers: int = Field(1, ge=0)
+    num_workers: int = Field(1, ge=0, description="DataLoader workers reading shards and the real split")
     threads: int = Field(0, ge=0, description="torch threads of the trainer; 0 = the cores the loader leaves")
     shuffle_window: int | None = Field(
         None, ge=1, description="rows of a set shuffled together per reader (several shards open at once); "
@@ -128,8 +131,9 @@ class TrainConfig(Strict):
     batches_per_transfer: int = Field(
         0, ge=0, description="batches per worker→trainer transfer; 0 = up to 32 batches within 16 MiB")
     cache_mb: float = Field(1024, ge=0, description="decoded shards kept in memory per reader")
-    on_bad_shard: Literal["error", "skip"] = "error"
-    tensorboard: bool = False
+    on_bad_shard: Literal["error", "skip"] = Field(
+        "error", description="a damaged shard: stop with one line (error) or skip and count it")
+    tensorboard: bool = Field(False, description="also write TensorBoard event files")
 
     @model_validator(mode="before")
     @classmethod
@@ -153,17 +157,18 @@ class TrainConfig(Strict):
 class PickConfig(Strict):
     """TLCutMix+pick (seed 004 §3.2): train on the B hardest of ratio×B candidates."""
 
-    ratio: float = Field(2.0, gt=1)
-    criterion: Literal["kl", "teacher_entropy", "student_entropy"] = "kl"
+    ratio: float = Field(2.0, gt=1, description="candidates drawn per batch slot")
+    criterion: Literal["kl", "teacher_entropy", "student_entropy"] = Field(
+        "kl", description="how candidates are ranked: student-teacher KL or an entropy")
 
 
 class KDConfig(Strict):
     """Hinton KD per sample: (1 − alpha)·CE on real labels + alpha·τ²·KL(teacher_τ ‖ student_τ).
     Samples without a real label (mixes) get the KL term only; alpha = 1 is pure distillation."""
 
-    temperature: float = Field(DEFAULT_KD_TEMPERATURE, gt=0)
+    temperature: float = Field(DEFAULT_KD_TEMPERATURE, gt=0, description="KD temperature τ")
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the KL term; 1 − alpha weighs CE")
-    pick: PickConfig | None = None
+    pick: PickConfig | None = Field(None, description="train on the hardest of ratio×B candidates (Pick)")
     regression_loss: Literal["gaussian_kl", "mse"] = Field(
         "gaussian_kl", description="regression sets: KL between Gaussians (XCL eq 6) or MSE to the teacher's μ")
     online_mix: float = Field(
@@ -180,8 +185,9 @@ class StudentStageConfig(Strict):
     CPUs when at least two fit (``auto``), always on Ray (``ray``), or one after the other in the
     driver (``off``)."""
 
-    parallel: Literal["auto", "ray", "off"] = "auto"
-    cpus_per_run: float = Field(1.0, gt=0)
+    parallel: Literal["auto", "ray", "off"] = Field(
+        "auto", description="student runs as parallel Ray tasks: auto (when two fit), ray, off")
+    cpus_per_run: float = Field(1.0, gt=0, description="CPUs per student run when runs are parallel")
     views_seen_warning: float = Field(
         DEFAULT_VIEWS_SEEN_WARNING, gt=0,
         description="warn when a KD student will see each stored view of a set more often than this (steps × batch "
@@ -215,7 +221,7 @@ class FinetuneConfig(Strict):
                                              "unpruned student as the one teacher of the same samplers)")
     sets: dict[str, float] = Field({}, description="kd / self_distill: sets and weights (default: the student's)")
     kd: KDConfig | None = Field(None, description="default: the student's kd section")
-    train: TrainConfig
+    train: TrainConfig = Field(description="training of the pruned student")
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -240,13 +246,13 @@ class PruneConfig(Strict):
     the final linear layer kept dense). Structured methods remove the channels physically."""
 
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$", description="default: the method")
-    method: PruneMethod
+    method: PruneMethod = Field(description="l1 (filter norms), slimming (BN scales) or magnitude")
     ratios: list[float] | None = Field(None, description="l1: the fraction of filters removed in each stage "
                                                          "(one value: every stage)")
     amount: float | None = Field(None, description="slimming: the global fraction of channels removed; "
                                                    "magnitude: the fraction of each convolution's weights zeroed")
     slimming_l1: float = Field(0.0, ge=0, description="slimming: λ of the L1 penalty on BN scales in pre-training")
-    then: FinetuneConfig
+    then: FinetuneConfig = Field(description="the fine-tuning after pruning")
 
     @model_validator(mode="after")
     def _method_options(self) -> PruneConfig:
@@ -305,11 +311,13 @@ class StudentConfig(Strict):
     ensemble in the loop on fresh augmentations: the reference the offline sets are measured
     against). ``seeds`` trains one run per seed from the same cached sets."""
 
-    model: ModelConfig
-    objective: Literal["erm", "kd", "kd_online"]
-    sets: dict[str, float] = {}
-    kd: KDConfig = KDConfig()
-    train: TrainConfig
+    model: ModelConfig = Field(description="the student's model")
+    objective: Literal["erm", "kd", "kd_online"] = Field(
+        description="erm (labels), kd (stored sets), kd_online (teachers in the loop)")
+    sets: dict[str, float] = Field(
+        {}, description="transfer sets and their weights; 'source' is the real training split")
+    kd: KDConfig = Field(KDConfig(), description="the KD loss")
+    train: TrainConfig = Field(description="the student's training")
     seeds: list[int] = Field([0], min_length=1, description="one run per seed; the report shows mean ± std")
     prune: list[PruneConfig] | None = Field(
         None, description="one recipe or a list: prune the trained model, fine-tune it (kd-orthogonality-ensemble §4)")

@@ -34,7 +34,7 @@ MagnitudeSpace = dict[str, tuple[list[float], bool]]  # op name → (magnitude p
 
 
 class AutoAugmentOptions(SamplerOptions):
-    kind: Literal["autoaugment"]
+    kind: Literal["autoaugment"] = Field(description="the sampler")
     augment: bool = Field(True, description=AUGMENT)
     policy: Literal["cifar10", "imagenet", "svhn", "randaugment"] = Field(
         "cifar10", description="torchvision's AutoAugment policy, or randaugment")

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 class GanOptions(SamplerOptions):
-    kind: Literal["gan"]
+    kind: Literal["gan"] = Field(description="the sampler")
     generator: GeneratorConfig | None = Field(None, description="gan: the class-conditional generator")
     classes: list[int] | None = Field(
         None, description="gan: generator classes to draw i, j from (default: class_map's keys, else all)")

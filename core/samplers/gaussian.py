@@ -26,7 +26,7 @@ CHANNELS = 3  # mean / std: one or three values, NaN-padded to three
 
 
 class GaussianImageOptions(SamplerOptions):
-    kind: Literal["gaussian_image"]
+    kind: Literal["gaussian_image"] = Field(description="the sampler")
     mean: list[float] | None = Field(None, description="pixel mean in [0, 1] units (default: the first teacher's)")
     std: list[float] | None = Field(None, description="pixel std in [0, 1] units (default: the first teacher's)")
 

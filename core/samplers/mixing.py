@@ -110,7 +110,7 @@ class TwoImages(Sampler):
 
 
 class MixOptions(SamplerOptions):
-    kind: Literal["mix"]
+    kind: Literal["mix"] = Field(description="the sampler")
     augment: bool = Field(True, description=AUGMENT)
 
 
@@ -127,7 +127,7 @@ class Mix(TwoImages):
 
 
 class MixupOptions(SamplerOptions):
-    kind: Literal["mixup"]
+    kind: Literal["mixup"] = Field(description="the sampler")
     augment: bool = Field(True, description=AUGMENT)
     alpha: float = Field(1.0, gt=0, description=f"mixup: {ALPHA}")
 
@@ -145,7 +145,7 @@ class Mixup(TwoImages):
 
 
 class CutMixOptions(SamplerOptions):
-    kind: Literal["cutmix"]
+    kind: Literal["cutmix"] = Field(description="the sampler")
     augment: bool = Field(True, description=AUGMENT)
     alpha: float = Field(1.0, gt=0, description=f"cutmix: {ALPHA}")
 

@@ -84,7 +84,7 @@ class OneImage(Sampler):
 
 
 class ViewsOptions(SamplerOptions):
-    kind: Literal["views"]
+    kind: Literal["views"] = Field(description="the sampler")
     views: int = Field(8, ge=1, description="views: images per real sample (view 0 = the image)")
 
     def views_per_image(self) -> int:
@@ -120,7 +120,7 @@ class Views(OneImage):
 
 
 class NoiseOptions(SamplerOptions):
-    kind: Literal["noise"]
+    kind: Literal["noise"] = Field(description="the sampler")
     augment: bool = Field(True, description=AUGMENT)
     sigma: float = Field(0.1, gt=0, description="noise: std of pixel noise, in [0, 1] pixel units")
 
@@ -159,7 +159,7 @@ class Noise(OneImage):
 
 
 class CutoutOptions(SamplerOptions):
-    kind: Literal["cutout"]
+    kind: Literal["cutout"] = Field(description="the sampler")
     augment: bool = Field(True, description=AUGMENT)
     size: float = Field(0.5, gt=0, le=1, description="cutout: side of the square, as a fraction of the image side")
 
