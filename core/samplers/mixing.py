@@ -73,6 +73,15 @@ class TwoImages(Sampler):
         n = len(source)
         return {"i": int(rng.integers(0, n)), "j": int(rng.integers(0, n))}
 
+    def draw_lam(self, options: Any, rng: np.random.Generator) -> float:
+        raise NotImplementedError
+
+    def draw(self, options: Any, source: Source, rng: np.random.Generator) -> Params:
+        """Partners i, j, then λ, then the partners' views (this order of draws is stored)."""
+        pair = self.partners(source, rng)
+        lam = self.draw_lam(options, rng)
+        return {**pair, "lam": lam, **self.views(options, source, rng, pair)}
+
     def views(self, options: Any, source: Source, rng: np.random.Generator, pair: Params) -> Params:
         return {"aug_i": source_aug(options.augment, source, rng, pair["i"]),
                 "aug_j": source_aug(options.augment, source, rng, pair["j"])}
@@ -120,10 +129,8 @@ class Mix(TwoImages):
     kind = "mix"
     options = MixOptions
 
-    def draw(self, options: Any, source: Source, rng: np.random.Generator) -> Params:
-        pair = self.partners(source, rng)
-        lam = float(rng.uniform(0.0, 1.0))
-        return {**pair, "lam": lam, **self.views(options, source, rng, pair)}
+    def draw_lam(self, options: Any, rng: np.random.Generator) -> float:
+        return float(rng.uniform(0.0, 1.0))
 
 
 class MixupOptions(SamplerOptions):
@@ -138,10 +145,8 @@ class Mixup(TwoImages):
     kind = "mixup"
     options = MixupOptions
 
-    def draw(self, options: Any, source: Source, rng: np.random.Generator) -> Params:
-        pair = self.partners(source, rng)
-        lam = float(rng.beta(options.alpha, options.alpha))
-        return {**pair, "lam": lam, **self.views(options, source, rng, pair)}
+    def draw_lam(self, options: Any, rng: np.random.Generator) -> float:
+        return float(rng.beta(options.alpha, options.alpha))
 
 
 class CutMixOptions(SamplerOptions):
