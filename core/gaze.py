@@ -47,7 +47,6 @@ def _render_one(rng: np.random.Generator, yaw: float, pitch: float) -> np.ndarra
     # Eye-centred coordinates (u right, v down), rotated by the head roll.
     u = (xs - cx) * math.cos(roll) + (ys - cy) * math.sin(roll)
     v = -(xs - cx) * math.sin(roll) + (ys - cy) * math.cos(roll)
-
     radius = 13.0 * scale  # eyeball
     half_width = rng.uniform(18.5, 23.0) * scale  # eye corners at ±half_width
     opening = rng.uniform(0.65, 1.15)  # below 1: a squint, the lids cover more of the iris
@@ -55,7 +54,6 @@ def _render_one(rng: np.random.Generator, yaw: float, pitch: float) -> np.ndarra
     lower = (6.5 - 3.0 * pitch + rng.normal(0, 0.4)) * scale * opening
     shape = np.clip(1.0 - (u / half_width) ** 2, 0.0, None)
     open_eye = (v > -upper * shape) & (v < lower * shape)
-
     skin, sclera = rng.uniform(0.45, 0.7), rng.uniform(0.78, 0.92)
     iris_tone, pupil_tone = rng.uniform(0.15, 0.45), rng.uniform(0.02, 0.08)
     image = np.full((height, width), skin)

@@ -230,6 +230,12 @@ def _fingerprint(set_dir: str) -> str | None:
     return None if index is None else index.fingerprint
 
 
+def on_device(model: nn.Module, train_cfg: TrainConfig, ctx: Any) -> nn.Module:
+    """The model on the run's device, channels-last when the config says so."""
+    model = model.to(ctx.device)
+    return model.to(memory_format=torch.channels_last) if train_cfg.channels_last else model
+
+
 def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, objective: str, kd_cfg: KDConfig | None,
               sets: list[tuple[str, float]], train_source: Source, test_source: Source, out_dir: Path, seed: int,
               progress: Progress | None, resume: bool, teachers: list[str | Path] | None,
@@ -257,9 +263,7 @@ def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, obje
     if shaping is not None and shaping.init:
         plain, pruned = start_model(name, shaping, model_cfg, train_source, factories)
     tensorboard = TensorBoard(Path(out_dir) / "tensorboard") if train_cfg.tensorboard and ctx.is_main else None
-    plain = plain.to(ctx.device)
-    if train_cfg.channels_last:
-        plain = plain.to(memory_format=torch.channels_last)
+    plain = on_device(plain, train_cfg, ctx)
     spec = source_input_spec(train_source)
     optimizer = make_optimizer(plain, train_cfg)
     example = torch.zeros(1, train_source.shape[2], *train_source.shape[:2], device=ctx.device)

@@ -58,6 +58,15 @@ def test_project_modules_are_imported_at_module_level() -> None:
     assert found == FUNCTION_LEVEL
 
 
+def test_no_function_is_over_60_lines() -> None:
+    import ast
+
+    long = [f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for p in project_files() for node in ast.walk(ast.parse(p.read_text()))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60]
+    assert not long
+
+
 def test_no_module_is_over_400_lines() -> None:
     long = {str(p.relative_to(ROOT)): n for p in project_files() if (n := len(p.read_text().splitlines())) > 400}
     assert not long
