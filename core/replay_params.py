@@ -81,10 +81,6 @@ class ParamLayout:
                 raise RecordError(row, f"its parameters do not decode ({type(err).__name__}: {err})") from err
         return out
 
-    def indices(self, kind: str, params: Params) -> list[int]:
-        """The real images a sample reads (what ``verify`` checks against the source's size)."""
-        return [i for i in SAMPLERS[kind].images(params) if i >= 0]
-
 
 def layout_of(set_cfg: Any, source: Any) -> ParamLayout:
     """The parameter layout of a set (``SetConfig``) made from ``source`` (``core.sources.Source``)."""

@@ -327,16 +327,23 @@ def bombed_folder(number: int) -> Any:
     return make
 
 
+def damaged_replay_job(c: Corpus, tmp: Path, damage: Any) -> tuple[Path, Path]:
+    """``(config, job)``: a copy of the corpus's replay job in ``tmp / "job"`` after
+    ``damage(records)`` on shard 1's records of its set ``rmix``, written back at the same size."""
+    config, job = c.replay()
+    copy = tmp / "job"
+    shutil.copytree(job, copy)
+    path, records = replay_records(copy / "sets" / "rmix")
+    damage(records)
+    save_records(path, records)
+    return config, copy
+
+
 def damaged_replay(damage: Any, verb: str) -> Any:
     """``train --student kd`` (or ``inspect``) of a copy of the corpus's replay job after
-    ``damage(records)`` on shard 1's records, written back at the same size."""
+    ``damage(records)`` (:func:`damaged_replay_job`)."""
     def build(c: Corpus, tmp: Path) -> list[Any]:
-        config, job = c.replay()
-        copy = tmp / "job"
-        shutil.copytree(job, copy)
-        path, records = replay_records(copy / "sets" / "rmix")
-        damage(records)
-        save_records(path, records)
+        config, copy = damaged_replay_job(c, tmp, damage)
         if verb == "train":
             return ["train", config, "--out", copy, "--student", "kd"]
         return [verb, copy / "sets" / "rmix"]

@@ -30,10 +30,9 @@ from bad_input import (
     Corpus,
     alias_bomb,
     assert_one_error_line,
+    damaged_replay_job,
     job_with,
     lam_out_of_range,
-    replay_records,
-    save_records,
     transferset,
     tree,
     write_config,
@@ -136,12 +135,7 @@ def test_an_out_on_the_cache_directory_of_an_auto_set_is_refused(corpus: Corpus,
 
 def test_a_replay_record_out_of_range_is_skipped_and_counted_with_on_bad_shard_skip(corpus: Corpus,
                                                                                     tmp_path: Path) -> None:
-    config, job = corpus.replay()
-    copy = tmp_path / "job"
-    shutil.copytree(job, copy)
-    path, records = replay_records(copy / "sets" / "rmix")
-    lam_out_of_range(records)
-    save_records(path, records)
+    config, copy = damaged_replay_job(corpus, tmp_path, lam_out_of_range)
     result = transferset("train", config, "--out", copy, "--student", "kd",
                          "--set", "students.kd.train.on_bad_shard=skip", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
