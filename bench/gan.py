@@ -81,8 +81,8 @@ def teacher_bare(images: Any, teachers: list[str], batch_size: int, per_shard: i
 def generator_stage_run(cfg: Any, teachers: list[str], out: str) -> dict[str, Any]:
     """The Ray generator stage alone over every shard of set ``bench`` of the job ``cfg`` (runs in
     the worker process)."""
-    from pipeline import driver
-    from pipeline.plan import plan_set
+    from pipeline.generate import driver
+    from pipeline.generate.plan import plan_set
 
     plan = plan_set(cfg, "bench", out, teachers)
     spec = plan.spec

@@ -101,7 +101,7 @@ def bare_rate(args: argparse.Namespace, teachers: list[str], samples: int) -> tu
     """Samples/s of the ensemble alone on the images the pipeline labels for ``samples``."""
     import numpy as np
 
-    from pipeline.plan import plan_set
+    from pipeline.generate.plan import plan_set
     from stages.teachers import Ensemble
     from stages.writer import make_shard
 
@@ -185,7 +185,7 @@ def worker(job: dict) -> None:
     ``job`` may carry the set, teacher stage and generator stage as JSON (the gan runs) and the
     source (the large runs)."""
     from core.config import GeneratorStageConfig, SetConfig, SourceConfig, TeacherStageConfig
-    from pipeline.driver import generate_set
+    from pipeline.generate.driver import generate_set
 
     set_cfg = SetConfig.model_validate_json(job["set"]) if "set" in job else set_config(job["samples"],
                                                                                          job["per_shard"])

@@ -125,9 +125,9 @@ def main() -> None:
 
     from pipeline.chain import generate_sets, train_students, train_teachers
     from pipeline.cli import progress
-    from pipeline.driver import shutdown_ray
+    from pipeline.generate.driver import shutdown_ray
     from pipeline.report import build_report, format_table
-    from pipeline.runs import load_splits
+    from pipeline.train.runs import load_splits
 
     started = time.perf_counter()
     try:

@@ -123,7 +123,7 @@ def bare_rate(args: argparse.Namespace, bench: ModuleType, teachers: list[str], 
     seconds of each part and the CPU seconds of both; and, apart (not in the rate), the seconds
     of ``write_shard`` (PNG encoding + tar commit), which the pipeline does as well."""
     from core.sources import load_source_cached
-    from pipeline.plan import plan_set
+    from pipeline.generate.plan import plan_set
     from stages.teachers import Ensemble
     from stages.writer import make_shard, write_shard
 
@@ -157,8 +157,8 @@ def actor_in_process(args: argparse.Namespace, bench: ModuleType, teachers: list
     separates what the actor's work costs from what Ray adds."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.driver import CALLS_PER_ACTOR, ShardActor
-    from pipeline.plan import plan_set
+    from pipeline.generate.driver import CALLS_PER_ACTOR, ShardActor
+    from pipeline.generate.plan import plan_set
 
     stage = bench.stage_config(args.batch_size)
     cfg = bench.bench_config(mix_set(args.samples, args.per_shard), teachers, stage, source=source)

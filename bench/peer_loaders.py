@@ -30,7 +30,7 @@ import torch
 from scipy.special import gammaln
 
 from core.config import TrainConfig
-from core.format import parse_key
+from core.records.format import parse_key
 from core.sources import Source
 from student import distributed
 from student.build import open_sets, stream_plan

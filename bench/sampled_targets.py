@@ -28,9 +28,9 @@ import yaml
 from common import ROOT  # also puts the repo on sys.path
 from topk_kl import cli, digit_pairs, pairs_job
 
-from core import format as fmt
-from core import sampled_target as st
-from core import set_index as sx
+from core.records import format as fmt
+from core.records import sampled_target as st
+from core.sets import index as sx
 from core.tasks import decode_fields
 from stages.teachers import Ensemble
 

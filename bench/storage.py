@@ -1,6 +1,6 @@
 """Bytes per stored view on disk of replay sets (``store: replay``), beside the same sets as pixels.
 
-Four sets of at least 100 000 views, made by the project's stages (``pipeline.driver.generate_set``
+Four sets of at least 100 000 views, made by the project's stages (``pipeline.generate.driver.generate_set``
 in an embedded 2-CPU Ray: draw → images → a 2-member ensemble of tiny CNN teachers trained by the
 project's trainer → ``write_shard``), with the default 1024 samples per shard:
 
@@ -36,8 +36,8 @@ from common import ROOT  # also puts the repo on sys.path
 from made_sets import generate, job, shutdown, splits, train_teachers
 from topk_kl import digit_pairs
 
-from core import set_index as sx
 from core.config import ModelConfig, SourceConfig
+from core.sets import index as sx
 
 TEACHER = ModelConfig(arch="tiny_cnn", arch_kwargs={"width": 4})
 MIX_SAMPLES, MIX_PIXEL_SAMPLES = 100_000, 10_240

@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 from common import ROOT  # also puts the repo on sys.path
 
-from core.target_codec import target_payload_bytes
+from core.records.target_codec import target_payload_bytes
 
 # The largest k whose 100-class record fits 64 bytes: 19 × (2-byte value + 1-byte index) +
 # 2-byte tail + 4-byte class count = 63 bytes.

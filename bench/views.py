@@ -216,9 +216,9 @@ def main() -> None:
     from core.sources import load_source
     from pipeline.chain import generate_sets, train_students, train_teachers
     from pipeline.cli import progress
-    from pipeline.driver import shutdown_ray
+    from pipeline.generate.driver import shutdown_ray
     from pipeline.report import build_report
-    from pipeline.runs import load_splits, set_dir, student_dir
+    from pipeline.train.runs import load_splits, set_dir, student_dir
 
     images = len(load_source(parse_config(raw, origin=str(args.config)).source, "train"))
     study = study_config(raw, views, xcl, images, args.steps, seeds, args.width, args.online, seeds_of)

@@ -17,7 +17,7 @@ class JobFailure(Exception):
 
 
 class FormatError(ValueError):
-    """A shard, index or manifest that does not follow the shard contract (:mod:`core.format`)."""
+    """A shard, index or manifest that does not follow the shard contract (:mod:`core.records.format`)."""
 
 
 class RecordError(FormatError):

@@ -1,9 +1,9 @@
 """The chain of a job: teachers → transfer sets → students (→ pruned students' phases,
-:mod:`pipeline.pruning`) → report, each step reused when done.
+:mod:`pipeline.train.pruning`) → report, each step reused when done.
 
 What each step makes and where it lives (``OUT/teachers``, ``sets``, ``students``, with a
-``spec.json`` per finished step) is :mod:`pipeline.runs`; this module runs the steps in order,
-locally or as Ray tasks (:mod:`pipeline.ray_train`), and writes ``OUT/report.json``.
+``spec.json`` per finished step) is :mod:`pipeline.train.runs`; this module runs the steps in order,
+locally or as Ray tasks (:mod:`pipeline.train.ray_train`), and writes ``OUT/report.json``.
 """
 
 from __future__ import annotations
@@ -12,18 +12,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core import storage
 from core.config import Config
 from core.errors import UserError
 from core.models import read_checkpoint
 from core.sources import Source, check_readable, load_source
+from core.store import storage
 from core.tasks import score
-from pipeline.driver import execute
-from pipeline.plan import SetPlan, plan_set
-from pipeline.pruning import check_pruning, prune_students
-from pipeline.ray_train import train_members, train_runs, use_ray_for_members
+from pipeline.generate.driver import execute
+from pipeline.generate.plan import SetPlan, plan_set
+from pipeline.generate.set_locations import check_config_locations, check_planned, check_writable
+from pipeline.generate.supervisor import supervise
+from pipeline.generate.teacher_import import import_spec, prepare_teacher
 from pipeline.report import build_report
-from pipeline.runs import (
+from pipeline.train.pruning import check_pruning, prune_students
+from pipeline.train.ray_train import train_members, train_runs, use_ray_for_members
+from pipeline.train.runs import (
     Progress,
     load_splits,
     mark_done,
@@ -36,9 +39,6 @@ from pipeline.runs import (
     teacher_paths,
     train_member,
 )
-from pipeline.set_locations import check_config_locations, check_planned, check_writable
-from pipeline.supervisor import supervise
-from pipeline.teacher_import import import_spec, prepare_teacher
 
 
 def import_teachers(cfg: Config, out: Path, train: Source, progress: Progress) -> list[str | Path]:

@@ -18,9 +18,9 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from core import storage
 from core.config import Config, TeacherModelConfig, describe_validation_error, load_config
 from core.errors import FormatError, JobFailure, UserError
+from core.store import storage
 
 # The pipeline (torch, Ray) is imported inside the commands, after the config is read: a bad
 # config or `--help` answers at once instead of after two seconds of imports.
@@ -102,7 +102,7 @@ def generate(config: Path, out: OutOption = None, set_: SetOption = None, addres
     if unknown:
         raise UserError(f"--only {unknown[0]!r}: not one of the config's sets {sorted(cfg.sets)}")
     from pipeline.chain import generate_sets
-    from pipeline.runs import require_teachers
+    from pipeline.train.runs import require_teachers
 
     results = generate_sets(cfg, out_dir, require_teachers(cfg, out_dir), progress, names=only or None)
     for name, result in results.items():
@@ -135,7 +135,7 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
     if teachers and seed:
         raise UserError("train --seed: picks runs of a student; teachers are trained as members")
     from pipeline.chain import train_students, train_teachers
-    from pipeline.runs import load_splits, student_runs
+    from pipeline.train.runs import load_splits, student_runs
 
     train_split, test_split = load_splits(cfg)
     if teachers:
@@ -145,7 +145,7 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
     assert student is not None
     student_runs(cfg, out_dir, student, train_split.task, seed)  # check the sets exist before training
     if ray:
-        from pipeline.ray_train import train_student_on_ray
+        from pipeline.train.ray_train import train_student_on_ray
 
         for result in train_student_on_ray(cfg, out_dir, student, workers, gpu, progress, seed):
             print(json.dumps(result))
@@ -168,7 +168,7 @@ def plan(config: Path, out: OutOption = None, set_: SetOption = None,
     if storage.is_local(out_dir):
         _local(out_dir, "plan")
     from pipeline.cost import job_cost
-    from pipeline.cost_report import format_cost
+    from pipeline.cost.report import format_cost
 
     cost = job_cost(cfg, out_dir, probe=probe, progress=progress)
     print(json.dumps(cost) if as_json else format_cost(cost))
@@ -183,7 +183,7 @@ def verify(set_dir: str, index: Annotated[str | None, typer.Option(
         raise UserError(f"verify: {set_dir} is not a directory")
     if index is not None and not storage.is_file(index):
         raise UserError(f"verify --index {index}: no such file")
-    from pipeline.verify import unlisted_shards, verify_set
+    from pipeline.inspect.verify import unlisted_shards, verify_set
 
     problems = verify_set(set_dir, index)
     for problem in problems:
@@ -203,7 +203,7 @@ def verify(set_dir: str, index: Annotated[str | None, typer.Option(
 def gc(set_dir: str) -> None:
     """Remove the shard files a set's index no longer lists (a short shard completed when the set
     grew, a killed run's shards) and dead writers' temp files. Refused while a writer holds the set."""
-    from pipeline.set_gc import collect
+    from pipeline.generate.set_gc import collect
 
     print(json.dumps(collect(set_dir, progress)))
 
@@ -252,7 +252,7 @@ def import_teacher(
 ) -> None:
     """Write one teacher checkpoint from weights made elsewhere (what teachers.models does for each
     member), with its input contract: the library's published one, overridden by the options."""
-    from pipeline.teacher_import import prepare_teacher
+    from pipeline.generate.teacher_import import prepare_teacher
 
     def numbers(option: str, text: str | None, kind: type) -> list | None:
         try:
@@ -306,7 +306,7 @@ def main() -> None:
         sys.exit(err.exit_code)
     finally:
         if "ray" in sys.modules:
-            from pipeline.driver import shutdown_ray
+            from pipeline.generate.driver import shutdown_ray
 
             shutdown_ray()
 

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from core.errors import UserError
-from core.format import sha256_file
 from core.models import resolve_factory
-from core.storage import atomic_write
+from core.records.format import sha256_file
+from core.store.storage import atomic_write
 
 BIGGAN_CONFIG_NAME = "config.json"
 BIGGAN_WEIGHTS_NAME = "pytorch_model.bin"

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.contracts import interpolation_of, resize, size_of
 from core.errors import UserError
 from core.models import load_model
+from core.models.contracts import interpolation_of, resize, size_of
 from core.tasks import Task, task_named
 
 __all__ = ["Ensemble", "resolve_device", "torch_threads"]
@@ -67,7 +67,7 @@ class Ensemble:
     dimension D (``task="regress"``; members may predict 1 or D log-variances).
 
     Each member sees the images the way it was trained: /255, resized to its input size with its
-    own interpolation (antialiased; :func:`core.contracts.resize`), normalised with its own
+    own interpolation (antialiased; :func:`core.models.contracts.resize`), normalised with its own
     mean/std — so members of different architectures and resolutions form one ensemble, and
     members share one prepared input only when size, channels, interpolation, mean and std all
     agree. The stored image is labelled whole: a member's ``crop_pct`` is for evaluation.

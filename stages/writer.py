@@ -4,9 +4,9 @@
 candidates to write (all valid ones, or the most uncertain ones), turns the teacher outputs into
 its task's records and commits the tar atomically (temp → fsync → rename), so a retried or
 resumed shard replaces itself with identical bytes. ``summary_from_tar`` rebuilds the summary of
-a shard committed by an earlier (maybe killed) run. Both take the set's :class:`~core.spec.SetSpec`.
+a shard committed by an earlier (maybe killed) run. Both take the set's :class:`~core.sets.spec.SetSpec`.
 A replay set (``store: replay``) commits the same samples as one ``.npy`` of records without
-pixels (:mod:`core.replay_record`); its images are made from the parameters *as the records
+pixels (:mod:`core.records.replay`); its images are made from the parameters *as the records
 decode them*, so the teachers label exactly what a trainer will rebuild. No Ray here.
 """
 
@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from core import format as fmt
-from core import set_index as sx
-from core import storage
 from core.config import SelectConfig
 from core.errors import FormatError
-from core.replay_record import RecordLayout, decode_record, encode_records, record_layout
-from core.set_index import ShardSummary
+from core.records import format as fmt
+from core.records.replay import RecordLayout, decode_record, encode_records, record_layout
+from core.sets import index as sx
+from core.sets.index import ShardSummary
+from core.sets.spec import SetSpec
 from core.sources import Source, load_source_cached
-from core.spec import SetSpec
+from core.store import storage
 from core.tasks import Task, task_named
 from stages.samplers import SAMPLERS, draw_shard, shard_images
 from stages.samplers.generating import Generate, generate_images, set_generator
@@ -80,7 +80,7 @@ def write_shard(spec: SetSpec, shard: int, images: np.ndarray, drawn: Drawn, lab
     the number of samples the shard should hold (default: one per candidate); with the set's
     ``select`` the most uncertain ``count`` candidates are kept. Invalid candidates (non-finite
     teacher outputs) are never written and count as rejected. ``name`` is the file to commit
-    (default: the name of the shard's planned count, :meth:`core.spec.SetSpec.shard_name`).
+    (default: the name of the shard's planned count, :meth:`core.sets.spec.SetSpec.shard_name`).
     """
     task, select, candidates = spec.kind, spec.set_cfg.select, len(drawn)
     count = candidates if count is None else count

@@ -19,11 +19,11 @@ from torch import nn
 from core.config import SOURCE_SET, KDConfig, ModelConfig, TrainConfig
 from core.errors import UserError
 from core.models import build_model, load_model, probe_forward, stochastic_blocks
+from core.models.zoo import library_of
 from core.seeds import stream_seed
-from core.set_index import read_index
+from core.sets.index import read_index
 from core.sources import Source, in_memory_if_small
 from core.tasks import Task
-from core.zoo import library_of
 from student import distributed
 from student.curves import TensorBoard
 from student.data import source_input_spec

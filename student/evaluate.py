@@ -17,14 +17,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from core.contracts import interpolation_of, resize, size_of
 from core.errors import UserError
+from core.models.contracts import interpolation_of, resize, size_of
 from core.sources import Source
 
 
 def prepare(images_uint8: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
     """uint8 NCHW → the float input ``spec`` describes: grey → RGB if needed, a resize with the
-    contract's interpolation if the size differs (:func:`core.contracts.resize`, as the teacher
+    contract's interpolation if the size differs (:func:`core.models.contracts.resize`, as the teacher
     stage does), then per-channel normalisation."""
     channels = int(spec["channels"])
     if images_uint8.shape[1] != channels:

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from core.format import LOGP_FLOOR
+from core.records.format import LOGP_FLOOR
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:

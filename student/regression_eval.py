@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.gaze import angular_error_degrees
 from core.sources import Source
+from core.sources.gaze import angular_error_degrees
 from core.tasks.regression import gaussian_ensemble_targets, split_gaussian
 from student.evaluate import eval_mode, forward, image_batches
 

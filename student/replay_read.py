@@ -2,7 +2,7 @@
 
 Why column-wise: pushing every record's target through a one-record ``.npy`` (what a pixel set's
 tar member holds) was ~73 % of a rebuild (BENCHMARKS "Replay sets");
-:func:`core.replay_record.decode_columns` decodes a shard's target, label and source columns in
+:func:`core.records.replay.decode_columns` decodes a shard's target, label and source columns in
 a few numpy operations, to the same bits.
 
 Why several shards together: a file-backed source (an image contract, or a source too large to
@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core import storage
 from core.errors import RecordError
-from core.format import read_records, sample_key
-from core.replay_checks import sample_box_problem
-from core.replay_record import RecordColumns, RecordLayout, decode_columns
+from core.records.format import read_records, sample_key
+from core.records.replay import RecordColumns, RecordLayout, decode_columns
+from core.records.replay_checks import sample_box_problem
 from core.samplers import Params, apply_params
-from core.set_index import parse_shard_name
+from core.sets.index import parse_shard_name
 from core.sources import Source
+from core.store import storage
 from student.shard_arrays import ReplaySource, ShardArrays, ShardDamage, one_line
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.replay_record import RecordLayout
+from core.records.replay import RecordLayout
 from core.sources import Source
 
 

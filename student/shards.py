@@ -15,7 +15,7 @@ target), or ``[μ, log σ²]`` (2·D values) for a regression set, so the stream
 unchanged; a sampled-class set adds a ``weights`` row per sample (its importance weights over the
 classes), which is what its KD loss uses.
 
-A replay set's shard is one ``.npy`` of records without pixels (:mod:`core.replay_record`): its
+A replay set's shard is one ``.npy`` of records without pixels (:mod:`core.records.replay`): its
 images are rebuilt here, in the reader (a DataLoader worker), from the source the set was made
 from, with the functions generation made them with (:mod:`core.samplers`). Its columns are
 decoded at once and several shards are rebuilt together, each source image decoded once
@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from core import storage
 from core.errors import FormatError, UserError
-from core.format import iter_tar, read_records, sample_key
-from core.replay_checks import record_problems
-from core.replay_record import decode_record, record_layout, source_fingerprint
+from core.records.format import iter_tar, read_records, sample_key
+from core.records.replay import decode_record, record_layout, source_fingerprint
+from core.records.replay_checks import record_problems
 from core.samplers import NO_IMAGE, apply_params, source_indices
-from core.set_index import SetIndex, parse_shard_name, read_index, shard_urls
+from core.sets.index import SetIndex, parse_shard_name, read_index, shard_urls
 from core.sources import IN_MEMORY_BYTES, Source, load_in_memory
+from core.store import storage
 from core.tasks import CLASSIFY, Task, decode_fields, task_named
 from student.replay_read import decode_replay_shards
 from student.shard_arrays import ReplaySource, ShardArrays, ShardDamage, one_line

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.storage import atomic_write
+from core.store.storage import atomic_write
 
 STATE_NAME = "state.pt"
 STATE_FORMAT = "transferset-train-state/2"

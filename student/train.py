@@ -26,12 +26,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from core import storage
 from core.config import KDConfig, ModelConfig, TrainConfig
 from core.errors import UserError
 from core.models import count_parameters, save_checkpoint
+from core.options.train import DEFAULT_VIEWS_SEEN_WARNING
 from core.sources import Source
-from core.train_config import DEFAULT_VIEWS_SEEN_WARNING
+from core.store import storage
 from student import distributed
 from student.build import Progress, Run, batches_per_transfer, build_run, epoch_steps, kd_sets
 from student.cpu_kernels import safe_cpu_kernels

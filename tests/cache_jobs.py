@@ -14,8 +14,8 @@ from typing import Any
 
 from bad_input import command, write_config
 
-from core import set_index as sx
-from core import storage
+from core.sets import index as sx
+from core.store import storage
 
 SPP = 64  # samples per shard: 300 samples end in a short shard of 44, 500 in one of 52
 

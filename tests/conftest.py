@@ -70,7 +70,7 @@ def job_config(sets: dict[str, Any], source: Any = None, seed: int = 0, **sectio
 
 def plan_in(out: Path | str, set_cfg: Any, teachers: list[Path], seed: int = 0, name: str = "s", **job: Any) -> Any:
     """plan_set of one set (``out``: where it goes unless its ``out`` says otherwise)."""
-    from pipeline.plan import plan_set
+    from pipeline.generate.plan import plan_set
 
     return plan_set(job_config({name: set_cfg}, seed=seed, **job), name, out, teachers)
 
@@ -79,8 +79,8 @@ def draw_spec(set_cfg: Any, source_cfg: Any = None, seed: int = 0, out_dir: str 
     """A spec to draw and make shards with, without teachers (no fingerprint, no checkpoints):
     for ``make_shard`` only; ``set_cfg`` must be resolved already."""
     from core.config import GeneratorStageConfig, SourceConfig, TeacherStageConfig
+    from core.sets.spec import SetSpec
     from core.sources import load_source
-    from core.spec import SetSpec
     from stages.samplers import set_size
 
     source_cfg = source_cfg or SourceConfig(kind="digits")
@@ -96,7 +96,7 @@ def generate_set_in(out: Path, set_cfg: Any, teachers: list[Path], seed: int = 0
                     **job: Any) -> dict[str, Any]:
     """generate_set on digits with the test resources (2 CPUs, one 0.5-CPU teacher actor), into
     ``out``; the set is named after its sampler unless ``name`` is given."""
-    from pipeline.driver import generate_set
+    from pipeline.generate.driver import generate_set
 
     name = name or set_cfg.sampler.kind
     return generate_set(job_config({name: set_cfg}, seed=seed, **job), name, out, teachers,
@@ -127,7 +127,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def ray_session() -> Iterator[None]:
     """An embedded 2-CPU Ray shared by every Ray test (generate_set reuses an initialised Ray)."""
     from core.config import RayConfig
-    from pipeline.driver import ensure_ray, shutdown_ray
+    from pipeline.generate.driver import ensure_ray, shutdown_ray
 
     ensure_ray(RayConfig(address=None, num_cpus=2))
     yield

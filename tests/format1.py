@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 from conftest import plan_in
 
-from core import set_index as sx
 from core.config import SetConfig
-from core.fingerprint import fingerprint_payload
 from core.samplers import sample_rng
 from core.samplers.base import SET_STREAM, draw_view, identity_view
+from core.sets import index as sx
+from core.sets.fingerprint import fingerprint_payload
 from core.sources import Source, load_source_cached
-from pipeline.plan import SetPlan, finish, resume, start
+from pipeline.generate.plan import SetPlan, finish, resume, start
 from stages import writer
 from stages.teachers import Ensemble
 

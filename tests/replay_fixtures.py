@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from core.config import SetConfig
-from core.format import sample_key
-from core.replay_record import encode_records, record_layout
+from core.records.format import sample_key
+from core.records.replay import encode_records, record_layout
 from core.sources import Source
 from core.tasks import CLASSIFY
 from core.tasks.classification import EnsembleOutput

@@ -5,7 +5,7 @@ Until STOP_FILE exists it reads the set's ``index.json``, then every shard it li
 each against the size and sha256 *that* index gave it — what any reader trusting an index does.
 It keeps each distinct index it saw in OUT_DIR (``index-<sha256>.json``, for ``verify --index``
 later) and ends by printing one JSON line: reads, shards checked, mismatches, the planned totals
-in the order seen. Works on local paths and fsspec URLs alike (core.storage)."""
+in the order seen. Works on local paths and fsspec URLs alike (core.store.storage)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from core import set_index as sx
-from core import storage
+from core.sets import index as sx
+from core.store import storage
 
 
 def read_once(cache_root: str, out: Path, stats: dict) -> None:

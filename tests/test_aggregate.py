@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.aggregate import agreement, gap_reduction_spread, mean_std, seen_summary, summarize_runs
-from pipeline.classification_report import student_row, teacher_warnings
 from pipeline.report import format_table
+from pipeline.report.aggregate import agreement, gap_reduction_spread, mean_std, seen_summary, summarize_runs
+from pipeline.report.classification import student_row, teacher_warnings
 
 
 def test_mean_std_is_the_sample_standard_deviation() -> None:
@@ -97,7 +97,7 @@ def test_the_table_prints_mean_std_seeds_and_views_seen() -> None:
 
 
 def test_teacher_entropy_and_the_overfit_note() -> None:
-    from pipeline.classification_report import normalized_entropy, overfit_note
+    from pipeline.report.classification import normalized_entropy, overfit_note
 
     assert normalized_entropy(np.full((3, 4), 0.25)) == pytest.approx(1.0)
     assert normalized_entropy(np.eye(4)) == pytest.approx(0.0, abs=1e-9)

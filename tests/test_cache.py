@@ -14,18 +14,18 @@ import pytest
 import yaml
 from conftest import plan_in, snapshot
 
-from core import format as fmt
-from core import set_index as sx
 from core.config import SetConfig, SourceConfig, parse_config, sampler_config
 from core.errors import UserError
+from core.records import format as fmt
 from core.samplers import apply_params
+from core.sets import index as sx
 from core.sources import load_source
 from core.tasks import decode_fields
 from pipeline.chain import generate_sets
+from pipeline.generate.plan import SetProgress, finish, plan_set, resume, start
 from pipeline.inspect import inspect_set
-from pipeline.plan import SetProgress, finish, plan_set, resume, start
-from pipeline.runs import locate_set
-from pipeline.verify import verify_set
+from pipeline.inspect.verify import verify_set
+from pipeline.train.runs import locate_set
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 

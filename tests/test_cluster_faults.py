@@ -22,10 +22,10 @@ import pytest
 import yaml
 from conftest import generate_set_in, kill_session, snapshot
 
-from core import format as fmt
-from core import set_index as sx
 from core.config import SetConfig, sampler_config
-from pipeline.verify import verify_set
+from core.records import format as fmt
+from core.sets import index as sx
+from pipeline.inspect.verify import verify_set
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS, PER_SHARD = 64, 256

@@ -9,11 +9,11 @@ import pytest
 from conftest import plan_in
 from transfer_fixtures import log_softmax
 
-from core import format as fmt
-from core import set_index as sx
-from core import storage
 from core.config import SelectConfig, SetConfig, SourceConfig, sampler_config
 from core.errors import FormatError
+from core.records import format as fmt
+from core.sets import index as sx
+from core.store import storage
 from core.tasks import CLASSIFY, decode_fields
 from core.tasks.classification import LOGP_FIELD, TOPK_FIELD
 from stages.teachers import Ensemble

@@ -34,9 +34,9 @@ from bad_input import last_line
 from cache_jobs import as_indexed, config, environment, files, generate, start_generate, transferset
 from conftest import kill_session
 
-from core import set_index as sx
-from core import storage
-from pipeline.verify import verify_set
+from core.sets import index as sx
+from core.store import storage
+from pipeline.inspect.verify import verify_set
 
 pytestmark = pytest.mark.concurrency
 ROUNDS = int(os.environ.get("TRANSFERSET_CONCURRENCY_ROUNDS", "3"))

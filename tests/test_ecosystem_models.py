@@ -15,9 +15,9 @@ from torch.nn import functional as F
 from core.config import TeacherModelConfig, parse_config
 from core.errors import UserError
 from core.models import build_model, load_model
-from core.weights import read_state_dict
-from core.zoo import published_contract
-from pipeline.teacher_import import prepare_teacher
+from core.models.weights import read_state_dict
+from core.models.zoo import published_contract
+from pipeline.generate.teacher_import import prepare_teacher
 from stages.teachers import Ensemble
 from student.evaluate import prepare
 from student.online import ensemble_log_probs

@@ -6,9 +6,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from core import format as fmt
-from core import set_index as sx
-from core import storage
+from core.records import format as fmt
+from core.sets import index as sx
+from core.store import storage
 from core.tasks import CLASSIFY, decode_fields
 
 

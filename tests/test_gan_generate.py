@@ -13,13 +13,13 @@ import pytest
 from conftest import generate_set_in, snapshot
 from gan_fixtures import tiny_config
 
-from core import format as fmt
-from core import set_index as sx
 from core.config import GeneratorStageConfig, SetConfig, SourceConfig
+from core.records import format as fmt
 from core.samplers import apply_params
+from core.sets import index as sx
 from core.sources import load_source
 from core.tasks import decode_fields
-from pipeline.verify import verify_set
+from pipeline.inspect.verify import verify_set
 from stages.generators import fresh_biggan, save_biggan
 from stages.samplers.generating import generate_images
 from stages.teachers import Ensemble

@@ -15,8 +15,8 @@ from gan_fixtures import tiny_config
 
 from core.config import SetConfig, SourceConfig
 from core.errors import UserError
-from core.fingerprint import set_fingerprint
 from core.samplers import SAMPLERS, apply_params, sample_rng
+from core.sets.fingerprint import set_fingerprint
 from core.sources import load_source
 from stages.generators import BIGGAN_WEIGHTS_NAME, fresh_biggan, save_biggan
 from stages.samplers import sample_label

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.gaze import (
+from core.sources.gaze import (
     HEIGHT,
     PITCH_RANGE,
     WIDTH,
@@ -72,7 +72,7 @@ def test_degradation_varies_per_image() -> None:
     """Some captures are crisp, some poor: the per-image noise (residual after a blur) spans a
     wide range, which is what makes the task's uncertainty depend on the image. (Measured: the
     90th percentile is 2.2× the 10th; image structure adds the same to both.)"""
-    from core.gaze import _gaussian_blur
+    from core.sources.gaze import _gaussian_blur
 
     images, _ = render_eyes(2, 0, 200)
     residual = np.asarray([np.std(im[..., 0] / 255.0 - _gaussian_blur(im[..., 0] / 255.0, 1.0)) for im in images])

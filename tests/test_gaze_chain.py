@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core import set_index as sx
-from pipeline.verify import verify_set
+from core.sets import index as sx
+from pipeline.inspect.verify import verify_set
 
 ROOT = Path(__file__).resolve().parents[1]
 GAZE = ROOT / "examples" / "gaze.yaml"

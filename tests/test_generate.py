@@ -19,16 +19,16 @@ import numpy as np
 import pytest
 from conftest import build_teachers, generate_set_in, snapshot
 
-from core import format as fmt
-from core import set_index as sx
 from core.config import SetConfig, SourceConfig, sampler_config
 from core.errors import UserError
-from core.fingerprint import set_fingerprint
+from core.records import format as fmt
 from core.samplers import apply_params
+from core.sets import index as sx
+from core.sets.fingerprint import set_fingerprint
 from core.sources import load_source
 from core.tasks import decode_fields
-from pipeline.plan import MARKER_NAME
-from pipeline.verify import verify_set
+from pipeline.generate.plan import MARKER_NAME
+from pipeline.inspect.verify import verify_set
 from stages.teachers import Ensemble
 
 DIGITS = SourceConfig(kind="digits")

@@ -34,7 +34,7 @@ from format1 import write_format1_set
 from regression_fixtures import build_regression_teachers, gaze_config
 
 from core.config import SetConfig, sampler_config
-from core.format import FORMAT_VERSION, READABLE_FORMATS
+from core.records.format import FORMAT_VERSION, READABLE_FORMATS
 
 CLASSIFICATION = {
     "mix": SetConfig(sampler=sampler_config(kind="mix"), samples=300, samples_per_shard=64),

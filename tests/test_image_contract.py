@@ -16,14 +16,14 @@ from bad_input import last_line, transferset, write_config
 from conftest import draw_spec
 from PIL import Image
 
-from core import format as fmt
 from core.config import ImageConfig, SetConfig, SourceConfig, StoreConfig, parse_config, sampler_config
 from core.errors import UserError
-from core.fingerprint import set_fingerprint
-from core.image_contract import draw_random_resized_crop, eval_image, resized_box
 from core.models import TinyCNN, input_spec, save_checkpoint
+from core.options.image_contract import draw_random_resized_crop, eval_image, resized_box
+from core.records import format as fmt
 from core.samplers import SAMPLERS, apply_params, sample_rng
 from core.samplers.mixing import mix_pixels
+from core.sets.fingerprint import set_fingerprint
 from core.sources import load_in_memory, load_source
 from core.tasks import decode_fields
 from stages.samplers import draw_shard

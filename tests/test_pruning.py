@@ -14,7 +14,7 @@ from torch import nn
 from core.config import ModelConfig, SourceConfig, TrainConfig
 from core.errors import UserError
 from core.models import CifarResNet, TinyCNN, input_spec, load_model, save_checkpoint
-from core.nets import LeNet, PreActResNet
+from core.models.nets import LeNet, PreActResNet
 from core.sources import load_source
 from student.pruning.l1 import filter_norms, kept, l1_prune
 from student.pruning.magnitude import magnitude_prune

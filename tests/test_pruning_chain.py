@@ -17,7 +17,7 @@ from bad_input import assert_one_error_line, transferset, tree, write_config
 
 from core.config import load_config, recipes_of
 from core.models import build_model
-from pipeline.prune_report import surplus
+from pipeline.report.pruning import surplus
 from student.pruning.recipe import check_recipe
 
 RESNET = {"arch": "resnet_cifar", "arch_kwargs": {"depth": 8, "width": 4}}

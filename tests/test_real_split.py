@@ -11,9 +11,9 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tvf
 
 from core.config import ImageConfig, SourceConfig
-from core.image_contract import draw_random_resized_crop
+from core.options.image_contract import draw_random_resized_crop
+from core.options.train import RandAugmentConfig
 from core.sources import Source, in_memory_if_small, load_source
-from core.train_config import RandAugmentConfig
 from student.build import training_split
 from student.stream import RealPart, StreamPlan, TransferLoader
 from student.stream.real import rand_augment, real_views

@@ -19,8 +19,6 @@ import torch
 from conftest import generate_set_in, plan_in
 from regression_fixtures import build_regression_teachers, gaze_config
 
-from core import format as fmt
-from core import set_index as sx
 from core.config import (
     KDConfig,
     ModelConfig,
@@ -30,12 +28,14 @@ from core.config import (
     sampler_config,
 )
 from core.errors import UserError
+from core.records import format as fmt
 from core.samplers import apply_params
+from core.sets import index as sx
 from core.sources import load_source
 from core.tasks import REGRESS, decode_fields
 from core.tasks.regression import gaussian_ensemble_targets
 from pipeline.inspect import inspect_set, write_plots
-from pipeline.verify import verify_set
+from pipeline.inspect.verify import verify_set
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 from student.shards import open_transfer_sets

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from core import format as fmt
 from core.config import SourceConfig
 from core.errors import UserError
-from core.gaze import RENDER_VERSION
 from core.models import build_model, input_spec, load_model, save_checkpoint
+from core.records import format as fmt
 from core.sources import load_source
+from core.sources.gaze import RENDER_VERSION
 from core.tasks import REGRESS, decode_fields
 from core.tasks.regression import split_gaussian
-from pipeline.regression_report import error_gap_reduction
+from pipeline.report.regression import error_gap_reduction
 from student.losses import gaussian_kl, gaussian_nll, mse_loss
 from student.regression_eval import chi2_cdf, regression_metrics, sigma_of
 

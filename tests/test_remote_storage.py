@@ -17,10 +17,10 @@ from PIL import Image
 from core.config import KDConfig, ModelConfig, SourceConfig, TrainConfig, parse_config
 from core.errors import UserError
 from core.models import read_checkpoint
-from core.readers import read_imagefolder, read_npz
 from core.sources import load_source
+from core.sources.readers import read_imagefolder, read_npz
 from pipeline.chain import generate_sets
-from pipeline.verify import verify_set
+from pipeline.inspect.verify import verify_set
 from student.train import train_model
 
 ROOT = Path(__file__).resolve().parents[1]

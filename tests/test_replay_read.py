@@ -15,15 +15,15 @@ from replay_fixtures import write_replay_shards
 
 from core.config import SourceConfig
 from core.errors import RecordError
-from core.sampled_target import (
+from core.records.sampled_target import (
     dense_weights,
     dense_weights_rows,
     reconstruct_sampled,
     reconstruct_sampled_rows,
     sample_target,
 )
+from core.records.target_codec import compress_topk, reconstruct_logp, reconstruct_logp_rows
 from core.sources import Source, load_source
-from core.target_codec import compress_topk, reconstruct_logp, reconstruct_logp_rows
 from student.shards import DecodedCache, ShardArrays, ShardDamage, decode_per_record, decode_shards
 
 ARRAYS = ("images", "target", "labels", "weights", "sources")

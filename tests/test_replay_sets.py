@@ -14,9 +14,9 @@ import pytest
 from bad_input import STUDENT, assert_one_error_line, transferset, tree, write_config
 from conftest import generate_set_in, snapshot
 
-from core import set_index as sx
 from core.config import SetConfig, SourceConfig
 from core.errors import UserError
+from core.sets import index as sx
 from core.sources import load_source
 from student.shards import decode_shard, open_transfer_sets
 

@@ -16,19 +16,19 @@ from pathlib import Path
 import pytest
 from conftest import generate_set_in, kill_session, snapshot
 
-from core import format as fmt
-from core import set_index as sx
-from core import storage
 from core.config import SetConfig, sampler_config
-from pipeline.set_gc import collect
-from pipeline.verify import unlisted_shards, verify_set
+from core.records import format as fmt
+from core.sets import index as sx
+from core.store import storage
+from pipeline.generate.set_gc import collect
+from pipeline.inspect.verify import unlisted_shards, verify_set
 
 SHARDS, PER_SHARD = 40, 32
 SET = SetConfig(sampler=sampler_config(kind="mix"), samples=SHARDS * PER_SHARD, samples_per_shard=PER_SHARD)
 SCRIPT = textwrap.dedent("""
     import json, sys
     from core.config import parse_config
-    from pipeline.driver import generate_set
+    from pipeline.generate.driver import generate_set
     args = json.loads(sys.argv[1])
     cfg = parse_config({"name": "test", "seed": 0, "source": {"kind": "digits"},
                         "teachers": {"model": {"arch": "tiny_cnn"}, "train": {"steps": 1}},

@@ -1,4 +1,4 @@
-"""core.storage on a real S3 HTTP endpoint (moto's server, through s3fs).
+"""core.store.storage on a real S3 HTTP endpoint (moto's server, through s3fs).
 
 A set's ``index.json`` and ``manifest.parquet`` are replaced whole while other jobs read them.
 s3fs's file object reads with a HEAD and then a GET pinned to the HEAD's ETag, so a read that
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from core import storage
+from core.store import storage
 
 
 def test_a_file_replaced_while_read_is_read_whole_as_one_version(s3) -> None:

@@ -14,11 +14,11 @@ import torch
 import yaml
 from bad_input import STUDENT, transferset, tree, write_config
 
-from core import format as fmt
-from core import set_index as sx
 from core.config import SourceConfig
 from core.errors import UserError
 from core.models import build_model
+from core.records import format as fmt
+from core.sets import index as sx
 from core.sources import load_source
 from core.tasks import decode_fields
 from student.build import source_input_spec

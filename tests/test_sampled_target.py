@@ -1,4 +1,4 @@
-"""The sampled-class target (core/sampled_target.py): unbiased on average (Monte-Carlo over the
+"""The sampled-class target (core/records/sampled_target.py): unbiased on average (Monte-Carlo over the
 real per-sample seeds), a deterministic plain-numpy record, and the KD loss that uses its weights.
 
 The tolerance of the unbiasedness test is not tuned: it is Z standard errors of the Monte-Carlo
@@ -14,12 +14,12 @@ import torch
 from conftest import plan_in
 from transfer_fixtures import log_softmax
 
-from core import format as fmt
-from core import sampled_target as st
-from core import set_index as sx
 from core.config import SetConfig, sampler_config
 from core.errors import FormatError
-from core.target_codec import compress_topk, reconstruct_logp
+from core.records import format as fmt
+from core.records import sampled_target as st
+from core.records.target_codec import compress_topk, reconstruct_logp
+from core.sets import index as sx
 from core.tasks import CLASSIFY, decode_fields
 from core.tasks.classification import LOGP_FIELD, SAMPLED_FIELD, TOPK_FIELD
 from stages.teachers import Ensemble

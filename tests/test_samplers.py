@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from conftest import plan_in
 
-from core import format as fmt
-from core import set_index as sx
 from core.config import SetConfig, SourceConfig, sampler_config
 from core.errors import UserError
-from core.image_contract import pad_crop
+from core.options.image_contract import pad_crop
+from core.records import format as fmt
 from core.samplers import SAMPLERS, SamplerOptions, apply_params, sample_rng
 from core.samplers.autoaugment import _policy
+from core.sets import index as sx
 from core.sources import load_source
 from core.tasks import decode_fields
 from stages.samplers import draw_shard

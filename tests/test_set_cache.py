@@ -25,9 +25,9 @@ from bad_input import last_line, tree
 from cache_jobs import as_indexed, config, forward_passes, generate, start_generate, the_set, transferset
 from conftest import kill_session
 
-from core import set_index as sx
 from core.config import parse_config
-from pipeline.plan import finish, plan_set, resume, start
+from core.sets import index as sx
+from pipeline.generate.plan import finish, plan_set, resume, start
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 
@@ -127,7 +127,7 @@ def test_a_waiting_smaller_request_is_refused_once_the_set_grew_and_the_index_ke
                                                                                                tmp_path) -> None:
     """``check_not_smaller`` ran only at plan time and each job's finish wrote its own index: a
     smaller request planned before a larger one finished put the index back to the smaller count."""
-    from core.set_lease import SetLease
+    from core.store.lease import SetLease
 
     cache = tmp_path / "cache"
     set_dir = made(cache, teachers, 128, tmp_path / "first")
@@ -152,7 +152,7 @@ def test_a_waiting_smaller_request_is_refused_once_the_set_grew_and_the_index_ke
 
 
 def test_a_killed_holder_is_taken_over_at_once_and_a_silent_one_after_its_ttl(teachers, tmp_path) -> None:
-    from core.set_lease import LeaseRecord
+    from core.store.lease import LeaseRecord
 
     cache = tmp_path / "cache"
     set_dir = made(cache, teachers, 128, tmp_path / "first")
@@ -184,14 +184,14 @@ def test_a_killed_holder_is_taken_over_at_once_and_a_silent_one_after_its_ttl(te
 
 def test_a_live_writers_temp_file_is_never_deleted(teachers, tmp_path) -> None:
     """``remove_stale_temps`` deleted every temp file at start and finish, another writer's too."""
-    from core.liveness import writer_tag
+    from core.store.liveness import writer_tag
 
     cache = tmp_path / "cache"
     set_dir = made(cache, teachers, 128, tmp_path / "first")
     live = set_dir / "shards" / f"shard-000009.tar.tmp-{writer_tag()}-0123456789ab"  # this test process: alive
     live.write_bytes(b"half a shard")
     os.utime(live, (time.time() - 3600, time.time() - 3600))  # however old: its writer lives
-    dead = subprocess.run([sys.executable, "-c", "from core.liveness import writer_tag; print(writer_tag())"],
+    dead = subprocess.run([sys.executable, "-c", "from core.store.liveness import writer_tag; print(writer_tag())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     gone = set_dir / "shards" / f"shard-000008.tar.tmp-{dead}-0123456789ab"
     gone.write_bytes(b"a dead writer's")
@@ -203,7 +203,7 @@ def test_a_live_writers_temp_file_is_never_deleted(teachers, tmp_path) -> None:
 
 
 def test_gc_refuses_while_a_writer_holds_the_lease(teachers, tmp_path) -> None:
-    from core.set_lease import SetLease
+    from core.store.lease import SetLease
 
     cache = tmp_path / "cache"
     set_dir = made(cache, teachers, 128, tmp_path / "first")

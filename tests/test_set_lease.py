@@ -1,4 +1,4 @@
-"""The set lease (core/set_lease.py) and who-is-alive (core/liveness.py), without Ray: a dead
+"""The set lease (core/store/lease.py) and who-is-alive (core/store/liveness.py), without Ray: a dead
 holder is taken over at once, a silent one of another host after its TTL and not before, a
 beating one never; a holder taken over knows it; temp files of live writers survive cleanup; a
 store that ignores If-None-Match is detected and falls back."""
@@ -17,11 +17,11 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from core import set_index as sx
-from core import storage
 from core.errors import UserError
-from core.liveness import process_alive, process_space, writer_tag
-from core.set_lease import LeaseRecord, SetLease, lease_ttl
+from core.sets import index as sx
+from core.store import storage
+from core.store.lease import LeaseRecord, SetLease, lease_ttl
+from core.store.liveness import process_alive, process_space, writer_tag
 
 ELSEWHERE = "0badf00d"  # a process space that is not this one: its pids cannot be checked from here
 
@@ -36,7 +36,7 @@ def lease_files(directory: Path) -> list[str]:
 
 
 def test_a_dead_holder_of_this_host_is_taken_over_at_once(tmp_path) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.set_lease import SetLease; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.store.lease import SetLease; "
                                "SetLease(sys.argv[1], 'killed').acquire(); print('held', flush=True); time.sleep(600)",
                                str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -102,7 +102,7 @@ def test_a_holder_taken_over_knows_it_and_takes_the_lease_again(tmp_path) -> Non
 def test_temp_files_of_live_writers_survive_cleanup(tmp_path) -> None:
     shards = tmp_path / sx.SHARDS_DIR
     shards.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "from core.liveness import writer_tag; print(writer_tag())"],
+    dead = subprocess.run([sys.executable, "-c", "from core.store.liveness import writer_tag; print(writer_tag())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     names = {"live": f"shard-000001.tar.tmp-{writer_tag()}-aaaaaaaaaaaa",
              "dead": f"shard-000002.tar.tmp-{dead}-bbbbbbbbbbbb",
@@ -132,7 +132,7 @@ class IgnoringFileSystem(MemoryFileSystem):
 
 def test_a_store_that_ignores_conditional_create_is_found_and_falls_back(monkeypatch) -> None:
     fsspec.register_implementation("ignoring", IgnoringFileSystem, clobber=True)
-    monkeypatch.setattr("core.set_lease.FALLBACK_SETTLE_S", 0.05)
+    monkeypatch.setattr("core.store.lease.FALLBACK_SETTLE_S", 0.05)
     assert storage.create_exclusive("ignoring://bucket/x", b"1")
     assert storage.create_exclusive("ignoring://bucket/x", b"2")  # a second create of one name: taken
     lines: list[str] = []

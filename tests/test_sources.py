@@ -14,8 +14,8 @@ from conftest import CIFAR10_MINI
 
 from core.config import SetConfig, SourceConfig, sampler_config
 from core.errors import UserError
-from core.fingerprint import set_fingerprint
-from core.replay_record import source_fingerprint
+from core.records.replay import source_fingerprint
+from core.sets.fingerprint import set_fingerprint
 from core.sources import load_source
 
 CIFAR_MINI = CIFAR10_MINI

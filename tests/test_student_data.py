@@ -8,9 +8,9 @@ import pytest
 import torch
 from transfer_fixtures import log_softmax, member_offsets, write_set
 
-from core import format as fmt
 from core.errors import UserError
-from core.image_contract import pad_crop
+from core.options.image_contract import pad_crop
+from core.records import format as fmt
 from core.sources import Source
 from student.data import normalize, source_input_spec
 from student.stream import RealPart, StreamPlan, TransferLoader, transfer_loader

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from core import set_index as sx
+from core.sets import index as sx
 
 ROOT = Path(__file__).resolve().parents[1]
 

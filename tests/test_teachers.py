@@ -11,13 +11,13 @@ import torch
 from conftest import plan_in
 from torch.nn import functional as F
 
-from core import format as fmt
-from core import set_index as sx
-from core import storage
 from core.config import SetConfig, SourceConfig, sampler_config
 from core.models import TinyCNN, input_spec, save_checkpoint
+from core.records import format as fmt
 from core.samplers import apply_params
+from core.sets import index as sx
 from core.sources import load_source
+from core.store import storage
 from core.tasks.classification import ensemble_targets
 from stages.teachers import Ensemble
 from stages.writer import make_shard, summary_from_tar, write_shard

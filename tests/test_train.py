@@ -10,8 +10,8 @@ from transfer_fixtures import write_set
 
 from core.config import KDConfig, ModelConfig, SourceConfig, TrainConfig
 from core.errors import UserError
-from core.format import sha256_file
 from core.models import load_model, read_checkpoint
+from core.records.format import sha256_file
 from core.sources import load_source
 from student.evaluate import accuracy, predict_probs
 from student.train import log_interval, lr_factor, train_model

@@ -21,18 +21,18 @@ from bad_input import assert_one_error_line, transferset, tree
 from conftest import generate_set_in, job_config, snapshot
 from format1 import write_format1_set
 
-from core import format as fmt
-from core import set_index as sx
 from core.config import SetConfig, SourceConfig, sampler_config
-from core.fingerprint import content_version, fingerprint_payload, set_fingerprint
+from core.records import format as fmt
 from core.samplers import sample_rng
 from core.samplers.base import draw_view, identity_view
+from core.sets import index as sx
+from core.sets.fingerprint import content_version, fingerprint_payload, set_fingerprint
 from core.sources import Source, load_source
 from core.tasks import decode_fields
+from pipeline.generate.plan import plan_set
+from pipeline.generate.set_gc import collect
 from pipeline.inspect import inspect_set
-from pipeline.plan import plan_set
-from pipeline.set_gc import collect
-from pipeline.verify import verify_set
+from pipeline.inspect.verify import verify_set
 from stages.samplers import draw_shard, set_size
 from student.shards import decode_shard
 from student.stream import transfer_loader

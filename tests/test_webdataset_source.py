@@ -21,9 +21,9 @@ from pydantic import ValidationError
 
 from core.config import SourceConfig
 from core.errors import UserError
-from core.readers import read_image
 from core.sources import load_source
-from core.webdataset_source import expand_urls, list_tar
+from core.sources.readers import read_image
+from core.sources.webdataset import expand_urls, list_tar
 
 SIZES = [(16, 16), (23, 31), (40, 12), (64, 48), (9, 70)]
 

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from bad_input import last_line, transferset, tree, write_config
 from PIL import Image
 
-from core import format as fmt
-from core import set_index as sx
 from core.config import ImageConfig
-from core.image_contract import eval_image, resized_box
 from core.models import load_model
+from core.options.image_contract import eval_image, resized_box
+from core.records import format as fmt
+from core.sets import index as sx
 from core.tasks import decode_fields
 
 timm = pytest.importorskip("timm")

@@ -1,4 +1,4 @@
-"""Tiny transfer sets written with the shard contract (core.format, core.set_index), for the student tests."""
+"""Tiny transfer sets written with the shard contract (core.records.format, core.sets.index), for the student tests."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core import format as fmt
-from core import set_index as sx
-from core import storage
+from core.records import format as fmt
+from core.sets import index as sx
+from core.store import storage
 from core.tasks import CLASSIFY
 
 

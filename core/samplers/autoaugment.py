@@ -21,7 +21,7 @@ from core.samplers.columns import RawSize, flag
 from core.samplers.real import AUGMENT, OneImage
 
 if TYPE_CHECKING:
-    from core.replay_params import ParamLayout
+    from core.records.replay_params import ParamLayout
     from core.sources import Source
 
 POLICIES = ("cifar10", "imagenet", "svhn", "randaugment")

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from core.image_contract import apply_view, draw_random_resized_crop
-from core.train_config import Strict
+from core.options.image_contract import apply_view, draw_random_resized_crop
+from core.options.train import Strict
 
 if TYPE_CHECKING:
-    from core.generator_config import GeneratorConfig
-    from core.replay_params import ParamLayout
+    from core.options.generator import GeneratorConfig
+    from core.records.replay_params import ParamLayout
     from core.sources import Source
 
 Params = dict[str, Any]

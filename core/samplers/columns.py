@@ -17,7 +17,7 @@ import numpy as np
 from core.samplers.base import Params, Problem, ReplayField
 
 if TYPE_CHECKING:
-    from core.replay_params import ParamLayout
+    from core.records.replay_params import ParamLayout
 
 RawSize = Callable[[int], tuple[int, int]]  # real image i's (height, width) as stored
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from core.generator_config import GeneratorConfig
+from core.options.generator import GeneratorConfig
 from core.samplers.base import Params, Raw, Sampler, SamplerOptions, draw_seed
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from core.samplers.base import Params, Problem, Raw, ReplayField, Sampler, Sampl
 from core.samplers.columns import RawSize, flag
 
 if TYPE_CHECKING:
-    from core.replay_params import ParamLayout
+    from core.records.replay_params import ParamLayout
     from core.sources import Source
 
 CHANNELS = 3  # mean / std: one or three values, NaN-padded to three

@@ -45,7 +45,7 @@ from core.samplers.columns import (
 from core.samplers.real import AUGMENT
 
 if TYPE_CHECKING:
-    from core.replay_params import ParamLayout
+    from core.records.replay_params import ParamLayout
     from core.sources import Source
 
 ALPHA = "lambda ~ Beta(alpha, alpha)"

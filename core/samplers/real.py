@@ -41,7 +41,7 @@ from core.samplers.columns import (
 )
 
 if TYPE_CHECKING:
-    from core.replay_params import ParamLayout
+    from core.records.replay_params import ParamLayout
     from core.sources import Source
 
 AUGMENT = "standard augmentation of real images first"

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from core.config import KDConfig, ModelConfig, SetConfig, TargetConfig, TrainConfig
-from core.format import Sample
+from core.records.format import Sample
 
 Record = dict[str, Any]  # a decoded sample: image, meta, target (the stream's row), label, and the task's own fields
 

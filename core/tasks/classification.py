@@ -2,8 +2,8 @@
 
 Members give logits z_m. The target is log p̄ with p̄ = mean_m softmax(z_m) (so a student can
 apply any temperature later: softmax(log p̄ / τ)), stored as float16 (``<key>.logp.npy``), as a
-top-k record (``<key>.topk.npy``, :mod:`core.target_codec`), or as classes drawn at the set's
-temperature with importance weights (``<key>.sampled.npy``, :mod:`core.sampled_target`: the one
+top-k record (``<key>.topk.npy``, :mod:`core.records.target_codec`), or as classes drawn at the set's
+temperature with importance weights (``<key>.sampled.npy``, :mod:`core.records.sampled_target`: the one
 form that is not temperature-free); ``<key>.cls`` holds the real label
 of a label-preserving view. Beside the target we keep two uncertainty statistics, both divided by
 log C so they lie in [0, 1] whatever the class count: Ĥ = H(p̄) / log C, the total uncertainty,
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from core import sampled_target as sampled
-from core import target_codec as codec
 from core.config import ModelConfig, SetConfig, TargetConfig
 from core.errors import FormatError, UserError
-from core.format import Sample, decode_npy, decode_record_image, encode_npy, image_member
+from core.records import sampled_target as sampled
+from core.records import target_codec as codec
+from core.records.format import Sample, decode_npy, decode_record_image, encode_npy, image_member
 from core.tasks.base import Record, Task, per_sampler, row_start, significant
 
 LOGP_FIELD = "logp.npy"
@@ -212,7 +212,7 @@ class ClassificationTask(Task):
 
     def decode_targets(self, fields: dict[str, bytes]) -> Record:
         """The target part of a record (``logp``, ``target``, ``label``, maybe ``weights``) from its
-        target members: a tar's, or those a replay record gives back (``core.replay_record``)."""
+        target members: a tar's, or those a replay record gives back (``core.records.replay``)."""
         target = next((member for member in (LOGP_FIELD, TOPK_FIELD, SAMPLED_FIELD) if member in fields), LOGP_FIELD)
         if target not in fields:
             raise FormatError(f"sample is missing members {[target]}")

@@ -25,7 +25,7 @@ import torch
 
 from core.config import SOURCE_SET, KDConfig, ModelConfig, SetConfig, TargetConfig, TrainConfig
 from core.errors import FormatError, UserError
-from core.format import Sample, decode_npy, decode_record_image, encode_npy, image_member
+from core.records.format import Sample, decode_npy, decode_record_image, encode_npy, image_member
 from core.tasks.base import Record, Task, per_sampler, row_start, significant
 
 MU_FIELD = "mu.npy"

@@ -28,7 +28,7 @@ import numpy as np
 
 from core.config import SetConfig, SourceConfig
 from core.errors import UserError
-from core.generator_config import GeneratorConfig
+from core.options.generator import GeneratorConfig
 from core.samplers import Params
 from core.samplers.gan import GanOptions
 from core.sources import Source, load_source_cached

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.train_config import PruneConfig
+from core.options.train import PruneConfig
 from student.pruning.graph import library
 from student.pruning.l1 import l1_prune
 from student.pruning.magnitude import magnitude_prune

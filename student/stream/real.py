@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from core.errors import UserError
-from core.image_contract import RESAMPLE, base_image, draw_random_resized_crop
-from core.readers import Source
+from core.options.image_contract import RESAMPLE, base_image, draw_random_resized_crop
+from core.options.train import RandAugmentConfig
 from core.samplers import NO_IMAGE
-from core.train_config import RandAugmentConfig
+from core.sources.readers import Source
 
 __all__ = ["RealMember", "RealPart", "pad_crop_flip", "real_views"]
 

@@ -1,0 +1,1 @@
+"""The config sections below the samplers (training, images, teachers, targets, generators)."""

@@ -1,0 +1,79 @@
+"""The image sections of the job config: the image contract (``image``) and how a set stores its
+images (``store``). Split from :mod:`core.config`, which re-exports both."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from core.options.train import Strict
+
+
+class ImageConfig(Strict):
+    """The job's image contract (``core.options.image_contract``): every stored image, and every image a
+    model is trained or evaluated on, has ``size``, whatever the size of the source's images.
+
+    ``views`` is how a real image becomes a training view: ``resize_crop`` (the short side resized
+    to the size, the centre kept, then the source's pad-and-crop and flip: the behaviour without a
+    contract) or ``random_resized_crop`` (torchvision's semantics: ``scale`` of the area, ``ratio``
+    of the aspect, then a flip). Evaluation takes the central ``crop_pct`` of the short side
+    (timm's resize + centre crop; default 1.0 for resize_crop, 0.875 for random_resized_crop).
+    """
+
+    size: int | tuple[int, int] = Field(description="height and width of every image (one int: a square)")
+    views: Literal["resize_crop", "random_resized_crop"] = Field(
+        "resize_crop", description="how training views are drawn: resize_crop (pad-and-crop) or random_resized_crop")
+    scale: tuple[float, float] = Field((0.08, 1.0), description="random_resized_crop: range of the box's area")
+    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="random_resized_crop: range of its aspect ratio")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
+        "bilinear", description="resampling of every resize")
+    crop_pct: float | None = Field(None, gt=0, le=1, description="evaluation: share of the short side kept")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ImageConfig:
+        if min(self.hw) < 1:
+            raise ValueError(f"image.size must be positive, got {self.size}")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"image.scale must be 0 < low <= high <= 1, got {list(self.scale)}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"image.ratio must be 0 < low <= high, got {list(self.ratio)}")
+        return self
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return (self.size, self.size) if isinstance(self.size, int) else (int(self.size[0]), int(self.size[1]))
+
+    @property
+    def eval_crop_pct(self) -> float:
+        if self.crop_pct is not None:
+            return self.crop_pct
+        return 0.875 if self.views == "random_resized_crop" else 1.0
+
+
+class StoreConfig(Strict):
+    """How a set stores its samples. ``kind: pixels`` (the default): every image, as lossless PNG
+    or JPEG at a fixed ``quality`` (the teachers label the decoded JPEG, so what is stored is what
+    was labelled). ``kind: replay``: no pixels, only each sample's parameters and targets in one
+    structured ``.npy`` per shard (``core.records.replay``, tens of bytes a sample); the trainer
+    rebuilds the images from the source. ``store: replay`` is short for ``store: {kind: replay}``."""
+
+    kind: Literal["pixels", "replay"] = Field(
+        "pixels", description="pixels: images in the tars; replay: parameters rebuilt by the trainer")
+    image: Literal["png", "jpeg"] = Field("png", description="pixels: the image encoding")
+    quality: int = Field(90, ge=1, le=100, description="jpeg quality")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _replay_has_no_image(self) -> StoreConfig:
+        if self.kind == "replay" and (self.image != "png" or self.quality != 90):
+            raise ValueError("store: a replay set stores no images; drop image and quality (or use kind: pixels)")
+        return self
+
+    @property
+    def replay(self) -> bool:
+        return self.kind == "replay"

@@ -1,0 +1,59 @@
+"""The ``targets`` section of a set: how its teacher targets are stored (dense, top-k, sampled
+classes; regression sets: the dtype of μ and log σ²). Split from :mod:`core.config` (which
+re-exports it) so each file stays readable."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from core.options.train import DEFAULT_KD_TEMPERATURE, Strict
+
+
+class TargetConfig(Strict):
+    """How targets are stored: dense float16 log-probabilities; the top-k log-probabilities with
+    their class indices and the log of the remaining mass (both temperature-free); or k classes
+    drawn from the teacher at ``temperature`` with importance weights (``sampled``: an unbiased
+    KD target for students at that temperature, core/records/sampled_target.py)."""
+
+    kind: Literal["dense", "topk", "sampled"] = Field(
+        "dense", description="dense log-probabilities, the top k, or k sampled classes")
+    k: int = Field(10, ge=1, le=65535, description="topk: classes kept; sampled: classes drawn per sample")
+    temperature: float | None = Field(
+        None, gt=0, description=f"sampled: the temperature the classes are drawn at (default "
+                                f"{DEFAULT_KD_TEMPERATURE:g}, the default kd.temperature); a kd student must "
+                                f"train at this temperature")
+    uniform: float | None = Field(
+        None, ge=0, lt=1, description="sampled: share of the uniform distribution in the proposal the classes "
+                                      "are drawn from (default 0: from the teacher alone)")
+    dtype: Literal["float16", "float32"] | None = Field(
+        None, description="regression sets: dtype of the stored μ and log σ² (default float32); "
+                          "classification log-probabilities are always float16")
+
+    @model_validator(mode="after")
+    def _sampled_options(self) -> TargetConfig:
+        given = [name for name in ("temperature", "uniform") if getattr(self, name) is not None]
+        if given and self.kind != "sampled":
+            raise ValueError(f"{', '.join(given)}: only for kind 'sampled' (remove it, or set kind: sampled)")
+        return self
+
+    @property
+    def draw_temperature(self) -> float:
+        """The temperature a sampled target is drawn at."""
+        return DEFAULT_KD_TEMPERATURE if self.temperature is None else float(self.temperature)
+
+    @property
+    def draw_uniform(self) -> float:
+        """The uniform share of a sampled target's proposal."""
+        return 0.0 if self.uniform is None else float(self.uniform)
+
+    def identity(self) -> Any:
+        """What the stored targets depend on (the fingerprint's ``targets``; dense stays "dense",
+        top-k keeps the identity it had before sampled targets existed)."""
+        if self.kind == "topk":
+            return {"kind": "topk", "k": self.k}
+        if self.kind == "sampled":
+            return {"kind": "sampled", "k": self.k, "temperature": self.draw_temperature,
+                    "uniform": self.draw_uniform}
+        return "dense"

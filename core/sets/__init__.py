@@ -1,0 +1,1 @@
+"""A cached set on a store: its index, spec and fingerprint."""

@@ -1,0 +1,1 @@
+"""Training students and teachers from sets: run layout, Ray Train, the pruning runner."""

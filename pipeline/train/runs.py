@@ -1,0 +1,261 @@
+"""What a job trains and where it lives: teacher checkpoints, sets, student runs, their specs.
+
+Output layout under ``OUT``::
+
+    teachers/member-<m>/model.pt     sets/<name>/     students/<name>/seed-<s>/     report.json
+
+A finished step leaves a ``spec.json`` describing what it was made from; a rerun whose spec is
+unchanged reuses the step's output instead of redoing it. :mod:`pipeline.chain` runs the steps
+in order; :mod:`pipeline.train.ray_train` trains the same runs as Ray tasks; the reports find the
+students' models here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.config import SOURCE_SET, Config, KDConfig, StudentConfig, TrainConfig, recipes_of
+from core.errors import UserError
+from core.seeds import part_seed
+from core.sets.index import read_index
+from core.sources import Source, check_readable, load_source
+from core.store import storage
+from core.tasks import Task, score
+from pipeline.generate.plan import plan_set
+from pipeline.generate.teacher_import import import_spec
+from student.pruning.shaping import Shaping
+from student.train import train_model
+
+Progress = Callable[[str], None]
+SPEC_NAME = "spec.json"
+
+
+def reusable(out_dir: Path, spec: dict[str, Any], artifact: str) -> bool:
+    spec_path = out_dir / SPEC_NAME
+    return (out_dir / artifact).is_file() and spec_path.is_file() and json.loads(spec_path.read_text()) == spec
+
+
+def mark_done(out_dir: Path, spec: dict[str, Any]) -> None:
+    storage.atomic_write(out_dir / SPEC_NAME, json.dumps(spec, sort_keys=True, indent=1).encode())
+
+
+def load_splits(cfg: Config) -> tuple[Source, Source]:
+    """Both splits, every image checked readable (its header) before anything is written."""
+    train, test = load_source(cfg.source, "train"), load_source(cfg.source, "test")
+    check_readable(train)
+    check_readable(test)
+    return train, test
+
+
+# ---------------------------------------------------------------- teachers
+
+
+def teacher_paths(cfg: Config, out: str | Path) -> list[str | Path]:
+    """Checkpoints of the ensemble: the config's own files (paths or fsspec URLs, kept as given),
+    or the members this job trains (under ``out``, a path or, for ``generate``, a URL)."""
+    if cfg.teachers.checkpoints:
+        return list(cfg.teachers.checkpoints)
+    count = len(cfg.teachers.models) if cfg.teachers.models else cfg.teachers.members
+    parts = [("teachers", f"member-{m}", "model.pt") for m in range(count)]
+    if storage.is_local(out):
+        return [storage.local_path(out).joinpath(*p) for p in parts]
+    return [storage.join(out, *p) for p in parts]
+
+
+def require_teachers(cfg: Config, out: str | Path) -> list[str | Path]:
+    """The ensemble's checkpoints, which must exist; the job's own members also must have been
+    trained (or imported) from this config's ``teachers`` section (their ``spec.json``), never
+    silently older ones."""
+    paths = teacher_paths(cfg, out)
+    missing = [str(p) for p in paths if not storage.is_file(p)]
+    if missing:
+        verb = "import" if cfg.teachers.models else "train"
+        raise UserError(
+            f"teachers: {len(missing)} checkpoint(s) missing ({missing[0]}); "
+            f"{verb} them with `transferset train CONFIG --teachers` or set teachers.checkpoints"
+        )
+    if not cfg.teachers.checkpoints:
+        for member, path in enumerate(paths):
+            check_member_spec(cfg, member, path)
+    return paths
+
+
+def check_member_spec(cfg: Config, member: int, path: str | Path) -> None:
+    """Refuse a member checkpoint that the config's ``teachers`` section did not make."""
+    spec_path = path.parent / SPEC_NAME if isinstance(path, Path) else str(path).rsplit("/", 1)[0] + "/" + SPEC_NAME
+    wanted = json.loads(json.dumps(wanted_member_spec(cfg, member)))
+    verb = "import them again" if cfg.teachers.models else "retrain them"
+    how = (f"{verb} with `transferset train CONFIG --teachers` (or `run`), use another --out, "
+           "or name the old files in teachers.checkpoints")
+    if not storage.is_file(spec_path):
+        raise UserError(f"teachers: {path} has no {SPEC_NAME} saying what it was trained from; {how}")
+    try:
+        found = json.loads(storage.read_bytes(spec_path))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"teachers: {spec_path} is not valid JSON ({err}); {how}") from err
+    if found != wanted:
+        raise UserError(f"teachers: {path} was made with {first_difference(found, wanted)}; {how}")
+
+
+def first_difference(found: Any, wanted: Any, where: str = "") -> str:
+    """``key.path = recorded, the config says wanted`` for the first value that differs."""
+    if isinstance(found, dict) and isinstance(wanted, dict):
+        for key in sorted(set(found) | set(wanted)):
+            if found.get(key) != wanted.get(key):
+                return first_difference(found.get(key), wanted.get(key), f"{where}.{key}".lstrip("."))
+    return f"{where} = {json.dumps(found)}, the config says {json.dumps(wanted)}"
+
+
+def member_seed(cfg: Config, member: int) -> int:
+    return part_seed(cfg.seed, "teacher", member)
+
+
+def member_spec(cfg: Config, seed: int) -> dict[str, Any]:
+    """What a trained member is made from."""
+    assert cfg.teachers.model is not None and cfg.teachers.train is not None, "the config validated a training setup"
+    return {"model": cfg.teachers.model.model_dump(), "train": cfg.teachers.train.model_dump(),
+            "source": cfg.source.model_dump(exclude=cfg.source.unused_keys()), "seed": seed}
+
+
+def wanted_member_spec(cfg: Config, member: int) -> dict[str, Any]:
+    """The spec member ``member`` of this config must have been made from: imported or trained."""
+    if cfg.teachers.models:
+        return import_spec(cfg.teachers.models[member])
+    return member_spec(cfg, member_seed(cfg, member))
+
+
+def train_member(cfg: Config, member: int, member_dir: Path, seed: int, train: Source, test: Source,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Train teacher member ``member`` (ERM, in this process)."""
+    assert cfg.teachers.model is not None and cfg.teachers.train is not None, "the config validated a training setup"
+    return train_model(
+        name=f"teacher-{member}", model_cfg=cfg.teachers.model, train_cfg=cfg.teachers.train,
+        objective="erm", kd_cfg=None, sets=[], train_source=train, test_source=test,
+        out_dir=member_dir, seed=seed, progress=progress,
+    )
+
+
+# ---------------------------------------------------------------- sets
+
+
+def set_dir(out: str | Path, name: str) -> str:
+    return storage.join(out, "sets", name)
+
+
+def locate_set(cfg: Config, out: str | Path, name: str) -> str:
+    """Where set ``name`` lives: OUT/sets/NAME, or its ``out`` (``auto``: the shared cache, found
+    by fingerprint, which needs the teachers' checkpoints)."""
+    if cfg.sets[name].out is None:
+        return set_dir(out, name)
+    return plan_set(cfg, name, set_dir(out, name), require_teachers(cfg, out)).spec.out_dir
+
+
+# ---------------------------------------------------------------- students
+
+
+def student_sets(cfg: Config, out: Path, name: str, task: Task,
+                 weights: dict[str, float] | None = None) -> list[tuple[str, float]]:
+    """The student's sets (or ``weights``: a pruned student's fine-tuning sets) as (directory,
+    weight), each checked to be generated and of ``task`` (the task of the job's source)."""
+    sets = []
+    for set_name, weight in (cfg.students[name].sets if weights is None else weights).items():
+        if set_name == SOURCE_SET:
+            sets.append((SOURCE_SET, weight))  # the real training split, read by the trainer
+            continue
+        directory = locate_set(cfg, out, set_name)
+        index = read_index(directory)
+        if index is None:
+            raise UserError(f"students.{name}.sets: set {set_name!r} is not generated yet at {directory}; "
+                            f"run `transferset generate CONFIG` first")
+        if index.kind.name != task.name:  # the job's source decides what its students learn
+            raise UserError(f"students.{name}.sets: set {set_name!r} at {directory} has task "
+                            f"{index.task!r}, the student is trained for {task.name!r}")
+        sets.append((str(directory), weight))
+    return sets
+
+
+def student_dir(out: Path, name: str, seed_index: int) -> Path:
+    """Where run ``seed_index`` of student ``name`` lives: ``OUT/students/NAME/seed-S``."""
+    return Path(out) / "students" / name / f"seed-{seed_index}"
+
+
+def _file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest()
+
+
+def set_identity(set_dir: str) -> list[Any] | None:
+    """A set as a student's reuse spec sees it: its fingerprint and its sample count (a set grows
+    in place under the same fingerprint, and a student of the grown set is another student)."""
+    index = read_index(set_dir)
+    return None if index is None else [index.fingerprint, index.totals.samples]
+
+
+def _student_spec(cfg: Config, out: Path, name: str, seed: int, sets: list[tuple[str, float]]) -> dict[str, Any]:
+    """What one run of a student is made from; its seed list is not part of it, so adding a seed
+    reuses the runs already made. Nor is its ``prune`` section (pruning comes after the run),
+    except the slimming penalty its pre-training adds."""
+    student = cfg.students[name]
+    source = cfg.source.model_dump(exclude=cfg.source.unused_keys())
+    spec = {"student": student.model_dump(exclude={"seeds", "prune"}), "source": source, "seed": seed,
+            "sets": {storage.name_of(d): [w, set_identity(d) if d != SOURCE_SET else None] for d, w in sets}}
+    penalty = slimming_penalty(student)
+    if penalty:
+        spec["slimming_l1"] = penalty
+    if student.objective == "kd_online":
+        spec["teachers"] = [_file_sha256(path) for path in require_teachers(cfg, out)]
+    return spec
+
+
+def student_runs(cfg: Config, out: Path, name: str, task: Task, seeds: list[int] | None = None) -> list[dict[str, Any]]:
+    """The runs of student ``name`` (one per seed), each checked for its inputs: ``{seed_index,
+    seed, out_dir, sets, spec}``."""
+    if name not in cfg.students:
+        raise UserError(f"--student {name!r}: not one of {sorted(cfg.students)}")
+    student = cfg.students[name]
+    unknown = sorted(set(seeds or []) - set(student.seeds))
+    if unknown:
+        raise UserError(f"--seed {unknown[0]}: student {name!r} has seeds {student.seeds}")
+    sets = student_sets(cfg, out, name, task) if student.objective == "kd" else []
+    runs = []
+    for seed_index in seeds or student.seeds:
+        seed = part_seed(cfg.seed, "student", name, seed_index)
+        run = {"name": name, "seed_index": seed_index, "seed": seed, "sets": sets,
+               "out_dir": student_dir(out, name, seed_index), "spec": _student_spec(cfg, out, name, seed, sets)}
+        if slimming_penalty(student):
+            run["shaping"] = Shaping(bn_l1=slimming_penalty(student)).as_dict()
+        runs.append(run)
+    return runs
+
+
+def slimming_penalty(student: StudentConfig) -> float:
+    """λ of the L1 penalty on batch-norm scales in the student's training (its slimming recipes')."""
+    return max([recipe.slimming_l1 for recipe in recipes_of(student.prune)], default=0.0)
+
+
+def train_student_run(cfg: Config, out: Path, run: dict[str, Any], train: Source, test: Source,
+                      progress: Progress) -> dict[str, Any]:
+    """Train one run of :func:`student_runs` and mark it done. A fine-tuning run of a pruned
+    student (:mod:`pipeline.train.pruning`) also carries its ``objective``, ``train``, ``kd``,
+    ``shaping`` and ``label``; a slimming student's own run its ``shaping``."""
+    name, student = run["name"], cfg.students[run["name"]]
+    label = run.get("label") or f"{name}/seed-{run['seed_index']}"
+    objective = run.get("objective", student.objective)
+    train_cfg = TrainConfig.model_validate(run["train"]) if "train" in run else student.train
+    kd_cfg = KDConfig.model_validate(run["kd"]) if "kd" in run else student.kd
+    shaping = Shaping(**run["shaping"]) if run.get("shaping") else None
+    progress(f"student {label}: training {student.model.arch} ({objective}) for {train_cfg.steps} steps")
+    teachers = list(require_teachers(cfg, out)) if objective == "kd_online" else None
+    result = train_model(
+        name=name, model_cfg=student.model, train_cfg=train_cfg, objective=objective,
+        kd_cfg=kd_cfg, sets=run["sets"], train_source=train, test_source=test, out_dir=run["out_dir"],
+        seed=run["seed"], progress=progress, teachers=teachers, factories=cfg.factories, shaping=shaping,
+        views_seen_warning=cfg.student_stage.views_seen_warning,
+    )
+    result["seed_index"] = run["seed_index"]
+    mark_done(run["out_dir"], run["spec"])
+    progress(f"student {label}: {score(result)}")
+    return result
