@@ -123,16 +123,17 @@ def main() -> None:
     raw["report"] = {"baseline": "kd", "compare": [n for n in raw["students"] if n != "kd"]} if args.base else {}
     cfg = parse_config(raw, origin=str(args.config))
 
-    from pipeline.chain import generate_sets, train_students, train_teachers
+    from pipeline.chain import generate_sets, train_students
     from pipeline.cli import progress
     from pipeline.generate.driver import shutdown_ray
     from pipeline.report import build_report, format_table
     from pipeline.train.runs import load_splits
+    from pipeline.train.teachers import make_teachers
 
     started = time.perf_counter()
     try:
         train, test = load_splits(cfg)
-        teachers = train_teachers(cfg, args.out, train, test, progress)
+        teachers = make_teachers(cfg, args.out, train, test, progress)
         generate_sets(cfg, args.out, teachers, progress)
         students = train_students(cfg, args.out, list(cfg.students), train, test, progress)
         report = build_report(cfg, teachers, students, test, args.out, train)

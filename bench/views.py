@@ -214,11 +214,12 @@ def main() -> None:
     raw["teachers"]["members"] = args.members
 
     from core.sources import load_source
-    from pipeline.chain import generate_sets, train_students, train_teachers
+    from pipeline.chain import generate_sets, train_students
     from pipeline.cli import progress
     from pipeline.generate.driver import shutdown_ray
     from pipeline.report import build_report
     from pipeline.train.runs import load_splits, set_dir, student_dir
+    from pipeline.train.teachers import make_teachers
 
     images = len(load_source(parse_config(raw, origin=str(args.config)).source, "train"))
     study = study_config(raw, views, xcl, images, args.steps, seeds, args.width, args.online, seeds_of)
@@ -229,7 +230,7 @@ def main() -> None:
     started = time.perf_counter()
     try:
         train, test = load_splits(cfg)
-        teachers = train_teachers(cfg, args.out, train, test, progress)
+        teachers = make_teachers(cfg, args.out, train, test, progress)
         phases["teachers"] = time.perf_counter() - started
         generate_sets(cfg, args.out, teachers, progress)
         phases["sets"] = time.perf_counter() - started - sum(phases.values())

@@ -1,4 +1,4 @@
-"""The chain of a job: teachers → transfer sets → students (→ pruned students' phases,
+"""The chain of a job: teachers (:mod:`pipeline.train.teachers`) → transfer sets → students (→ pruned students' phases,
 :mod:`pipeline.train.pruning`) → report, each step reused when done.
 
 What each step makes and where it lives (``OUT/teachers``, ``sets``, ``students``, with a
@@ -13,89 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
-from core.errors import UserError
-from core.models import read_checkpoint
 from core.sources import Source, check_readable, load_source
 from core.store import storage
-from core.tasks import score
 from pipeline.generate.driver import execute
 from pipeline.generate.plan import SetPlan, plan_set
 from pipeline.generate.set_locations import check_config_locations, check_planned, check_writable
 from pipeline.generate.supervisor import supervise
-from pipeline.generate.teacher_import import import_spec, prepare_teacher
 from pipeline.report import build_report
 from pipeline.train.pruning import check_pruning, prune_students
-from pipeline.train.ray_train import train_members, train_runs, use_ray_for_members
-from pipeline.train.runs import (
-    Progress,
-    load_splits,
-    mark_done,
-    member_seed,
-    member_spec,
-    require_teachers,
-    reusable,
-    set_dir,
-    student_runs,
-    teacher_paths,
-    train_member,
-)
-
-
-def import_teachers(cfg: Config, out: Path, train: Source, progress: Progress) -> list[str | Path]:
-    """Import the ``teachers.models`` members not done yet (each reused while its spec — arch,
-    weights sha256, input — is unchanged and it predicts the source's classes). Every member is
-    built and checked before the first one is written."""
-    if train.task.name != "classify":
-        raise UserError(f"teachers.models: imported teachers are classifiers; source {train.name} has a "
-                        f"{train.task.name!r} task (train its teachers with teachers.model and teachers.train)")
-    assert cfg.teachers.models is not None
-    paths = teacher_paths(cfg, out)
-    pending = []
-    for member, (entry, path) in enumerate(zip(cfg.teachers.models, paths, strict=True)):
-        spec = import_spec(entry)
-        if reusable(path.parent, spec, "model.pt") and read_checkpoint(path).get("num_classes") == train.num_classes:
-            progress(f"teacher {member}: reused {path}")
-            continue
-        where = f"teachers.models[{member}] ({entry.arch})"
-        pending.append((member, path, spec, prepare_teacher(
-            entry, train.num_classes, default_channels=train.shape[2], where=where, allowed_factories=cfg.factories)))
-    for member, path, spec, teacher in pending:
-        sha = teacher.save(path)
-        mark_done(path.parent, spec)
-        progress(f"teacher {member}: imported {teacher.entry.arch} from {teacher.entry.weights} "
-                 f"(input {teacher.contract['size'][0]}×{teacher.contract['size'][1]}, "
-                 f"{teacher.contract['interpolation']}) → {path} (sha256 {sha[:12]})")
-    return paths
-
-
-def train_teachers(cfg: Config, out: Path, train: Source, test: Source, progress: Progress) -> list[str | Path]:
-    """Train the members that are not done yet: as parallel Ray tasks when the CPUs allow
-    (``teachers.parallel``), else one after the other in this process. Imported members
-    (``teachers.models``) are imported instead, existing ``checkpoints`` taken as they are."""
-    if cfg.teachers.checkpoints:
-        return require_teachers(cfg, out)
-    if cfg.teachers.models:
-        return import_teachers(cfg, out, train, progress)
-    assert cfg.teachers.model is not None and cfg.teachers.train is not None
-    paths = teacher_paths(cfg, out)
-    jobs = []
-    for member, path in enumerate(paths):
-        seed = member_seed(cfg, member)
-        if reusable(path.parent, member_spec(cfg, seed), "model.pt"):
-            progress(f"teacher {member}: reused {path}")
-        else:
-            jobs.append((member, path.parent, seed))
-    if use_ray_for_members(cfg, len(jobs)):
-        train_members(cfg, jobs, progress)
-        for _, member_dir, seed in jobs:
-            mark_done(member_dir, member_spec(cfg, seed))
-        return paths
-    for member, member_dir, seed in jobs:
-        progress(f"teacher {member}: training {cfg.teachers.model.arch} for {cfg.teachers.train.steps} steps")
-        result = train_member(cfg, member, member_dir, seed, train, test, progress)
-        progress(f"teacher {member}: {score(result)}")
-        mark_done(member_dir, member_spec(cfg, seed))
-    return paths
+from pipeline.train.ray_train import train_runs
+from pipeline.train.runs import Progress, load_splits, set_dir, student_runs
+from pipeline.train.teachers import make_teachers
 
 
 def generate_sets(cfg: Config, out: str | Path, teachers: list[Path], progress: Progress,
@@ -147,7 +75,7 @@ def run_job(cfg: Config, out: Path, progress: Progress) -> dict[str, Any]:
     train, test = load_splits(cfg)
     check_pruning(cfg, train)
     check_config_locations(cfg, out)  # before the teachers: nothing is written for a job that would clash
-    teachers = train_teachers(cfg, out, train, test, progress)
+    teachers = make_teachers(cfg, out, train, test, progress)
     generate_sets(cfg, out, teachers, progress)
     students = train_students(cfg, out, list(cfg.students), train, test, progress)
     prune_students(cfg, out, list(cfg.students), train, test, progress)

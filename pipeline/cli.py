@@ -134,12 +134,13 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
         raise UserError("train --ray: needs --student NAME and --workers >= 1")
     if teachers and seed:
         raise UserError("train --seed: picks runs of a student; teachers are trained as members")
-    from pipeline.chain import train_students, train_teachers
+    from pipeline.chain import train_students
     from pipeline.train.runs import load_splits, student_runs
+    from pipeline.train.teachers import make_teachers
 
     train_split, test_split = load_splits(cfg)
     if teachers:
-        for path in train_teachers(cfg, out_dir, train_split, test_split, progress):
+        for path in make_teachers(cfg, out_dir, train_split, test_split, progress):
             print(path)
         return
     assert student is not None

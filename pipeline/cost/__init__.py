@@ -7,11 +7,12 @@ shard 0 made by the real ``make_shard`` and committed by the real ``write_shard`
 temporary directory (never the job's), labelled with uniform targets of the set's width (a
 record's targets have a fixed size, so their values barely change its bytes).
 
-What this run would do depends on what ``OUT`` holds, read as the chain reads it: a member whose
-``spec.json`` matches is reused, the others are trained; when every member exists each set is
-planned by ``plan_set`` and its committed shards found by ``resume`` (both read-only). A member
-not trained yet is stood in for by a random-weight checkpoint of the configured arch in the
-temporary directory: counts and bytes do not depend on the weights, nor does a forward's time.
+What this run would do depends on what ``OUT`` holds, read by the chain's own teacher plan
+(:func:`pipeline.train.teachers.plan_teachers`): its ready members are the run's, its pending ones
+stood in for in the temporary directory (an imported member exactly, a member not trained yet by
+random weights of the configured arch: counts and bytes do not depend on the weights, nor does a
+forward's time). When every member is known each set is planned by ``plan_set`` and its
+committed shards found by ``resume`` (both read-only).
 
 With ``probe``, :mod:`pipeline.cost.probe` times a teacher batch per member and a training step
 per arch on this machine's devices; the estimate is their serial sum over the work this run would
@@ -32,108 +33,16 @@ import numpy as np
 import torch
 
 from core.config import Config
-from core.errors import UserError
-from core.models import build_model, input_spec, save_checkpoint
 from core.sets.spec import SetSpec
 from core.sources import Source, load_source_cached
-from core.store import storage
 from pipeline.cost.probe import TIMING, median_seconds, teacher_batch_seconds, train_step_seconds
 from pipeline.generate.plan import AUTO, plan_set, resolve_set, resume
 from pipeline.generate.set_locations import check_config_locations, check_planned, check_writable
-from pipeline.generate.teacher_import import import_spec, prepare_teacher
-from pipeline.train.runs import (
-    check_member_spec,
-    load_splits,
-    member_seed,
-    member_spec,
-    require_teachers,
-    reusable,
-    set_dir,
-    teacher_paths,
-)
+from pipeline.train.runs import load_splits, set_dir
+from pipeline.train.teachers import TeacherPlan, plan_teachers
 from stages.writer import make_shard, write_shard
 
 Progress = Callable[[str], None]
-STATS_IMAGES = 4096  # images a stand-in teacher's mean/std are computed from (evenly spaced)
-
-
-# ---------------------------------------------------------------- teachers
-
-
-def sampled_input_spec(source: Source, limit: int = STATS_IMAGES) -> dict[str, Any]:
-    """The input contract the chain gives a member trained on ``source`` (its shape and per-channel
-    mean/std), the statistics taken from at most ``limit`` evenly spaced images: a plan must not
-    decode a large source whole."""
-    height, width, channels = source.shape
-    indices = np.unique(np.linspace(0, len(source) - 1, min(len(source), limit)).astype(np.int64))
-    pixels = source.images(indices).reshape(-1, channels).astype(np.float64) / 255.0
-    mean, std = pixels.mean(axis=0), pixels.std(axis=0)
-    std = np.where(std > 1e-6, std, 1.0)
-    return input_spec(height, width, channels, [float(m) for m in mean], [float(s) for s in std])
-
-
-def save_stand_in(cfg: Config, source: Source, member: int, path: Path, contract: dict[str, Any]) -> None:
-    """A random-weight checkpoint of the member the chain will train: same arch, head and input."""
-    model_cfg, task = cfg.teachers.model, source.task
-    head = task.head(model_cfg, source)
-    torch.manual_seed(member_seed(cfg, member))
-    model = build_model(model_cfg.arch, source.shape[2], task.head_width(head), model_cfg.arch_kwargs,
-                        [model_cfg.factory] if model_cfg.factory else [])
-    save_checkpoint(path, model.eval(), arch=model_cfg.arch, arch_kwargs=model_cfg.arch_kwargs,
-                    num_classes=source.num_classes, input=contract, task=task.name, head=head)
-
-
-def member_ready(cfg: Config, member: int, path: str | Path) -> bool:
-    """Whether the chain reuses this member checkpoint (its ``spec.json`` is this config's) rather
-    than training it; a URL (``generate --out s3://…``) is read through fsspec."""
-    if isinstance(path, Path):
-        return reusable(path.parent, member_spec(cfg, member_seed(cfg, member)), "model.pt")
-    try:
-        check_member_spec(cfg, member, path)
-    except UserError:
-        return False
-    return storage.is_file(path)
-
-
-def job_teachers(cfg: Config, out: str | Path, source: Source,
-                 scratch: Path) -> tuple[list[str | Path], list[int]]:
-    """The ensemble's checkpoints as the run will find them, and the members it will train
-    (stood in for by random weights here). ``teachers.checkpoints`` must exist, as for ``run``."""
-    if cfg.teachers.checkpoints:
-        return require_teachers(cfg, out), []
-    if cfg.teachers.models:
-        return imported_teachers(cfg, out, source, scratch), []
-    paths: list[str | Path] = []
-    to_train: list[int] = []
-    contract: dict[str, Any] | None = None
-    for member, path in enumerate(teacher_paths(cfg, out)):
-        if member_ready(cfg, member, path):
-            paths.append(path)
-            continue
-        contract = contract or sampled_input_spec(source)
-        stand_in = scratch / f"member-{member}.pt"
-        save_stand_in(cfg, source, member, stand_in, contract)
-        paths.append(stand_in)
-        to_train.append(member)
-    return paths, to_train
-
-
-def imported_teachers(cfg: Config, out: str | Path, source: Source, scratch: Path) -> list[str | Path]:
-    """``teachers.models``: the members imported already, and the others imported into ``scratch``
-    (every check the run makes; an import is deterministic, so the bytes — and the sets'
-    fingerprints — are the ones the run will have)."""
-    paths: list[str | Path] = []
-    for member, (entry, path) in enumerate(zip(cfg.teachers.models or [], teacher_paths(cfg, out), strict=True)):
-        if isinstance(path, Path) and reusable(path.parent, import_spec(entry), "model.pt"):
-            paths.append(path)
-            continue
-        where = f"teachers.models[{member}] ({entry.arch})"
-        teacher = prepare_teacher(entry, source.num_classes, default_channels=source.shape[2], where=where,
-                                  allowed_factories=cfg.factories)
-        stand_in = scratch / f"member-{member}.pt"
-        teacher.save(stand_in)
-        paths.append(stand_in)
-    return paths
 
 
 # ---------------------------------------------------------------- sets
@@ -216,8 +125,9 @@ def job_cost(cfg: Config, out: str | Path, *, probe: bool = False,
     check_config_locations(cfg, out)
     with tempfile.TemporaryDirectory(prefix="transferset-plan-") as scratch_dir:
         scratch = Path(scratch_dir)
-        teachers, to_train = job_teachers(cfg, out, train, scratch)
-        final = not to_train
+        ensemble = plan_teachers(cfg, out, train)
+        teachers = ensemble.stand_in(train, scratch)
+        final = not ensemble.to_train
         sets, images = [], None
         work = [set_work(cfg, name, out, teachers, train, final) for name in cfg.sets]
         check_planned(cfg, out, [spec for spec, _ in work])
@@ -231,32 +141,28 @@ def job_cost(cfg: Config, out: str | Path, *, probe: bool = False,
             sets.append(set_cost(spec, to_make, shard_probe, final))
         cost: dict[str, Any] = {
             "config": cfg.name, "out": str(out),
-            "teachers": teacher_summary(cfg, teachers, to_train),
+            "teachers": teacher_summary(cfg, ensemble),
             "sets": sets, "students": student_costs(cfg),
         }
         if probe:
             progress("plan: timing the teachers and a training step of each arch")
-            cost["probe"] = probe_times(cfg, train, teachers, to_train, images, cost)
+            cost["probe"] = probe_times(cfg, train, teachers, ensemble.to_train, images, cost)
     cost["totals"] = totals(cost)
     return cost
 
 
-def teacher_summary(cfg: Config, teachers: list[str | Path], to_train: list[int]) -> dict[str, Any]:
+def teacher_summary(cfg: Config, plan: TeacherPlan) -> dict[str, Any]:
     """The ensemble as the run will have it: trained here (``model``/``train``), existing
     checkpoints, or imported (``models``)."""
-    section = cfg.teachers
-    if section.models:
-        archs: str | None = ", ".join(m.arch for m in section.models)
-    else:
-        archs = section.model.arch if section.model is not None and not section.checkpoints else None
+    section, to_train = cfg.teachers, plan.to_train
     weights = "random (not trained yet: their time does not depend on the weights)" if to_train else \
-        "imported" if section.models else "trained"
-    return {"members": len(teachers), "arch": archs, "to_train": len(to_train),
+        plan.ensemble.weights
+    return {"members": len(plan.members), "arch": plan.ensemble.archs(), "to_train": to_train,
             "train_steps": section.train.steps if section.train is not None else 0,
             "batch_size": section.train.batch_size if section.train is not None else 0, "weights": weights}
 
 
-def probe_times(cfg: Config, source: Source, teachers: list[str | Path], to_train: list[int],
+def probe_times(cfg: Config, source: Source, teachers: list[str | Path], to_train: int,
                 images: np.ndarray | None, cost: dict[str, Any]) -> dict[str, Any]:
     """The measured seconds; each part of the job's cost made of them is added to ``cost``."""
     stage, task = cfg.teacher_stage, source.task
@@ -283,7 +189,7 @@ def probe_times(cfg: Config, source: Source, teachers: list[str | Path], to_trai
     if to_train:
         step_s, device = step_of(cfg.teachers.model, cfg.teachers.train)
         cost["teachers"].update(step_s=round(step_s, 6), device=device,
-                                seconds=round(step_s * cfg.teachers.train.steps * len(to_train), 3))
+                                seconds=round(step_s * cfg.teachers.train.steps * to_train, 3))
     for entry in cost["students"]:
         student = cfg.students[entry["name"]]
         step_s, device = step_of(student.model, student.train)
