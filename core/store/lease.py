@@ -30,11 +30,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from core.errors import UserError
+from core.progress import Progress, quiet
 from core.store import storage
 from core.store.liveness import process_alive, process_space, process_start
 
@@ -124,7 +124,7 @@ def _read(set_dir: str, epoch: int) -> LeaseRecord | None:
 class SetLease:
     """The lease on one set directory; a context manager (acquire, heartbeat, release)."""
 
-    def __init__(self, set_dir: str | Any, what: str, progress: Callable[[str], None] = lambda _: None,
+    def __init__(self, set_dir: str | Any, what: str, progress: Progress = quiet,
                  ttl: float | None = None) -> None:
         self.set_dir, self.what, self.progress = str(set_dir), what, progress
         self.ttl = ttl if ttl is not None else lease_ttl()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from core.config import Config
+from core.progress import Progress, quiet
 from core.sets.spec import SetSpec
 from core.sources import Source, load_source_cached
 from pipeline.cost.probe import TIMING, median_seconds, teacher_batch_seconds, train_step_seconds
@@ -41,9 +41,6 @@ from pipeline.generate.set_locations import check_config_locations, check_planne
 from pipeline.train.runs import load_splits, set_dir
 from pipeline.train.teachers import TeacherPlan, plan_teachers
 from stages.writer import make_shard, write_shard
-
-Progress = Callable[[str], None]
-
 
 # ---------------------------------------------------------------- sets
 
@@ -119,7 +116,7 @@ def student_costs(cfg: Config) -> list[dict[str, Any]]:
 
 
 def job_cost(cfg: Config, out: str | Path, *, probe: bool = False,
-             progress: Progress = lambda _: None) -> dict[str, Any]:
+             progress: Progress = quiet) -> dict[str, Any]:
     """The plan of job ``cfg`` run into ``out`` (see the module docstring); a JSON-ready dict."""
     train, _ = load_splits(cfg)  # both splits, so a bad source stops the plan as it would the run
     check_config_locations(cfg, out)

@@ -46,6 +46,7 @@ import torch
 
 from core.config import Config, RayConfig
 from core.errors import FormatError, UserError
+from core.progress import Progress
 from core.sets.index import ShardSummary
 from core.sets.spec import SetSpec
 from core.sources import load_source_cached
@@ -263,7 +264,7 @@ def _run_ray(plan: SetPlan, missing: list[int], on_shard: Callable[[ShardSummary
         on_shard(ShardSummary.from_json(row["summary"]))
 
 
-def execute(plan: SetPlan, ray_cfg: RayConfig, progress: Callable[[str], None]) -> dict[str, Any]:
+def execute(plan: SetPlan, ray_cfg: RayConfig, progress: Progress) -> dict[str, Any]:
     """Make (or complete) a planned set; see the module docstring.
 
     A complete set is reused without a lease (reading only). Otherwise everything that writes runs
@@ -287,7 +288,7 @@ def execute(plan: SetPlan, ray_cfg: RayConfig, progress: Callable[[str], None]) 
         return _make(plan, lease, ray_cfg, progress, result)
 
 
-def _reused(plan: SetPlan, result: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+def _reused(plan: SetPlan, result: dict[str, Any], progress: Progress) -> dict[str, Any]:
     spec, index = plan.spec, plan.index
     assert index is not None
     progress(f"{spec.name}: complete at {spec.out_dir} ({spec.shards} shards, fingerprint "
@@ -295,7 +296,7 @@ def _reused(plan: SetPlan, result: dict[str, Any], progress: Callable[[str], Non
     return {**result, "samples": index.totals.samples, "rejected": index.totals.rejected}
 
 
-def _make(plan: SetPlan, lease: SetLease, ray_cfg: RayConfig, progress: Callable[[str], None],
+def _make(plan: SetPlan, lease: SetLease, ray_cfg: RayConfig, progress: Progress,
           result: dict[str, Any]) -> dict[str, Any]:
     """Resume, make the missing shards on Ray, and commit the index (the lease held throughout)."""
     spec = plan.spec
@@ -337,7 +338,7 @@ def _make(plan: SetPlan, lease: SetLease, ray_cfg: RayConfig, progress: Callable
 
 
 def generate_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str | Path],
-                 progress: Callable[[str], None]) -> dict[str, Any]:
+                 progress: Progress) -> dict[str, Any]:
     """Plan and make set ``name`` of the job ``cfg`` (``out``: its default directory; see
     :func:`pipeline.generate.plan.plan_set`), without the supervisor. See :func:`execute` for the result."""
     return execute(plan_set(cfg, name, out, teachers), cfg.ray, progress)

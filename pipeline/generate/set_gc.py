@@ -9,10 +9,10 @@ lease without waiting, so it refuses (one line, exit 2) while a writer holds it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from core.errors import FormatError, UserError
+from core.progress import Progress, quiet
 from core.sets import index as sx
 from core.store import storage
 from core.store.lease import SetLease, lease_ttl
@@ -29,7 +29,7 @@ def _index(set_dir: str) -> sx.SetIndex:
     return index
 
 
-def collect(set_dir: str, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def collect(set_dir: str, progress: Progress = quiet) -> dict[str, Any]:
     """Remove every shard file the set's index does not list and dead writers' temp files, under
     the lease; returns what was removed and kept."""
     if not storage.is_dir(set_dir):

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from core.errors import FormatError, JobFailure, UserError
+from core.progress import Progress
 from pipeline.generate.plan import SetPlan
 
 NODE_POLL_S = 1.0
@@ -88,7 +89,7 @@ def _alive_nodes() -> dict[str, str]:
 
 
 @contextmanager
-def watch_nodes(progress: Callable[[str], None], poll_s: float = NODE_POLL_S) -> Iterator[list[str]]:
+def watch_nodes(progress: Progress, poll_s: float = NODE_POLL_S) -> Iterator[list[str]]:
     """Report every node that leaves the cluster while the block runs; yields the list of losses."""
     import ray
 
@@ -120,7 +121,7 @@ def watch_nodes(progress: Callable[[str], None], poll_s: float = NODE_POLL_S) ->
         thread.join(timeout=2 * poll_s)
 
 
-def supervise(plan: SetPlan, execute: Callable[[SetPlan], dict[str, Any]], progress: Callable[[str], None],
+def supervise(plan: SetPlan, execute: Callable[[SetPlan], dict[str, Any]], progress: Progress,
               max_restarts: int, replan: Callable[[], SetPlan]) -> dict[str, Any]:
     """Run ``execute(plan)``; on a failure a restart can cure, ``replan()`` and run again.
 
