@@ -47,6 +47,11 @@ class ImbalanceConfig(Strict):
     keep: float = Field(0.1, gt=0, le=1, description="share of each reduced class's training images kept")
 
 
+SOURCE_NEEDS = {"imagefolder": ("path",), "npz": ("path",), "torchvision": ("path", "name")}  # keys a reader needs
+SOURCE_KEY_EXAMPLES = {"name": " (e.g. CIFAR10)"}
+DEFAULT_METRICS = {"gaze": "angular"}  # the gaze targets are yaw and pitch: degrees between gaze vectors
+
+
 class SourceConfig(WebDatasetKeys):
     """Where real images come from.
 
@@ -94,6 +99,10 @@ class SourceConfig(WebDatasetKeys):
         None, description="regression error: angular (targets are yaw, pitch in radians; degrees between gaze "
                           "vectors) or euclidean (L2 distance); default angular for gaze, euclidean otherwise")
 
+    def error_metric(self) -> str:
+        """The regression error a report shows: ``metric``, else the source's own."""
+        return self.metric or DEFAULT_METRICS.get(self.kind, "euclidean")
+
     def unused_keys(self) -> set[str]:
         """Keys this source does not use, left out of stored specs and indexes (whose bytes stay
         those of jobs made before the keys existed): another kind's webdataset keys, no image contract."""
@@ -101,10 +110,9 @@ class SourceConfig(WebDatasetKeys):
 
     @model_validator(mode="after")
     def _path_for_files(self) -> SourceConfig:
-        if self.kind in ("imagefolder", "npz", "torchvision") and not self.path:
-            raise ValueError(f"source.kind {self.kind!r} needs source.path")
-        if self.kind == "torchvision" and not self.name:
-            raise ValueError("source.kind 'torchvision' needs source.name (e.g. CIFAR10)")
+        for key in SOURCE_NEEDS.get(self.kind, ()):
+            if not getattr(self, key):
+                raise ValueError(f"source.kind {self.kind!r} needs source.{key}{SOURCE_KEY_EXAMPLES.get(key, '')}")
         if self.classes is not None and len(set(self.classes)) != len(self.classes or []):
             raise ValueError("source.classes lists a class twice")
         self.check_webdataset_keys()

@@ -284,7 +284,7 @@ def read_npz_regression(cfg: SourceConfig, split: Split, arrays: dict[str, np.nd
     identity = {"kind": "npz", "task": "regress", "split": split, "sha256": content_hash(images, targets),
                 **split_rule}
     return _regression_source(f"npz:{path}", images, targets, identity, 4 if images.shape[1] >= 16 else 1,
-                              cfg.metric or "euclidean")
+                              cfg.error_metric())
 
 
 GAZE_SAMPLES = {"train": 8000, "test": 2000}
@@ -314,7 +314,7 @@ def read_gaze(cfg: SourceConfig, split: Split) -> Source:
                             f"set source.path to a writable directory") from err
     identity = {"kind": "gaze", "split": split, "seed": cfg.split_seed, "samples": count,
                 "sha256": content_hash(images, targets)}
-    return _regression_source(f"gaze:{cfg.split_seed}", images, targets, identity, 2, cfg.metric or "angular")
+    return _regression_source(f"gaze:{cfg.split_seed}", images, targets, identity, 2, cfg.error_metric())
 
 
 def read_torchvision(cfg: SourceConfig, split: Split) -> Source:

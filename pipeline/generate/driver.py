@@ -47,6 +47,7 @@ import torch
 from core.config import Config, RayConfig
 from core.errors import FormatError, UserError
 from core.progress import Progress
+from core.samplers import SAMPLERS
 from core.sets.index import ShardSummary
 from core.sets.spec import SetSpec
 from core.sources import load_source_cached
@@ -82,7 +83,7 @@ class GeneratorActor:
         spec, generated = self.spec, []
         for shard in batch["shard"]:
             drawn = draw_shard(spec.set_cfg, self.source, spec.seed, int(shard), spec.total)
-            params = [p for kind, p in drawn if kind == "gan"]
+            params = [p for kind, p in drawn if SAMPLERS[kind].generated]
             generated.append(self.runner.generate(params).cpu().numpy())
         return {"shard": batch["shard"], "count": batch["count"], "name": batch["name"],
                 "generated": np.stack(generated)}

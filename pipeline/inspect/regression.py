@@ -35,7 +35,7 @@ def metric_of(index: SetIndex) -> str:
     source = index.source_config()
     if source is None:
         return "euclidean"
-    return source.metric or ("angular" if source.kind == "gaze" else "euclidean")
+    return source.error_metric()
 
 
 def _binned(lam: np.ndarray, table: dict[str, np.ndarray]) -> list[dict[str, Any]]:
