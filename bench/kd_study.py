@@ -127,16 +127,16 @@ def main() -> None:
     from pipeline.cli import progress
     from pipeline.generate.driver import shutdown_ray
     from pipeline.report import build_report, format_table
-    from pipeline.train.runs import load_splits
+    from pipeline.train.job import open_job
     from pipeline.train.teachers import make_teachers
 
     started = time.perf_counter()
     try:
-        train, test = load_splits(cfg)
-        teachers = make_teachers(cfg, args.out, train, test, progress)
+        job = open_job(cfg, args.out, progress)
+        teachers = make_teachers(job)
         generate_sets(cfg, args.out, teachers, progress)
-        students = train_students(cfg, args.out, list(cfg.students), train, test, progress)
-        report = build_report(cfg, teachers, students, test, args.out, train)
+        students = train_students(job, list(cfg.students))
+        report = build_report(cfg, teachers, students, job.test, args.out, job.train)
     finally:
         shutdown_ray()
     (args.out / "study.json").write_text(json.dumps(report, indent=1))

@@ -218,7 +218,8 @@ def main() -> None:
     from pipeline.cli import progress
     from pipeline.generate.driver import shutdown_ray
     from pipeline.report import build_report
-    from pipeline.train.runs import load_splits, set_dir, student_dir
+    from pipeline.train.job import open_job
+    from pipeline.train.runs import set_dir, student_dir
     from pipeline.train.teachers import make_teachers
 
     images = len(load_source(parse_config(raw, origin=str(args.config)).source, "train"))
@@ -229,14 +230,14 @@ def main() -> None:
     phases: dict[str, float] = {}
     started = time.perf_counter()
     try:
-        train, test = load_splits(cfg)
-        teachers = make_teachers(cfg, args.out, train, test, progress)
+        job = open_job(cfg, args.out, progress)
+        teachers = make_teachers(job)
         phases["teachers"] = time.perf_counter() - started
         generate_sets(cfg, args.out, teachers, progress)
         phases["sets"] = time.perf_counter() - started - sum(phases.values())
-        students = train_students(cfg, args.out, list(cfg.students), train, test, progress)
+        students = train_students(job, list(cfg.students))
         phases["students"] = time.perf_counter() - started - sum(phases.values())
-        report = build_report(cfg, teachers, students, test, args.out, train)
+        report = build_report(cfg, teachers, students, job.test, args.out, job.train)
     finally:
         shutdown_ray()
     phases["total"] = time.perf_counter() - started

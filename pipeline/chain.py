@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
-from core.sources import Source, check_readable, load_source
+from core.sources import check_readable, load_source
 from core.store import storage
 from pipeline.generate.driver import execute
 from pipeline.generate.plan import SetPlan, plan_set
 from pipeline.generate.set_locations import check_config_locations, check_planned, check_writable
 from pipeline.generate.supervisor import supervise
 from pipeline.report import build_report
+from pipeline.train.job import Job, open_job
 from pipeline.train.pruning import check_pruning, prune_students
 from pipeline.train.ray_train import train_runs
-from pipeline.train.runs import Progress, load_splits, set_dir, student_runs
+from pipeline.train.runs import Progress, set_dir, student_runs
 from pipeline.train.teachers import make_teachers
 
 
@@ -58,27 +59,28 @@ def generate_sets(cfg: Config, out: str | Path, teachers: list[Path], progress: 
     return results
 
 
-def train_students(cfg: Config, out: Path, names: list[str], train: Source, test: Source, progress: Progress,
-                   force: bool = False, seeds: list[int] | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+def train_students(job: Job, names: list[str], force: bool = False,
+                   seeds: list[int] | None = None) -> dict[str, dict[int, dict[str, Any]]]:
     """Every run (student × seed) of ``names``: reused when done, else trained — as parallel Ray
     tasks when the CPUs allow (``student_stage.parallel``), else one after the other here.
     Returns ``{name: {seed_index: result}}``."""
-    runs = [run for name in names for run in student_runs(cfg, out, name, train.task, seeds)]
+    runs = [run for name in names for run in student_runs(job.cfg, job.out, name, job.train.task, seeds)]
     results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in names}
-    for run, result in zip(runs, train_runs(cfg, out, runs, train, test, progress, force), strict=True):
+    trained = train_runs(job.cfg, job.out, runs, job.train, job.test, job.progress, force)
+    for run, result in zip(runs, trained, strict=True):
         results[run["name"]][run["seed_index"]] = result
     return {name: dict(sorted(by_seed.items())) for name, by_seed in results.items()}
 
 
 def run_job(cfg: Config, out: Path, progress: Progress) -> dict[str, Any]:
     """The full chain; returns the report (also written to ``OUT/report.json``)."""
-    train, test = load_splits(cfg)
-    check_pruning(cfg, train)
+    job = open_job(cfg, out, progress)
+    check_pruning(cfg, job.train)
     check_config_locations(cfg, out)  # before the teachers: nothing is written for a job that would clash
-    teachers = make_teachers(cfg, out, train, test, progress)
+    teachers = make_teachers(job)
     generate_sets(cfg, out, teachers, progress)
-    students = train_students(cfg, out, list(cfg.students), train, test, progress)
-    prune_students(cfg, out, list(cfg.students), train, test, progress)
-    report = build_report(cfg, teachers, students, test, out, train)
+    students = train_students(job, list(cfg.students))
+    prune_students(cfg, out, list(cfg.students), job.train, job.test, progress)
+    report = build_report(cfg, teachers, students, job.test, out, job.train)
     storage.atomic_write(out / "report.json", json.dumps(report, indent=1).encode())
     return report

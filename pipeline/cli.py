@@ -135,23 +135,24 @@ def train(config: Path, student: Annotated[str | None, typer.Option("--student",
     if teachers and seed:
         raise UserError("train --seed: picks runs of a student; teachers are trained as members")
     from pipeline.chain import train_students
-    from pipeline.train.runs import load_splits, student_runs
+    from pipeline.train.job import open_job
+    from pipeline.train.runs import student_runs
     from pipeline.train.teachers import make_teachers
 
-    train_split, test_split = load_splits(cfg)
+    job = open_job(cfg, out_dir, progress)
     if teachers:
-        for path in make_teachers(cfg, out_dir, train_split, test_split, progress):
+        for path in make_teachers(job):
             print(path)
         return
     assert student is not None
-    student_runs(cfg, out_dir, student, train_split.task, seed)  # check the sets exist before training
+    student_runs(cfg, out_dir, student, job.train.task, seed)  # check the sets exist before training
     if ray:
         from pipeline.train.ray_train import train_student_on_ray
 
         for result in train_student_on_ray(cfg, out_dir, student, workers, gpu, progress, seed):
             print(json.dumps(result))
         return
-    results = train_students(cfg, out_dir, [student], train_split, test_split, progress, seeds=seed)
+    results = train_students(job, [student], seeds=seed)
     if int(os.environ.get("RANK", "0")) == 0:
         for result in results[student].values():
             print(json.dumps(result))

@@ -24,6 +24,7 @@ from core.sources import Source
 from core.store import storage
 from core.tasks import CLASSIFY, score
 from pipeline.generate.teacher_import import import_spec, prepare_teacher
+from pipeline.train.job import Job
 from pipeline.train.ray_train import train_members, use_ray_for_members
 from pipeline.train.runs import (
     Progress,
@@ -245,11 +246,11 @@ def plan_teachers(cfg: Config, out: str | Path, source: Source) -> TeacherPlan:
     return TeacherPlan(ensemble, ensemble.members(source))
 
 
-def make_teachers(cfg: Config, out: Path, train: Source, test: Source, progress: Progress) -> list[str | Path]:
+def make_teachers(job: Job) -> list[str | Path]:
     """Every member ready: the reused ones said so, the pending ones made. Returns the paths."""
-    plan = plan_teachers(cfg, out, train)
+    plan = plan_teachers(job.cfg, job.out, job.train)
     for member in plan.members:
         if member.ready and plan.ensemble.made_by_the_job:
-            progress(f"teacher {member.index}: reused {member.path}")
-    plan.ensemble.make(plan.pending, train, test, progress)
+            job.progress(f"teacher {member.index}: reused {member.path}")
+    plan.ensemble.make(plan.pending, job.train, job.test, job.progress)
     return plan.paths

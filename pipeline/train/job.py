@@ -1,0 +1,27 @@
+"""A job in progress: its config, where its outputs go, its two splits and how it reports — the
+context the chain's steps take, instead of five arguments handed down one by one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.config import Config
+from core.progress import Progress, quiet
+from core.sources import Source
+from pipeline.train.runs import load_splits
+
+
+@dataclass(frozen=True)
+class Job:
+    cfg: Config
+    out: Path
+    train: Source
+    test: Source
+    progress: Progress = quiet
+
+
+def open_job(cfg: Config, out: str | Path, progress: Progress = quiet) -> Job:
+    """The job with both splits loaded, every image checked readable before anything is written."""
+    train, test = load_splits(cfg)
+    return Job(cfg, Path(out), train, test, progress)
