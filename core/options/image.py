@@ -85,5 +85,6 @@ class StoreConfig(Strict):
         return set(UNUSED_KEYS[self.kind])
 
     @property
-    def replay(self) -> bool:
-        return self.kind == "replay"
+    def stores_images(self) -> bool:
+        """The shards hold the images (else a reader rebuilds them from the source)."""
+        return "image" not in UNUSED_KEYS[self.kind]

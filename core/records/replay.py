@@ -7,9 +7,10 @@ with ``np.load(path)`` (no pickle, no project code). A row holds, in this order:
   ``candidate`` too when the set keeps the most uncertain candidates (``select``);
 - the parameter columns of :mod:`core.records.replay_params`;
 - ``label`` (int8/int16/int32, −1 where none), present when a sampler keeps real labels;
-- the target column, named by its kind: ``logp`` float16 (C,), or the ``topk`` / ``sampled``
-  record of :mod:`core.records.target_codec` / :mod:`core.records.sampled_target` without its constant ``classes``
-  field (the index has the class count), so each row holds only what varies;
+- the target column, named by its kind (:mod:`core.records.replay_targets`, a class each):
+  ``logp`` float16 (C,), or the ``topk`` / ``sampled`` record of :mod:`core.records.target_codec`
+  / :mod:`core.records.sampled_target` without its constant ``classes`` field (the index has the
+  class count), so each row holds only what varies;
 - the statistics the manifest shows: ``entropy`` and ``disagreement`` in [0, 1] as uint8
   (1/255 steps), ``teacher_argmax``, and ``target_kl`` (float16) for top-k and sampled targets.
 

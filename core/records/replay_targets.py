@@ -39,10 +39,10 @@ class TargetColumn:
     def field(self, k: int, classes: int) -> tuple[str, Any, tuple[int, ...]]:
         return self.name, "<f2", (classes,)
 
-    def check(self, key: str, target: np.ndarray, k: int, classes: int) -> None:
+    def check(self, key: str, member: np.ndarray, k: int, classes: int) -> None:
         """A sample's member must fit the set's records."""
-        if target.dtype != self.member_dtype(k, classes) or target.shape != (classes,):
-            raise FormatError(f"sample {key}: target {target.dtype} {target.shape} does not fit the set's "
+        if member.dtype != self.member_dtype(k, classes) or member.shape != (classes,):
+            raise FormatError(f"sample {key}: target {member.dtype} {member.shape} does not fit the set's "
                               f"{self.name} records")
 
     def store(self, out: np.ndarray, targets: list[np.ndarray]) -> None:
@@ -67,9 +67,9 @@ class RecordTargetColumn(TargetColumn):
         dtype = self.member_dtype(k, classes)
         return self.name, np.dtype([(n, dtype.fields[n][0]) for n in dtype.names if n != CONSTANT]), ()
 
-    def check(self, key: str, target: np.ndarray, k: int, classes: int) -> None:
-        if target.dtype != self.member_dtype(k, classes):
-            raise FormatError(f"sample {key}: target {target.dtype} {target.shape} does not fit the set's "
+    def check(self, key: str, member: np.ndarray, k: int, classes: int) -> None:
+        if member.dtype != self.member_dtype(k, classes):
+            raise FormatError(f"sample {key}: target {member.dtype} {member.shape} does not fit the set's "
                               f"{self.name} records")
 
     def store(self, out: np.ndarray, targets: list[np.ndarray]) -> None:

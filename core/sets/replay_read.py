@@ -59,7 +59,7 @@ def read_replay_shard(url: str, expected_samples: int, width: int, layout: Recor
     if not len(records):
         raise ShardDamage(url, "no samples")
     try:
-        if layout.num_classes != width:
+        if width != layout.num_classes:
             raise RecordError(0, f"target shape ({layout.num_classes},), expected ({width},)")
         columns = decode_columns(layout, records)
         samples = layout.params.decode_all(records)

@@ -59,6 +59,53 @@ class ShardFormat:
         return drawn
 
     @classmethod
+    def planned(cls, set_cfg: Any, layout: RecordLayout | None) -> ShardFormat:
+        """The format a planned set is written in (``layout``: what :meth:`plan_layout` gave)."""
+        raise NotImplementedError
+
+    @classmethod
+    def checked(cls, index: SetIndex) -> ShardFormat | str:
+        """The format ``verify`` and ``inspect`` read an indexed set in, or the problem that stops them."""
+        raise NotImplementedError
+
+    @classmethod
+    def opened(cls, set_dir: str, index: SetIndex, source: Source | None) -> ShardFormat:
+        """The format a trainer reads an indexed set in (``source``: the job's training split)."""
+        raise NotImplementedError
+
+    @property
+    def encoding(self) -> str:
+        """index.json's ``image.encoding``."""
+        raise NotImplementedError
+
+    def encode(self, shard: int, samples: list[fmt.Sample]) -> tuple[bytes, list[dict[str, Any]]]:
+        """A shard's bytes and the metadata of its samples as :meth:`metas` will read them back."""
+        raise NotImplementedError
+
+    def metas(self, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(key, metadata)`` of every sample of a committed shard (what resume rebuilds)."""
+        raise NotImplementedError
+
+    def records(self, url: str, task: str | Task | None = None) -> Records:
+        """Each sample's key and how to decode it as its task's record (image, meta, targets)."""
+        raise NotImplementedError
+
+    def decode_shards(self, shards: list[tuple[str, int]], width: int) -> list[ShardArrays]:
+        """Shards ``(url, expected samples)`` decoded into arrays, in order (the trainer's read)."""
+        raise NotImplementedError
+
+    def check_shard(self, path: str, name: str, shard: int, seen: dict[str, str],
+                    check: RecordCheck) -> tuple[int | None, list[str]]:
+        """``(samples read, problems)`` of one shard for ``verify`` (None: it could not be read to
+        its end); ``check`` is what every decoded record must satisfy beyond the format."""
+        raise NotImplementedError
+
+    @classmethod
+    def target_bytes(cls, urls: list[str], index: SetIndex, members: tuple[str, ...]) -> float:
+        """Bytes a sample's target takes as stored (``inspect``; ``members``: the task's target members)."""
+        raise NotImplementedError
+
+    @classmethod
     def stats(cls, index: SetIndex) -> dict[str, Any]:
         """What ``inspect`` adds for a set of this format."""
         return {}
@@ -86,32 +133,27 @@ class PixelShards(ShardFormat):
 
     @classmethod
     def checked(cls, index: SetIndex) -> PixelShards:
-        """The format of a set ``verify`` and ``inspect`` read."""
         return cls()
 
     @classmethod
     def opened(cls, set_dir: str, index: SetIndex, source: Source | None) -> PixelShards:
-        """The format of a set a trainer reads (``source``: the job's training split)."""
         return cls()
 
     @property
     def encoding(self) -> str:
-        """index.json's ``image.encoding``."""
         return self.image
 
     def encode(self, shard: int, samples: list[fmt.Sample]) -> tuple[bytes, list[dict[str, Any]]]:
-        """A shard's bytes and the metadata of its samples (the manifest's source)."""
         return fmt.tar_bytes(samples, self.image, self.quality), [s.meta for s in samples]
 
     def metas(self, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """``(key, metadata)`` of every sample of a committed shard: its JSON members."""
+        """Its JSON members."""
         for key, fields in fmt.iter_tar(path):
             if "json" not in fields:
                 raise FormatError(f"{path}: sample {key} has no json member")
             yield key, json.loads(fields["json"])
 
     def records(self, url: str, task: str | Task | None = None) -> Records:
-        """Each sample's key and how to decode it as its task's record."""
         for key, fields in fmt.iter_tar(url):
             yield key, lambda fields=fields: decode_fields(fields, task)
 
@@ -121,7 +163,6 @@ class PixelShards(ShardFormat):
 
     def check_shard(self, path: str, name: str, shard: int, seen: dict[str, str],
                     check: RecordCheck) -> tuple[int | None, list[str]]:
-        """``(samples read, problems)`` of one shard (None: the tar could not be read to its end)."""
         problems: list[str] = []
         count = 0
         try:
