@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from core.config import SourceConfig
 from core.errors import FormatError, UserError
 from core.records import format as fmt
 from core.records.replay import RecordLayout, decode_record, encode_records, record_layout, source_fingerprint
@@ -28,7 +29,7 @@ from core.sets.arrays import Records, ShardArrays
 from core.sets.index import SetIndex
 from core.sets.replay_read import decode_replay_shards
 from core.sets.shard_format import Drawn, RecordCheck, ShardFormat
-from core.sources import IN_MEMORY_BYTES, Source, load_in_memory, load_source
+from core.sources import IN_MEMORY_BYTES, Source, load_in_memory, load_source, load_source_cached
 from core.store import storage
 from core.tasks import CLASSIFY, Task
 
@@ -101,8 +102,9 @@ class ReplayShards(ShardFormat):
     def encoding(self) -> str:
         return "replay"
 
-    def index_entry(self, source: Source) -> dict[str, Any]:
+    def index_entry(self, source_cfg: SourceConfig) -> dict[str, Any]:
         """What a trainer checks its source against, and the records' dtype."""
+        source = load_source_cached(source_cfg, "train")
         return {"source": source_fingerprint(source), "images": len(source),
                 "dtype": np.lib.format.dtype_to_descr(self.layout.dtype), "record_bytes": self.layout.dtype.itemsize}
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from core.config import SourceConfig
 from core.errors import FormatError
 from core.records import format as fmt
 from core.records.replay import RecordLayout
@@ -50,8 +51,8 @@ class ShardFormat:
     def shard_name(self, shard: int, count: int | None = None) -> str:
         return sx.shard_name(shard, count, self.suffix)
 
-    def index_entry(self, source: Source) -> dict[str, Any] | None:
-        """index.json's ``replay`` part for a set made from ``source`` (None: the index has none)."""
+    def index_entry(self, source_cfg: SourceConfig) -> dict[str, Any] | None:
+        """index.json's ``replay`` part for a set made from ``source_cfg`` (None: the index has none)."""
         return None
 
     def recorded(self, drawn: Drawn) -> Drawn:

@@ -26,7 +26,7 @@ from core.sets.fingerprint import PREFIX_CHARS, content_version, set_fingerprint
 from core.sets.formats import FORMATS
 from core.sets.index import SetIndex, ShardSummary, TeacherEntry
 from core.sets.spec import SetSpec
-from core.sources import Source, load_source, load_source_cached
+from core.sources import Source, load_source
 from core.store import storage
 from core.store.lease import is_lease_name, lease_ttl
 from core.tasks import Task
@@ -293,7 +293,7 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
     targets_unused = {key for key in ("dtype", "temperature", "uniform") if getattr(spec.set_cfg.targets, key) is None}
     unused: dict[str, Any] = {"targets": targets_unused} if targets_unused else {}
     store = spec.set_cfg.store
-    # a PNG set's index predates the store option, a JPEG set's replay sets; a replay set has no image options
+    # a PNG set's index predates the store option; any other leaves out the keys its kind does not read
     unused["store"] = True if store == StoreConfig() else store.unused_keys()
     source_unused = {name for name in ("samples", "test_samples", "metric")
                      if getattr(spec.source_cfg, name) is None} | spec.source_cfg.unused_keys() or None
@@ -311,6 +311,6 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
         shards=[summary.entry() for summary in ordered],
         totals=sx.Totals(**totals),
         statistics=spec.kind.statistics(rows),
-        replay=shard_format.index_entry(load_source_cached(spec.source_cfg, "train")),
+        replay=shard_format.index_entry(spec.source_cfg),
     ))
     return totals
