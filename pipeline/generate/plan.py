@@ -20,7 +20,7 @@ from typing import Any
 from core.config import Config, SetConfig, StoreConfig
 from core.errors import FormatError, UserError
 from core.models import load_model
-from core.records.format import sha256_file
+from core.records.format import VIEWS_ORDER_FORMAT, sha256_file
 from core.sets import index as sx
 from core.sets.fingerprint import PREFIX_CHARS, content_version, set_fingerprint
 from core.sets.formats import FORMATS
@@ -140,7 +140,7 @@ def _old_order(index: SetIndex) -> str:
         set_cfg = index.set_config()
     except ValueError:  # a config this version cannot read: say nothing more
         set_cfg = None
-    old_views = index.format == 1 and set_cfg is not None and set_cfg.enumerates_source()
+    old_views = index.format < VIEWS_ORDER_FORMAT and set_cfg is not None and set_cfg.enumerates_source()
     return " (a format-1 views set; format 2 writes views sets in another order)" if old_views else ""
 
 
