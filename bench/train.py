@@ -109,7 +109,7 @@ def decode_rate(opened: SetShards) -> tuple[float, int]:
     """Samples/s of decoding (or rebuilding) every shard once in this process, and the decoded bytes."""
     start, samples, nbytes = time.perf_counter(), 0, 0
     for url, count in zip(opened.urls, opened.samples, strict=True):
-        arrays = decode_shard(url, count, opened.width, opened.replay)
+        arrays = decode_shard(url, count, opened.width, opened.shard_format)
         samples, nbytes = samples + len(arrays), nbytes + arrays.nbytes
     return samples / (time.perf_counter() - start), nbytes
 
@@ -119,9 +119,9 @@ def rebuild_rates(opened: SetShards) -> dict[str, float]:
     shards in one call (best of two alternating passes, so drift hits each alike)."""
     shards = list(zip(opened.urls, opened.samples, strict=True))
     ways: dict[str, Callable[[], object]] = {
-        "per_record": lambda: [decode_per_record(url, n, opened.width, opened.replay) for url, n in shards],
-        "column": lambda: [decode_shard(url, n, opened.width, opened.replay) for url, n in shards],
-        "together": lambda: decode_shards(shards, opened.width, opened.replay)}
+        "per_record": lambda: [decode_per_record(url, n, opened.width, opened.shard_format) for url, n in shards],
+        "column": lambda: [decode_shard(url, n, opened.width, opened.shard_format) for url, n in shards],
+        "together": lambda: decode_shards(shards, opened.width, opened.shard_format)}
     best = {name: 0.0 for name in ways}
     for _ in range(2):
         for name, way in ways.items():

@@ -15,39 +15,31 @@ target), or ``[μ, log σ²]`` (2·D values) for a regression set, so the stream
 unchanged; a sampled-class set adds a ``weights`` row per sample (its importance weights over the
 classes), which is what its KD loss uses.
 
-A replay set's shard is one ``.npy`` of records without pixels (:mod:`core.records.replay`): its
-images are rebuilt here, in the reader (a DataLoader worker), from the source the set was made
-from, with the functions generation made them with (:mod:`core.samplers`). Its columns are
-decoded at once and several shards are rebuilt together, each source image decoded once
-(:mod:`student.replay_read`); the per-record path (a tar's, through the task's decoder) stays
-as the reference that decode is tested against. The source is checked when the set is opened.
+How a shard is decoded is its set's format's (:mod:`core.sets.formats`), chosen from the index
+when the set is opened: a tar's records one by one, or a replay set's ``.npy`` of records
+without pixels, whose images are rebuilt here, in the reader (a DataLoader worker), from the
+source the set was made from (checked when the set is opened), column-wise and several shards
+together (:mod:`core.sets.replay_read`). The per-record path of any format stays as the
+reference that decode is tested against.
 """
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
 
 from core.errors import FormatError, UserError
-from core.records.format import iter_tar, read_records, sample_key
-from core.records.replay import decode_record, record_layout, source_fingerprint
-from core.records.replay_checks import record_problems
-from core.samplers import NO_IMAGE, apply_params, source_indices
-from core.sets.index import SetIndex, parse_shard_name, read_index, shard_urls
-from core.sources import IN_MEMORY_BYTES, Source, load_in_memory
+from core.sets.arrays import ShardArrays, ShardDamage, decode_records, one_line
+from core.sets.formats import PIXELS, format_of
+from core.sets.index import read_index, shard_urls
+from core.sets.shard_format import ShardFormat
+from core.sources import Source
 from core.store import storage
-from core.tasks import CLASSIFY, Task, decode_fields, task_named
-from student.replay_read import decode_replay_shards
-from student.shard_arrays import ReplaySource, ShardArrays, ShardDamage, one_line
+from core.tasks import Task, task_named
 
-__all__ = ["DecodedCache", "ReplaySource", "SetShards", "ShardArrays", "ShardDamage", "check_sampled_temperature",
+__all__ = ["DecodedCache", "SetShards", "ShardArrays", "ShardDamage", "check_sampled_temperature",
            "damage_message", "decode_per_record", "decode_shard", "decode_shards", "one_line",
-           "open_transfer_sets", "replay_source"]
+           "open_transfer_sets"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +54,7 @@ class SetShards:
     outputs: int  # what its teachers predict: classes, or the regression target's dimension D
     originals: bool = False  # views of the real images only (pick's x), not mixes or generated x′
     sampled_temperature: float | None = None  # a sampled-class set: the temperature its classes were drawn at
-    replay: ReplaySource | None = None  # a replay set: the records' layout and the source its images come from
+    shard_format: ShardFormat = PIXELS  # how its shards are decoded (a replay set's: over the job's source)
 
     @property
     def sampled(self) -> bool:
@@ -86,30 +78,6 @@ def damage_message(url: str, set_dir: str, reason: str) -> str:
 
 
 # ---------------------------------------------------------------- opening sets
-
-
-def replay_source(set_dir: str, index: SetIndex, source: Source | None) -> ReplaySource:
-    """The reader's side of a replay set: the job's source, which must be the set's own (the
-    records index its images), decoded once when it fits in memory and has no image contract
-    (views then crop the files themselves)."""
-    made_from = index.replay or {}
-    set_cfg = index.set_config()
-    if source is None or set_cfg is None:
-        raise UserError(f"transfer set {set_dir}: a replay set needs the source it was made from to rebuild its "
-                        f"images; train it from a job config whose source is that one")
-    if source_fingerprint(source) != made_from.get("source"):
-        given = (index.config or {}).get("source", {})
-        raise UserError(f"transfer set {set_dir}: a replay set rebuilds its images from the source it was made from "
-                        f"({made_from.get('images')} images, {given.get('kind')} {given.get('path') or ''}"
-                        f"fingerprint {str(made_from.get('source'))[:12]}…), but this job's source is another "
-                        f"({len(source)} images, {source.name}, {source_fingerprint(source)[:12]}…); train with the "
-                        f"set's source or regenerate the set from this one")
-    layout = record_layout(set_cfg, source, index.outputs)
-    if json.loads(json.dumps(np.lib.format.dtype_to_descr(layout.dtype))) != made_from.get("dtype"):
-        raise UserError(f"transfer set {set_dir}: its records have another layout than this version reads; "
-                        f"regenerate the set")
-    fits = len(source) * int(np.prod(source.shape)) <= IN_MEMORY_BYTES
-    return ReplaySource(layout, load_in_memory(source) if source.contract is None and fits else source)
 
 
 def _open_set(set_dir: str, weight: float, check_sizes: bool, source: Source | None = None) -> SetShards:
@@ -141,7 +109,7 @@ def _open_set(set_dir: str, weight: float, check_sizes: bool, source: Source | N
     return SetShards(str(set_dir), float(weight), tuple(urls), samples, index.kind.name, index.outputs,
                      originals=set_cfg is not None and set_cfg.enumerates_source(),
                      sampled_temperature=float(index.target.temperature) if sampled else None,
-                     replay=replay_source(str(set_dir), index, source) if index.replay is not None else None)
+                     shard_format=format_of(index).opened(str(set_dir), index, source))
 
 
 def open_transfer_sets(sets: list[tuple[str, float]], *, task: str | Task = "classify",
@@ -181,82 +149,25 @@ def check_sampled_temperature(opened: list[SetShards], temperature: float) -> No
 # ---------------------------------------------------------------- decoding
 
 
-def replay_records(url: str, replay: ReplaySource) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
-    """A replay shard's samples: each key and how to decode it (the image rebuilt, the targets
-    decoded), so a failure names its own sample."""
-    shard = parse_shard_name(storage.name_of(url))
-    records = read_records(url, replay.layout.dtype)
-    layout, size = replay.layout, replay.source.raw_size
-    for position, row in enumerate(records):
-        def decode(row: Any = row, position: int = position) -> dict[str, Any]:
-            found = record_problems(layout.params, records[position:position + 1], layout.num_classes, size)
-            if found:  # the trainer's (and verify's) range checks
-                raise FormatError(found[0][1])
-            meta, members = decode_record(replay.layout, int(shard or 0), row)
-            image = apply_params(meta["sampler"], meta["params"], replay.source)
-            return {**CLASSIFY.decode_targets(members), "image": image, "meta": meta}
-
-        yield sample_key(int(shard or 0), int(row["index"])), decode
+def decode_shards(shards: list[tuple[str, int]], width: int, shard_format: ShardFormat = PIXELS
+                  ) -> list[ShardArrays]:
+    """Shards ``(url, expected samples)`` decoded by their format, one :class:`ShardArrays` each,
+    in order (a replay set's together, each source image decoded once for all of them). ``width``
+    is the width of the target row (classes; 2·D for a regression set). Raises
+    :class:`ShardDamage` naming the first bad shard."""
+    return shard_format.decode_shards(shards, width)
 
 
-def _records(url: str, replay: ReplaySource | None) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
-    if replay is not None:
-        yield from replay_records(url, replay)
-        return
-    for key, fields in iter_tar(url):
-        yield key, lambda fields=fields: decode_fields(fields)
-
-
-def decode_shards(shards: list[tuple[str, int]], width: int, replay: ReplaySource | None) -> list[ShardArrays]:
-    """Shards ``(url, expected samples)`` decoded, one :class:`ShardArrays` each, in order: a
-    replay set's together, column-wise, each source image decoded once for all of them
-    (:mod:`student.replay_read`); a tar's one by one. ``width`` is the width of the target row
-    (classes; 2·D for a regression set). Raises :class:`ShardDamage` naming the first bad shard."""
-    if replay is not None:
-        return decode_replay_shards(shards, width, replay)
-    return [decode_per_record(url, count, width) for url, count in shards]
-
-
-def decode_shard(url: str, expected_samples: int, width: int, replay: ReplaySource | None = None) -> ShardArrays:
+def decode_shard(url: str, expected_samples: int, width: int, shard_format: ShardFormat = PIXELS) -> ShardArrays:
     """Every record of one shard decoded (:func:`decode_shards` of that shard alone)."""
-    return decode_shards([(url, expected_samples)], width, replay)[0]
+    return decode_shards([(url, expected_samples)], width, shard_format)[0]
 
 
-def decode_per_record(url: str, expected_samples: int, width: int, replay: ReplaySource | None = None) -> ShardArrays:
-    """Read and decode one shard record by record through the task's decoder: a tar's path, and
-    for a replay shard the reference its column-wise decode is tested (and benchmarked) against;
-    raises :class:`ShardDamage` naming it."""
-    images, targets, labels, weights, sources = [], [], [], [], []
-    key = "?"
-    try:
-        for key, decode in _records(url, replay):  # noqa: B007  # key names the bad sample below
-            decoded = decode()
-            if decoded["target"].shape != (width,):
-                raise FormatError(f"target shape {decoded['target'].shape}, expected ({width},)")
-            if labels and ("weights" in decoded) != bool(weights):
-                raise FormatError("the shard mixes sampled-class and other targets")
-            images.append(decoded["image"])
-            targets.append(decoded["target"])
-            labels.append(decoded["label"])
-            meta = decoded.get("meta") or {}
-            sources.append(source_indices(meta["sampler"], meta["params"]) if "sampler" in meta else (NO_IMAGE,) * 2)
-            if "weights" in decoded:
-                weights.append(decoded["weights"])
-    except FileNotFoundError as err:
-        raise ShardDamage(url, "file missing") from err
-    except Exception as err:  # PIL, numpy, json and tarfile each raise their own types
-        where = "" if key == "?" else f"sample {key}: "
-        raise ShardDamage(url, f"{where}{one_line(err)}") from err
-    if expected_samples >= 0 and len(labels) != expected_samples:
-        raise ShardDamage(url, f"{len(labels)} complete samples read, the index lists {expected_samples}")
-    if not labels:
-        raise ShardDamage(url, "no samples")
-    shapes = {image.shape for image in images}
-    if len(shapes) > 1:
-        raise ShardDamage(url, f"images of different shapes {sorted(shapes)}")
-    return ShardArrays(url, np.stack(images), np.stack(targets).astype(np.float32),
-                       np.asarray(labels, dtype=np.int64), np.stack(weights) if weights else None,
-                       np.asarray(sources, dtype=np.int32).reshape(-1, 2))
+def decode_per_record(url: str, expected_samples: int, width: int, shard_format: ShardFormat = PIXELS
+                      ) -> ShardArrays:
+    """One shard decoded record by record through the task's decoder: a tar's path, and for a
+    replay shard the reference its column-wise decode is tested (and benchmarked) against."""
+    return decode_records(url, expected_samples, width, shard_format.records(url))
 
 
 class DecodedCache:
@@ -268,10 +179,10 @@ class DecodedCache:
         self.bytes = 0
         self.decoded = 0  # shards decoded from disk (cache misses)
 
-    def get(self, url: str, expected_samples: int, width: int, replay: ReplaySource | None = None) -> ShardArrays:
-        return self.get_many([(url, expected_samples)], width, replay)[0]
+    def get(self, url: str, expected_samples: int, width: int, shard_format: ShardFormat = PIXELS) -> ShardArrays:
+        return self.get_many([(url, expected_samples)], width, shard_format)[0]
 
-    def get_many(self, shards: list[tuple[str, int]], width: int, replay: ReplaySource | None = None
+    def get_many(self, shards: list[tuple[str, int]], width: int, shard_format: ShardFormat = PIXELS
                  ) -> list[ShardArrays]:
         """Shards ``(url, expected samples)`` in order: the cached ones as they are, the others
         decoded together in one :func:`decode_shards` call (a replay set's source images are then
@@ -281,7 +192,7 @@ class DecodedCache:
             self.items.move_to_end(url)
         missing = list({url: (url, count) for url, count in shards if url not in found}.values())
         if missing:
-            for arrays in decode_shards(missing, width, replay):
+            for arrays in decode_shards(missing, width, shard_format):
                 found[arrays.url] = arrays
                 self._keep(arrays)
             self.decoded += len(missing)

@@ -259,7 +259,7 @@ def planned_views_seen(run: Run, real_weight: float) -> list[dict[str, Any]]:
         samples = sum(max(0, n) for n in shards.samples)
         seen = cfg.steps * drawn * shards.weight / total / max(samples, 1)
         rows.append({"set": storage.name_of(shards.directory), "samples": samples, "share": shards.weight / total,
-                     "seen": seen, "replay": shards.replay is not None})
+                     "seen": seen, "replay": shards.shard_format.rebuilds})
     return rows
 
 

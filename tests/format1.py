@@ -96,7 +96,7 @@ def legacy_names(set_dir: Path, index: dict[str, Any]) -> dict[str, Any]:
     for entry in index["shards"]:
         shard, count = sx.parse_shard(entry["name"]) or (0, None)
         if count is not None:
-            plain = sx.shard_name(shard, sx.is_replay_shard(entry["name"]))
+            plain = sx.shard_name(shard, suffix=Path(entry["name"]).suffix)
             (set_dir / sx.SHARDS_DIR / entry["name"]).rename(set_dir / sx.SHARDS_DIR / plain)
             entry["name"] = plain
     return index

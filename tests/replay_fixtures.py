@@ -13,11 +13,11 @@ import numpy as np
 from core.config import SetConfig
 from core.records.format import sample_key
 from core.records.replay import encode_records, record_layout
+from core.sets.replay_shards import ReplayShards
 from core.sources import Source
 from core.tasks import CLASSIFY
 from core.tasks.classification import EnsembleOutput
 from stages.samplers import draw_shard, sample_label, set_size
-from student.shards import ReplaySource
 
 
 def ensemble_output(rng: np.random.Generator, count: int, classes: int) -> EnsembleOutput:
@@ -31,9 +31,9 @@ def ensemble_output(rng: np.random.Generator, count: int, classes: int) -> Ensem
 
 
 def write_replay_shards(out: Path, set_cfg: dict[str, Any], source: Source, classes: int, shards: int,
-                        seed: int = 0) -> tuple[list[tuple[str, int]], ReplaySource]:
+                        seed: int = 0) -> tuple[list[tuple[str, int]], ReplayShards]:
     """``shards`` replay shards of ``set_cfg`` drawn from ``source``: their (url, samples) and the
-    reader's :class:`ReplaySource` over ``source`` itself."""
+    reader's :class:`ReplayShards` format over ``source`` itself."""
     cfg = SetConfig.model_validate({**set_cfg, "store": "replay"})
     layout = record_layout(cfg, source, classes)
     total = set_size(cfg, source)
@@ -52,4 +52,4 @@ def write_replay_shards(out: Path, set_cfg: dict[str, Any], source: Source, clas
         path = out / f"shard-{shard:06d}.npy"
         np.save(path, encode_records(layout, samples), allow_pickle=False)
         written.append((str(path), len(samples)))
-    return written, ReplaySource(layout, source)
+    return written, ReplayShards(layout, source)

@@ -57,7 +57,7 @@ def all_sources(opened, source):
     from student.shards import decode_shards
 
     return [np.concatenate([a.sources for a in decode_shards(list(zip(s.urls, s.samples, strict=True)), s.width,
-                                                             s.replay)]) for s in opened]
+                                                             s.shard_format)]) for s in opened]
 
 
 def uniform_distinct(sources_per_set, rows_per_set):

@@ -56,8 +56,8 @@ def made(ray_session, teachers, tmp_path_factory) -> dict[str, dict[str, Path]]:
 def shard_arrays(set_dir: Path, source_cfg: dict) -> list:
     source = load_source(SourceConfig.model_validate(source_cfg), "train")
     (opened,) = open_transfer_sets([(str(set_dir), 1.0)], source=source)
-    return [decode_shard(url, n, opened.width, opened.replay) for url, n in zip(opened.urls, opened.samples,
-                                                                                strict=True)]
+    return [decode_shard(url, n, opened.width, opened.shard_format)
+            for url, n in zip(opened.urls, opened.samples, strict=True)]
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -33,7 +33,7 @@ def test_each_point_stores_k_samples_per_image_as_replay_records(raw) -> None:
     study = study_config(raw, [2, 16, 128], [16], IMAGES, steps=780, seeds=[0, 1], width=8, online=True)
     assert raw == before, "the example is not written into"
     cfg = parse_config(study, origin="views study")
-    assert all(s.store.replay for s in cfg.sets.values())
+    assert all(s.store.kind == "replay" for s in cfg.sets.values())
     sizes = {name: set_samples(s.model_dump(), IMAGES) for name, s in cfg.sets.items()}
     assert list(sizes.values()) == sorted(sizes.values()), "small sets are made first"
     assert set(sizes) == {"views_2", "views_8", "views_16", "views_128", "mix_8"}

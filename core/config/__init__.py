@@ -156,7 +156,7 @@ class SetConfig(Strict):
         if len(generators) > 1:
             raise ValueError("the gan samplers of one set must share one generator; make a set per generator")
         generated = [kind for kind in kinds if SAMPLERS[kind].generated]
-        if self.store.replay and generated:
+        if not self.store.stores_images and generated:
             raise ValueError(f"{generated[0]} samples are made by a generator, so they are stored as pixels only; "
                              f"drop store: replay or give the {generated[0]} sampler a set of its own")
         return self

@@ -51,6 +51,9 @@ class ImageConfig(Strict):
         return 0.875 if self.views == "random_resized_crop" else 1.0
 
 
+UNUSED_KEYS = {"pixels": ("kind",), "replay": ("image", "quality")}
+
+
 class StoreConfig(Strict):
     """How a set stores its samples. ``kind: pixels`` (the default): every image, as lossless PNG
     or JPEG at a fixed ``quality`` (the teachers label the decoded JPEG, so what is stored is what
@@ -70,10 +73,18 @@ class StoreConfig(Strict):
 
     @model_validator(mode="after")
     def _replay_has_no_image(self) -> StoreConfig:
-        if self.kind == "replay" and (self.image != "png" or self.quality != 90):
-            raise ValueError("store: a replay set stores no images; drop image and quality (or use kind: pixels)")
+        given = sorted(key for key in self.unused_keys() if getattr(self, key) != type(self).model_fields[key].default)
+        if given:
+            raise ValueError(f"store: a {self.kind} set stores no images; drop {' and '.join(given)} "
+                             f"(or use kind: pixels)")
         return self
 
+    def unused_keys(self) -> set[str]:
+        """The keys this kind of store does not read, left out of its fingerprint and index (a
+        replay set stores no image; a pixel set's kind is implied, as it was before replay sets)."""
+        return set(UNUSED_KEYS[self.kind])
+
     @property
-    def replay(self) -> bool:
-        return self.kind == "replay"
+    def stores_images(self) -> bool:
+        """The shards hold the images (else a reader rebuilds them from the source)."""
+        return "image" not in UNUSED_KEYS[self.kind]

@@ -7,9 +7,10 @@ with ``np.load(path)`` (no pickle, no project code). A row holds, in this order:
   ``candidate`` too when the set keeps the most uncertain candidates (``select``);
 - the parameter columns of :mod:`core.records.replay_params`;
 - ``label`` (int8/int16/int32, −1 where none), present when a sampler keeps real labels;
-- the target column, named by its kind: ``logp`` float16 (C,), or the ``topk`` / ``sampled``
-  record of :mod:`core.records.target_codec` / :mod:`core.records.sampled_target` without its constant ``classes``
-  field (the index has the class count), so each row holds only what varies;
+- the target column, named by its kind (:mod:`core.records.replay_targets`, a class each):
+  ``logp`` float16 (C,), or the ``topk`` / ``sampled`` record of :mod:`core.records.target_codec`
+  / :mod:`core.records.sampled_target` without its constant ``classes`` field (the index has the
+  class count), so each row holds only what varies;
 - the statistics the manifest shows: ``entropy`` and ``disagreement`` in [0, 1] as uint8
   (1/255 steps), ``teacher_argmax``, and ``target_kl`` (float16) for top-k and sampled targets.
 
@@ -29,22 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import FormatError
 from core.records.format import Sample, decode_npy, encode_npy, sample_key
 from core.records.replay_checks import first_problem
 from core.records.replay_params import ParamLayout, dtype_of, index_dtype, layout_of
-from core.records.sampled_target import dense_weights_rows, reconstruct_sampled_rows, sampled_dtype
-from core.records.target_codec import reconstruct_logp_rows, topk_dtype
+from core.records.replay_targets import COLUMNS_BY_NAME, TARGET_COLUMNS, TargetColumn
 from core.samplers import SAMPLERS, record_sources
 
-TARGET_MEMBERS = {"logp": "logp.npy", "topk": "topk.npy", "sampled": "sampled.npy"}
 LABEL_MEMBER = "cls"
-CONSTANT = "classes"  # the field of a top-k or sampled record that every row shares
+OPTIONAL_META = ("candidate", "label", "target_kl")  # kept where the layout has their column
 STAT_STEPS = 255
-
-
-def _without_constant(dtype: np.dtype) -> np.dtype:
-    return np.dtype([(name, dtype.fields[name][0]) for name in dtype.names if name != CONSTANT])
 
 
 def label_dtype(num_classes: int) -> str:
@@ -57,7 +51,7 @@ class RecordLayout:
 
     params: ParamLayout
     num_classes: int
-    target: str  # logp | topk | sampled
+    target: str  # the target column's name: logp | topk | sampled (core.records.replay_targets)
     k: int = 0  # top-k or sampled slots
     index: str = "u2"
     candidate: bool = False  # the set selects candidates: their positions are kept too
@@ -67,13 +61,13 @@ class RecordLayout:
         return any(SAMPLERS[kind].keeps_label for kind in self.params.kinds)  # a real label to keep
 
     @property
+    def column(self) -> TargetColumn:
+        return COLUMNS_BY_NAME[self.target]
+
+    @property
     def member_dtype(self) -> np.dtype:
         """The dtype of the target member a pixel set's tar holds (a 0-d record or a vector)."""
-        if self.target == "topk":
-            return topk_dtype(self.k, self.num_classes)
-        if self.target == "sampled":
-            return sampled_dtype(self.k, self.num_classes)
-        return np.dtype("<f2")
+        return self.column.member_dtype(self.k, self.num_classes)
 
     def fields(self) -> list[tuple[str, Any, tuple[int, ...]]]:
         out: list[tuple[str, Any, tuple[int, ...]]] = [("index", self.index, ())]
@@ -82,13 +76,10 @@ class RecordLayout:
         out += self.params.fields()
         if self.labels:
             out.append(("label", label_dtype(self.num_classes), ()))
-        if self.target == "logp":
-            out.append(("logp", "<f2", (self.num_classes,)))
-        else:
-            out.append((self.target, _without_constant(self.member_dtype), ()))
+        out.append(self.column.field(self.k, self.num_classes))
         argmax = "u1" if self.num_classes <= 256 else index_dtype(self.num_classes)
         out += [("entropy", "u1", ()), ("disagreement", "u1", ()), ("teacher_argmax", argmax, ())]
-        if self.target != "logp":
+        if self.column.keeps_kl:
             out.append(("target_kl", "<f2", ()))
         return out
 
@@ -99,14 +90,9 @@ class RecordLayout:
 
 def record_layout(set_cfg: Any, source: Any, num_classes: int) -> RecordLayout:
     """The record layout of a classification set (``SetConfig``) made from ``source``."""
-    targets = set_cfg.targets
-    if targets.kind == "sampled":
-        target, k = "sampled", int(targets.k)
-    elif targets.kind == "topk":
-        target, k = "topk", min(int(targets.k), num_classes)
-    else:
-        target, k = "logp", 0
-    return RecordLayout(params=layout_of(set_cfg, source), num_classes=num_classes, target=target, k=k,
+    column = TARGET_COLUMNS[set_cfg.targets.kind]
+    return RecordLayout(params=layout_of(set_cfg, source), num_classes=num_classes, target=column.name,
+                        k=column.slots(set_cfg.targets.k, num_classes),
                         index=index_dtype(set_cfg.candidates(set_cfg.samples_per_shard)),
                         candidate=set_cfg.select is not None)
 
@@ -127,41 +113,27 @@ def _stat(value: float) -> int:
 def encode_records(layout: RecordLayout, samples: list[Sample]) -> np.ndarray:
     """The records of a shard's samples (by key), from the samples a pixel set would write."""
     out = np.zeros(len(samples), dtype=layout.dtype)
-    member = TARGET_MEMBERS[layout.target]
+    column = layout.column
     rows, targets = [], []
     for sample in sorted(samples, key=lambda s: s.key):
         meta = sample.meta
         values: dict[str, Any] = {"index": meta["index"], **layout.params.encode(meta["sampler"], meta["params"]),
                                   "entropy": _stat(meta["entropy"]), "disagreement": _stat(meta["disagreement"]),
                                   "teacher_argmax": meta["teacher_argmax"]}
-        if layout.candidate:
-            values["candidate"] = meta["candidate"]
-        if layout.labels:
-            values["label"] = meta["label"]
-        if layout.target != "logp":
-            values["target_kl"] = meta["target_kl"]
-        target = decode_npy(sample.members[member])
-        if target.dtype != layout.member_dtype or (layout.target == "logp" and target.shape != (layout.num_classes,)):
-            raise FormatError(f"sample {sample.key}: target {target.dtype} {target.shape} does not fit the "
-                              f"set's {layout.target} records")
+        values.update({name: meta[name] for name in OPTIONAL_META if name in out.dtype.names})
+        target = decode_npy(sample.members[column.member_name])
+        column.check(sample.key, target, layout.k, layout.num_classes)
         rows.append(values)
-        targets.append(target if layout.target == "logp" else target.reshape(-1))
+        targets.append(target)
     if not rows:
         return out
     for name in out.dtype.names:
-        if name == layout.target:
+        if name == column.name:
             continue
         field = out.dtype[name]  # columns a sample's kind does not use stay zero
         out[name] = np.stack([np.asarray(row.get(name, 0), dtype=field.base) * np.ones(field.shape, field.base)
                               for row in rows])
-    stacked = np.stack(targets) if layout.target == "logp" else np.concatenate(targets)
-    if len(stacked) != len(rows):
-        raise FormatError(f"{layout.target} targets hold {len(stacked)} records for {len(rows)} samples")
-    if layout.target == "logp":
-        out["logp"] = stacked
-    else:
-        for name in out[layout.target].dtype.names:
-            out[layout.target][name] = stacked[name]
+    column.store(out, targets)
     return out
 
 
@@ -175,17 +147,12 @@ def decode_record(layout: RecordLayout, shard: int, row: Any) -> tuple[dict[str,
                             "entropy": float(row["entropy"]) / STAT_STEPS,
                             "disagreement": float(row["disagreement"]) / STAT_STEPS,
                             "teacher_argmax": int(row["teacher_argmax"])}
+    column = layout.column
     if layout.candidate:
         meta["candidate"] = int(row["candidate"])
-    if layout.target == "logp":
-        target = np.asarray(row["logp"], dtype="<f2")
-    else:
+    if column.keeps_kl:
         meta["target_kl"] = float(row["target_kl"])
-        target = np.zeros(1, dtype=layout.member_dtype)  # a tar's member holds a one-record array
-        for name in row[layout.target].dtype.names:
-            target[name] = row[layout.target][name]
-        target[CONSTANT] = layout.num_classes
-    members = {TARGET_MEMBERS[layout.target]: encode_npy(target)}
+    members = {column.member_name: encode_npy(column.member(row, layout.k, layout.num_classes))}
     if meta["label"] >= 0:
         members[LABEL_MEMBER] = str(meta["label"]).encode("ascii")
     return meta, members
@@ -209,14 +176,7 @@ def decode_columns(layout: RecordLayout, records: np.ndarray) -> RecordColumns:
     classes, kinds = layout.num_classes, layout.params.kinds
     first_problem(layout.params, records, classes)  # verify's range checks: a bad record stops here
     codes = records["sampler"].astype(np.int64) if len(kinds) > 1 else np.zeros(len(records), np.int64)
-    weights = None
-    if layout.target == "logp":
-        target = records["logp"].astype(np.float32)
-    elif layout.target == "topk":
-        target = reconstruct_logp_rows(records["topk"], classes)
-    else:
-        target = reconstruct_sampled_rows(records["sampled"], classes)
-        weights = dense_weights_rows(records["sampled"], classes)
+    target, weights = layout.column.dense(records[layout.target], classes)
     labels = records["label"].astype(np.int64) if layout.labels else np.full(len(records), -1, np.int64)
     columns = {name: records[name] for name in ("image", "i", "j") if name in records.dtype.names}
     sources = record_sources(kinds, codes, columns)

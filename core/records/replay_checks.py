@@ -4,7 +4,7 @@ A replay record is numbers, and numbers out of range rebuild *some* image withou
 numpy clips a blend at λ = 7.5, slicing shortens a CutMix box past the image's edge, PIL pads a
 view box outside the image with black, a crop offset past ``2·pad`` reads the wrong pixels. The
 teachers never labelled those images, so a student must never train on them. ``verify``,
-``inspect`` and the trainer (``core.records.replay.decode_columns``, ``student.replay_read``) all
+``inspect`` and the trainer (``core.records.replay.decode_columns``, ``core.sets.replay_read``) all
 call :func:`record_problems` — the trainer through :func:`first_problem` — so what ``verify``
 rejects is exactly what the others refuse. The checks are column-wise (a shard at once, a few
 numpy comparisons a column): the trainer runs them on every shard it decodes.

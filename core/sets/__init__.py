@@ -1,1 +1,1 @@
-"""A cached set on a store: its index, spec and fingerprint."""
+"""A cached set on a store: its index, spec and fingerprint, and the formats its shards are in."""

@@ -52,7 +52,7 @@ def fingerprint_payload(
         targets = set_cfg.targets.identity()
     store = set_cfg.store
     stored = {} if store == StoreConfig() else \
-        {"store": store.model_dump(mode="json", exclude={"image", "quality"} if store.replay else {"kind"})}
+        {"store": store.model_dump(mode="json", exclude=store.unused_keys())}
     return {
         **stored,  # PNG sets keep the fingerprint they had before JPEG storage existed
         "format": content_version(set_cfg),

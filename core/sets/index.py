@@ -36,30 +36,28 @@ INDEX_NAME = "index.json"
 MANIFEST_NAME = "manifest.parquet"
 SHARDS_DIR = "shards"
 SHARD_PREFIX, SHARD_SUFFIX, REPLAY_SUFFIX = "shard-", ".tar", ".npy"
+SHARD_SUFFIXES = (SHARD_SUFFIX, REPLAY_SUFFIX)  # the shard formats' (core.sets.formats)
 
 
 # ---------------------------------------------------------------- shard names
 
 
-def shard_name(shard: int, replay: bool = False, count: int | None = None) -> str:
+def shard_name(shard: int, count: int | None = None, suffix: str = SHARD_SUFFIX) -> str:
     """A shard's file name: ``shard-NNNNNN.tar`` for shard N full, ``shard-NNNNNN-CCCCCC.tar`` for
     its first ``count`` planned samples (a short last shard). A name thus says what the file holds,
-    so its bytes never change (docs/FORMAT.md, "Shard names"). A replay set's shards end in ``.npy``."""
+    so its bytes never change (docs/FORMAT.md, "Shard names"). The suffix is the shard format's
+    (a replay set's shards end in ``.npy``)."""
     counted = "" if count is None else f"-{count:06d}"
-    return f"{SHARD_PREFIX}{shard:06d}{counted}{REPLAY_SUFFIX if replay else SHARD_SUFFIX}"
-
-
-def is_replay_shard(name: str) -> bool:
-    return str(name).endswith(REPLAY_SUFFIX)
+    return f"{SHARD_PREFIX}{shard:06d}{counted}{suffix}"
 
 
 def parse_shard(name: str) -> tuple[int, int | None] | None:
     """``(shard, count)`` of a committed shard's file name (count None: the full shard, or the
     short last shard of a set made before counted names); None for anything else (temp files too)."""
-    suffix = REPLAY_SUFFIX if is_replay_shard(name) else SHARD_SUFFIX
-    if not (name.startswith(SHARD_PREFIX) and name.endswith(suffix)):
+    stem, dot, suffix = name.rpartition(".")
+    if not (name.startswith(SHARD_PREFIX) and dot + suffix in SHARD_SUFFIXES):
         return None
-    digits = name[len(SHARD_PREFIX):-len(suffix)].split("-")
+    digits = stem[len(SHARD_PREFIX):].split("-")
     if len(digits) > 2 or not all(part.isdigit() and len(part) >= 6 for part in digits):
         return None
     return int(digits[0]), int(digits[1]) if len(digits) == 2 else None
@@ -71,13 +69,13 @@ def parse_shard_name(name: str) -> int | None:
     return None if parsed is None else parsed[0]
 
 
-def shard_path(set_dir: str | Path, shard: int, replay: bool = False) -> Path:
-    """A full shard's path in a local set (see :func:`shard_url` for any set)."""
-    return storage.local_path(set_dir) / SHARDS_DIR / shard_name(shard, replay)
+def shard_path(set_dir: str | Path, shard: int) -> Path:
+    """A full tar shard's path in a local set (see :func:`shard_url` for any set)."""
+    return storage.local_path(set_dir) / SHARDS_DIR / shard_name(shard)
 
 
-def shard_url(set_dir: str | Path, shard: int, replay: bool = False) -> str:
-    return storage.join(set_dir, SHARDS_DIR, shard_name(shard, replay))
+def shard_url(set_dir: str | Path, shard: int) -> str:
+    return storage.join(set_dir, SHARDS_DIR, shard_name(shard))
 
 
 def committed_shards(set_dir: str | Path) -> dict[str, str]:

@@ -14,7 +14,10 @@ import math
 from pydantic import BaseModel, ConfigDict
 
 from core.config import GeneratorStageConfig, SetConfig, SourceConfig, TeacherStageConfig
-from core.sets.index import TeacherEntry, shard_name
+from core.records.replay import RecordLayout
+from core.sets.formats import FORMATS
+from core.sets.index import TeacherEntry
+from core.sets.shard_format import ShardFormat
 from core.tasks import Task, task_named
 
 
@@ -39,20 +42,21 @@ class SetSpec(BaseModel):
     teacher_stage: TeacherStageConfig
     generator_stage: GeneratorStageConfig
     factories: tuple[str, ...] = ()  # the module:factory archs the config names (teachers may use them)
+    records: RecordLayout | None = None  # a replay set's record layout, computed once by the plan
 
     @property
     def kind(self) -> Task:
         return task_named(self.task)
 
     @property
-    def replay(self) -> bool:
-        """The set stores replay records (parameters and targets), not pixels."""
-        return self.set_cfg.store.replay
+    def shard_format(self) -> ShardFormat:
+        """How the set's shards hold its samples (the config's ``store``)."""
+        return FORMATS[self.set_cfg.store.kind].planned(self.set_cfg, self.records)
 
     def shard_name(self, shard: int) -> str:
         """The file of ``shard`` at its planned count: ``shard-N.tar`` full, ``shard-N-C.tar`` short."""
         count = self.planned(shard)
-        return shard_name(shard, self.replay, None if count == self.set_cfg.samples_per_shard else count)
+        return self.shard_format.shard_name(shard, None if count == self.set_cfg.samples_per_shard else count)
 
     @property
     def teacher_paths(self) -> list[str]:

@@ -17,24 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from core.config import Config, SetConfig, StoreConfig
 from core.errors import FormatError, UserError
 from core.models import load_model
-from core.records.format import sha256_file
-from core.records.replay import source_fingerprint
+from core.records.format import VIEWS_ORDER_FORMAT, sha256_file
 from core.sets import index as sx
 from core.sets.fingerprint import PREFIX_CHARS, content_version, set_fingerprint
+from core.sets.formats import FORMATS
 from core.sets.index import SetIndex, ShardSummary, TeacherEntry
 from core.sets.spec import SetSpec
-from core.sources import Source, load_source, load_source_cached
+from core.sources import Source, load_source
 from core.store import storage
 from core.store.lease import is_lease_name, lease_ttl
 from core.tasks import Task
 from stages.samplers import set_size
 from stages.samplers.generating import resolve_gan_samplers
-from stages.writer import replay_layout, summary_from_tar
+from stages.writer import summary_from_shard
 
 MARKER_NAME = "_fingerprint"
 AUTO = "auto"
@@ -65,10 +63,11 @@ class SetPlan:
         listed = sx.listed_counts(self.index, spp).get(shard) if self.index is not None else None
         if listed is not None and listed[1] == count:
             return listed[0]
-        plain = sx.shard_name(shard, spec.replay)
+        shard_format = spec.shard_format
+        plain = shard_format.shard_name(shard)
         if count == spp and (listed is None or listed[0] != plain):
             return plain
-        return sx.shard_name(shard, spec.replay, count)
+        return shard_format.shard_name(shard, count)
 
     def complete(self) -> bool:
         """The index lists exactly this plan's shards, on disk with the listed sizes (a cheap
@@ -141,7 +140,7 @@ def _old_order(index: SetIndex) -> str:
         set_cfg = index.set_config()
     except ValueError:  # a config this version cannot read: say nothing more
         set_cfg = None
-    old_views = index.format == 1 and set_cfg is not None and set_cfg.enumerates_source()
+    old_views = index.format < VIEWS_ORDER_FORMAT and set_cfg is not None and set_cfg.enumerates_source()
     return " (a format-1 views set; format 2 writes views sets in another order)" if old_views else ""
 
 
@@ -195,8 +194,7 @@ def resolve_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str 
     checked = check_teachers(teachers, task, task.outputs(source), channels, cfg.factories)
     set_cfg = resolve_samplers(cfg.sets[name], checked[0][1], channels)
     resolved = task.resolve_targets(resolve_gan_samplers(set_cfg, source))
-    if resolved.store.replay:
-        check_replayable(name, task.name)
+    records = FORMATS[resolved.store.kind].plan_layout(name, resolved, source, task.outputs(source))
     entries = tuple(entry for entry, _ in checked)
     fingerprint = set_fingerprint(resolved, source, [t.sha256 for t in entries], cfg.seed, stage.autocast)
     location = set_location(cfg.sets[name], name, out, fingerprint, cfg.cache_root)
@@ -204,16 +202,9 @@ def resolve_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str 
         name=name, out_dir=location, set_cfg=resolved, source_cfg=cfg.source, seed=cfg.seed, task=task.name,
         classes=tuple(source.classes), outputs=task.outputs(source), image_shape=source.shape,
         total=set_size(resolved, source), fingerprint=fingerprint, teachers=entries, teacher_stage=stage,
-        generator_stage=cfg.generator_stage, factories=cfg.factories,
+        generator_stage=cfg.generator_stage, factories=cfg.factories, records=records,
     )
     return spec
-
-
-def check_replayable(name: str, task: str) -> None:
-    """A replay set holds classification targets (its samplers are replayable: the config checks it)."""
-    if task != "classify":
-        raise UserError(f"sets.{name}: store: replay holds classification targets; a {task} set stores pixels "
-                        f"(drop store: replay)")
 
 
 def check_not_smaller(spec: SetSpec, index: SetIndex | None) -> None:
@@ -260,7 +251,7 @@ def resume(plan: SetPlan, progress: Callable[[str], None]) -> SetProgress:
     other names — a larger request's shards, a short shard since completed — are left alone.
     """
     spec, state = plan.spec, SetProgress()
-    layout = replay_layout(spec, load_source_cached(spec.source_cfg, "train")) if spec.replay else None
+    shard_format = spec.shard_format
     indexed = {entry.name: str(entry.sha256) for entry in plan.index.listed()} if plan.index is not None else {}
     present = sx.committed_shards(spec.out_dir)
     for shard in range(spec.shards):
@@ -268,7 +259,7 @@ def resume(plan: SetPlan, progress: Callable[[str], None]) -> SetProgress:
         if name not in present:
             continue
         try:
-            summary = summary_from_tar(present[name], spec.kind, spec.planned(shard), layout)
+            summary = summary_from_shard(present[name], spec.kind, spec.planned(shard), shard_format)
         except FormatError as err:
             progress(f"{name}: damaged ({err}); remaking it")
             continue
@@ -283,17 +274,10 @@ def resume(plan: SetPlan, progress: Callable[[str], None]) -> SetProgress:
 # ---------------------------------------------------------------- commit
 
 
-def replay_entry(spec: SetSpec) -> dict[str, Any]:
-    """index.json's ``replay``: what a trainer checks its source against, and the records' dtype."""
-    source = load_source_cached(spec.source_cfg, "train")
-    layout = replay_layout(spec, source)
-    return {"source": source_fingerprint(source), "images": len(source),
-            "dtype": np.lib.format.dtype_to_descr(layout.dtype), "record_bytes": layout.dtype.itemsize}
-
-
 def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
     """Write the manifest, then ``index.json`` last; returns the totals."""
     spec = plan.spec
+    shard_format = spec.shard_format
     if state.missing(spec):
         raise RuntimeError(f"{spec.name}: the pipeline finished without shards {state.missing(spec)[:10]}")
     ordered = [state.summaries[i] for i in range(spec.shards)]
@@ -309,10 +293,8 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
     targets_unused = {key for key in ("dtype", "temperature", "uniform") if getattr(spec.set_cfg.targets, key) is None}
     unused: dict[str, Any] = {"targets": targets_unused} if targets_unused else {}
     store = spec.set_cfg.store
-    if store == StoreConfig():
-        unused["store"] = True  # a PNG set's index predates the store option
-    else:  # a JPEG set's index predates replay sets; a replay set has no image options
-        unused["store"] = {"image", "quality"} if store.replay else {"kind"}
+    # a PNG set's index predates the store option; any other leaves out the keys its kind does not read
+    unused["store"] = True if store == StoreConfig() else store.unused_keys()
     source_unused = {name for name in ("samples", "test_samples", "metric")
                      if getattr(spec.source_cfg, name) is None} | spec.source_cfg.unused_keys() or None
     sx.commit_index(spec.out_dir, rows, spec.kind, SetIndex(
@@ -321,7 +303,7 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
         name=spec.name,
         **spec.kind.index_outputs(spec.classes, spec.outputs),
         image=sx.ImageSpec(height=height, width=width, channels=channels,
-                           encoding="replay" if spec.replay else spec.set_cfg.store.image),
+                           encoding=shard_format.encoding),
         target=sx.TargetSpec(**spec.kind.target_spec(spec.set_cfg.targets, spec.outputs)),
         teachers=list(spec.teachers),
         config={"set": spec.set_cfg.model_dump(mode="json", exclude=unused or None),
@@ -329,6 +311,6 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
         shards=[summary.entry() for summary in ordered],
         totals=sx.Totals(**totals),
         statistics=spec.kind.statistics(rows),
-        replay=replay_entry(spec) if spec.replay else None,
+        replay=shard_format.index_entry(spec.source_cfg),
     ))
     return totals

@@ -20,6 +20,7 @@ import numpy as np
 
 from core.errors import UserError
 from core.records.format import kl_divergence, sha256_file, target_payload_bytes
+from core.sets.formats import format_of, inspect_lines
 from core.sets.index import SetIndex
 from core.tasks import Record
 from core.tasks.classification import LOGP_FIELD, TARGET_MEMBERS
@@ -87,7 +88,7 @@ def inspect_classification(set_dir: str, index: SetIndex, table: dict[str, list[
         "target_kl_source": "teachers" if measured is not None else "manifest" if kl is not None else None,
         "topk_kl_mean": None if kl is None or not topk else float(np.mean(kl)),
         **_sampled_stats(found),
-        **({"replay_record_bytes": int((index.replay or {}).get("record_bytes", 0))} if index.replay else {}),
+        **format_of(index).stats(index),
     }
 
 
@@ -103,11 +104,9 @@ def _sampled_stats(found: list[Record]) -> dict[str, Any]:
 def format_classification(stats: dict[str, Any]) -> str:
     """The statistics as text for the terminal."""
     ent = stats["entropy"]
-    replay = stats.get("replay_record_bytes")
     lines = [
         *common.header_lines(stats, f"{stats['num_classes']} classes"),
-        *([f"replay records: {replay} B a sample (parameters, target and statistics; no pixels: the images are "
-           f"rebuilt from the source)"] if replay else []),
+        *inspect_lines(stats),
         f"entropy Ĥ: mean {ent['mean']:.4f} std {ent['std']:.4f} p10 {ent['p10']:.4f} median {ent['median']:.4f} "
         f"p90 {ent['p90']:.4f}; disagreement mean {stats['disagreement_mean']:.4f}",
         f"targets: {stats['target']['kind']}{' k=' + str(stats['target']['k']) if 'k' in stats['target'] else ''}, "

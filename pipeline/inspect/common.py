@@ -11,15 +11,12 @@ from typing import Any
 import numpy as np
 
 from core.errors import FormatError, UserError, clip
-from core.records.format import iter_tar, read_records, sample_key
-from core.records.replay import decode_record
-from core.records.replay_checks import record_problems
-from core.samplers import apply_params
 from core.sets import index as sx
+from core.sets.formats import format_of
 from core.sets.index import SetIndex
+from core.sets.shard_format import ShardFormat
 from core.store import storage
-from core.tasks import CLASSIFY, Record, decode_fields
-from pipeline.inspect.verify_replay import replay_context
+from core.tasks import Record
 
 LAMBDA_BINS = 10
 GRID_SAMPLES = 32
@@ -43,39 +40,29 @@ def open_set(set_dir: str) -> tuple[SetIndex, dict[str, list[Any]]]:
     return index, table
 
 
-def shard_records(url: str) -> Iterator[dict[str, bytes]]:
-    """The members of each record of one shard; a damaged shard is a user error naming it."""
-    try:
-        for _, fields in iter_tar(url):
-            yield fields
-    except FormatError as err:
-        raise UserError(f"inspect: shard {url}: {err}; run `transferset verify`") from err
+def shard_format(index: SetIndex) -> ShardFormat:
+    """The format ``inspect`` reads the set in (a replay set's over its own source)."""
+    found = format_of(index).checked(index)
+    if isinstance(found, str):
+        raise UserError(f"inspect: {found}; run `transferset verify`")
+    return found
 
 
-def _replay_records(url: str, index: SetIndex) -> Iterator[Record]:
-    """A replay shard's records decoded as a tar's would be: the image rebuilt from the source."""
-    ctx = replay_context(index)
-    if isinstance(ctx, str):
-        raise UserError(f"inspect: {ctx}; run `transferset verify`")
+def _decoded(url: str, index: SetIndex, shard_format: ShardFormat) -> Iterator[Record]:
+    """A shard's records decoded as its task reads them; a damaged shard or record is a user
+    error naming it."""
     try:
-        rows = read_records(url, ctx.layout.dtype)
+        for key, decode in shard_format.records(url, index.kind):
+            where = f"inspect: shard {url}: sample {key}"
+            try:
+                yield decode()
+            except FormatError as err:  # verify's range checks, on the records inspect rebuilds
+                raise UserError(f"{where}: {err}; run `transferset verify`") from err
+            except (ValueError, IndexError, KeyError) as err:  # a record that does not decode
+                raise UserError(f"{where}: cannot decode ({type(err).__name__}: {clip(err)}); "
+                                f"run `transferset verify`") from err
     except FormatError as err:
         raise UserError(f"inspect: shard {url}: {err}; run `transferset verify`") from err
-    shard = int(sx.parse_shard_name(storage.name_of(url)) or 0)
-    layout = ctx.layout
-    for position, row in enumerate(rows):
-        where = f"inspect: shard {url}: sample {sample_key(shard, int(row['index']))}"
-        found = record_problems(layout.params, rows[position:position + 1], layout.num_classes, ctx.source.raw_size)
-        if found:  # verify's range checks, on the records inspect rebuilds
-            raise UserError(f"{where}: {found[0][1]}; run `transferset verify`")
-        try:
-            meta, members = decode_record(layout, shard, row)
-            record = {**CLASSIFY.decode_targets(members), "meta": meta,
-                      "image": apply_params(meta["sampler"], meta["params"], ctx.source)}
-        except (FormatError, ValueError, IndexError, KeyError) as err:  # a record that does not decode
-            raise UserError(f"{where}: cannot decode ({type(err).__name__}: {clip(err)}); run `transferset verify`") \
-                from err
-        yield record
 
 
 def records(set_dir: str, index: SetIndex, limit: int) -> list[Record]:
@@ -83,10 +70,9 @@ def records(set_dir: str, index: SetIndex, limit: int) -> list[Record]:
     urls = sx.shard_urls(set_dir, index)
     per_shard = max(1, math.ceil(limit / max(len(urls), 1)))
     found: list[Record] = []
+    reader = shard_format(index)
     for url in urls:
-        decoded = _replay_records(url, index) if index.replay is not None else \
-            (decode_fields(fields, index.kind) for fields in shard_records(url))
-        for taken, record in enumerate(decoded):
+        for taken, record in enumerate(_decoded(url, index, reader)):
             if taken == per_shard or len(found) == limit:
                 break
             found.append(record)
@@ -96,14 +82,10 @@ def records(set_dir: str, index: SetIndex, limit: int) -> list[Record]:
 
 
 def stored_bytes(set_dir: str, index: SetIndex, members: tuple[str, ...]) -> dict[str, float]:
-    """Bytes per sample of the target's tar members (with .npy headers; first shard; a replay
+    """Bytes per sample of the target (its tar members with .npy headers, first shard; a replay
     record's target column) and of whole shards."""
-    if index.replay is not None:
-        return {"target_npy_bytes_per_sample": float(index.target.payload_bytes or 0),
-                "shard_bytes_per_sample": sum(int(s.bytes or 0) for s in index.shards or [])
-                / max(int(index.totals.samples or 0), 1)}
-    sizes = [sum(len(fields[m]) for m in members) for fields in shard_records(sx.shard_urls(set_dir, index)[0])]
-    return {"target_npy_bytes_per_sample": float(np.mean(sizes)) if sizes else 0.0,
+    urls = sx.shard_urls(set_dir, index)
+    return {"target_npy_bytes_per_sample": format_of(index).target_bytes(urls, index, members),
             "shard_bytes_per_sample": sum(int(s.bytes or 0) for s in index.shards or [])
             / max(int(index.totals.samples or 0), 1)}
 

@@ -3,7 +3,8 @@
 A set is trusted through its ``index.json``; this re-reads everything the index promises (shard
 sizes and hashes, every record, the manifest) so a damaged or half-copied set is caught before a
 student trains on it. Every problem names the shard file (or index/manifest) it was found in.
-A replay set's records are checked against its source (:mod:`pipeline.inspect.verify_replay`).
+Each shard is read by the set's format (:mod:`core.sets.formats`): a tar's records decoded, a
+replay set's records range-checked and their images rebuilt from the set's own source.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from core.errors import FormatError
 from core.records import format as fmt
 from core.records.sampled_target import record_problems, sampled_dtype
 from core.sets import index as sx
+from core.sets.formats import format_of
 from core.sets.index import SetIndex, ShardEntry
+from core.sets.shard_format import ShardFormat
 from core.store import storage
-from core.tasks import CLASSIFY, REGRESS, Record, decode_fields
+from core.tasks import CLASSIFY, REGRESS, Record
 from core.tasks.classification import LOGP_FIELD, SAMPLED_FIELD, TARGET_MEMBERS, TOPK_FIELD
 from core.tasks.regression import MU_FIELD, REAL_TARGET_FIELD
-from pipeline.inspect.verify_replay import ReplayContext, check_replay_shard, replay_context
 
 # float16 log-probabilities: exp() of each entry is within ~1e-3 relative, summed over C classes.
 LOGP_SUM_TOLERANCE = 1e-2
@@ -93,31 +95,23 @@ CHECKS: dict[str, Callable[[str, Record, dict[str, bytes], SetIndex], list[str]]
 }
 
 
-def _check_record(name: str, shard: int, key: str, fields: dict[str, bytes], index: SetIndex) -> list[str]:
-    where = f"{name}: sample {key}"
-    try:
-        record = decode_fields(fields)
-    except Exception as err:  # noqa: BLE001 — any decoder error is a finding, not a crash
-        return [f"{where}: cannot decode ({type(err).__name__}: {err})"]
-    problems = []
-    try:
-        key_shard, _ = fmt.parse_key(key)
-    except ValueError:
-        return [f"{where}: malformed key"]
-    if key_shard != shard:
-        problems.append(f"{where}: key prefix says shard {key_shard}")
-    meta, image = record["meta"], record["image"]
-    if not isinstance(meta, dict) or meta.get("key") != key:
-        problems.append(f"{where}: metadata key is {meta.get('key') if isinstance(meta, dict) else meta!r}")
-        return problems
+def _check_record(index: SetIndex) -> Callable[[str, Record, dict[str, bytes]], list[str]]:
+    """What every decoded record must satisfy, whatever its format: the index's image shape and
+    its task's checks."""
     expected = index.image.shape if index.image is not None else (None,)
-    if None not in expected and tuple(image.shape) != expected:
-        problems.append(f"{where}: image {tuple(image.shape)}, index says {expected}")
-    return problems + CHECKS[index.kind.name](where, record, fields, index)
+
+    def check(where: str, record: Record, fields: dict[str, bytes]) -> list[str]:
+        image = record["image"]
+        problems = []
+        if None not in expected and tuple(image.shape) != expected:
+            problems.append(f"{where}: image {tuple(image.shape)}, index says {expected}")
+        return problems + CHECKS[index.kind.name](where, record, fields, index)
+
+    return check
 
 
 def _check_shard(set_dir: str, entry: ShardEntry, index: SetIndex, seen: dict[str, str],
-                 replay: ReplayContext | None = None) -> list[str]:
+                 shard_format: ShardFormat) -> list[str]:
     name = str(entry.name or "")
     if storage.TMP_MARKER in name:
         return [f"index lists temp file {name}"]
@@ -133,26 +127,10 @@ def _check_shard(set_dir: str, entry: ShardEntry, index: SetIndex, seen: dict[st
         problems.append(f"{name}: {size} bytes, index says {entry.bytes} (truncated or replaced)")
     if fmt.sha256_file(path) != entry.sha256:
         problems.append(f"{name}: sha256 differs from the index (corrupted)")
-    if replay is not None:
-        count, found = check_replay_shard(path, name, shard, index, replay, seen, CHECKS[index.kind.name])
-        problems += found
-        if count != entry.samples and not any("damaged records" in p for p in found):
-            problems.append(f"{name}: {count} samples, index says {entry.samples}")
-        return problems
-    count = 0
-    try:
-        for key, fields in fmt.iter_tar(path):
-            count += 1
-            if key in seen:
-                problems.append(f"{name}: sample {key} also in {seen[key]}")
-            seen[key] = name
-            problems += _check_record(name, shard, key, fields, index)
-    except FormatError as err:
-        problems.append(f"{name}: {err}")
-        return problems
-    if count != entry.samples:
-        problems.append(f"{name}: {count} samples, index says {entry.samples}")
-    return problems
+    count, found = shard_format.check_shard(path, name, shard, seen, _check_record(index))
+    if count is not None and count != entry.samples:
+        found.append(f"{name}: {count} samples, index says {entry.samples}")
+    return problems + found
 
 
 def verify_set(set_dir: str | Path, index_file: str | Path | None = None) -> list[str]:
@@ -191,11 +169,11 @@ def _verify_index(set_dir: str, index: SetIndex, manifest: bool) -> list[str]:
         return [f"{sx.INDEX_NAME}: no shard list"]
     problems: list[str] = []
     seen: dict[str, str] = {}
-    replay = replay_context(index) if index.replay is not None else None
-    if isinstance(replay, str):
-        return [replay]
+    shard_format = format_of(index).checked(index)
+    if isinstance(shard_format, str):
+        return [shard_format]
     for entry in index.shards:
-        problems += _check_shard(set_dir, entry, index, seen, replay)
+        problems += _check_shard(set_dir, entry, index, seen, shard_format)
     if index.totals.samples != sum(entry.samples or 0 for entry in index.shards):
         problems.append(f"{sx.INDEX_NAME}: totals.samples {index.totals.samples} differs from its shards")
     if not manifest:

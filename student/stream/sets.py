@@ -79,7 +79,7 @@ class SetMember:
         while True:
             try:
                 decoded = self.cache.get_many([(self.shards.urls[s], self.shards.samples[s]) for s in wanted],
-                                              self.shards.width, self.shards.replay)
+                                              self.shards.width, self.shards.shard_format)
                 for arrays in decoded:
                     self._check(arrays)
                 break

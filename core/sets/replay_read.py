@@ -24,10 +24,10 @@ from core.records.format import read_records, sample_key
 from core.records.replay import RecordColumns, RecordLayout, decode_columns
 from core.records.replay_checks import sample_box_problem
 from core.samplers import Params, apply_params
+from core.sets.arrays import ShardArrays, ShardDamage, one_line
 from core.sets.index import parse_shard_name
 from core.sources import Source
 from core.store import storage
-from student.shard_arrays import ReplaySource, ShardArrays, ShardDamage, one_line
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def read_replay_shard(url: str, expected_samples: int, width: int, layout: Recor
     if not len(records):
         raise ShardDamage(url, "no samples")
     try:
-        if layout.num_classes != width:
+        if width != layout.num_classes:
             raise RecordError(0, f"target shape ({layout.num_classes},), expected ({width},)")
         columns = decode_columns(layout, records)
         samples = layout.params.decode_all(records)
@@ -130,11 +130,12 @@ def rebuild_images(shards: list[ReadShard], source: Source) -> list[np.ndarray]:
     return out
 
 
-def decode_replay_shards(shards: list[tuple[str, int]], width: int, replay: ReplaySource) -> list[ShardArrays]:
+def decode_replay_shards(shards: list[tuple[str, int]], width: int, layout: RecordLayout,
+                         source: Source) -> list[ShardArrays]:
     """Replay shards ``(url, expected samples)`` decoded together: one :class:`ShardArrays` each, in
     order. A damaged shard raises :class:`ShardDamage` naming it (the others are not returned:
     a caller that skips bad shards decodes them again without it)."""
-    read = [read_replay_shard(url, count, width, replay.layout) for url, count in shards]
-    images = rebuild_images(read, replay.source)
+    read = [read_replay_shard(url, count, width, layout) for url, count in shards]
+    images = rebuild_images(read, source)
     return [ShardArrays(shard.url, made, shard.columns.target, shard.columns.labels, shard.columns.weights,
                         shard.columns.sources.astype(np.int32)) for shard, made in zip(read, images, strict=True)]
