@@ -36,7 +36,9 @@ class TrainRequest:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
-        objective_named(self.objective)  # an unknown objective is refused before anything is built
+        # The registry's own string (an unknown name is refused here): the checkpoint's pickle
+        # memoizes strings by identity, so a name read from JSON would change its bytes.
+        object.__setattr__(self, "objective", objective_named(self.objective).name)
 
     @property
     def objective_kind(self) -> TrainingObjective:
