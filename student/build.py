@@ -287,7 +287,7 @@ def open_inputs(request: TrainRequest, source: Source) -> tuple[list[SetShards],
     """What the objective reads, checked: the transfer sets (kd), the teachers in the loop
     (kd_online) and the real split as the run reads it."""
     kind, cfg = request.objective_kind, request.train
-    if kind.uses_kd and request.kd is None:
+    if kind.distils and request.kd is None:
         raise UserError(f"objective {request.objective!r} needs a kd config (temperature, alpha)")
     source.task.check_student(request.name, kind, cfg, request.kd, request.real_weight)
     opened = open_sets(request.transfer_sets, source.task, cfg, source) if kind.reads_sets else []

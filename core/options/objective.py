@@ -24,7 +24,7 @@ class TrainingObjective:
     name: ClassVar[str]
     reads_sets: ClassVar[bool] = False  # the run trains on stored transfer sets
     teachers_in_loop: ClassVar[bool] = False  # the run loads the ensemble's checkpoints and labels each batch
-    uses_kd: ClassVar[bool] = False  # the run's loss is configured by the kd section
+    distils: ClassVar[bool] = False  # the run learns the teachers' targets, its loss set by the kd section
 
     def reads_real(self, real_weight: float) -> bool:
         """Whether the run reads the real training split (``real_weight``: the weight of set ``source``)."""
@@ -48,7 +48,7 @@ class TrainingObjective:
 
     def kd_record(self, kd: KDConfig | None) -> dict[str, Any] | None:
         """The kd section as a run's spec and checkpoint record it (None: the run has no kd loss)."""
-        return kd.model_dump() if self.uses_kd and kd is not None else None
+        return kd.model_dump() if self.distils and kd is not None else None
 
     def teachers_record(self, teachers: list[Any] | None) -> list[str]:
         """The teachers' checkpoints as a run's spec records them (those in the loop only)."""
@@ -73,7 +73,7 @@ class KD(TrainingObjective):
 
     name = "kd"
     reads_sets = True
-    uses_kd = True
+    distils = True
 
     def reads_real(self, real_weight: float) -> bool:
         return real_weight > 0
@@ -130,7 +130,7 @@ class OnlineKD(KD):
             raise ValueError("prune: a pruned student is pre-trained by objective erm or kd")
 
 
-OBJECTIVES: dict[str, TrainingObjective] = {kind.name: kind for kind in (ERM(), KD(), OnlineKD())}
+OBJECTIVES: dict[str, TrainingObjective] = {cls.name: cls() for cls in (ERM, KD, OnlineKD)}
 
 
 def objective_named(name: str) -> TrainingObjective:

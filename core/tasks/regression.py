@@ -250,7 +250,7 @@ class RegressionTask(Task):
             used.append("train.class_balanced")
         if train_cfg.label_smoothing:
             used.append("train.label_smoothing")
-        if objective.uses_kd and kd_cfg is not None:
+        if objective.distils and kd_cfg is not None:
             if kd_cfg.pick is not None:
                 used.append("kd.pick")
             if kd_cfg.alpha != 1.0:
