@@ -28,7 +28,7 @@ from core.samplers.base import draw_aug  # noqa: E402
 from core.sources import Source, load_in_memory, load_source  # noqa: E402
 from pipeline.generate.driver import generate_set, shutdown_ray  # noqa: E402
 from student.online import ensemble_log_probs  # noqa: E402
-from student.train import train_model  # noqa: E402
+from student.train import TrainRequest, train_model  # noqa: E402
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -47,11 +47,9 @@ def train_teachers(workdir: Path, train: Source, test: Source, model_cfg: ModelC
     for member in range(members):
         out = workdir / f"teacher-{member}"
         if not (out / "model.pt").is_file():
-            train_model(name=f"teacher-{member}", model_cfg=model_cfg,
-                        train_cfg=TrainConfig(steps=steps, batch_size=batch_size, cutmix=cutmix, num_workers=0,
-                                              threads=1),
-                        objective="erm", kd_cfg=None, sets=[], train_source=train, test_source=test, out_dir=out,
-                        seed=member)
+            train_cfg = TrainConfig(steps=steps, batch_size=batch_size, cutmix=cutmix, num_workers=0, threads=1)
+            train_model(TrainRequest(name=f"teacher-{member}", model=model_cfg, train=train_cfg, out_dir=out,
+                                     seed=member), train, test)
         paths.append(out / "model.pt")
     return paths
 

@@ -75,11 +75,11 @@ class TrainerMode:
         self.run, self.step, self.waiting = run, 0, Waiting(iter(()))
 
     def start(self) -> None:
-        from student.build import build_objective
+        from student.build import ObjectiveInputs, build_objective
 
         run = self.run
-        run.step_fn = build_objective("erm", run.task, run.train_cfg, None, [], run.train_source, run.spec, run.ctx,
-                                      run.seed, self.step, [], [])
+        run.step_fn = build_objective(ObjectiveInputs(run.request, run.task, run.train_source, run.spec, run.ctx,
+                                                      self.step, [], []))
         self.waiting = run.step_fn.stream = Waiting(run.step_fn.stream)
 
     def fetch(self) -> None:
@@ -216,13 +216,13 @@ def speed_part(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     from core.config import ModelConfig
     from core.sources import load_in_memory, load_source
     from student.build import build_run
+    from student.request import TrainRequest
 
     cfg = source_cfg(root)
     began = time.perf_counter()
-    run = build_run(name="erm", model_cfg=ModelConfig(**MODEL), train_cfg=train_cfg(args, 10**6), objective="erm",
-                    kd_cfg=None, sets=[], train_source=load_source(cfg, "train"),
-                    test_source=load_in_memory(load_source(cfg, "test")), out_dir=args.workdir / "speed", seed=0,
-                    progress=None, resume=False, teachers=None)
+    request = TrainRequest(name="erm", model=ModelConfig(**MODEL), train=train_cfg(args, 10**6),
+                           out_dir=args.workdir / "speed", seed=0)
+    run = build_run(request, load_source(cfg, "train"), load_in_memory(load_source(cfg, "test")), resume=False)
     run.step_fn.close()  # each window starts its own stream
     print(f"build_run: {time.perf_counter() - began:.1f} s; torch threads {torch.get_num_threads()}", flush=True)
     modes: dict[str, Any] = {"trainer": TrainerMode(run), "torchvision": PlainMode(args, root, run)}

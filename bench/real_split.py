@@ -76,14 +76,14 @@ def child(job: dict[str, Any]) -> None:
     """Runs in the measured subprocess: one ERM run of ``train_model``, then its figures."""
     from core.config import ModelConfig
     from core.sources import load_source
-    from student.train import train_model
+    from student.train import TrainRequest, train_model
 
     args = argparse.Namespace(**job["args"])
     cfg = source_cfg(Path(job["folder"]))
     began = time.perf_counter()
-    result = train_model(name="erm", model_cfg=ModelConfig(**MODEL), train_cfg=train_cfg(args, args.steps),
-                         objective="erm", kd_cfg=None, sets=[], train_source=load_source(cfg, "train"),
-                         test_source=load_source(cfg, "test"), out_dir=Path(job["out"]), seed=0, resume=False)
+    request = TrainRequest(name="erm", model=ModelConfig(**MODEL), train=train_cfg(args, args.steps),
+                           out_dir=Path(job["out"]), seed=0)
+    result = train_model(request, load_source(cfg, "train"), load_source(cfg, "test"), resume=False)
     steps_s = args.steps * args.batch / result["samples_per_s"]
     print(json.dumps({"seconds": time.perf_counter() - began, "steps_s": steps_s, "accuracy": result.get("accuracy"),
                       "trainer_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

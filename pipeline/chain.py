@@ -68,7 +68,7 @@ def train_students(job: Job, names: list[str], force: bool = False,
     results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in names}
     trained = train_runs(job.cfg, job.out, runs, job.train, job.test, job.progress, force)
     for run, result in zip(runs, trained, strict=True):
-        results[run["name"]][run["seed_index"]] = result
+        results[run.name][run.seed_index] = result
     return {name: dict(sorted(by_seed.items())) for name, by_seed in results.items()}
 
 

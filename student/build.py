@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.config import SOURCE_SET, KDConfig, ModelConfig, TrainConfig
+from core.config import ModelConfig, TrainConfig
 from core.errors import UserError
 from core.models import build_model, load_model, probe_forward, stochastic_blocks
 from core.models.zoo import library_of
@@ -31,6 +31,7 @@ from student.objectives import TRANSFER_STREAM, Objective, SelfGuided
 from student.online import Teacher
 from student.optim import make_optimizer
 from student.pruning.shaping import Shaper, Shaping
+from student.request import TrainRequest
 from student.shards import SetShards, check_sampled_temperature, open_transfer_sets
 from student.state import STATE_NAME, load_state, restore, spec_hash
 from student.stream import RealPart, StreamPlan
@@ -44,14 +45,8 @@ Progress = Callable[[str], None]
 class Run:
     """One training run, built: what the loop trains and the finish writes."""
 
-    name: str
-    objective: str
-    model_cfg: ModelConfig
-    train_cfg: TrainConfig
-    kd_cfg: KDConfig | None
+    request: TrainRequest
     task: Task
-    seed: int
-    out_dir: Path
     progress: Progress | None
     ctx: distributed.Dist
     train_source: Source
@@ -71,8 +66,16 @@ class Run:
     shaper: Shaper | None = None  # a pruned student's hooks (student.pruning.shaping)
 
     @property
+    def name(self) -> str:
+        return self.request.name
+
+    @property
+    def train_cfg(self) -> TrainConfig:
+        return self.request.train
+
+    @property
     def state_path(self) -> Path:
-        return self.out_dir / STATE_NAME
+        return self.request.out_dir / STATE_NAME
 
 
 def epoch_steps(cfg: TrainConfig, samples: int) -> int:
@@ -118,12 +121,6 @@ def set_threads(cfg: TrainConfig, ctx: distributed.Dist) -> None:
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
     free = (os.cpu_count() or 1) // max(1, local_ranks) - cfg.num_workers
     torch.set_num_threads(max(1, min(torch.get_num_threads(), free)))
-
-
-def kd_sets(sets: list[tuple[str, float]]) -> tuple[list[tuple[str, float]], float]:
-    """Transfer sets and the weight of the real split (the reserved set name ``source``)."""
-    real = sum(w for d, w in sets if d == SOURCE_SET)
-    return [(d, w) for d, w in sets if d != SOURCE_SET], real
 
 
 def batches_per_transfer(cfg: TrainConfig, batch_size: int, source: Source) -> int:
@@ -190,29 +187,66 @@ def start_model(name: str, shaping: Shaping, model_cfg: ModelConfig, source: Sou
     return model.train(), payload.get("pruned")
 
 
-def build_objective(objective: str, task: Task, train_cfg: TrainConfig, kd_cfg: KDConfig | None,
-                    sets: list[tuple[str, float]], source: Source, spec: dict[str, Any], ctx: distributed.Dist,
-                    seed: int, start_step: int, opened: list[SetShards], teachers: list[Teacher]) -> Objective:
-    """The run's objective (:data:`student.tasks.OBJECTIVES`), its stream positioned at ``start_step``."""
-    factory = OBJECTIVES[task.name][objective]
-    common = (train_cfg, spec, ctx.device, seed, ctx.rank)
-    balanced, augment = train_cfg.class_balanced, train_cfg.randaugment
-    if objective == "erm":
-        real = RealPart(source, 1.0, balanced, values=source.targets is not None, randaugment=augment)
-        plan = stream_plan(train_cfg, train_cfg.batch_size, seed, start_step, ctx, source, source.out_dim)
-        return factory(real, plan, *common)
-    if kd_cfg is None:
-        raise UserError(f"objective {objective!r} needs a kd config (temperature, alpha)")
-    if objective == "kd_online":
-        plan = stream_plan(train_cfg, train_cfg.batch_size, seed, start_step, ctx, source, 0)
-        return factory(teachers, RealPart(source, 1.0, balanced, randaugment=augment), plan, kd_cfg, *common)
-    _, real_weight = kd_sets(sets)
-    real = RealPart(source, real_weight, balanced, randaugment=augment) if real_weight > 0 else None
-    candidates = train_cfg.batch_size if kd_cfg.pick is None else math.ceil(kd_cfg.pick.ratio * train_cfg.batch_size)
-    plan = stream_plan(train_cfg, candidates, seed, start_step, ctx, source, opened[0].width)
+@dataclass(frozen=True)
+class ObjectiveInputs:
+    """What a run's objective is built from: the request, the source's task and real split, the
+    model's input contract, the opened transfer sets (kd) or the teachers in the loop (kd_online),
+    and the step its stream starts at."""
+
+    request: TrainRequest
+    task: Task
+    source: Source
+    spec: dict[str, Any]
+    ctx: distributed.Dist
+    start_step: int
+    opened: list[SetShards]
+    teachers: list[Teacher]
+
+    def plan(self, batch_size: int, width: int) -> StreamPlan:
+        return stream_plan(self.request.train, batch_size, self.request.seed, self.start_step, self.ctx, self.source,
+                           width)
+
+    def real(self, weight: float, values: bool = False) -> RealPart:
+        cfg = self.request.train
+        return RealPart(self.source, weight, cfg.class_balanced, values=values, randaugment=cfg.randaugment)
+
+    @property
+    def common(self) -> tuple[Any, ...]:
+        """The arguments every objective ends with: ``(train_cfg, input spec, device, seed, rank)``."""
+        return self.request.train, self.spec, self.ctx.device, self.request.seed, self.ctx.rank
+
+
+def _erm(factory: Callable[..., Objective], inputs: ObjectiveInputs) -> Objective:
+    source = inputs.source
+    real = inputs.real(1.0, values=source.targets is not None)
+    return factory(real, inputs.plan(inputs.request.train.batch_size, source.out_dim), *inputs.common)
+
+
+def _kd(factory: Callable[..., Objective], inputs: ObjectiveInputs) -> Objective:
+    request, source, opened = inputs.request, inputs.source, inputs.opened
+    kd_cfg, batch_size = request.kd, request.train.batch_size
+    assert kd_cfg is not None, "build_run refuses a kd objective without its kd config"
+    real = inputs.real(request.real_weight) if request.real_weight > 0 else None
+    candidates = batch_size if kd_cfg.pick is None else math.ceil(kd_cfg.pick.ratio * batch_size)
     coverage = Coverage([sum(s.samples) for s in opened] + [len(source)], len(source))
     shape = (source.shape[2], source.shape[0], source.shape[1])
-    return factory(opened, real, kd_cfg, plan, shape, coverage, *common)
+    return factory(opened, real, kd_cfg, inputs.plan(candidates, opened[0].width), shape, coverage, *inputs.common)
+
+
+def _kd_online(factory: Callable[..., Objective], inputs: ObjectiveInputs) -> Objective:
+    plan = inputs.plan(inputs.request.train.batch_size, 0)
+    return factory(inputs.teachers, inputs.real(1.0), plan, inputs.request.kd, *inputs.common)
+
+
+# How each objective's step is assembled from a run's inputs (the step classes: student.tasks.OBJECTIVES).
+ASSEMBLE: dict[str, Callable[[Callable[..., Objective], ObjectiveInputs], Objective]] = {
+    "erm": _erm, "kd": _kd, "kd_online": _kd_online}
+
+
+def build_objective(inputs: ObjectiveInputs) -> Objective:
+    """The run's objective (:data:`student.tasks.OBJECTIVES`), its stream positioned at ``start_step``."""
+    name = inputs.request.objective
+    return ASSEMBLE[name](OBJECTIVES[inputs.task.name][name], inputs)
 
 
 def restore_counts(step_fn: Objective, payload: dict[str, Any], ctx: distributed.Dist) -> None:
@@ -236,62 +270,74 @@ def on_device(model: nn.Module, train_cfg: TrainConfig, ctx: Any) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if train_cfg.channels_last else model
 
 
-def build_run(*, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, objective: str, kd_cfg: KDConfig | None,
-              sets: list[tuple[str, float]], train_source: Source, test_source: Source, out_dir: Path, seed: int,
-              progress: Progress | None, resume: bool, teachers: list[str | Path] | None,
-              factories: Sequence[str] = (), shaping: Shaping | None = None) -> Run:
-    """Everything :func:`student.train.train_model` trains, checked and built (see there)."""
-    if objective not in ("erm", "kd", "kd_online"):
-        raise UserError(f"objective {objective!r}: expected 'erm', 'kd' or 'kd_online'")
-    ctx = distributed.setup()
-    set_threads(train_cfg, ctx)
-    test_source = in_memory_if_small(test_source)
-    transfer_sets, real_weight = kd_sets(sets)
-    task = train_source.task
-    task.check_student(name, objective, train_cfg, kd_cfg, real_weight)
-    opened = open_sets(transfer_sets, task, train_cfg, train_source) if objective == "kd" else []
-    if opened and kd_cfg is not None:
-        check_sampled_temperature(opened, kd_cfg.temperature)
-    online = online_teachers(name, teachers, train_source, factories) if objective == "kd_online" else []
-    if objective != "kd" or real_weight > 0:
-        train_source = training_split(train_source)
-    epoch = epoch_steps(train_cfg, len(train_source) if objective != "kd" else sum(sum(s.samples) for s in opened))
-    torch.manual_seed(seed)
-    head = task.head(model_cfg, train_source)
-    plain = new_model(name, model_cfg, train_cfg, task.head_width(head), train_source)
-    pruned = None
-    if shaping is not None and shaping.init:
-        plain, pruned = start_model(name, shaping, model_cfg, train_source, factories)
-    tensorboard = TensorBoard(Path(out_dir) / "tensorboard") if train_cfg.tensorboard and ctx.is_main else None
-    plain = on_device(plain, train_cfg, ctx)
-    spec = source_input_spec(train_source)
-    optimizer = make_optimizer(plain, train_cfg)
-    example = torch.zeros(1, train_source.shape[2], *train_source.shape[:2], device=ctx.device)
-    shaper = Shaper(shaping, plain, example, pruned) if shaping is not None else None
-    scaler = torch.amp.GradScaler("cuda") if train_cfg.amp and ctx.device.type == "cuda" else None
-    out_dir = Path(out_dir)
-    run_spec = spec_hash({
-        "model": model_cfg.model_dump(), "train": train_cfg.model_dump(), "objective": objective,
-        "kd": kd_cfg.model_dump() if kd_cfg is not None and objective != "erm" else None, "seed": seed,
-        "teachers": [str(t) for t in teachers or []] if objective == "kd_online" else [],
+def run_spec(request: TrainRequest, opened: list[SetShards], source: Source, world_size: int) -> str:
+    """The hash a resumable state of this run must carry: everything its weights depend on."""
+    kind, shaping = request.objective_kind, request.shaping
+    return spec_hash({
+        "model": request.model.model_dump(), "train": request.train.model_dump(), "objective": request.objective,
+        "kd": kind.kd_record(request.kd), "seed": request.seed, "teachers": kind.teachers_record(request.teachers),
         "sets": [(d, w, _fingerprint(d), sum(shards.samples))  # a set grows in place: its size counts too
-                 for (d, w), shards in zip(transfer_sets, opened, strict=True)] if opened else [],
-        "real_weight": real_weight, "world_size": ctx.world_size, "source": train_source.identity,
+                 for (d, w), shards in zip(request.transfer_sets, opened, strict=True)] if opened else [],
+        "real_weight": request.real_weight, "world_size": world_size, "source": source.identity,
         **({"shaping": shaping.identity()} if shaping is not None else {}),
     })
-    payload = load_state(out_dir / STATE_NAME, run_spec) if resume else None
+
+
+def open_inputs(request: TrainRequest, source: Source) -> tuple[list[SetShards], list[Teacher], Source]:
+    """What the objective reads, checked: the transfer sets (kd), the teachers in the loop
+    (kd_online) and the real split as the run reads it."""
+    kind, cfg = request.objective_kind, request.train
+    if kind.distils and request.kd is None:
+        raise UserError(f"objective {request.objective!r} needs a kd config (temperature, alpha)")
+    source.task.check_student(request.name, kind, cfg, request.kd, request.real_weight)
+    opened = open_sets(request.transfer_sets, source.task, cfg, source) if kind.reads_sets else []
+    if opened and request.kd is not None:
+        check_sampled_temperature(opened, request.kd.temperature)
+    online = online_teachers(request.name, request.teachers, source, request.factories) if kind.teachers_in_loop else []
+    return opened, online, training_split(source) if kind.reads_real(request.real_weight) else source
+
+
+def start_plain(request: TrainRequest, task: Task, source: Source, ctx: distributed.Dist
+                ) -> tuple[nn.Module, dict[str, int], Shaper | None]:
+    """The model to train on the run's device (new, or a pruned start), its head and its shaper."""
+    torch.manual_seed(request.seed)
+    head = task.head(request.model, source)
+    plain = new_model(request.name, request.model, request.train, task.head_width(head), source)
+    pruned, shaping = None, request.shaping
+    if shaping is not None and shaping.init:
+        plain, pruned = start_model(request.name, shaping, request.model, source, request.factories)
+    plain = on_device(plain, request.train, ctx)
+    example = torch.zeros(1, source.shape[2], *source.shape[:2], device=ctx.device)
+    return plain, head, Shaper(shaping, plain, example, pruned) if shaping is not None else None
+
+
+def build_run(request: TrainRequest, train_source: Source, test_source: Source, progress: Progress | None = None,
+              resume: bool = True) -> Run:
+    """Everything :func:`student.train.train_model` trains, checked and built (see there)."""
+    cfg, kind, out_dir = request.train, request.objective_kind, request.out_dir
+    ctx = distributed.setup()
+    set_threads(cfg, ctx)
+    test_source = in_memory_if_small(test_source)
+    task = train_source.task
+    opened, online, train_source = open_inputs(request, train_source)
+    epoch = epoch_steps(cfg, kind.epoch_samples(len(train_source), [sum(s.samples) for s in opened]))
+    plain, head, shaper = start_plain(request, task, train_source, ctx)
+    tensorboard = TensorBoard(out_dir / "tensorboard") if cfg.tensorboard and ctx.is_main else None
+    spec = source_input_spec(train_source)
+    optimizer = make_optimizer(plain, cfg)
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp and ctx.device.type == "cuda" else None
+    spec_of_run = run_spec(request, opened, train_source, ctx.world_size)
+    payload = load_state(out_dir / STATE_NAME, spec_of_run) if resume else None
     start_step = 0 if payload is None else restore(payload, plain, optimizer, scaler)
     if payload is not None and progress is not None and ctx.is_main:
-        progress(f"{name}: resuming at step {start_step} from {out_dir / STATE_NAME}")
-    guided = SelfGuided(plain) if train_cfg.self_guidance is not None else plain
-    unused = bool(stochastic_blocks(plain)) and train_cfg.self_guidance is None  # dropped blocks get no gradient
+        progress(f"{request.name}: resuming at step {start_step} from {out_dir / STATE_NAME}")
+    guided = SelfGuided(plain) if cfg.self_guidance is not None else plain
+    unused = bool(stochastic_blocks(plain)) and cfg.self_guidance is None  # dropped blocks get no gradient
     model = distributed.wrap(guided, ctx, find_unused=unused)
-    step_fn = build_objective(objective, task, train_cfg, kd_cfg, sets, train_source, spec, ctx, seed, start_step,
-                              opened, online)
+    step_fn = build_objective(ObjectiveInputs(request, task, train_source, spec, ctx, start_step, opened, online))
     if payload is not None:
         restore_counts(step_fn, payload, ctx)
-    return Run(name=name, objective=objective, model_cfg=model_cfg, train_cfg=train_cfg, kd_cfg=kd_cfg, task=task,
-               seed=seed, out_dir=out_dir, progress=progress, ctx=ctx, train_source=train_source,
+    return Run(request=request, task=task, progress=progress, ctx=ctx, train_source=train_source,
                test_source=test_source, opened=opened, head=head, spec=spec, plain=plain, model=model,
-               optimizer=optimizer, scaler=scaler, step_fn=step_fn, run_spec=run_spec, start_step=start_step,
+               optimizer=optimizer, scaler=scaler, step_fn=step_fn, run_spec=spec_of_run, start_step=start_step,
                epoch=epoch, tensorboard=tensorboard, shaper=shaper)

@@ -19,61 +19,50 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from core.config import KDConfig, ModelConfig, TrainConfig
 from core.errors import UserError
 from core.models import count_parameters, save_checkpoint
-from core.options.train import DEFAULT_VIEWS_SEEN_WARNING
 from core.sources import Source
 from core.store import storage
 from student import distributed
-from student.build import Progress, Run, batches_per_transfer, build_run, epoch_steps, kd_sets
+from student.build import Progress, Run, batches_per_transfer, build_run, epoch_steps
 from student.cpu_kernels import safe_cpu_kernels
 from student.curves import plot_curves
 from student.metrics import MAX_TRAIN_ROWS, MetricsLog, Window, log_interval
 from student.objectives import Objective
 from student.optim import lr_factor, set_lr
-from student.pruning.shaping import Shaping
+from student.request import TrainRequest
 from student.state import save_state
 from student.stream.coverage import Coverage
 from student.tasks import EVALUATE
 
-__all__ = ["MAX_TRAIN_ROWS", "batches_per_transfer", "epoch_steps", "log_interval", "lr_factor", "train_model"]
+__all__ = ["MAX_TRAIN_ROWS", "TrainRequest", "batches_per_transfer", "epoch_steps", "log_interval", "lr_factor",
+           "train_model"]
 
 
-def train_model(
-    *, name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, objective: Literal["erm", "kd", "kd_online"],
-    kd_cfg: KDConfig | None, sets: list[tuple[str, float]], train_source: Source, test_source: Source,
-    out_dir: Path, seed: int, progress: Progress | None = None, resume: bool = True,
-    teachers: list[str | Path] | None = None, factories: Sequence[str] = (), shaping: Shaping | None = None,
-    views_seen_warning: float | None = DEFAULT_VIEWS_SEEN_WARNING,
-) -> dict[str, Any]:
-    """Train one model; write ``metrics.jsonl``, ``curves.png``, ``model.pt`` and ``result.json``.
+def train_model(request: TrainRequest, train_source: Source, test_source: Source, progress: Progress | None = None,
+                resume: bool = True) -> dict[str, Any]:
+    """Train one model (:class:`student.request.TrainRequest`); write ``metrics.jsonl``,
+    ``curves.png``, ``model.pt`` and ``result.json``.
 
-    ``sets`` (set directories and weights; the name ``source`` stands for the real split) feed
-    the ``kd`` objective; ``erm`` trains on ``train_source``; ``kd_online`` trains on fresh
-    augmentations of ``train_source`` labelled by the ``teachers`` checkpoints every step
+    ``erm`` trains on ``train_source``; ``kd`` on the request's sets; ``kd_online`` on fresh
+    augmentations of ``train_source`` labelled by the request's teachers every step
     (:mod:`student.online`). Every input is checked before anything is written. Returns the
     result dict (also in ``result.json``). The source's task decides the model's head, the
     objective's loss and the metrics: a regression source (float targets) trains a Gaussian head
     (:mod:`student.regression`) and reports its error, NLL and σ calibration instead of accuracy.
-    ``shaping`` makes it a pruned student's run (:mod:`student.pruning.shaping`). Before
-    training, a KD run says how often it will see each stored view of each set and warns when
-    that exceeds ``views_seen_warning`` (None: never).
+    Before training, a KD run says how often it will see each stored view of each set and warns
+    past the request's ``views_seen_warning``. ``resume``: pick up a saved state of the same run.
     """
     started = time.perf_counter()
-    run = build_run(name=name, model_cfg=model_cfg, train_cfg=train_cfg, objective=objective, kd_cfg=kd_cfg,
-                    sets=sets, train_source=train_source, test_source=test_source, out_dir=out_dir, seed=seed,
-                    progress=progress, resume=resume, teachers=teachers, factories=factories, shaping=shaping)
-    planned = planned_views_seen(run, kd_sets(sets)[1])
+    run = build_run(request, train_source, test_source, progress, resume)
+    planned = planned_views_seen(run)
     if progress is not None and run.ctx.is_main:
-        for line in views_seen_lines(name, planned, views_seen_warning):
+        for line in views_seen_lines(request.name, planned, request.views_seen_warning):
             progress(line)
     with safe_cpu_kernels(run.plain, run.ctx.device):
         final, train_seconds = loop(run)
@@ -131,7 +120,7 @@ def loop(run: Run) -> tuple[dict[str, Any], float]:
     every_log, every_progress = log_interval(steps), max(1, steps // 10)
     logged, shown = Window(ctx.device), Window(ctx.device)
     train_seconds, final = 0.0, {run.task.headline: float("nan")}
-    log = MetricsLog(run.out_dir / "metrics.jsonl", run.start_step, ctx.is_main, run.tensorboard)
+    log = MetricsLog(run.request.out_dir / "metrics.jsonl", run.start_step, ctx.is_main, run.tensorboard)
     try:
         run.model.train()
         for step in range(run.start_step + 1, steps + 1):
@@ -166,34 +155,35 @@ def finish(run: Run, final: dict[str, Any], train_seconds: float, seconds: float
     """Write ``model.pt``, ``curves.png`` and ``result.json`` (rank 0; every rank writes its
     ``rank-<r>.json`` when distributed) and drop the train state; returns the result."""
     ctx, cfg, task = run.ctx, run.train_cfg, run.task
-    result = {"name": run.name, "objective": run.objective, task.headline: final[task.headline], "steps": cfg.steps,
+    request = run.request
+    result = {"name": run.name, "objective": request.objective, task.headline: final[task.headline], "steps": cfg.steps,
               "seconds": seconds, "samples_per_s": (cfg.steps - run.start_step) * cfg.batch_size
               / max(train_seconds, 1e-9), "parameters": count_parameters(run.plain)}
     stats = run.step_fn.stats()
     coverage = merged_coverage(run.step_fn, ctx)
-    result["seen"] = views_seen(summed_counts(run.step_fn, ctx), run.opened, len(run.train_source), run.objective,
-                                coverage)
+    result["seen"] = views_seen(summed_counts(run.step_fn, ctx), run.opened, len(run.train_source), coverage)
     if coverage is not None:
         result["images_per_batch"] = coverage.images_per_batch()
     if planned:
         result["planned_seen"] = planned
     if ctx.enabled:
-        storage.atomic_write(run.out_dir / f"rank-{ctx.rank}.json", json.dumps(
+        storage.atomic_write(run.request.out_dir / f"rank-{ctx.rank}.json", json.dumps(
             {"rank": ctx.rank, "weights_sha256": _weights_sha(run.plain), "visited": run.step_fn.visited(), **stats},
             indent=1).encode())
     if ctx.is_main:
-        kd = {"kd": run.kd_cfg.model_dump()} if run.objective != "erm" and run.kd_cfg is not None else {}
+        kd = request.objective_kind.kd_record(request.kd)
         result["checkpoint_sha256"] = save_checkpoint(
-            run.out_dir / "model.pt", run.plain, arch=run.model_cfg.arch, arch_kwargs=run.model_cfg.arch_kwargs,
+            request.out_dir / "model.pt", run.plain, arch=request.model.arch, arch_kwargs=request.model.arch_kwargs,
             num_classes=run.train_source.num_classes, input=run.spec, task=task.name, head=run.head,
-            train={**cfg.model_dump(), "objective": run.objective, "seed": run.seed, **kd},
+            train={**cfg.model_dump(), "objective": request.objective, "seed": request.seed,
+                   **({"kd": kd} if kd is not None else {})},
             pruned=run.shaper.record(run.plain) if run.shaper is not None else None,
         )
         result.update({k: final[k] for k in task.result_keys if k in final})
         if stats.get("shards_skipped"):
             result["shards_skipped"] = stats["shards_skipped"]
-        plot_curves(run.out_dir / "metrics.jsonl", run.out_dir / "curves.png", run.name)
-        storage.atomic_write(run.out_dir / "result.json", json.dumps(result, indent=1).encode())
+        plot_curves(run.request.out_dir / "metrics.jsonl", run.request.out_dir / "curves.png", run.name)
+        storage.atomic_write(run.request.out_dir / "result.json", json.dumps(result, indent=1).encode())
         run.state_path.unlink(missing_ok=True)
     distributed.barrier(ctx)
     return result
@@ -222,21 +212,20 @@ def merged_coverage(step_fn: Objective, ctx: distributed.Dist) -> Coverage | Non
 
 
 def views_seen(counts: dict[str, list[int]], opened: list[Any], source_samples: int,
-               objective: str, coverage: Coverage | None = None) -> list[dict[str, Any]]:
+               coverage: Coverage | None = None) -> list[dict[str, Any]]:
     """How often the run saw each sample of each of its sets: one row per transfer set, then the
     real split where it was used, with the samples, the rows drawn and trained on (they differ
     with ``pick``) and ``seen`` = trained / samples. A stored view is the same pixels and target
     each time it is seen; the real split's rows are fresh augmentations (``stored: false``). With
     ``coverage``, each row also has the distinct samples and distinct source images read and the
     mean distinct source images per batch among the origin's rows."""
-    origins = [(storage.name_of(s.directory), sum(max(0, n) for n in s.samples), True)
-               for s in opened] if objective == "kd" else []
+    origins = [(storage.name_of(s.directory), sum(max(0, n) for n in s.samples), True) for s in opened]
     origins.append(("source", source_samples, False))  # the last origin is always the real split
     rows = []
     for where, (name, samples, stored) in enumerate(origins):
         trained, drawn = counts["trained"][where], counts["drawn"][where]
-        if not stored and objective == "kd" and not drawn:
-            continue  # a kd student without the real split
+        if not stored and opened and not drawn:
+            continue  # a student of transfer sets without the real split
         row = {"set": name, "stored": stored, "samples": samples, "drawn": drawn, "trained": trained,
                "seen": trained / samples if samples else 0.0}
         if coverage is not None and where < len(coverage.sizes):
@@ -245,15 +234,15 @@ def views_seen(counts: dict[str, list[int]], opened: list[Any], source_samples: 
     return rows
 
 
-def planned_views_seen(run: Run, real_weight: float) -> list[dict[str, Any]]:
+def planned_views_seen(run: Run) -> list[dict[str, Any]]:
     """How often a KD run will see each stored view of each of its sets, before it trains:
     steps × rows drawn per step × the set's share of the weights ÷ the set's samples (pick draws
     ``ratio`` × batch candidates a step, and each of them is a view seen)."""
-    if run.objective != "kd" or not run.opened:
+    if not run.opened:
         return []
-    kd, cfg = run.kd_cfg, run.train_cfg
+    kd, cfg = run.request.kd, run.train_cfg
     drawn = cfg.batch_size if kd is None or kd.pick is None else math.ceil(kd.pick.ratio * cfg.batch_size)
-    total = sum(s.weight for s in run.opened) + real_weight
+    total = sum(s.weight for s in run.opened) + run.request.real_weight
     rows = []
     for shards in run.opened:
         samples = sum(max(0, n) for n in shards.samples)
@@ -282,8 +271,7 @@ def read_so_far(run: Run) -> dict[str, Any]:
     coverage = run.step_fn.counts.coverage
     if coverage is None:
         return {}
-    names = [storage.name_of(s.directory) for s in run.opened] if run.objective == "kd" else []
-    names.append("source")
+    names = [*(storage.name_of(s.directory) for s in run.opened), "source"]
     return {"read": {name: {"samples": int(samples.sum()), "images": int(images.sum())}
                      for name, samples, images, batches in zip(names, coverage.samples, coverage.images,
                                                                coverage.batches, strict=True) if batches}}

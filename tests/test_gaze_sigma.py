@@ -13,7 +13,7 @@ from core.samplers import apply_params
 from core.samplers.base import identity_aug
 from core.sources import load_source
 from stages.teachers import Ensemble
-from student.train import train_model
+from student.train import TrainRequest, train_model
 
 PAIRS = 300
 LAMBDAS = (0.0, 0.1, 0.25, 0.5)
@@ -24,11 +24,12 @@ def teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("gaze_sigma")
     source_cfg = SourceConfig(kind="gaze", samples=1500, test_samples=300, path=str(root / "gaze"), pad=2)
     train, test = load_source(source_cfg, "train"), load_source(source_cfg, "test")
-    result = train_model(
-        name="teacher", model_cfg=ModelConfig(arch="lenet", arch_kwargs={"conv1": 8, "conv2": 16, "hidden": 64}),
-        train_cfg=TrainConfig(steps=800, batch_size=32, optimizer="adam", lr=2e-3, mixup=1.0, regression_loss="nll",
-                              num_workers=0, threads=1),
-        objective="erm", kd_cfg=None, sets=[], train_source=train, test_source=test, out_dir=root / "teacher", seed=0)
+    request = TrainRequest(
+        name="teacher", model=ModelConfig(arch="lenet", arch_kwargs={"conv1": 8, "conv2": 16, "hidden": 64}),
+        train=TrainConfig(steps=800, batch_size=32, optimizer="adam", lr=2e-3, mixup=1.0, regression_loss="nll",
+                          num_workers=0, threads=1),
+        out_dir=root / "teacher", seed=0)
+    result = train_model(request, train, test)
     return result, Ensemble([root / "teacher" / "model.pt"], 2, device="cpu", threads=1, task="regress"), test
 
 

@@ -21,7 +21,7 @@ from student.pruning.magnitude import magnitude_prune
 from student.pruning.measure import compare, size
 from student.pruning.shaping import Shaping
 from student.pruning.slimming import add_l1_subgradient, slim
-from student.train import train_model
+from student.train import TrainRequest, train_model
 
 EXAMPLE = torch.zeros(1, 3, 16, 16)
 
@@ -195,9 +195,8 @@ def test_fine_tuning_a_pruned_checkpoint_keeps_its_widths_and_zeros(tmp_path):
         save_checkpoint(start, model, arch="tiny_cnn", arch_kwargs={"width": 4}, num_classes=10, input=spec,
                         pruned=record)
         out = tmp_path / method
-        train_model(name=method, model_cfg=model_cfg, train_cfg=cfg, objective="erm", kd_cfg=None, sets=[],
-                    train_source=train, test_source=test, out_dir=out, seed=0,
-                    shaping=Shaping(init=str(start), keep_zeros=method == "magnitude"))
+        train_model(TrainRequest(name=method, model=model_cfg, train=cfg, out_dir=out, seed=0,
+                                 shaping=Shaping(init=str(start), keep_zeros=method == "magnitude")), train, test)
         tuned, payload = load_model(out / "model.pt", outputs=10)
         assert payload["pruned"]["method"] == method
         if method == "l1":

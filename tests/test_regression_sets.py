@@ -40,7 +40,7 @@ from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 from student.shards import open_transfer_sets
 from student.stream import StreamPlan, TransferLoader
-from student.train import train_model
+from student.train import TrainRequest, train_model
 
 SETS = {
     "mix": SetConfig(sampler=sampler_config(kind="mix"), samples=120, samples_per_shard=50),
@@ -204,11 +204,11 @@ def small_train(**kw: Any) -> TrainConfig:
 def test_students_distil_gaussians_and_report_regression_metrics(made, tmp_path, loss) -> None:
     source_cfg = made["source_cfg"]
     train, test = load_source(source_cfg, "train"), load_source(source_cfg, "test")
-    result = train_model(
-        name="s", model_cfg=ModelConfig(arch="lenet", arch_kwargs={"conv1": 4, "conv2": 8, "hidden": 16}),
-        train_cfg=small_train(), objective="kd", kd_cfg=KDConfig(alpha=1.0, regression_loss=loss),
-        sets=[(str(made["root"] / "mix"), 0.5), (str(made["root"] / "real"), 0.5)], train_source=train,
-        test_source=test, out_dir=tmp_path, seed=0)
+    request = TrainRequest(
+        name="s", model=ModelConfig(arch="lenet", arch_kwargs={"conv1": 4, "conv2": 8, "hidden": 16}),
+        train=small_train(), objective="kd", kd=KDConfig(alpha=1.0, regression_loss=loss),
+        sets=[(str(made["root"] / "mix"), 0.5), (str(made["root"] / "real"), 0.5)], out_dir=tmp_path, seed=0)
+    result = train_model(request, train, test)
     assert result["metric"] == "angular" and 0 < result["error"] < 90 and np.isfinite(result["nll"])
     assert "accuracy" not in result and 0 <= result["calibration_error"] <= 1
     payload = torch.load(tmp_path / "model.pt", weights_only=True)
@@ -221,13 +221,13 @@ def test_students_distil_gaussians_and_report_regression_metrics(made, tmp_path,
 def test_regression_refuses_classification_only_options(made, tmp_path) -> None:
     source_cfg = made["source_cfg"]
     train, test = load_source(source_cfg, "train"), load_source(source_cfg, "test")
-    common = {"name": "s", "model_cfg": ModelConfig(arch="tiny_cnn"), "objective": "kd", "train_source": train,
-              "test_source": test, "out_dir": tmp_path / "never", "seed": 0,
-              "sets": [(str(made["root"] / "mix"), 1.0)]}
+    common = {"name": "s", "model": ModelConfig(arch="tiny_cnn"), "objective": "kd", "out_dir": tmp_path / "never",
+              "seed": 0, "sets": [(str(made["root"] / "mix"), 1.0)]}
     with pytest.raises(UserError, match="kd.alpha"):
-        train_model(train_cfg=small_train(), kd_cfg=KDConfig(), **common)
+        train_model(TrainRequest(train=small_train(), kd=KDConfig(), **common), train, test)
     with pytest.raises(UserError, match="kd.pick"):
-        train_model(train_cfg=small_train(), kd_cfg=KDConfig(alpha=1.0, pick=PickConfig()), **common)
+        train_model(TrainRequest(train=small_train(), kd=KDConfig(alpha=1.0, pick=PickConfig()), **common), train, test)
     with pytest.raises(UserError, match="train.label_smoothing"):
-        train_model(train_cfg=small_train(label_smoothing=0.1), kd_cfg=KDConfig(alpha=1.0), **common)
+        train_model(TrainRequest(train=small_train(label_smoothing=0.1), kd=KDConfig(alpha=1.0), **common),
+                    train, test)
     assert not (tmp_path / "never").exists()

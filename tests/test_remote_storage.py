@@ -21,7 +21,7 @@ from core.sources import load_source
 from core.sources.readers import read_imagefolder, read_npz
 from pipeline.chain import generate_sets
 from pipeline.inspect.verify import verify_set
-from student.train import train_model
+from student.train import TrainRequest, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,10 +96,9 @@ def test_generate_into_a_url_and_train_a_student_from_it(ray_session, teachers, 
     train, test = load_source(source, "train"), load_source(source, "test")
 
     def weights(set_dir: str, out: Path) -> dict[str, torch.Tensor]:
-        train_model(name="s", model_cfg=ModelConfig(arch="tiny_cnn", arch_kwargs={"width": 4}),
-                    train_cfg=TrainConfig(steps=12, batch_size=16, num_workers=0), objective="kd",
-                    kd_cfg=KDConfig(), sets=[(set_dir, 1.0)], train_source=train, test_source=test,
-                    out_dir=out, seed=3)
+        train_model(TrainRequest(name="s", model=ModelConfig(arch="tiny_cnn", arch_kwargs={"width": 4}),
+                                 train=TrainConfig(steps=12, batch_size=16, num_workers=0), objective="kd",
+                                 kd=KDConfig(), sets=[(set_dir, 1.0)], out_dir=out, seed=3), train, test)
         return read_checkpoint(out / "model.pt")["state_dict"]
 
     local = weights(str(tmp_path / "job" / "sets" / "mix"), tmp_path / "local")

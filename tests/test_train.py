@@ -14,7 +14,7 @@ from core.models import load_model, read_checkpoint
 from core.records.format import sha256_file
 from core.sources import load_source
 from student.evaluate import accuracy, predict_probs
-from student.train import log_interval, lr_factor, train_model
+from student.train import TrainRequest, log_interval, lr_factor, train_model
 
 MODEL = ModelConfig(arch="tiny_cnn", arch_kwargs={"width": 8})
 
@@ -40,11 +40,9 @@ def smoothed_set(digits, tmp_path_factory):
 def run(digits, out_dir, *, objective="erm", sets=(), seed=0, progress=None, kd=None, **train):
     train_source, test_source = digits
     cfg = TrainConfig(**{"steps": 150, "batch_size": 64, "lr": 0.05, "num_workers": 0, **train})
-    return train_model(
-        name="m", model_cfg=MODEL, train_cfg=cfg, objective=objective,
-        kd_cfg=kd or KDConfig(temperature=4.0, alpha=0.5), sets=list(sets), train_source=train_source,
-        test_source=test_source, out_dir=out_dir, seed=seed, progress=progress,
-    )
+    request = TrainRequest(name="m", model=MODEL, train=cfg, objective=objective,
+                           kd=kd or KDConfig(temperature=4.0, alpha=0.5), sets=list(sets), out_dir=out_dir, seed=seed)
+    return train_model(request, train_source, test_source, progress)
 
 
 def rows(out_dir, kind):
@@ -201,17 +199,13 @@ def test_thin_models_train_without_onednn_on_the_cpu():
 def test_self_guidance_trains_a_stochastic_depth_resnet(digits, tmp_path):
     model = SG_MODEL
     train_source, test_source = digits
-    result = train_model(
-        name="sg", model_cfg=model, train_cfg=TrainConfig(steps=60, batch_size=64, num_workers=0,
-                                                         self_guidance={"weight": 0.25, "temperature": 3.0}),
-        objective="erm", kd_cfg=None, sets=[], train_source=train_source, test_source=test_source,
-        out_dir=tmp_path, seed=0,
-    )
+    cfg = TrainConfig(steps=60, batch_size=64, num_workers=0, self_guidance={"weight": 0.25, "temperature": 3.0})
+    result = train_model(TrainRequest(name="sg", model=model, train=cfg, out_dir=tmp_path, seed=0),
+                         train_source, test_source)
     assert result["accuracy"] > 0.3
     with pytest.raises(UserError, match="self_guidance needs a stochastic-depth model"):
-        train_model(name="sg", model_cfg=MODEL, train_cfg=TrainConfig(steps=5, self_guidance={}), objective="erm",
-                    kd_cfg=None, sets=[], train_source=train_source, test_source=test_source,
-                    out_dir=tmp_path / "no", seed=0)
+        train_model(TrainRequest(name="sg", model=MODEL, train=TrainConfig(steps=5, self_guidance={}),
+                                 out_dir=tmp_path / "no", seed=0), train_source, test_source)
     assert not (tmp_path / "no").exists()
 
 
@@ -237,9 +231,9 @@ def test_self_guidance_with_kd_and_clipping_on_a_student(digits, smoothed_set, t
     train_source, test_source = digits
     cfg = TrainConfig(steps=60, batch_size=64, num_workers=0, clip_grad_norm=0.5, schedule="multistep",
                       self_guidance={"weight": 0.25, "temperature": 3.0})
-    result = train_model(name="sgkd", model_cfg=model, train_cfg=cfg, objective="kd",
-                         kd_cfg=KDConfig(temperature=4.0, alpha=0.9), sets=[(smoothed_set, 1.0)],
-                         train_source=train_source, test_source=test_source, out_dir=tmp_path, seed=0)
+    request = TrainRequest(name="sgkd", model=model, train=cfg, objective="kd", kd=KDConfig(temperature=4.0, alpha=0.9),
+                           sets=[(smoothed_set, 1.0)], out_dir=tmp_path, seed=0)
+    result = train_model(request, train_source, test_source)
     assert result["accuracy"] > 0.3
     train_rows = rows(tmp_path, "train")
     assert all(r["grad_norm"] > 0 for r in train_rows)  # the norm before clipping is logged

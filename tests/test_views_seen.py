@@ -14,7 +14,7 @@ from core.config import KDConfig, ModelConfig, PickConfig, SourceConfig, Student
 from core.errors import UserError
 from core.sources import load_source
 from student.online import ensemble_log_probs, mix_rows
-from student.train import train_model
+from student.train import TrainRequest, train_model
 
 MODEL = ModelConfig(arch="tiny_cnn", arch_kwargs={"width": 4})
 
@@ -41,10 +41,9 @@ def train(digits, out, objective="kd", sets=(), steps=30, kd=None, teachers=None
           **options):
     train_source, test_source = digits
     cfg = TrainConfig(steps=steps, batch_size=32, num_workers=0, **options)
-    return train_model(name="m", model_cfg=MODEL, train_cfg=cfg, objective=objective,
-                       kd_cfg=kd or KDConfig(alpha=1.0), sets=list(sets), train_source=train_source,
-                       test_source=test_source, out_dir=out, seed=0, teachers=teachers, progress=progress,
-                       views_seen_warning=bound)
+    request = TrainRequest(name="m", model=MODEL, train=cfg, objective=objective, kd=kd or KDConfig(alpha=1.0),
+                           sets=list(sets), out_dir=out, seed=0, teachers=teachers, views_seen_warning=bound)
+    return train_model(request, train_source, test_source, progress)
 
 
 def test_the_planned_sightings_are_reported_before_training_and_warned_past_the_bound(digits, two_sets, tmp_path):

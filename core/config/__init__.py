@@ -17,6 +17,7 @@ from core.config.reading import apply_override, check_config_size, load_yaml, un
 from core.errors import SHOWN_CHARS, UserError, clip
 from core.options.generator import GeneratorStageConfig
 from core.options.image import ImageConfig, StoreConfig  # noqa: F401  (re-exported)
+from core.options.student import StudentConfig
 from core.options.target import TargetConfig
 from core.options.teacher import InputContractConfig, TeacherModelConfig, TeachersConfig  # noqa: F401  (re-exported)
 from core.options.train import (  # noqa: F401  (re-exported: the job config is one namespace)
@@ -27,7 +28,6 @@ from core.options.train import (  # noqa: F401  (re-exported: the job config is 
     PruneConfig,
     SelfGuidanceConfig,
     Strict,
-    StudentConfig,
     StudentStageConfig,
     TrainConfig,
     factory_of,
@@ -270,7 +270,7 @@ class Config(Strict):
                         f"students.{student_name}.{where} names {set_name!r}, not one of {sorted(self.sets)}"
                     )
                 targets = self.sets[set_name].targets if set_name in self.sets else None
-                if (student.objective == "kd" and targets is not None and targets.kind == "sampled"
+                if (student.objective_kind.reads_sets and targets is not None and targets.kind == "sampled"
                         and student.kd.temperature != targets.draw_temperature):
                     raise ValueError(
                         f"students.{student_name}.kd.temperature is {student.kd.temperature:g} but set {set_name!r} "

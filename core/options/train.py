@@ -287,7 +287,7 @@ def recipes_of(prune: PruneConfig | list[PruneConfig] | None) -> list[PruneConfi
     return [prune] if isinstance(prune, PruneConfig) else list(prune)
 
 
-def check_recipes(recipes: list[PruneConfig], objective: str, sets: dict[str, float], transfer: str) -> float:
+def check_recipes(recipes: list[PruneConfig], sets: dict[str, float], transfer: str) -> float:
     """Recipes of one student checked together; returns the pre-training's slimming penalty.
     ``transfer`` names the reserved real-split set (a student's recipes share its pre-training)."""
     labels = [recipe.label for recipe in recipes]
@@ -297,58 +297,8 @@ def check_recipes(recipes: list[PruneConfig], objective: str, sets: dict[str, fl
     if len(penalties) > 1:
         raise ValueError(f"prune: the recipes share one pre-training, so one slimming_l1 (got {sorted(penalties)}); "
                          "make a student per penalty")
-    if objective == "kd_online" and recipes:
-        raise ValueError("prune: a pruned student is pre-trained by objective erm or kd")
     for recipe in recipes:
         given = recipe.then.sets or sets
         if any(p != "erm" for p in recipe.then.objective) and not any(n != transfer for n in given):
             raise ValueError(f"prune {recipe.label}: phases kd and self_distill need a transfer set: give then.sets")
     return penalties.pop() if penalties else 0.0
-
-
-class StudentConfig(Strict):
-    """One student: ``erm`` on the real split, ``kd`` from transfer sets, or ``kd_online`` (the
-    ensemble in the loop on fresh augmentations: the reference the offline sets are measured
-    against). ``seeds`` trains one run per seed from the same cached sets."""
-
-    model: ModelConfig = Field(description="the student's model")
-    objective: Literal["erm", "kd", "kd_online"] = Field(
-        description="erm (labels), kd (stored sets), kd_online (teachers in the loop)")
-    sets: dict[str, float] = Field(
-        {}, description="transfer sets and their weights; 'source' is the real training split")
-    kd: KDConfig = Field(KDConfig(), description="the KD loss")
-    train: TrainConfig = Field(description="the student's training")
-    seeds: list[int] = Field([0], min_length=1, description="one run per seed; the report shows mean ± std")
-    prune: list[PruneConfig] | None = Field(
-        None, description="one recipe or a list: prune the trained model, fine-tune it (kd-orthogonality-ensemble §4)")
-
-    @field_validator("prune", mode="before")
-    @classmethod
-    def _one_or_more(cls, value: Any) -> Any:
-        return [value] if isinstance(value, dict | PruneConfig) else value
-
-    @model_validator(mode="after")
-    def _sets_for_kd(self) -> StudentConfig:
-        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise ValueError(f"seeds must be distinct non-negative integers, got {self.seeds}")
-        if self.objective == "kd_online" and self.sets:
-            raise ValueError("a 'kd_online' student reads the real split with the teachers in the loop; "
-                             "drop its sets")
-        if self.objective != "kd_online" and self.kd.online_mix:
-            raise ValueError("kd.online_mix is for objective 'kd_online'; a 'kd' student mixes stored sets by weight")
-        if self.objective == "kd":
-            if not self.sets:
-                raise ValueError("a 'kd' student needs sets: {name: weight}")
-            if any(w < 0 for w in self.sets.values()) or sum(self.sets.values()) <= 0:
-                raise ValueError("set weights must be >= 0 and sum to more than 0")
-            if set(self.sets) == {SOURCE_SET}:
-                raise ValueError(f"a 'kd' student needs a transfer set besides {SOURCE_SET!r}")
-            if self.sets.get(SOURCE_SET, 0) > 0 and self.kd.alpha >= 1:
-                raise ValueError(f"set {SOURCE_SET!r} carries labels only, which kd.alpha = 1 ignores; "
-                                 f"lower kd.alpha or drop it")
-        check_recipes(recipes_of(self.prune), self.objective, self.sets, SOURCE_SET)
-        if self.train.class_balanced and not (self.objective == "erm" or self.sets.get(SOURCE_SET, 0) > 0):
-            raise ValueError(f"train.class_balanced draws the real images of the set {SOURCE_SET!r}, which this "
-                             f"{self.objective!r} student does not read; add sets.{SOURCE_SET} with a weight "
-                             "or drop it")
-        return self

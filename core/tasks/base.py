@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from core.config import KDConfig, ModelConfig, SetConfig, TargetConfig, TrainConfig
+from core.options.objective import TrainingObjective
 from core.records.format import Sample
 
 Record = dict[str, Any]  # a decoded sample: image, meta, target (the stream's row), label, and the task's own fields
@@ -137,7 +138,7 @@ class Task(ABC):
 
     # ------------------------------------------------------------ students
 
-    def check_student(self, name: str, objective: str, train_cfg: TrainConfig, kd_cfg: KDConfig | None,
+    def check_student(self, name: str, objective: TrainingObjective, train_cfg: TrainConfig, kd_cfg: KDConfig | None,
                       real_weight: float) -> None:
         """Refuse options this kind does not define, before anything is written."""
         return None

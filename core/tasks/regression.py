@@ -25,6 +25,7 @@ import torch
 
 from core.config import SOURCE_SET, KDConfig, ModelConfig, SetConfig, TargetConfig, TrainConfig
 from core.errors import FormatError, UserError
+from core.options.objective import TrainingObjective
 from core.records.format import Sample, decode_npy, decode_record_image, encode_npy, image_member
 from core.tasks.base import Record, Task, per_sampler, row_start, significant
 
@@ -236,9 +237,12 @@ class RegressionTask(Task):
 
     # ------------------------------------------------------------ students
 
-    def check_student(self, name: str, objective: str, train_cfg: TrainConfig, kd_cfg: KDConfig | None,
+    def check_student(self, name: str, objective: TrainingObjective, train_cfg: TrainConfig, kd_cfg: KDConfig | None,
                       real_weight: float) -> None:
         """Refuse the options that are defined for classification only."""
+        if objective.teachers_in_loop:
+            raise UserError(f"{name}: objective {objective.name!r} is for classification; distil a regression "
+                            f"ensemble from a transfer set (objective 'kd')")
         used = []
         if train_cfg.self_guidance is not None:
             used.append("train.self_guidance")
@@ -246,7 +250,7 @@ class RegressionTask(Task):
             used.append("train.class_balanced")
         if train_cfg.label_smoothing:
             used.append("train.label_smoothing")
-        if objective == "kd" and kd_cfg is not None:
+        if objective.distils and kd_cfg is not None:
             if kd_cfg.pick is not None:
                 used.append("kd.pick")
             if kd_cfg.alpha != 1.0:
@@ -255,9 +259,6 @@ class RegressionTask(Task):
                 used.append(f"the real split as set {SOURCE_SET!r} (it carries no teacher Gaussian)")
         if used:
             raise UserError(f"{name}: a regression model does not take {', '.join(used)}")
-        if objective == "kd_online":
-            raise UserError(f"{name}: objective 'kd_online' is for classification; distil a regression "
-                            f"ensemble from a transfer set (objective 'kd')")
 
     def score(self, result: dict[str, Any]) -> str:
         return f"{result.get('metric', '')} error {result['error']:.4f}".strip()

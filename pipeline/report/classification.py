@@ -19,6 +19,7 @@ import numpy as np
 
 from core.config import Config
 from core.models import load_model
+from core.options.objective import objective_named
 from core.sources import Source
 from core.tasks import CLASSIFY
 from pipeline.report.aggregate import (
@@ -77,7 +78,7 @@ def teacher_warnings(teacher_accuracy: float, rows: dict[str, dict[str, Any]]) -
     not beat: its KD students would learn from a teacher no better than plain training."""
     lines = []
     for name, row in rows.items():
-        if row["objective"] == "erm" and teacher_accuracy <= row["accuracy"]:
+        if not objective_named(row["objective"]).distils and teacher_accuracy <= row["accuracy"]:
             lines.append(
                 f"the teacher ensemble ({teacher_accuracy:.4f}) is not better than student {name} trained without "
                 f"it ({shown(row['accuracy'], row['accuracy_std'])}, {len(row['seeds'])} seed(s)): by "

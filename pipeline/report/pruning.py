@@ -69,14 +69,15 @@ def recipe_entry(cfg: Config, out: Path, name: str, recipe: Any) -> dict[str, An
 def _cells(scratch: dict[str, Any] | None, label: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The Table-1 rows of one arch and recipe, each column's accuracies by seed index."""
     rows = []
-    for row, train_type, kind in ((scratch, "Scratch", "erm"), (label, "Label", "kd")):
+    # Fine-tuning with KD is Post-Distill after a scratch pre-training, Pre-Post after a KD one.
+    for row, train_type, kd_column in ((scratch, "Scratch", "post_distill"), (label, "Label", "pre_post")):
         if row is None:
             continue
         seeds = row["by_seed"]
         columns = {"unpruned": {s: v["unpruned"] for s, v in seeds.items()},
                    "pruned": {s: v["pruned"] for s, v in seeds.items()},
                    "finetuned": {s: v.get("erm") for s, v in seeds.items()}}
-        columns["post_distill" if kind == "erm" else "pre_post"] = {s: v.get("kd") for s, v in seeds.items()}
+        columns[kd_column] = {s: v.get("kd") for s, v in seeds.items()}
         columns["self_distill"] = {s: v.get("self_distill") for s, v in seeds.items()}
         rows.append({"train_type": train_type, "student": row["student"], "recipe": row["recipe"],
                      "seeds": len(seeds), **{

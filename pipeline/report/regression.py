@@ -36,18 +36,17 @@ def error_gap_reduction(teacher: float, baseline: float, method: float) -> float
     return gap_reduction(-teacher, -baseline, -method)
 
 
+# The losses that train a head's σ (the others leave its σ output untrained noise).
+SIGMA_LOSSES = ("nll", "gaussian_kl")
+
+
 def sigma_trained(student: StudentConfig) -> bool:
-    if student.objective == "erm":
-        return student.train.regression_loss == "nll"
-    return student.kd.regression_loss == "gaussian_kl"
+    return student.objective_kind.regression_loss(student.train, student.kd) in SIGMA_LOSSES
 
 
 def method(student: StudentConfig) -> str:
     """How a student learned, in the words of XCL Table 3's rows."""
-    if student.objective == "erm":
-        mixes = [f"{name}" for name in ("mixup", "cutmix") if getattr(student.train, name) > 0]
-        return "+".join([f"erm {student.train.regression_loss}", *mixes])
-    return f"kd {student.kd.regression_loss}"
+    return student.objective_kind.regression_method(student.train, student.kd)
 
 
 def _teacher(teachers: list[Path], test: Source, factories: Sequence[str]) -> dict[str, Any]:
@@ -83,7 +82,7 @@ def build_regression_report(cfg: Config, teachers: list[Path], students: dict[st
         student, first = cfg.students[name], results[min(results)]
         row = {key: first[key] for key in ("objective", "steps", "parameters") if key in first}
         row.update(summarize_runs(results, SHOWN))
-        sets = "+".join(student.sets) if student.objective == "kd" else "source"
+        sets = "+".join(student.sets) if student.objective_kind.reads_sets else "source"
         row.update({"method": method(student), "sets": sets, "sigma_trained": sigma_trained(student),
                     "gap": row["error"] - teacher["error"],
                     "seconds": sum(float(r.get("seconds", 0.0)) for r in results.values())})

@@ -32,9 +32,20 @@ from pipeline.generate.driver import execute
 from pipeline.generate.plan import AUTO, plan_set
 from pipeline.generate.supervisor import supervise
 from pipeline.train.ray_train import train_runs
-from pipeline.train.runs import Progress, mark_done, reusable, set_dir, set_identity, student_dir, student_sets
+from pipeline.train.runs import (
+    Progress,
+    StudentRun,
+    mark_done,
+    read_back,
+    reusable,
+    set_dir,
+    set_identity,
+    student_dir,
+    student_sets,
+)
 from student.pruning.measure import compare
 from student.pruning.recipe import check_recipe, example_input, prune_model
+from student.pruning.shaping import Shaping
 from student.tasks import EVALUATE
 
 MEASURE_NAME = "measure.json"
@@ -124,9 +135,9 @@ def self_distill_sets(cfg: Config, out: Path, name: str, seed_index: int, weight
     return sets
 
 
-def phase_runs(cfg: Config, out: Path, name: str, train: Source) -> list[dict[str, Any]]:
+def phase_runs(cfg: Config, out: Path, name: str, train: Source) -> list[StudentRun]:
     """The fine-tuning runs of a pruned student: seed × recipe × phase, each from its pruned
-    checkpoint (which must exist), in the form :func:`pipeline.train.runs.train_student_run` takes."""
+    checkpoint (which must exist)."""
     student = cfg.students[name]
     source = cfg.source.model_dump(exclude=cfg.source.unused_keys())
     runs = []
@@ -142,17 +153,17 @@ def phase_runs(cfg: Config, out: Path, name: str, train: Source) -> list[dict[st
                     sets = student_sets(cfg, out, name, train.task, weights)
                 else:
                     sets = self_distill_sets(cfg, out, name, seed_index, weights, train, lambda line: None, False)
-                shaping = {"init": str(start), "keep_zeros": recipe.method == "magnitude", "bn_l1": 0.0}
                 spec = {"phase": phase, "train": then.train.model_dump(), "kd": kd.model_dump() if sets else None,
                         "pruned_sha256": sha256_file(start), "source": source,
                         "sets": {storage.name_of(d): [w, set_identity(d) if d != SOURCE_SET else None]
                                  for d, w in sets}}
-                runs.append({"name": name, "seed_index": seed_index, "sets": sets, "spec": spec,
-                             "seed": part_seed(cfg.seed, "student", name, seed_index, "prune", recipe.label, phase),
-                             "out_dir": recipe_dir(out, name, seed_index, recipe) / phase,
-                             "objective": "erm" if phase == "erm" else "kd", "train": then.train.model_dump(),
-                             "kd": kd.model_dump(), "shaping": shaping,
-                             "label": f"{name}/seed-{seed_index}/{recipe.label}/{phase}"})
+                runs.append(StudentRun(
+                    name=name, seed_index=seed_index, sets=sets, spec=spec,
+                    seed=part_seed(cfg.seed, "student", name, seed_index, "prune", recipe.label, phase),
+                    out_dir=recipe_dir(out, name, seed_index, recipe) / phase,
+                    objective="erm" if phase == "erm" else "kd", train=read_back(then.train), kd=kd,
+                    shaping=Shaping(init=str(start), keep_zeros=recipe.method == "magnitude"),
+                    label=f"{name}/seed-{seed_index}/{recipe.label}/{phase}"))
     return runs
 
 
@@ -173,5 +184,5 @@ def prune_students(cfg: Config, out: Path, names: list[str], train: Source, test
         done[name] = {"measured": measured}
     runs = [run for name in names for run in phase_runs(cfg, out, name, train)]
     for run, result in zip(runs, train_runs(cfg, out, runs, train, test, progress), strict=True):
-        done[run["name"]].setdefault("phases", []).append({"label": run["label"], **result})
+        done[run.name].setdefault("phases", []).append({"label": run.label, **result})
     return done

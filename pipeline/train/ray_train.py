@@ -27,6 +27,7 @@ from core.tasks import score
 from pipeline.generate.driver import ensure_ray
 from pipeline.train.runs import (
     Progress,
+    StudentRun,
     load_splits,
     reusable,
     student_dir,
@@ -108,12 +109,12 @@ def train_members(cfg: Config, jobs: list[tuple[int, Path, int]], progress: Prog
 
 
 @_user_errors_as_values
-def _train_student_task(cfg_json: str, out: str, run: dict[str, Any], threads: int) -> dict[str, Any]:
+def _train_student_task(cfg_json: str, out: str, run_json: str, threads: int) -> dict[str, Any]:
     """Body of one Ray task: load the splits and train one run (student × seed)."""
     torch.set_num_threads(threads)
     cfg = Config.model_validate_json(cfg_json)
     train, test = load_splits(cfg)
-    return train_student_run(cfg, Path(out), {**run, "out_dir": Path(run["out_dir"])}, train, test, lambda line: None)
+    return train_student_run(cfg, Path(out), StudentRun.from_json(run_json), train, test, lambda line: None)
 
 
 def use_ray_for_runs(cfg: Config, pending: int) -> bool:
@@ -126,7 +127,7 @@ def use_ray_for_runs(cfg: Config, pending: int) -> bool:
     return mode == "ray" or cluster_cpus(cfg) >= 2 * cfg.student_stage.cpus_per_run
 
 
-def train_runs_on_ray(cfg: Config, out: Path, runs: list[dict[str, Any]], progress: Progress) -> list[dict[str, Any]]:
+def train_runs_on_ray(cfg: Config, out: Path, runs: list[StudentRun], progress: Progress) -> list[dict[str, Any]]:
     """Train student runs (:func:`pipeline.train.runs.student_runs`) as Ray tasks of
     ``student_stage.cpus_per_run`` CPUs each, reporting each as it finishes; results in order."""
     import ray
@@ -135,10 +136,9 @@ def train_runs_on_ray(cfg: Config, out: Path, runs: list[dict[str, Any]], progre
     cpus = cfg.student_stage.cpus_per_run
     task = ray.remote(num_cpus=cpus, max_retries=1)(_train_student_task)
     cfg_json, threads = cfg.model_dump_json(), max(1, int(cpus))
-    refs = [task.remote(cfg_json, str(out), {**run, "out_dir": str(run["out_dir"])}, threads) for run in runs]
+    refs = [task.remote(cfg_json, str(out), run.to_json(), threads) for run in runs]
     progress(f"students: training {len(runs)} run(s) as Ray tasks ({cpus:g} CPU each)")
-    label = {ref: run.get("label") or f"{run['name']}/seed-{run['seed_index']}"
-             for ref, run in zip(refs, runs, strict=True)}
+    label = {ref: run.label for ref, run in zip(refs, runs, strict=True)}
     waiting = list(refs)
     results: dict[Any, dict[str, Any]] = {}
     while waiting:
@@ -148,7 +148,7 @@ def train_runs_on_ray(cfg: Config, out: Path, runs: list[dict[str, Any]], progre
     return [results[ref] for ref in refs]
 
 
-def train_runs(cfg: Config, out: Path, runs: list[dict[str, Any]], train: Source, test: Source, progress: Progress,
+def train_runs(cfg: Config, out: Path, runs: list[StudentRun], train: Source, test: Source, progress: Progress,
                force: bool = False) -> list[dict[str, Any]]:
     """Each run (:func:`pipeline.train.runs.student_runs`, or a pruned student's fine-tuning): reused
     when its ``spec.json`` is unchanged, else trained — as parallel Ray tasks when the CPUs allow
@@ -156,10 +156,9 @@ def train_runs(cfg: Config, out: Path, runs: list[dict[str, Any]], train: Source
     results: dict[int, dict[str, Any]] = {}
     pending = []
     for at, run in enumerate(runs):
-        if not force and reusable(run["out_dir"], run["spec"], "result.json"):
-            progress(f"student {run.get('label') or run['name'] + '/seed-' + str(run['seed_index'])}: reused "
-                     f"{run['out_dir']}")
-            results[at] = {**json.loads((run["out_dir"] / "result.json").read_text()), "seed_index": run["seed_index"]}
+        if not force and reusable(run.out_dir, run.spec, "result.json"):
+            progress(f"student {run.label}: reused {run.out_dir}")
+            results[at] = {**json.loads((run.out_dir / "result.json").read_text()), "seed_index": run.seed_index}
         else:
             pending.append(at)
     if use_ray_for_runs(cfg, len(pending)):

@@ -15,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from core.config import SOURCE_SET, Config, KDConfig, StudentConfig, TrainConfig, recipes_of
 from core.errors import UserError
+from core.options.objective import objective_named
 from core.seeds import part_seed
 from core.sets.index import read_index
 from core.sources import Source, check_readable, load_source
@@ -28,7 +30,7 @@ from core.tasks import Task, score
 from pipeline.generate.plan import plan_set
 from pipeline.generate.teacher_import import import_spec
 from student.pruning.shaping import Shaping
-from student.train import train_model
+from student.train import TrainRequest, train_model
 
 Progress = Callable[[str], None]
 SPEC_NAME = "spec.json"
@@ -132,11 +134,9 @@ def train_member(cfg: Config, member: int, member_dir: Path, seed: int, train: S
                  progress: Progress | None = None) -> dict[str, Any]:
     """Train teacher member ``member`` (ERM, in this process)."""
     assert cfg.teachers.model is not None and cfg.teachers.train is not None, "the config validated a training setup"
-    return train_model(
-        name=f"teacher-{member}", model_cfg=cfg.teachers.model, train_cfg=cfg.teachers.train,
-        objective="erm", kd_cfg=None, sets=[], train_source=train, test_source=test,
-        out_dir=member_dir, seed=seed, progress=progress,
-    )
+    request = TrainRequest(name=f"teacher-{member}", model=cfg.teachers.model, train=cfg.teachers.train,
+                           out_dir=member_dir, seed=seed)
+    return train_model(request, train, test, progress)
 
 
 # ---------------------------------------------------------------- sets
@@ -205,29 +205,66 @@ def _student_spec(cfg: Config, out: Path, name: str, seed: int, sets: list[tuple
     penalty = slimming_penalty(student)
     if penalty:
         spec["slimming_l1"] = penalty
-    if student.objective == "kd_online":
+    if student.objective_kind.teachers_in_loop:
         spec["teachers"] = [_file_sha256(path) for path in require_teachers(cfg, out)]
     return spec
 
 
-def student_runs(cfg: Config, out: Path, name: str, task: Task, seeds: list[int] | None = None) -> list[dict[str, Any]]:
-    """The runs of student ``name`` (one per seed), each checked for its inputs: ``{seed_index,
-    seed, out_dir, sets, spec}``."""
+@dataclass(frozen=True)
+class StudentRun:
+    """One run of a student (one seed), or one fine-tuning phase of a pruned student: what it
+    trains, from which sets, where it lives, and the ``spec.json`` a rerun is reused by."""
+
+    name: str
+    seed_index: int
+    seed: int
+    out_dir: Path
+    sets: list[tuple[str, float]]  # (directory, weight); ``source`` is the real split
+    spec: dict[str, Any]
+    objective: str
+    train: TrainConfig
+    kd: KDConfig
+    label: str  # how progress lines and the pruning report name it
+    shaping: Shaping | None = None
+
+    def to_json(self) -> str:
+        """The run as a Ray task receives it: plain JSON, read back by :meth:`from_json`."""
+        return json.dumps({**{f.name: getattr(self, f.name) for f in fields(self)}, "out_dir": str(self.out_dir),
+                           "train": self.train.model_dump(), "kd": self.kd.model_dump(),
+                           "shaping": None if self.shaping is None else self.shaping.as_dict()})
+
+    @classmethod
+    def from_json(cls, text: str) -> StudentRun:
+        raw = json.loads(text)
+        return cls(**{**raw, "out_dir": Path(raw["out_dir"]), "sets": [(d, w) for d, w in raw["sets"]],
+                      "train": TrainConfig.model_validate(raw["train"]), "kd": KDConfig.model_validate(raw["kd"]),
+                      "shaping": None if raw["shaping"] is None else Shaping(**raw["shaping"])})
+
+
+def read_back(train: TrainConfig) -> TrainConfig:
+    """``train`` read back from its plain form, where a float field holds a float (``cache_mb``'s
+    default 1024 becomes 1024.0). A pruned student's phases and the runs on Ray train with their
+    section in this form, and their checkpoints record it so."""
+    return TrainConfig.model_validate(train.model_dump())
+
+
+def student_runs(cfg: Config, out: Path, name: str, task: Task, seeds: list[int] | None = None) -> list[StudentRun]:
+    """The runs of student ``name`` (one per seed), each checked for its inputs."""
     if name not in cfg.students:
         raise UserError(f"--student {name!r}: not one of {sorted(cfg.students)}")
     student = cfg.students[name]
     unknown = sorted(set(seeds or []) - set(student.seeds))
     if unknown:
         raise UserError(f"--seed {unknown[0]}: student {name!r} has seeds {student.seeds}")
-    sets = student_sets(cfg, out, name, task) if student.objective == "kd" else []
+    sets = student_sets(cfg, out, name, task) if student.objective_kind.reads_sets else []
+    penalty = slimming_penalty(student)
     runs = []
     for seed_index in seeds or student.seeds:
         seed = part_seed(cfg.seed, "student", name, seed_index)
-        run = {"name": name, "seed_index": seed_index, "seed": seed, "sets": sets,
-               "out_dir": student_dir(out, name, seed_index), "spec": _student_spec(cfg, out, name, seed, sets)}
-        if slimming_penalty(student):
-            run["shaping"] = Shaping(bn_l1=slimming_penalty(student)).as_dict()
-        runs.append(run)
+        runs.append(StudentRun(
+            name=name, seed_index=seed_index, seed=seed, out_dir=student_dir(out, name, seed_index), sets=sets,
+            spec=_student_spec(cfg, out, name, seed, sets), objective=student.objective, train=student.train,
+            kd=student.kd, label=f"{name}/seed-{seed_index}", shaping=Shaping(bn_l1=penalty) if penalty else None))
     return runs
 
 
@@ -236,26 +273,18 @@ def slimming_penalty(student: StudentConfig) -> float:
     return max([recipe.slimming_l1 for recipe in recipes_of(student.prune)], default=0.0)
 
 
-def train_student_run(cfg: Config, out: Path, run: dict[str, Any], train: Source, test: Source,
+def train_student_run(cfg: Config, out: Path, run: StudentRun, train: Source, test: Source,
                       progress: Progress) -> dict[str, Any]:
-    """Train one run of :func:`student_runs` and mark it done. A fine-tuning run of a pruned
-    student (:mod:`pipeline.train.pruning`) also carries its ``objective``, ``train``, ``kd``,
-    ``shaping`` and ``label``; a slimming student's own run its ``shaping``."""
-    name, student = run["name"], cfg.students[run["name"]]
-    label = run.get("label") or f"{name}/seed-{run['seed_index']}"
-    objective = run.get("objective", student.objective)
-    train_cfg = TrainConfig.model_validate(run["train"]) if "train" in run else student.train
-    kd_cfg = KDConfig.model_validate(run["kd"]) if "kd" in run else student.kd
-    shaping = Shaping(**run["shaping"]) if run.get("shaping") else None
-    progress(f"student {label}: training {student.model.arch} ({objective}) for {train_cfg.steps} steps")
-    teachers = list(require_teachers(cfg, out)) if objective == "kd_online" else None
-    result = train_model(
-        name=name, model_cfg=student.model, train_cfg=train_cfg, objective=objective,
-        kd_cfg=kd_cfg, sets=run["sets"], train_source=train, test_source=test, out_dir=run["out_dir"],
-        seed=run["seed"], progress=progress, teachers=teachers, factories=cfg.factories, shaping=shaping,
-        views_seen_warning=cfg.student_stage.views_seen_warning,
-    )
-    result["seed_index"] = run["seed_index"]
-    mark_done(run["out_dir"], run["spec"])
-    progress(f"student {label}: {score(result)}")
+    """Train one run of :func:`student_runs` (or a pruned student's fine-tuning phase) and mark it done."""
+    student = cfg.students[run.name]
+    progress(f"student {run.label}: training {student.model.arch} ({run.objective}) for {run.train.steps} steps")
+    teachers = list(require_teachers(cfg, out)) if objective_named(run.objective).teachers_in_loop else None
+    request = TrainRequest(
+        name=run.name, model=student.model, train=run.train, out_dir=run.out_dir, seed=run.seed,
+        objective=run.objective, kd=run.kd, sets=run.sets, teachers=teachers, factories=cfg.factories,
+        shaping=run.shaping, views_seen_warning=cfg.student_stage.views_seen_warning)
+    result = train_model(request, train, test, progress)
+    result["seed_index"] = run.seed_index
+    mark_done(run.out_dir, run.spec)
+    progress(f"student {run.label}: {score(result)}")
     return result
