@@ -39,7 +39,8 @@ def main() -> None:
     out = args.out or args.config.parent
     cfg = parse_config(yaml.safe_load(args.config.read_text()), origin=str(args.config))
 
-    from pipeline.train.runs import load_splits, set_dir, teacher_paths
+    from pipeline.train.job import load_splits
+    from pipeline.train.runs import set_dir, teacher_paths
     from student.build import online_teachers
     from student.online import ensemble_log_probs
     from student.stream import transfer_loader

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
+from core.progress import Progress
 from core.sources import check_readable, load_source
 from core.store import storage
 from pipeline.generate.driver import execute
@@ -23,7 +24,7 @@ from pipeline.report import build_report
 from pipeline.train.job import Job, open_job
 from pipeline.train.pruning import check_pruning, prune_students
 from pipeline.train.ray_train import train_runs
-from pipeline.train.runs import Progress, set_dir, student_runs
+from pipeline.train.runs import set_dir, student_runs
 from pipeline.train.teachers import make_teachers
 
 
@@ -66,7 +67,7 @@ def train_students(job: Job, names: list[str], force: bool = False,
     Returns ``{name: {seed_index: result}}``."""
     runs = [run for name in names for run in student_runs(job.cfg, job.out, name, job.train.task, seeds)]
     results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in names}
-    trained = train_runs(job.cfg, job.out, runs, job.train, job.test, job.progress, force)
+    trained = train_runs(job, runs, force)
     for run, result in zip(runs, trained, strict=True):
         results[run.name][run.seed_index] = result
     return {name: dict(sorted(by_seed.items())) for name, by_seed in results.items()}
@@ -80,7 +81,7 @@ def run_job(cfg: Config, out: Path, progress: Progress) -> dict[str, Any]:
     teachers = make_teachers(job)
     generate_sets(cfg, out, teachers, progress)
     students = train_students(job, list(cfg.students))
-    prune_students(cfg, out, list(cfg.students), job.train, job.test, progress)
+    prune_students(job, list(cfg.students))
     report = build_report(cfg, teachers, students, job.test, out, job.train)
     storage.atomic_write(out / "report.json", json.dumps(report, indent=1).encode())
     return report

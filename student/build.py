@@ -20,6 +20,7 @@ from core.config import ModelConfig, TrainConfig
 from core.errors import UserError
 from core.models import build_model, load_model, probe_forward, stochastic_blocks
 from core.models.zoo import library_of
+from core.progress import Progress
 from core.seeds import stream_seed
 from core.sets.index import read_index
 from core.sources import Source, in_memory_if_small
@@ -37,8 +38,6 @@ from student.state import STATE_NAME, load_state, restore, spec_hash
 from student.stream import RealPart, StreamPlan
 from student.stream.coverage import Coverage
 from student.tasks import OBJECTIVES
-
-Progress = Callable[[str], None]
 
 
 @dataclass

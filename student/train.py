@@ -26,10 +26,11 @@ from torch import nn
 
 from core.errors import UserError
 from core.models import count_parameters, save_checkpoint
+from core.progress import Progress
 from core.sources import Source
 from core.store import storage
 from student import distributed
-from student.build import Progress, Run, batches_per_transfer, build_run, epoch_steps
+from student.build import Run, batches_per_transfer, build_run, epoch_steps
 from student.cpu_kernels import safe_cpu_kernels
 from student.curves import plot_curves
 from student.metrics import MAX_TRAIN_ROWS, MetricsLog, Window, log_interval

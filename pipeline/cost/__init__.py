@@ -38,7 +38,8 @@ from core.sources import Source, load_source_cached
 from pipeline.cost.probe import TIMING, median_seconds, teacher_batch_seconds, train_step_seconds
 from pipeline.generate.plan import AUTO, plan_set, resolve_set, resume
 from pipeline.generate.set_locations import check_config_locations, check_planned, check_writable
-from pipeline.train.runs import load_splits, set_dir
+from pipeline.train.job import load_splits
+from pipeline.train.runs import set_dir
 from pipeline.train.teachers import TeacherPlan, plan_teachers
 from stages.writer import make_shard, write_shard
 

@@ -12,7 +12,7 @@ grows, and its index is never replaced by a smaller one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from core.config import Config, SetConfig, StoreConfig
 from core.errors import FormatError, UserError
 from core.models import load_model
+from core.progress import Progress
 from core.records.format import VIEWS_ORDER_FORMAT, sha256_file
 from core.sets import index as sx
 from core.sets.fingerprint import PREFIX_CHARS, content_version, set_fingerprint
@@ -241,7 +242,7 @@ def start(plan: SetPlan) -> None:
     sx.remove_stale_temps(out_dir, lease_ttl())
 
 
-def resume(plan: SetPlan, progress: Callable[[str], None]) -> SetProgress:
+def resume(plan: SetPlan, progress: Progress) -> SetProgress:
     """The set's progress so far: the committed shards that fit the plan (see
     :meth:`SetProgress.missing` for the others). Reads only.
 

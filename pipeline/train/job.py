@@ -8,8 +8,7 @@ from pathlib import Path
 
 from core.config import Config
 from core.progress import Progress, quiet
-from core.sources import Source
-from pipeline.train.runs import load_splits
+from core.sources import Source, check_readable, load_source
 
 
 @dataclass(frozen=True)
@@ -19,6 +18,14 @@ class Job:
     train: Source
     test: Source
     progress: Progress = quiet
+
+
+def load_splits(cfg: Config) -> tuple[Source, Source]:
+    """Both splits, every image checked readable (its header) before anything is written."""
+    train, test = load_source(cfg.source, "train"), load_source(cfg.source, "test")
+    check_readable(train)
+    check_readable(test)
+    return train, test
 
 
 def open_job(cfg: Config, out: str | Path, progress: Progress = quiet) -> Job:

@@ -23,6 +23,7 @@ from typing import Any
 from core.config import SOURCE_SET, Config, PruneConfig, recipes_of
 from core.errors import UserError
 from core.models import build_model, load_model, probe_forward, save_checkpoint
+from core.progress import Progress
 from core.records.format import sha256_file
 from core.seeds import part_seed
 from core.sources import Source, load_in_memory
@@ -31,9 +32,9 @@ from core.tasks import CLASSIFY
 from pipeline.generate.driver import execute
 from pipeline.generate.plan import AUTO, plan_set
 from pipeline.generate.supervisor import supervise
+from pipeline.train.job import Job
 from pipeline.train.ray_train import train_runs
 from pipeline.train.runs import (
-    Progress,
     StudentRun,
     mark_done,
     read_back,
@@ -167,10 +168,10 @@ def phase_runs(cfg: Config, out: Path, name: str, train: Source) -> list[Student
     return runs
 
 
-def prune_students(cfg: Config, out: Path, names: list[str], train: Source, test: Source,
-                   progress: Progress) -> dict[str, Any]:
+def prune_students(job: Job, names: list[str]) -> dict[str, Any]:
     """Prune every run of the pruned students among ``names``, make their Self-Distill sets and
     fine-tune them; returns ``{name: {"measured": [...], "phases": [...]}}``."""
+    cfg, out, train, test, progress = job.cfg, job.out, job.train, job.test, job.progress
     names = pruned_students(cfg, names)
     done: dict[str, Any] = {}
     for name in names:
@@ -183,6 +184,6 @@ def prune_students(cfg: Config, out: Path, names: list[str], train: Source, test
                 self_distill_sets(cfg, out, name, seed_index, json.loads(weights), train, progress, True)
         done[name] = {"measured": measured}
     runs = [run for name in names for run in phase_runs(cfg, out, name, train)]
-    for run, result in zip(runs, train_runs(cfg, out, runs, train, test, progress), strict=True):
+    for run, result in zip(runs, train_runs(job, runs), strict=True):
         done[run.name].setdefault("phases", []).append({"label": run.label, **result})
     return done

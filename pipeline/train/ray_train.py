@@ -22,13 +22,12 @@ import torch
 
 from core.config import Config
 from core.errors import FormatError, UserError
-from core.sources import Source
+from core.progress import Progress
 from core.tasks import score
 from pipeline.generate.driver import ensure_ray
+from pipeline.train.job import Job, load_splits, open_job
 from pipeline.train.runs import (
-    Progress,
     StudentRun,
-    load_splits,
     reusable,
     student_dir,
     student_runs,
@@ -113,8 +112,7 @@ def _train_student_task(cfg_json: str, out: str, run_json: str, threads: int) ->
     """Body of one Ray task: load the splits and train one run (student × seed)."""
     torch.set_num_threads(threads)
     cfg = Config.model_validate_json(cfg_json)
-    train, test = load_splits(cfg)
-    return train_student_run(cfg, Path(out), StudentRun.from_json(run_json), train, test, lambda line: None)
+    return train_student_run(open_job(cfg, out), StudentRun.from_json(run_json))
 
 
 def use_ray_for_runs(cfg: Config, pending: int) -> bool:
@@ -148,11 +146,11 @@ def train_runs_on_ray(cfg: Config, out: Path, runs: list[StudentRun], progress: 
     return [results[ref] for ref in refs]
 
 
-def train_runs(cfg: Config, out: Path, runs: list[StudentRun], train: Source, test: Source, progress: Progress,
-               force: bool = False) -> list[dict[str, Any]]:
+def train_runs(job: Job, runs: list[StudentRun], force: bool = False) -> list[dict[str, Any]]:
     """Each run (:func:`pipeline.train.runs.student_runs`, or a pruned student's fine-tuning): reused
     when its ``spec.json`` is unchanged, else trained — as parallel Ray tasks when the CPUs allow
     (``student_stage.parallel``), else one after the other here. Results in order."""
+    cfg, out, progress = job.cfg, job.out, job.progress
     results: dict[int, dict[str, Any]] = {}
     pending = []
     for at, run in enumerate(runs):
@@ -166,7 +164,7 @@ def train_runs(cfg: Config, out: Path, runs: list[StudentRun], train: Source, te
             results[at] = result
     else:
         for at in pending:
-            results[at] = train_student_run(cfg, out, runs[at], train, test, progress)
+            results[at] = train_student_run(job, runs[at])
     return [results[at] for at in range(len(runs))]
 
 
@@ -182,9 +180,9 @@ def train_student_on_ray(cfg: Config, out: Path, name: str, workers: int, use_gp
 
     def loop(config_: dict[str, Any]) -> None:
         config = Config.model_validate_json(cfg_json)
-        train, test = load_splits(config)
-        for run in student_runs(config, Path(out_dir), name, train.task, [config_["seed_index"]]):
-            train_student_run(config, Path(out_dir), run, train, test, lambda line: None)
+        job = open_job(config, out_dir)
+        for run in student_runs(config, Path(out_dir), name, job.train.task, [config_["seed_index"]]):
+            train_student_run(job, run)
 
     cpus = max(0.5, (cluster_cpus(cfg) if cluster_cpus(cfg) != float("inf") else workers) / max(workers, 1) - 0.25)
     results = []

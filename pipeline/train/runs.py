@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -22,17 +21,18 @@ from typing import Any
 from core.config import SOURCE_SET, Config, KDConfig, StudentConfig, TrainConfig, recipes_of
 from core.errors import UserError
 from core.options.objective import objective_named
+from core.progress import Progress
 from core.seeds import part_seed
 from core.sets.index import read_index
-from core.sources import Source, check_readable, load_source
+from core.sources import Source
 from core.store import storage
 from core.tasks import Task, score
 from pipeline.generate.plan import plan_set
 from pipeline.generate.teacher_import import import_spec
+from pipeline.train.job import Job
 from student.pruning.shaping import Shaping
 from student.train import TrainRequest, train_model
 
-Progress = Callable[[str], None]
 SPEC_NAME = "spec.json"
 
 
@@ -45,12 +45,6 @@ def mark_done(out_dir: Path, spec: dict[str, Any]) -> None:
     storage.atomic_write(out_dir / SPEC_NAME, json.dumps(spec, sort_keys=True, indent=1).encode())
 
 
-def load_splits(cfg: Config) -> tuple[Source, Source]:
-    """Both splits, every image checked readable (its header) before anything is written."""
-    train, test = load_source(cfg.source, "train"), load_source(cfg.source, "test")
-    check_readable(train)
-    check_readable(test)
-    return train, test
 
 
 # ---------------------------------------------------------------- teachers
@@ -273,17 +267,17 @@ def slimming_penalty(student: StudentConfig) -> float:
     return max([recipe.slimming_l1 for recipe in recipes_of(student.prune)], default=0.0)
 
 
-def train_student_run(cfg: Config, out: Path, run: StudentRun, train: Source, test: Source,
-                      progress: Progress) -> dict[str, Any]:
+def train_student_run(job: Job, run: StudentRun) -> dict[str, Any]:
     """Train one run of :func:`student_runs` (or a pruned student's fine-tuning phase) and mark it done."""
+    cfg, progress = job.cfg, job.progress
     student = cfg.students[run.name]
     progress(f"student {run.label}: training {student.model.arch} ({run.objective}) for {run.train.steps} steps")
-    teachers = list(require_teachers(cfg, out)) if objective_named(run.objective).teachers_in_loop else None
+    teachers = list(require_teachers(cfg, job.out)) if objective_named(run.objective).teachers_in_loop else None
     request = TrainRequest(
         name=run.name, model=student.model, train=run.train, out_dir=run.out_dir, seed=run.seed,
         objective=run.objective, kd=run.kd, sets=run.sets, teachers=teachers, factories=cfg.factories,
         shaping=run.shaping, views_seen_warning=cfg.student_stage.views_seen_warning)
-    result = train_model(request, train, test, progress)
+    result = train_model(request, job.train, job.test, progress)
     result["seed_index"] = run.seed_index
     mark_done(run.out_dir, run.spec)
     progress(f"student {run.label}: {score(result)}")

@@ -20,6 +20,7 @@ import torch
 from core.config import Config
 from core.errors import UserError
 from core.models import build_model, input_spec, read_checkpoint, save_checkpoint
+from core.progress import Progress
 from core.sources import Source
 from core.store import storage
 from core.tasks import CLASSIFY, score
@@ -27,7 +28,6 @@ from pipeline.generate.teacher_import import import_spec, prepare_teacher
 from pipeline.train.job import Job
 from pipeline.train.ray_train import train_members, use_ray_for_members
 from pipeline.train.runs import (
-    Progress,
     check_member_spec,
     mark_done,
     member_seed,
