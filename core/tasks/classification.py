@@ -165,11 +165,11 @@ class ClassificationTask(Task):
     # ------------------------------------------------------------ records
 
     def sample(self, key: str, image: np.ndarray, meta: dict[str, Any], logp: np.ndarray, label: int | None = None,
-               targets: TargetConfig = DENSE_TARGETS) -> Sample:
-        """A classification record of log p̄ stored as ``targets`` asks (a sampled-class draw
-        from the stream of sample 0 of shard 0, seed 0), and the real label if any."""
+               targets: TargetConfig = DENSE_TARGETS, identity: tuple[int, int, int] = (0, 0, 0)) -> Sample:
+        """A classification record of log p̄ stored as ``targets`` asks (a sampled-class draw from
+        the stream of ``identity``: seed, shard, candidate), and the real label if any."""
         stored = stored_target(targets)
-        record = stored.encode(logp, targets, (0, 0, 0))
+        record = stored.encode(logp, targets, identity)
         return self.record_sample(key, image, meta, {stored.member: encode_npy(record)}, label)
 
     @staticmethod
