@@ -57,7 +57,7 @@ class StoredTarget:
 
     def spec(self, targets: TargetConfig, classes: int) -> dict[str, Any]:
         """index.json's ``target`` entry."""
-        return {"kind": self.kind, "dtype": INDEX_DTYPE, "temperature_free": True,
+        return {"kind": self.kind, "dtype": INDEX_DTYPE, "temperature_free": self.temperature_free,
                 "payload_bytes": self.payload_bytes(0, classes)}
 
     def encode(self, logp: np.ndarray, targets: TargetConfig, identity: tuple[int, int, int]) -> np.ndarray:
@@ -117,7 +117,7 @@ class TopK(_Compact):
 
     def spec(self, targets: TargetConfig, classes: int) -> dict[str, Any]:
         k = self.slots(targets, classes)
-        return {"kind": self.kind, "dtype": INDEX_DTYPE, "temperature_free": True, "k": k,
+        return {"kind": self.kind, "dtype": INDEX_DTYPE, "temperature_free": self.temperature_free, "k": k,
                 "index_dtype": self.record_dtype(k, classes)["index"].base.name,
                 "payload_bytes": self.payload_bytes(k, classes)}
 
@@ -149,7 +149,7 @@ class Sampled(_Compact):
 
     def spec(self, targets: TargetConfig, classes: int) -> dict[str, Any]:
         record = self.record_dtype(targets.k, classes)
-        return {"kind": self.kind, "dtype": INDEX_DTYPE, "temperature_free": False, "k": targets.k,
+        return {"kind": self.kind, "dtype": INDEX_DTYPE, "temperature_free": self.temperature_free, "k": targets.k,
                 "index_dtype": record["index"].base.name, "temperature": targets.draw_temperature,
                 "uniform": targets.draw_uniform, "payload_bytes": record.itemsize}
 
