@@ -102,13 +102,13 @@ def _open_set(set_dir: str, weight: float, check_sizes: bool, source: Source | N
     if index.outputs < 1:
         raise UserError(f"transfer set {set_dir}: {index.kind.missing_outputs()}")
     set_cfg = index.set_config()
-    sampled = index.target.kind == "sampled"
-    if sampled and not index.target.temperature:
+    tempered = index.target.temperature_free is False  # drawn at a temperature: a kd student must use it
+    if tempered and not index.target.temperature:
         raise UserError(f"transfer set {set_dir}: its index gives sampled targets without a temperature; "
                         f"regenerate the set")
     return SetShards(str(set_dir), float(weight), tuple(urls), samples, index.kind.name, index.outputs,
                      originals=set_cfg is not None and set_cfg.enumerates_source(),
-                     sampled_temperature=float(index.target.temperature) if sampled else None,
+                     sampled_temperature=float(index.target.temperature) if tempered else None,
                      shard_format=format_of(index).opened(str(set_dir), index, source))
 
 

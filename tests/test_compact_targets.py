@@ -9,13 +9,12 @@ import pytest
 from conftest import plan_in
 from transfer_fixtures import log_softmax
 
-from core.config import SelectConfig, SetConfig, SourceConfig, sampler_config
+from core.config import SelectConfig, SetConfig, SourceConfig, TargetConfig, sampler_config
 from core.errors import FormatError
 from core.records import format as fmt
 from core.sets import index as sx
 from core.store import storage
 from core.tasks import CLASSIFY, decode_fields
-from core.tasks.classification import LOGP_FIELD, TOPK_FIELD
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 
@@ -56,10 +55,11 @@ def test_kl_of_topk_shrinks_with_k() -> None:
 def test_topk_member_decodes_with_plain_numpy_no_pickle() -> None:
     logp = peaked(1, 300)[0]
     key = fmt.sample_key(0, 0)
-    sample = CLASSIFY.sample(key, np.zeros((4, 4, 1), np.uint8), {"key": key}, logp, topk=7)
+    sample = CLASSIFY.sample(key, np.zeros((4, 4, 1), np.uint8), {"key": key}, logp,
+                             targets=TargetConfig(kind="topk", k=7))
     fields = fmt.encode_sample(sample)
-    assert LOGP_FIELD not in fields and TOPK_FIELD in fields
-    raw = np.load(io.BytesIO(fields[TOPK_FIELD]), allow_pickle=False)
+    assert "logp.npy" not in fields and "topk.npy" in fields
+    raw = np.load(io.BytesIO(fields["topk.npy"]), allow_pickle=False)
     assert raw["index"].dtype == np.uint16 and raw["classes"] == 300  # 300 classes need 16-bit indices
     decoded = decode_fields(fields)
     np.testing.assert_allclose(decoded["logp"], fmt.stored_logp(logp, 7))
@@ -117,7 +117,7 @@ def test_student_loader_reads_topk_sets_unchanged(tmp_path) -> None:
 
     logp = peaked(48, 20, seed=3)
     samples = [CLASSIFY.sample(fmt.sample_key(0, i), np.full((4, 4, 1), i, np.uint8), {"key": fmt.sample_key(0, i)},
-                               logp[i], topk=4) for i in range(48)]
+                               logp[i], targets=TargetConfig(kind="topk", k=4)) for i in range(48)]
     data = fmt.tar_bytes(samples)
     storage.atomic_write(sx.shard_url(tmp_path, 0), data)
     sx.write_index(tmp_path, sx.SetIndex(num_classes=20, classes=[str(c) for c in range(20)], shards=[

@@ -14,6 +14,7 @@ from gan_fixtures import tiny_config
 
 from core.config import SourceConfig
 from core.errors import UserError
+from core.options.generator import GENERATOR_KINDS, GeneratorConfig
 from core.sources import load_source
 from stages.generators import (
     BIGGAN_WEIGHTS_NAME,
@@ -25,6 +26,7 @@ from stages.generators import (
     to_uint8_images,
     truncated_normal,
 )
+from stages.samplers.generating import LOADERS
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +167,7 @@ def test_output_is_resized_and_quantized_for_the_teacher() -> None:
     assert grey[0, 0, 0, 0] < 20 and grey[0, 0, -1, 0] > 235
     rgb = to_uint8_images(torch.zeros(1, 3, 8, 8), (8, 8), channels=3)
     assert rgb.shape == (1, 8, 8, 3) and (rgb == 128).all()  # 0 → 127.5 → rounds to 128
+
+
+def test_every_generator_kind_has_a_loader() -> None:
+    assert set(LOADERS) == set(GENERATOR_KINDS) == set(GeneratorConfig.model_fields["kind"].annotation.__args__)

@@ -19,9 +19,9 @@ from core.errors import FormatError
 from core.records import format as fmt
 from core.records import sampled_target as st
 from core.records.target_codec import compress_topk, reconstruct_logp
+from core.records.targets import STORED_TARGETS
 from core.sets import index as sx
 from core.tasks import CLASSIFY, decode_fields
-from core.tasks.classification import LOGP_FIELD, SAMPLED_FIELD, TOPK_FIELD
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
 from student.losses import kd_loss
@@ -95,9 +95,10 @@ def test_record_is_small_deterministic_and_plain_numpy() -> None:
     np.testing.assert_allclose(np.exp(dense[outside].astype(np.float64)).sum(), np.exp(logp[outside]).sum(), rtol=5e-3)
     # The member reads back with numpy and no pickle; decode gives the weights and the estimate.
     key = fmt.sample_key(0, 0)
-    fields = fmt.encode_sample(CLASSIFY.sample(key, np.zeros((4, 4, 1), np.uint8), {"key": key}, logp, record=record))
-    assert SAMPLED_FIELD in fields and LOGP_FIELD not in fields and TOPK_FIELD not in fields
-    raw = np.load(io.BytesIO(fields[SAMPLED_FIELD]), allow_pickle=False)
+    fields = fmt.encode_sample(CLASSIFY.record_sample(key, np.zeros((4, 4, 1), np.uint8), {"key": key},
+                                                      {"sampled.npy": fmt.encode_npy(record)}, None))
+    assert [t.member for t in STORED_TARGETS.values() if t.member in fields] == ["sampled.npy"]
+    raw = np.load(io.BytesIO(fields["sampled.npy"]), allow_pickle=False)
     assert raw.tobytes() == record.tobytes()
     decoded = decode_fields(fields)
     np.testing.assert_array_equal(decoded["weights"][index], record["weight"][:n].astype(np.float32))

@@ -270,8 +270,8 @@ class Config(Strict):
                         f"students.{student_name}.{where} names {set_name!r}, not one of {sorted(self.sets)}"
                     )
                 targets = self.sets[set_name].targets if set_name in self.sets else None
-                if (student.objective_kind.reads_sets and targets is not None and targets.kind == "sampled"
-                        and student.kd.temperature != targets.draw_temperature):
+                bound = None if targets is None else targets.student_temperature
+                if student.objective_kind.reads_sets and bound is not None and student.kd.temperature != bound:
                     raise ValueError(
                         f"students.{student_name}.kd.temperature is {student.kd.temperature:g} but set {set_name!r} "
                         f"draws its sampled targets at temperature {targets.draw_temperature:g} (unbiased only "

@@ -5,15 +5,30 @@ Split from :mod:`core.config` (which re-exports both classes) to keep modules sm
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from core.options.train import Strict
 
-# The options each generator kind reads (besides kind, truncation, batch_size, autocast, sha256).
-GENERATOR_OPTIONS: dict[str, tuple[str, ...]] = {"biggan": ("weights",), "pca": ("rank",),
-                                                 "factory": ("factory", "kwargs")}
+
+@dataclass(frozen=True)
+class GeneratorKind:
+    """What the config of one kind of generator takes (its loading is in stages/samplers/generating.py)."""
+
+    options: tuple[str, ...]  # the options only this kind reads (besides kind, truncation, batch_size, ...)
+    needs: tuple[str, str] | None = None  # an option it cannot do without, and what to give it
+    truncation: float = 1.0  # the truncation when the config gives none
+    located_by: str | None = None  # the option saying where its weights lie: not identity once sha256 pins them
+
+
+GENERATOR_KINDS: dict[str, GeneratorKind] = {
+    "biggan": GeneratorKind(("weights",), needs=("weights", "a pretrained name (biggan-deep-128) or a directory"),
+                            truncation=0.4, located_by="weights"),
+    "pca": GeneratorKind(("rank",)),
+    "factory": GeneratorKind(("factory", "kwargs"), needs=("factory", "module:function")),
+}
 
 
 class GeneratorConfig(Strict):
@@ -45,27 +60,29 @@ class GeneratorConfig(Strict):
 
     @model_validator(mode="after")
     def _options_of_kind(self) -> GeneratorConfig:
-        own = GENERATOR_OPTIONS[self.kind]
-        stray = sorted(name for names in GENERATOR_OPTIONS.values() for name in names
+        own = self.of_kind.options
+        stray = sorted(name for kind in GENERATOR_KINDS.values() for name in kind.options
                        if name not in own and getattr(self, name) != type(self).model_fields[name].default)
         if stray:
             raise ValueError(f"generator {self.kind!r} does not take {stray}; it takes {list(own)}")
-        if self.kind == "biggan" and not self.weights:
-            raise ValueError("generator 'biggan' needs weights: a pretrained name (biggan-deep-128) or a directory")
-        if self.kind == "factory" and not self.factory:
-            raise ValueError("generator 'factory' needs factory: module:function")
+        needs = self.of_kind.needs
+        if needs is not None and not getattr(self, needs[0]):
+            raise ValueError(f"generator {self.kind!r} needs {needs[0]}: {needs[1]}")
         return self
 
+    @property
+    def of_kind(self) -> GeneratorKind:
+        return GENERATOR_KINDS[self.kind]
+
     def resolved_truncation(self) -> float:
-        return self.truncation if self.truncation is not None else (0.4 if self.kind == "biggan" else 1.0)
+        return self.truncation if self.truncation is not None else self.of_kind.truncation
 
     def identity(self) -> dict[str, Any]:
         """What the generated pixels depend on: not where the weights lie once their digest is known."""
         dump = self.model_dump(mode="json")
-        if self.sha256 is not None and self.kind == "biggan":
-            dump.pop("weights")
+        if self.sha256 is not None and self.of_kind.located_by is not None:
+            dump.pop(self.of_kind.located_by)
         return dump
-
 
 
 class GeneratorStageConfig(Strict):

@@ -4,11 +4,14 @@ re-exports it) so each file stays readable."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from core.options.train import DEFAULT_KD_TEMPERATURE, Strict
+
+# The options that only some kinds of stored target take, by kind (the others refuse them).
+KIND_OPTIONS: dict[str, tuple[str, ...]] = {"dense": (), "topk": (), "sampled": ("temperature", "uniform")}
 
 
 class TargetConfig(Strict):
@@ -32,10 +35,13 @@ class TargetConfig(Strict):
                           "classification log-probabilities are always float16")
 
     @model_validator(mode="after")
-    def _sampled_options(self) -> TargetConfig:
-        given = [name for name in ("temperature", "uniform") if getattr(self, name) is not None]
-        if given and self.kind != "sampled":
-            raise ValueError(f"{', '.join(given)}: only for kind 'sampled' (remove it, or set kind: sampled)")
+    def _options_of_kind(self) -> TargetConfig:
+        own = KIND_OPTIONS[self.kind]
+        stray = [name for names in KIND_OPTIONS.values() for name in names
+                 if name not in own and getattr(self, name) is not None]
+        if stray:
+            owner = next(kind for kind, names in KIND_OPTIONS.items() if stray[0] in names)
+            raise ValueError(f"{', '.join(stray)}: only for kind '{owner}' (remove it, or set kind: {owner})")
         return self
 
     @property
@@ -48,12 +54,8 @@ class TargetConfig(Strict):
         """The uniform share of a sampled target's proposal."""
         return 0.0 if self.uniform is None else float(self.uniform)
 
-    def identity(self) -> Any:
-        """What the stored targets depend on (the fingerprint's ``targets``; dense stays "dense",
-        top-k keeps the identity it had before sampled targets existed)."""
-        if self.kind == "topk":
-            return {"kind": "topk", "k": self.k}
-        if self.kind == "sampled":
-            return {"kind": "sampled", "k": self.k, "temperature": self.draw_temperature,
-                    "uniform": self.draw_uniform}
-        return "dense"
+    @property
+    def student_temperature(self) -> float | None:
+        """The temperature a kd student must train at: the one its targets were drawn at (a
+        sampled target is unbiased only there); None for temperature-free targets."""
+        return self.draw_temperature if "temperature" in KIND_OPTIONS[self.kind] else None

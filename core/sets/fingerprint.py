@@ -26,6 +26,7 @@ from typing import Any
 
 from core.config import SetConfig, StoreConfig
 from core.records.format import VIEWS_ORDER_FORMAT
+from core.records.targets import stored_target
 
 TARGET_PRECISION = "float16"
 # Characters of the fingerprint in a cache directory name (48 bits: collisions are not a concern
@@ -45,11 +46,10 @@ def fingerprint_payload(
 ) -> dict[str, Any]:
     """The canonical content that is hashed (handy when debugging a refusal)."""
     samplers = [s.identity() for s in set_cfg.sampler_list()]
-    targets: Any = "dense"
-    if set_cfg.targets.dtype is not None:  # a regression set: dense μ and log σ² of this dtype
-        targets = {"kind": "gaussian", "dtype": set_cfg.targets.dtype}
-    else:
-        targets = set_cfg.targets.identity()
+    options = set_cfg.targets
+    targets: Any = stored_target(options).identity(options)
+    if options.dtype is not None:  # a regression set: dense μ and log σ² of this dtype
+        targets = {"kind": "gaussian", "dtype": options.dtype}
     store = set_cfg.store
     stored = {} if store == StoreConfig() else \
         {"store": store.model_dump(mode="json", exclude=store.unused_keys())}

@@ -28,6 +28,7 @@ from typing import Any
 from core.config import SetConfig, SourceConfig
 from core.errors import FormatError
 from core.records.format import FORMAT_VERSION, READABLE_FORMATS
+from core.records.targets import StoredTarget, stored_kind
 from core.store import storage
 from core.store.liveness import process_alive
 from core.tasks import Task, task_named
@@ -204,9 +205,9 @@ class TargetSpec:
     payload_bytes: int | None = None
 
     @property
-    def topk(self) -> int:
-        """k of a top-k set, 0 for any other."""
-        return int(self.k or 0) if self.kind == "topk" else 0
+    def stored(self) -> StoredTarget:
+        """The kind of classification target the set stores (a regression set's raises FormatError)."""
+        return stored_kind(self.kind)
 
     def to_dict(self) -> dict[str, Any]:
         return _dump(self)

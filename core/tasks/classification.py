@@ -24,16 +24,11 @@ from torch.nn import functional as F
 
 from core.config import ModelConfig, SetConfig, TargetConfig
 from core.errors import FormatError, UserError
-from core.records import sampled_target as sampled
-from core.records import target_codec as codec
 from core.records.format import Sample, decode_npy, decode_record_image, encode_npy, image_member
+from core.records.targets import STORED_TARGETS, stored_in, stored_target
 from core.tasks.base import Record, Task, per_sampler, row_start, significant
 
-LOGP_FIELD = "logp.npy"
-TOPK_FIELD = "topk.npy"
-SAMPLED_FIELD = "sampled.npy"
-# The member each kind of stored target lives in (index.json's target.kind → tar member).
-TARGET_MEMBERS = {"logp": LOGP_FIELD, "topk": TOPK_FIELD, "sampled": SAMPLED_FIELD}
+DENSE_TARGETS = TargetConfig()
 LABEL_FIELD = "cls"
 MANIFEST_COLUMNS = (
     "key", "shard", "index", "sampler", "lam", "label", "entropy", "disagreement",
@@ -98,15 +93,10 @@ def ensemble_targets(member_logits: torch.Tensor) -> EnsembleOutput:
     )
 
 
-def topk_of(targets: TargetConfig) -> int:
-    """k of a top-k set, 0 for dense targets."""
-    return targets.k if targets.kind == "topk" else 0
-
-
 class ClassificationTask(Task):
     name = "classify"
     headline = "accuracy"
-    members = (LOGP_FIELD, TOPK_FIELD, SAMPLED_FIELD)
+    members = tuple(stored.member for stored in STORED_TARGETS.values())
     manifest_columns = MANIFEST_COLUMNS
     report_keys = ("accuracy", "top5", "ece")
     result_keys = ("top5", "ece")
@@ -134,16 +124,7 @@ class ClassificationTask(Task):
         return set_cfg
 
     def target_spec(self, targets: TargetConfig, outputs: int) -> dict[str, Any]:
-        spec: dict[str, Any] = {"kind": "logp", "dtype": "float16", "temperature_free": True}
-        if targets.kind == "topk":
-            k = min(targets.k, outputs)
-            spec = {**spec, "kind": "topk", "k": k, "index_dtype": codec.topk_dtype(k, outputs)["index"].base.name}
-        if targets.kind == "sampled":
-            record = sampled.sampled_dtype(targets.k, outputs)
-            return {"kind": "sampled", "dtype": "float16", "temperature_free": False, "k": targets.k,
-                    "index_dtype": record["index"].base.name, "temperature": targets.draw_temperature,
-                    "uniform": targets.draw_uniform, "payload_bytes": record.itemsize}
-        return {**spec, "payload_bytes": codec.target_payload_bytes(outputs, spec.get("k", 0))}
+        return stored_target(targets).spec(targets, outputs)
 
     def statistics(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         entropy = np.asarray([r["entropy"] for r in rows], dtype=np.float64)
@@ -168,37 +149,35 @@ class ClassificationTask(Task):
 
     def labelled(self, key: str, image: np.ndarray, meta: dict[str, Any], output: EnsembleOutput, candidate: int,
                  label: Any, targets: TargetConfig, *, identity: tuple[int, int, int]) -> Sample:
-        label, topk = int(label), topk_of(targets)
+        label, stored = int(label), stored_target(targets)
         meta = {**meta,
                 "label": label,
                 "entropy": round(float(output.entropy[candidate]), STAT_DIGITS),
                 "disagreement": round(float(output.disagreement[candidate]), STAT_DIGITS),
                 "teacher_argmax": int(output.argmax[candidate])}
         logp = output.logp[candidate]
-        if targets.kind == "sampled":
-            record = sampled.sample_target(logp, targets.k, targets.draw_temperature, targets.draw_uniform,
-                                           sampled.target_rng(*identity))
-            meta["target_kl"] = significant(max(float(codec.kl_divergence(logp, sampled.reconstruct_sampled(record))),
-                                                0.0))
-            return self.sample(key, image, meta, logp, label if label >= 0 else None, record=record)
-        if topk:
-            meta["target_kl"] = significant(max(float(codec.kl_divergence(logp, codec.stored_logp(logp, topk))), 0.0))
-        return self.sample(key, image, meta, logp, label if label >= 0 else None, topk)
+        record = stored.encode(logp, targets, identity)
+        kl = stored.loss(logp, record)
+        if kl is not None:
+            meta["target_kl"] = significant(kl)
+        return self.record_sample(key, image, meta, {stored.member: encode_npy(record)}, label)
 
     # ------------------------------------------------------------ records
 
     def sample(self, key: str, image: np.ndarray, meta: dict[str, Any], logp: np.ndarray, label: int | None = None,
-               topk: int = 0, record: np.ndarray | None = None) -> Sample:
-        """A classification record: log p̄ dense (float16), as top-k, or the given sampled-class
-        ``record``; and the real label if any."""
-        if record is not None:
-            members = {SAMPLED_FIELD: encode_npy(record)}
-        elif topk:
-            members = {TOPK_FIELD: encode_npy(codec.compress_topk(logp, topk))}
-        else:
-            members = {LOGP_FIELD: encode_npy(codec.quantize_logp(logp))}
+               targets: TargetConfig = DENSE_TARGETS, identity: tuple[int, int, int] = (0, 0, 0)) -> Sample:
+        """A classification record of log p̄ stored as ``targets`` asks (a sampled-class draw from
+        the stream of ``identity``: seed, shard, candidate), and the real label if any."""
+        stored = stored_target(targets)
+        record = stored.encode(logp, targets, identity)
+        return self.record_sample(key, image, meta, {stored.member: encode_npy(record)}, label)
+
+    @staticmethod
+    def record_sample(key: str, image: np.ndarray, meta: dict[str, Any], members: dict[str, bytes],
+                      label: int | None) -> Sample:
+        """The record of the target ``members`` and the real label, if there is one (>= 0)."""
         if label is not None and label >= 0:
-            members[LABEL_FIELD] = str(int(label)).encode("ascii")
+            members = {**members, LABEL_FIELD: str(int(label)).encode("ascii")}
         return Sample(key=key, image=image, meta=meta, members=members)
 
     def decode(self, fields: dict[str, bytes]) -> Record:
@@ -213,21 +192,13 @@ class ClassificationTask(Task):
     def decode_targets(self, fields: dict[str, bytes]) -> Record:
         """The target part of a record (``logp``, ``target``, ``label``, maybe ``weights``) from its
         target members: a tar's, or those a replay record gives back (``core.records.replay``)."""
-        target = next((member for member in (LOGP_FIELD, TOPK_FIELD, SAMPLED_FIELD) if member in fields), LOGP_FIELD)
-        if target not in fields:
-            raise FormatError(f"sample is missing members {[target]}")
-        raw = decode_npy(fields[target])
-        record_names = set(codec.topk_dtype(1, 2).names)
-        if target == TOPK_FIELD and (raw.dtype.names is None or set(raw.dtype.names) != record_names):
-            raise FormatError(f"{TOPK_FIELD} has dtype {raw.dtype}, not a top-k record")
-        extra: dict[str, Any] = {}
-        if target == SAMPLED_FIELD:
-            logp = sampled.reconstruct_sampled(raw)
-            extra["weights"] = sampled.dense_weights(raw)
-        else:
-            logp = raw if target == LOGP_FIELD else codec.reconstruct_logp(raw)
+        stored = stored_in(fields)
+        if stored.member not in fields:
+            raise FormatError(f"sample is missing members {[stored.member]}")
+        raw = decode_npy(fields[stored.member])
+        logp, weights = stored.estimate(raw), stored.weights(raw)
         return {"logp": logp, "target": logp, "label": int(fields[LABEL_FIELD]) if LABEL_FIELD in fields else -1,
-                **extra}
+                **({} if weights is None else {"weights": weights})}
 
     def manifest_row(self, meta: dict[str, Any]) -> dict[str, Any]:
         kl = meta.get("target_kl")

@@ -27,6 +27,7 @@ from core.config import SOURCE_SET, KDConfig, ModelConfig, SetConfig, TargetConf
 from core.errors import FormatError, UserError
 from core.options.objective import TrainingObjective
 from core.records.format import Sample, decode_npy, decode_record_image, encode_npy, image_member
+from core.records.targets import stored_target
 from core.tasks.base import Record, Task, per_sampler, row_start, significant
 
 MU_FIELD = "mu.npy"
@@ -125,10 +126,10 @@ class RegressionTask(Task):
     def resolve_targets(self, set_cfg: SetConfig) -> SetConfig:
         """Dense μ and log σ², float32 unless asked otherwise."""
         targets = set_cfg.targets
-        if targets.kind != "dense":
-            kind = {"topk": "top-k", "sampled": "sampled-class"}.get(targets.kind, targets.kind)
-            raise UserError(f"targets.kind: {kind} targets are for classification; a regression set stores dense "
-                            f"mu and logvar (remove targets.kind)")
+        stored = stored_target(targets)
+        if stored.compact:
+            raise UserError(f"targets.kind: {stored.noun} targets are for classification; a regression set stores "
+                            f"dense mu and logvar (remove targets.kind)")
         return set_cfg.model_copy(update={"targets": targets.model_copy(update={"dtype": targets.dtype or "float32"})})
 
     def target_spec(self, targets: TargetConfig, outputs: int) -> dict[str, Any]:

@@ -19,23 +19,23 @@ from typing import Any
 import numpy as np
 
 from core.errors import UserError
-from core.records.format import kl_divergence, sha256_file, target_payload_bytes
+from core.records.format import kl_divergence, sha256_file
+from core.records.targets import DENSE
 from core.sets.formats import format_of, inspect_lines
 from core.sets.index import SetIndex
 from core.tasks import Record
-from core.tasks.classification import LOGP_FIELD, TARGET_MEMBERS
 from pipeline.inspect import common as common
 from stages.teachers import Ensemble
 
 
 def _target_bytes(set_dir: str, index: SetIndex) -> dict[str, float]:
     """Payload bytes of one target, its tar member with .npy header, and whole tar bytes, per sample."""
-    stored = common.stored_bytes(set_dir, index, (TARGET_MEMBERS.get(index.target.kind or "logp", LOGP_FIELD),))
-    payload = index.target.payload_bytes if index.target.kind == "sampled" else None
+    kind = index.target.stored
+    stored = common.stored_bytes(set_dir, index, (kind.member,))
     return {
-        "target_bytes_per_sample": payload or target_payload_bytes(index.outputs, index.target.topk),
+        "target_bytes_per_sample": kind.payload_bytes(int(index.target.k or 0), index.outputs),
         "target_npy_bytes_per_sample": stored["target_npy_bytes_per_sample"],
-        "dense_float16_bytes_per_sample": target_payload_bytes(index.outputs, 0),
+        "dense_float16_bytes_per_sample": DENSE.payload_bytes(0, index.outputs),
         "shard_bytes_per_sample": stored["shard_bytes_per_sample"],
     }
 
@@ -72,7 +72,7 @@ def inspect_classification(set_dir: str, index: SetIndex, table: dict[str, list[
     stored_kl = np.asarray(table["target_kl"], dtype=np.float64) if "target_kl" in table else np.zeros(0)
     stored_kl = stored_kl[np.isfinite(stored_kl)]
     kl = measured if measured is not None else (stored_kl if len(stored_kl) else None)
-    topk = bool(index.target.topk)
+    topk = index.target.stored.truncates
     return {
         **common.header(set_dir, index, table),
         "num_classes": index.outputs, "target": index.target.to_dict(),

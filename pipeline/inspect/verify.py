@@ -16,14 +16,12 @@ import numpy as np
 
 from core.errors import FormatError
 from core.records import format as fmt
-from core.records.sampled_target import record_problems, sampled_dtype
 from core.sets import index as sx
 from core.sets.formats import format_of
 from core.sets.index import SetIndex, ShardEntry
 from core.sets.shard_format import ShardFormat
 from core.store import storage
 from core.tasks import CLASSIFY, REGRESS, Record
-from core.tasks.classification import LOGP_FIELD, SAMPLED_FIELD, TARGET_MEMBERS, TOPK_FIELD
 from core.tasks.regression import MU_FIELD, REAL_TARGET_FIELD
 
 # float16 log-probabilities: exp() of each entry is within ~1e-3 relative, summed over C classes.
@@ -59,20 +57,14 @@ def _check_logp(where: str, record: Record, fields: dict[str, bytes], index: Set
     if "logp" not in record:
         return [f"{where}: a regression record in a set whose index says task 'classify'"]
     classes, target, meta = index.num_classes, index.target, record["meta"]
-    member = TARGET_MEMBERS.get(target.kind or "logp", LOGP_FIELD)
-    dtype = fmt.LOGP_DTYPE if member == LOGP_FIELD else np.float32
+    stored, dtype = target.stored, target.stored.logp_dtype
     problems = []
-    if member not in fields:
-        problems.append(f"{where}: no {member} member, the index says targets are {target.kind!r}")
-    elif member == TOPK_FIELD and fmt.decode_npy(fields[member]).dtype != fmt.topk_dtype(target.k or 0, classes or 0):
-        problems.append(f"{where}: {member} is not a top-k record of k={target.k} for {classes} classes")
-    elif member == SAMPLED_FIELD:
-        raw = fmt.decode_npy(fields[member])
-        if raw.dtype != sampled_dtype(target.k or 0, classes or 0):
-            problems.append(f"{where}: {member} is not a sampled-class record of k={target.k} for {classes} classes")
-        else:
-            problems += [f"{where}: {member}: {p}" for p in record_problems(raw, int(target.k or 0),
-                                                                             float(target.uniform or 0.0))]
+    if stored.member not in fields:
+        problems.append(f"{where}: no {stored.member} member, the index says targets are {target.kind!r}")
+    else:
+        raw = fmt.decode_npy(fields[stored.member])
+        problems += [f"{where}: {p}" for p in stored.problems(raw, int(target.k or 0), float(target.uniform or 0.0),
+                                                              classes or 0)]
     logp = record["logp"]
     if logp.dtype != dtype or logp.ndim != 1 or (classes is not None and logp.shape[0] != classes):
         problems.append(f"{where}: logp is {logp.dtype} {logp.shape}, expected {np.dtype(dtype).name} ({classes},)")

@@ -68,15 +68,7 @@ def _teacher_class(value: int | str, classes: list[str], where: str) -> int:
 def resolve_generator(cfg: GeneratorConfig, source: Source) -> tuple[GeneratorConfig, int]:
     """The generator with its truncation and weights digest filled in, and its class count.
     Refuses weights that differ from a pinned ``sha256``."""
-    if cfg.kind == "biggan":
-        assert cfg.weights is not None
-        digest, num_classes = biggan_digest(cfg.weights)
-    elif cfg.kind == "factory":
-        assert cfg.factory is not None
-        model = build_factory_generator(cfg.factory, cfg.kwargs)
-        digest, num_classes = module_digest(model), int(model.num_classes)
-    else:  # pca: a function of the source (in the fingerprint already) and the rank
-        digest, num_classes = None, source.num_classes
+    digest, num_classes = LOADERS[cfg.kind].digest(cfg, source)
     if cfg.sha256 is not None and digest is not None and cfg.sha256 != digest:
         raise UserError(f"generator {cfg.weights or cfg.factory}: weights have sha256 {digest[:16]}…, the config "
                         f"pins {cfg.sha256[:16]}…; update generator.sha256 or restore the weights")
@@ -124,18 +116,56 @@ def resolve_gan_samplers(set_cfg: SetConfig, source: Source) -> SetConfig:
 # ---------------------------------------------------------------- running a generator
 
 
-def build_generator(cfg: GeneratorConfig, source: Source) -> Any:
-    """The generator module G(z, class_vectors) on the CPU, in eval mode."""
-    if cfg.kind == "biggan":
+class GeneratorLoader:
+    """How one kind of generator is loaded: at plan time its weights' digest and class count, in
+    each worker the module G(z, class_vectors) on the CPU, in eval mode."""
+
+    def digest(self, cfg: GeneratorConfig, source: Source) -> tuple[str | None, int]:
+        raise NotImplementedError
+
+    def build(self, cfg: GeneratorConfig, source: Source) -> Any:
+        raise NotImplementedError
+
+
+class BigGanLoader(GeneratorLoader):
+    """Pretrained BigGAN weights, read without pickle."""
+
+    def digest(self, cfg: GeneratorConfig, source: Source) -> tuple[str | None, int]:
+        assert cfg.weights is not None
+        return biggan_digest(cfg.weights)
+
+    def build(self, cfg: GeneratorConfig, source: Source) -> Any:
         assert cfg.weights is not None
         return load_biggan(cfg.weights, truncation=cfg.resolved_truncation())
-    if cfg.kind == "factory":
+
+
+class FactoryLoader(GeneratorLoader):
+    """A module the config names: its digest is its parameters' and buffers'."""
+
+    def digest(self, cfg: GeneratorConfig, source: Source) -> tuple[str | None, int]:
+        model = self.build(cfg, source)
+        return module_digest(model), int(model.num_classes)
+
+    def build(self, cfg: GeneratorConfig, source: Source) -> Any:
         assert cfg.factory is not None
         return build_factory_generator(cfg.factory, cfg.kwargs)
-    from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1):  # one BLAS thread: the same SVD, hence the same fit, in every worker
-        return fit_pca_generator(source.images(), source.labels, source.num_classes, cfg.rank).eval()
+
+class PcaLoader(GeneratorLoader):
+    """Fitted on the source in each worker: a function of the source (in the fingerprint already)
+    and the rank, so it has no digest."""
+
+    def digest(self, cfg: GeneratorConfig, source: Source) -> tuple[str | None, int]:
+        return None, source.num_classes
+
+    def build(self, cfg: GeneratorConfig, source: Source) -> Any:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1):  # one BLAS thread: the same SVD, hence the same fit, in every worker
+            return fit_pca_generator(source.images(), source.labels, source.num_classes, cfg.rank).eval()
+
+
+LOADERS: dict[str, GeneratorLoader] = {"biggan": BigGanLoader(), "factory": FactoryLoader(), "pca": PcaLoader()}
 
 
 class GeneratorRunner:
@@ -154,7 +184,7 @@ class GeneratorRunner:
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         self.autocast = AUTOCAST_DTYPES[cfg.autocast] if self.device.type == "cuda" else None
         with torch_threads(threads):
-            self.model = build_generator(cfg, source).to(self.device).eval()
+            self.model = LOADERS[cfg.kind].build(cfg, source).to(self.device).eval()
         self.z_dim, self.num_classes = int(self.model.z_dim), int(self.model.num_classes)
         self.size, self.channels = (source.shape[0], source.shape[1]), source.shape[2]
 
