@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from bad_input import transferset, tree
+from cli_runner import transferset_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
@@ -36,8 +37,10 @@ def overrides(values: list[str]) -> list[str]:
     return [arg for value in values for arg in ("--set", value)]
 
 
-def plan(out: Path, *extra: str, values: list[str] = SMALL) -> subprocess.CompletedProcess[str]:
-    return transferset("plan", QUICKSTART, "--out", out, *overrides(values), *extra, cwd=ROOT)
+def plan(out: Path, *extra: str, values: list[str] = SMALL, script: bool = True) -> subprocess.CompletedProcess[str]:
+    """``transferset plan`` through the installed script (``script=False``: its entry point in this process)."""
+    run = transferset if script else transferset_in_process
+    return run("plan", QUICKSTART, "--out", out, *overrides(values), *extra, cwd=ROOT)
 
 
 def set_forwards(stderr: str) -> dict[str, int]:
@@ -142,7 +145,7 @@ def test_plan_starts_no_ray(tmp_path: Path) -> None:
 ])
 def test_bad_input_is_one_error_line(tmp_path: Path, values: list[str], message: str) -> None:
     out = tmp_path / "job"
-    result = plan(out, values=SMALL + values)
+    result = plan(out, values=SMALL + values, script=False)
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
@@ -152,6 +155,6 @@ def test_bad_input_is_one_error_line(tmp_path: Path, values: list[str], message:
 def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "job"
     out.write_text("not a directory")
-    result = plan(out)
+    result = plan(out, script=False)
     assert result.returncode == 2 and "plan --out" in result.stderr and "not a directory" in result.stderr
     assert out.read_text() == "not a directory"

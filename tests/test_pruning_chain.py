@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from bad_input import assert_one_error_line, transferset, tree, write_config
+from cli_runner import transferset_in_process
 
 from core.config import load_config, recipes_of
 from core.models import build_model
@@ -112,7 +113,8 @@ def broken(**recipe: Any) -> dict[str, Any]:
 ], ids=["ratio-one", "ratio-negative", "unknown-phase", "ratio-count"])
 def test_bad_pruning_input_is_one_error_line_and_writes_nothing(tmp_path: Path, raw: dict[str, Any],
                                                                 needles: list[str]) -> None:
-    result = transferset("run", write_config(tmp_path / "job.yaml", raw), "--out", tmp_path / "out", cwd=tmp_path)
+    result = transferset_in_process("run", write_config(tmp_path / "job.yaml", raw), "--out", tmp_path / "out",
+                                    cwd=tmp_path)
     assert_one_error_line(result, needles)
     assert not (tmp_path / "out").exists()
 

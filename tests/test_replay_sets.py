@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bad_input import STUDENT, assert_one_error_line, transferset, tree, write_config
+from cli_runner import transferset_in_process
 from conftest import generate_set_in, snapshot
 
 from core import set_index as sx
@@ -183,8 +184,8 @@ def test_bad_replay_configs_stop_with_one_line(tmp_path, change, needles) -> Non
     raw = json.loads(json.dumps(JOB))
     raw["sets"]["mix"].update(change)
     before = tree(tmp_path)
-    result = transferset("generate", write_config(tmp_path / "job.yaml", raw), "--out", tmp_path / "out",
-                         cwd=tmp_path)
+    result = transferset_in_process("generate", write_config(tmp_path / "job.yaml", raw), "--out", tmp_path / "out",
+                                    cwd=tmp_path)
     assert_one_error_line(result, needles)
     assert tree(tmp_path) == {**before, "job.yaml": (tmp_path / "job.yaml").read_bytes()}
 

@@ -227,7 +227,8 @@ def job_on(source: dict[str, object], directory: Path) -> Path:
 
 
 def test_a_views_set_of_the_tar_images_holds_each_image_and_its_label(tmp_path: Path) -> None:
-    """The stages on a webdataset source (no Ray: ``transferset run`` on tars is tests/test_your_data.py)."""
+    """The stages on a webdataset source (no Ray: ``transferset run`` on tars is
+    tests/test_jpeg_folders_and_tars_chain.py)."""
     from conftest import draw_spec
 
     from core.config import SetConfig, sampler_config
