@@ -401,7 +401,8 @@ def test_the_corpus_is_large_and_every_case_is_named_once() -> None:
     assert 10 <= sum(case.script for case in CASES) <= 15
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.id, marks=[pytest.mark.e2e] if case.script else [])
+                                  for case in CASES])
 def test_bad_input_gets_one_line_and_changes_nothing(corpus: Corpus, case: Case, tmp_path: Path) -> None:
     args = case.build(corpus, tmp_path)
     before = tree(tmp_path)
@@ -425,6 +426,7 @@ def test_bad_input_gets_one_line_and_changes_nothing(corpus: Corpus, case: Case,
     assert not (tmp_path / "pwned").exists(), "a checkpoint ran code while it was loaded"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case_id", ["config-missing", "command-unknown", "verify-truncated", "key-student"])
 def test_the_in_process_command_answers_as_the_installed_script_does(corpus: Corpus, case_id: str,
                                                                      tmp_path: Path) -> None:
@@ -441,6 +443,7 @@ def test_the_in_process_command_answers_as_the_installed_script_does(corpus: Cor
     assert last_line(here.stderr) == last_line(script.stderr) and last_line(here.stderr).startswith("error: ")
 
 
+@pytest.mark.e2e
 def test_an_intact_set_verifies_in_process_as_through_the_script(corpus: Corpus, tmp_path: Path) -> None:
     """Exit 0 and the same "OK" report both ways (the in-process runner does not answer 2 or 1 for
     everything)."""

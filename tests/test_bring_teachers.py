@@ -25,6 +25,8 @@ from bad_input import (
 )
 from bad_input import transferset as installed_transferset
 
+pytestmark = pytest.mark.e2e
+
 timm = pytest.importorskip("timm")
 
 TEACHER = {"arch": "timm:test_resnet", "weights": "resnet.pt", "input": {"size": 16}}

@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from bad_input import Corpus, last_line, last_shard, transferset, truncate
+
+pytestmark = pytest.mark.e2e
 
 RAY_ERROR_LINE = re.compile(r"^\[[^\]]* E \d+ \d+\]", re.MULTILINE)  # glog's error level, as Ray prints it
 

@@ -28,6 +28,8 @@ from core.image_contract import eval_image, resized_box
 from core.models import load_model
 from core.tasks import decode_fields
 
+pytestmark = pytest.mark.e2e
+
 timm = pytest.importorskip("timm")
 
 SIZES = [(24, 40), (60, 45), (96, 96), (150, 110), (240, 200), (70, 300)]

@@ -65,6 +65,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "after_stderr": after.stderr, "unchanged": tree(out) == finished}
 
 
+@pytest.mark.e2e
 def test_forward_count_is_what_run_reports(job: dict[str, Any]) -> None:
     before, reported = job["before"], set_forwards(job["run"].stderr)
     planned = {s["name"]: s["teacher_forward_samples"] for s in before["sets"]}
@@ -79,6 +80,7 @@ def test_forward_count_is_what_run_reports(job: dict[str, Any]) -> None:
     assert before["teachers"]["to_train"] == 2 and before["teachers"]["weights"].startswith("random")
 
 
+@pytest.mark.e2e
 def test_counts_and_bytes_match_the_sets_written(job: dict[str, Any]) -> None:
     for entry in job["before"]["sets"]:
         index = json.loads((job["out"] / "sets" / entry["name"] / "index.json").read_text())
@@ -88,6 +90,7 @@ def test_counts_and_bytes_match_the_sets_written(job: dict[str, Any]) -> None:
         assert entry["probe"]["samples"] == index["shards"][0]["samples"]
 
 
+@pytest.mark.e2e
 def test_plan_of_the_finished_job_finds_nothing_to_make(job: dict[str, Any]) -> None:
     after, before = job["after"], job["before"]
     assert job["unchanged"], "plan changed the finished job"
@@ -100,6 +103,7 @@ def test_plan_of_the_finished_job_finds_nothing_to_make(job: dict[str, Any]) -> 
         assert abs(old["bytes"] - new["bytes"]) <= 0.02 * new["bytes"]
 
 
+@pytest.mark.e2e
 def test_probe_reports_seconds(job: dict[str, Any]) -> None:
     after = job["after"]
     probe, seconds = after["probe"], after["totals"]["seconds"]
@@ -113,6 +117,7 @@ def test_probe_reports_seconds(job: dict[str, Any]) -> None:
         assert student["seconds"] == pytest.approx(student["step_s"] * 4, abs=0.002)
 
 
+@pytest.mark.e2e
 def test_text_plan_with_probe_before_the_teachers_exist(tmp_path: Path) -> None:
     out = tmp_path / "job"
     result = plan(out, "--probe")
@@ -125,6 +130,7 @@ def test_text_plan_with_probe_before_the_teachers_exist(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_plan_starts_no_ray(tmp_path: Path) -> None:
     """The plan in one process: afterwards Ray was never imported."""
     code = ("import sys\nfrom pipeline.cli import main\nsys.argv = ['transferset', *sys.argv[1:]]\n"

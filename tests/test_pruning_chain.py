@@ -50,6 +50,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.e2e
 def test_a_tiny_pruning_chain_runs_every_phase_and_a_rerun_reuses_every_step(tmp_path: Path) -> None:
     config, out = write_config(tmp_path / "job.yaml", JOB), tmp_path / "out"
     first = transferset("run", config, "--out", out, cwd=tmp_path)
@@ -119,6 +120,7 @@ def test_bad_pruning_input_is_one_error_line_and_writes_nothing(tmp_path: Path, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_slimming_a_model_without_batch_norm_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     (tmp_path / "plain_nets.py").write_text(
         "from torch import nn\n\n\n"

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from cli_runner import transferset_in_process
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
 TINY = [

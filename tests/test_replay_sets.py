@@ -145,6 +145,7 @@ def job(tmp_path_factory) -> Path:
     return run_job(tmp_path_factory.mktemp("replay-job"), "replay")
 
 
+@pytest.mark.e2e
 def test_run_trains_a_student_on_a_replay_set_and_verify_and_inspect_read_it(job, tmp_path) -> None:
     """The student of the replay set is the student of the same set stored as pixels, weight for
     weight (the same batches, rebuilt in a DataLoader worker, mixed with the real split)."""
@@ -160,6 +161,7 @@ def test_run_trains_a_student_on_a_replay_set_and_verify_and_inspect_read_it(job
     assert "replay records: " in shown.stdout and "no pixels" in shown.stdout
 
 
+@pytest.mark.e2e
 def test_verify_finds_a_record_that_indexes_past_the_source(job, tmp_path) -> None:
     import shutil
 

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from bad_input import Corpus, job_with, last_line, tree, write_config
 from bad_input import transferset as installed_transferset
 from cache_jobs import as_indexed, config, forward_passes, generate, start_generate, the_set, transferset
@@ -31,6 +32,8 @@ from core.config import parse_config
 from pipeline.plan import finish, plan_set, resume, start
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
+
+pytestmark = pytest.mark.e2e
 
 # The lease's modules are imported in the tests that use them, so that the rest of this file runs
 # (and fails for what it shows) on a version without them.
