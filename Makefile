@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= examples/quickstart.yaml
 
-.PHONY: run test lint docs bench bench-generate bench-train bench-topk bench-student bench-storage bench-peers \
+.PHONY: run test test-fast test-e2e lint docs bench bench-generate bench-train bench-topk bench-student bench-storage bench-peers \
 	bench-real-split study study-views clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -16,8 +16,17 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/transferset run $(CONFIG)
 
+# Every tier (docs/TESTING.md): what CI runs (.ci/run).
 test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests
+
+# The fast tier: unit and value tests, bad input in process, the one shared finished job.
+test-fast: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -m "not e2e and not cluster and not concurrency"
+
+# The other tiers: the installed command as a process, the multi-node cluster, the concurrency suite.
+test-e2e: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -m "e2e or cluster or concurrency"
 
 # docs/CONFIG.md's key reference, generated from the config models (a test keeps it current).
 docs: $(STAMP)

@@ -1,5 +1,8 @@
 """The bad-input corpus: broken configs, sources, checkpoints, command lines and damaged sets, each
-run through the installed ``transferset`` command as a user would.
+run through the ``transferset`` command as a user would: a dozen cases (``SCRIPT``: one or more of
+each kind of failure, and every input that needs a memory limit or a timeout) through the installed
+console script as a subprocess, the rest through the same entry point in this process
+(tests/cli_runner.py: ``pipeline.cli:main`` with ``sys.argv`` set, its exit code and stderr).
 
 Every case asserts the exit code (2 for bad input, 1 for the problems ``verify`` finds), a last
 stderr line that starts with ``error:`` and names the field or file, no traceback anywhere, and
@@ -40,6 +43,7 @@ from bad_input import (
     with_overrides,
     write_config,
 )
+from cli_runner import transferset_in_process
 
 Build = Callable[[Corpus, Path], list[object]]
 
@@ -53,6 +57,11 @@ class Case:
     writes: str | None = None  # new files allowed under this part of the case's directory (its own output)
     timeout: float = 600  # seconds; an input that once hung the command gets less
     memory: int | None = None  # an address-space limit, for inputs that once ate the memory
+
+    @property
+    def script(self) -> bool:
+        """Run through the installed script as a subprocess (else in this process)."""
+        return self.id in SCRIPT or self.memory is not None or self.timeout < 600
 
 
 def gen(*overrides: str) -> Build:
@@ -370,6 +379,13 @@ REPLAY = [
 ]
 CASES = [*CONFIG_FILES, *UNKNOWN_KEYS, *WRONG_VALUES, *COMMAND_LINE, *SOURCES, *CHECKPOINTS, *DAMAGED, *BOUNDS,
          *LOCATIONS, *REPLAY]
+# Through the installed script as a subprocess (besides the cases with a memory limit or a timeout,
+# which only a process of their own can have): a config file, an unknown key, a wrong value, click's
+# own usage errors, a source, an unsafe checkpoint, verify's exit 1, a damage found only while
+# streaming, a shared set directory, a replay record out of range.
+SCRIPT = frozenset({"config-not-yaml", "key-teachers", "range-alpha", "command-unknown", "option-unknown",
+                    "folder-unreadable-image", "ckpt-pickle-code", "verify-flipped-byte", "train-flipped-byte",
+                    "out-shared-run", "inspect-replay-box"})
 MAX_LINE = 500  # characters of the error line ("a few hundred")
 
 
@@ -381,13 +397,19 @@ def shutil_copy(source: Path, target: Path) -> Path:
 def test_the_corpus_is_large_and_every_case_is_named_once() -> None:
     ids = [case.id for case in CASES]
     assert len(ids) == len(set(ids)) and len(ids) >= 80
+    assert SCRIPT <= set(ids), sorted(SCRIPT - set(ids))
+    assert 10 <= sum(case.script for case in CASES) <= 15
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.id, marks=[pytest.mark.e2e] if case.script else [])
+                                  for case in CASES])
 def test_bad_input_gets_one_line_and_changes_nothing(corpus: Corpus, case: Case, tmp_path: Path) -> None:
     args = case.build(corpus, tmp_path)
     before = tree(tmp_path)
-    result = transferset(*args, cwd=tmp_path, timeout=case.timeout, memory=case.memory)
+    if case.script:
+        result = transferset(*args, cwd=tmp_path, timeout=case.timeout, memory=case.memory)
+    else:
+        result = transferset_in_process(*args, cwd=tmp_path)
     job_changed, after = corpus.changed(), tree(tmp_path)  # first: a changed job is restored for the next case
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output[-3000:]
@@ -402,3 +424,31 @@ def test_bad_input_gets_one_line_and_changes_nothing(corpus: Corpus, case: Case,
         f"the case wrote {sorted(set(after) - set(before))[:5]}"
     assert not job_changed, "the finished job's teachers, sets or students changed"
     assert not (tmp_path / "pwned").exists(), "a checkpoint ran code while it was loaded"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case_id", ["config-missing", "command-unknown", "verify-truncated", "key-student"])
+def test_the_in_process_command_answers_as_the_installed_script_does(corpus: Corpus, case_id: str,
+                                                                     tmp_path: Path) -> None:
+    """The same arguments both ways: the same exit code, stdout and last stderr line (what the
+    in-process cases above are held to), for a bad config path, a usage error of click's own, one of
+    verify's problems (exit 1) and a validation error."""
+    case = next(c for c in CASES if c.id == case_id)
+    args = case.build(corpus, tmp_path)
+    script = transferset(*args, cwd=tmp_path)
+    here = transferset_in_process(*args, cwd=tmp_path)
+    assert not corpus.changed()
+    assert script.returncode == case.code and here.returncode == script.returncode, (script.stderr, here.stderr)
+    assert here.stdout == script.stdout
+    assert last_line(here.stderr) == last_line(script.stderr) and last_line(here.stderr).startswith("error: ")
+
+
+@pytest.mark.e2e
+def test_an_intact_set_verifies_in_process_as_through_the_script(corpus: Corpus, tmp_path: Path) -> None:
+    """Exit 0 and the same "OK" report both ways (the in-process runner does not answer 2 or 1 for
+    everything)."""
+    real = corpus.job / "sets" / "real"
+    script = transferset("verify", real, cwd=tmp_path)
+    here = transferset_in_process("verify", real, cwd=tmp_path)
+    assert script.returncode == here.returncode == 0, (script.stderr, here.stderr)
+    assert here.stdout == script.stdout and here.stdout.strip().endswith("OK")

@@ -12,7 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bad_input import RunsCode, assert_one_error_line, command, last_line, save_torch, tree, write_config
+from bad_input import JOB as CORPUS_JOB
+from bad_input import (
+    RunsCode,
+    assert_one_error_line,
+    command,
+    job_with,
+    last_line,
+    save_torch,
+    tree,
+    write_config,
+)
+from bad_input import transferset as installed_transferset
+
+pytestmark = pytest.mark.e2e
 
 timm = pytest.importorskip("timm")
 
@@ -120,7 +133,7 @@ CASES = {
                            ("weights pretrained", "needs internet")),
     "bad-input-size": (lambda f, t: [*import_args("timm:test_resnet", str(f / "resnet.pt")), "--input-size", "a"],
                        ("--input-size 'a'",)),
-    # through `run`: keys that do not fit and a member of other classes are tests/test_your_data.py's
+    # through `run`: keys that do not fit and a member of other classes are tests/test_jpeg_folders_and_tars_chain.py's
     "run-models-and-checkpoints": (run_with(TEACHER, checkpoints=["a.pt"]), ("teachers", "not both")),
     "run-torchvision-unknown": (run_with({**TEACHER, "arch": "torchvision:squeezenet2"}),
                                 ("torchvision has no classifier 'squeezenet2'",)),
@@ -138,3 +151,20 @@ def test_bad_imports_get_one_line_and_write_nothing(weights: Path, tmp_path: Pat
     assert after == before, f"written: {sorted(set(after) - set(before))[:5]}"
     assert tree(weights) == files_before
     assert not (tmp_path / "pwned").exists(), "a weights file ran code while it was loaded"
+
+
+def test_a_factory_named_in_the_config_trains_labels_and_reports(tmp_path: Path) -> None:
+    """``arch: module:factory`` was always refused: no caller passed allowed_factories."""
+    (tmp_path / "user_nets.py").write_text(
+        "from core.models import TinyCNN\n\n\n"
+        "def small_cnn(in_channels, num_classes, width=4):\n"
+        "    return TinyCNN(in_channels, num_classes, width=width)\n")
+    model = {"arch": "user_nets:small_cnn", "arch_kwargs": {"width": 4}}
+    raw = job_with(teachers__model=model, sets={"real": CORPUS_JOB["sets"]["real"]},
+                   students={"kd": {**CORPUS_JOB["students"]["kd"], "model": model, "sets": {"real": 1.0}}})
+    result = installed_transferset("run", write_config(tmp_path / "job.yaml", raw), "--out", tmp_path / "out",
+                                   cwd=tmp_path, extra_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "sets" / "real" / "index.json").is_file()
+    assert (tmp_path / "out" / "students" / "kd" / "seed-0" / "model.pt").is_file()
+    assert "kd" in result.stdout and "teacher" in result.stdout

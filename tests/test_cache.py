@@ -93,6 +93,7 @@ def test_selected_set_is_more_uncertain_than_plain_draws(cached) -> None:
     assert stats["entropy"]["mean"] > 0 and stats["entropy_by_lambda"][0]["lam_low"] == 0.0
 
 
+@pytest.mark.e2e
 def test_another_job_reuses_every_set_without_teacher_work(cached, teachers, tmp_path) -> None:
     """A config that differs in name and student only: the CLI reports 0 forward passes."""
     before = snapshot(cached["root"] / "cache")
@@ -167,6 +168,7 @@ def test_memory_url_set_commits_verifies_and_inspects(teachers) -> None:
     fs.rm("/transferset-test", recursive=True)
 
 
+@pytest.mark.e2e
 def test_inspect_cli_prints_json_and_plots(cached, tmp_path) -> None:
     from PIL import Image
 

@@ -38,6 +38,7 @@ def test_the_example_compares_methods_on_one_recipe() -> None:
         assert (students[name].kd.temperature, students[name].kd.alpha) == (kd.temperature, kd.alpha), name
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not CIFAR10_MINI.is_dir(), reason="cifar10-mini not present")
 def test_the_example_runs_end_to_end_on_a_tiny_budget(tmp_path) -> None:
     cfg = load_config(EXAMPLE)

@@ -27,6 +27,8 @@ from core.records import format as fmt
 from core.sets import index as sx
 from pipeline.inspect.verify import verify_set
 
+pytestmark = pytest.mark.cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS, PER_SHARD = 64, 256
 SET = SetConfig(sampler=sampler_config(kind="mix"), samples=SHARDS * PER_SHARD, samples_per_shard=PER_SHARD)

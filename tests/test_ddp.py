@@ -7,12 +7,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from transfer_fixtures import write_set
 
 from core.config import SourceConfig
 from core.models import read_checkpoint
 from core.sources import load_source
 from student.train import _weights_sha
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 

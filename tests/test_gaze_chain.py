@@ -14,6 +14,8 @@ import pytest
 from core.sets import index as sx
 from pipeline.inspect.verify import verify_set
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 GAZE = ROOT / "examples" / "gaze.yaml"
 STUDENTS = ("erm", "erm_mixup", "kd", "kd_unc", "kd_mix", "xcl_mix")

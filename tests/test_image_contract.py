@@ -12,7 +12,8 @@ import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from bad_input import last_line, transferset, write_config
+from bad_input import last_line, write_config
+from cli_runner import transferset_in_process
 from conftest import draw_spec
 from PIL import Image
 
@@ -223,8 +224,8 @@ def test_the_top_level_image_section_is_the_sources_contract() -> None:
 def test_a_bad_image_contract_is_one_error_line(tmp_path, image, needle) -> None:
     raw = {"name": "j", "source": {"kind": "digits"}, "image": image,
            "teachers": {"model": {"arch": "tiny_cnn"}, "train": {"steps": 1}}}
-    done = transferset("run", str(write_config(tmp_path / "job.yaml", raw)), "--out", str(tmp_path / "out"),
-                       cwd=tmp_path)
+    done = transferset_in_process("run", str(write_config(tmp_path / "job.yaml", raw)), "--out",
+                                  str(tmp_path / "out"), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert last_line(done.stderr).startswith("error:") and needle in last_line(done.stderr)
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()

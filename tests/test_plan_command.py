@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from bad_input import transferset, tree
+from cli_runner import transferset_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
@@ -36,8 +37,10 @@ def overrides(values: list[str]) -> list[str]:
     return [arg for value in values for arg in ("--set", value)]
 
 
-def plan(out: Path, *extra: str, values: list[str] = SMALL) -> subprocess.CompletedProcess[str]:
-    return transferset("plan", QUICKSTART, "--out", out, *overrides(values), *extra, cwd=ROOT)
+def plan(out: Path, *extra: str, values: list[str] = SMALL, script: bool = True) -> subprocess.CompletedProcess[str]:
+    """``transferset plan`` through the installed script (``script=False``: its entry point in this process)."""
+    run = transferset if script else transferset_in_process
+    return run("plan", QUICKSTART, "--out", out, *overrides(values), *extra, cwd=ROOT)
 
 
 def set_forwards(stderr: str) -> dict[str, int]:
@@ -62,6 +65,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "after_stderr": after.stderr, "unchanged": tree(out) == finished}
 
 
+@pytest.mark.e2e
 def test_forward_count_is_what_run_reports(job: dict[str, Any]) -> None:
     before, reported = job["before"], set_forwards(job["run"].stderr)
     planned = {s["name"]: s["teacher_forward_samples"] for s in before["sets"]}
@@ -76,6 +80,7 @@ def test_forward_count_is_what_run_reports(job: dict[str, Any]) -> None:
     assert before["teachers"]["to_train"] == 2 and before["teachers"]["weights"].startswith("random")
 
 
+@pytest.mark.e2e
 def test_counts_and_bytes_match_the_sets_written(job: dict[str, Any]) -> None:
     for entry in job["before"]["sets"]:
         index = json.loads((job["out"] / "sets" / entry["name"] / "index.json").read_text())
@@ -85,6 +90,7 @@ def test_counts_and_bytes_match_the_sets_written(job: dict[str, Any]) -> None:
         assert entry["probe"]["samples"] == index["shards"][0]["samples"]
 
 
+@pytest.mark.e2e
 def test_plan_of_the_finished_job_finds_nothing_to_make(job: dict[str, Any]) -> None:
     after, before = job["after"], job["before"]
     assert job["unchanged"], "plan changed the finished job"
@@ -97,6 +103,7 @@ def test_plan_of_the_finished_job_finds_nothing_to_make(job: dict[str, Any]) -> 
         assert abs(old["bytes"] - new["bytes"]) <= 0.02 * new["bytes"]
 
 
+@pytest.mark.e2e
 def test_probe_reports_seconds(job: dict[str, Any]) -> None:
     after = job["after"]
     probe, seconds = after["probe"], after["totals"]["seconds"]
@@ -110,6 +117,7 @@ def test_probe_reports_seconds(job: dict[str, Any]) -> None:
         assert student["seconds"] == pytest.approx(student["step_s"] * 4, abs=0.002)
 
 
+@pytest.mark.e2e
 def test_text_plan_with_probe_before_the_teachers_exist(tmp_path: Path) -> None:
     out = tmp_path / "job"
     result = plan(out, "--probe")
@@ -122,6 +130,7 @@ def test_text_plan_with_probe_before_the_teachers_exist(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_plan_starts_no_ray(tmp_path: Path) -> None:
     """The plan in one process: afterwards Ray was never imported."""
     code = ("import sys\nfrom pipeline.cli import main\nsys.argv = ['transferset', *sys.argv[1:]]\n"
@@ -142,7 +151,7 @@ def test_plan_starts_no_ray(tmp_path: Path) -> None:
 ])
 def test_bad_input_is_one_error_line(tmp_path: Path, values: list[str], message: str) -> None:
     out = tmp_path / "job"
-    result = plan(out, values=SMALL + values)
+    result = plan(out, values=SMALL + values, script=False)
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
@@ -152,6 +161,6 @@ def test_bad_input_is_one_error_line(tmp_path: Path, values: list[str], message:
 def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "job"
     out.write_text("not a directory")
-    result = plan(out)
+    result = plan(out, script=False)
     assert result.returncode == 2 and "plan --out" in result.stderr and "not a directory" in result.stderr
     assert out.read_text() == "not a directory"

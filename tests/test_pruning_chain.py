@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from bad_input import assert_one_error_line, transferset, tree, write_config
+from cli_runner import transferset_in_process
 
 from core.config import load_config, recipes_of
 from core.models import build_model
@@ -49,6 +50,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.e2e
 def test_a_tiny_pruning_chain_runs_every_phase_and_a_rerun_reuses_every_step(tmp_path: Path) -> None:
     config, out = write_config(tmp_path / "job.yaml", JOB), tmp_path / "out"
     first = transferset("run", config, "--out", out, cwd=tmp_path)
@@ -112,11 +114,13 @@ def broken(**recipe: Any) -> dict[str, Any]:
 ], ids=["ratio-one", "ratio-negative", "unknown-phase", "ratio-count"])
 def test_bad_pruning_input_is_one_error_line_and_writes_nothing(tmp_path: Path, raw: dict[str, Any],
                                                                 needles: list[str]) -> None:
-    result = transferset("run", write_config(tmp_path / "job.yaml", raw), "--out", tmp_path / "out", cwd=tmp_path)
+    result = transferset_in_process("run", write_config(tmp_path / "job.yaml", raw), "--out", tmp_path / "out",
+                                    cwd=tmp_path)
     assert_one_error_line(result, needles)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_slimming_a_model_without_batch_norm_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     (tmp_path / "plain_nets.py").write_text(
         "from torch import nn\n\n\n"

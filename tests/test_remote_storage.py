@@ -4,14 +4,13 @@ URL equal the same files read locally, a student trains from a set at a URL to t
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import fsspec
 import numpy as np
 import pytest
 import torch
+from cli_runner import transferset_in_process
 from PIL import Image
 
 from core.config import KDConfig, ModelConfig, SourceConfig, TrainConfig, parse_config
@@ -107,8 +106,7 @@ def test_generate_into_a_url_and_train_a_student_from_it(ray_session, teachers, 
 
 
 def test_run_refuses_a_url_out_in_one_line(tmp_path) -> None:
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "examples/quickstart.yaml",
-                             "--out", "s3://bucket/job"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = transferset_in_process("run", "examples/quickstart.yaml", "--out", "s3://bucket/job", cwd=ROOT)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: run --out s3://bucket/job: teachers and students are written to a local directory; "

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bad_input import STUDENT, assert_one_error_line, transferset, tree, write_config
+from cli_runner import transferset_in_process
 from conftest import generate_set_in, snapshot
 
 from core.config import SetConfig, SourceConfig
@@ -144,6 +145,7 @@ def job(tmp_path_factory) -> Path:
     return run_job(tmp_path_factory.mktemp("replay-job"), "replay")
 
 
+@pytest.mark.e2e
 def test_run_trains_a_student_on_a_replay_set_and_verify_and_inspect_read_it(job, tmp_path) -> None:
     """The student of the replay set is the student of the same set stored as pixels, weight for
     weight (the same batches, rebuilt in a DataLoader worker, mixed with the real split)."""
@@ -159,6 +161,7 @@ def test_run_trains_a_student_on_a_replay_set_and_verify_and_inspect_read_it(job
     assert "replay records: " in shown.stdout and "no pixels" in shown.stdout
 
 
+@pytest.mark.e2e
 def test_verify_finds_a_record_that_indexes_past_the_source(job, tmp_path) -> None:
     import shutil
 
@@ -183,8 +186,8 @@ def test_bad_replay_configs_stop_with_one_line(tmp_path, change, needles) -> Non
     raw = json.loads(json.dumps(JOB))
     raw["sets"]["mix"].update(change)
     before = tree(tmp_path)
-    result = transferset("generate", write_config(tmp_path / "job.yaml", raw), "--out", tmp_path / "out",
-                         cwd=tmp_path)
+    result = transferset_in_process("generate", write_config(tmp_path / "job.yaml", raw), "--out", tmp_path / "out",
+                                    cwd=tmp_path)
     assert_one_error_line(result, needles)
     assert tree(tmp_path) == {**before, "job.yaml": (tmp_path / "job.yaml").read_bytes()}
 

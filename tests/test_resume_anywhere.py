@@ -11,11 +11,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from bad_input import command, job_with, transferset, write_config
 from conftest import kill_session
 
 from core.models import read_checkpoint
+
+pytestmark = pytest.mark.e2e
 
 STEPS = 400
 # KD from two sets and the real split, with a loader worker and items of 3 batches; a state every

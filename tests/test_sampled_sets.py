@@ -25,6 +25,8 @@ from student.build import source_input_spec
 from student.losses import kd_loss
 from student.shards import check_sampled_temperature, open_transfer_sets
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 256  # one shard, one batch: the first step's loss is a function of the whole set
 TEMPERATURE = 4.0  # the default kd.temperature, so also the default draw temperature

@@ -38,6 +38,8 @@ from bad_input import (
     write_config,
 )
 
+pytestmark = pytest.mark.e2e
+
 GiB = 1 << 30
 MIX = {"sampler": {"kind": "mix"}, "samples": 64, "samples_per_shard": 64, "out": "auto"}
 

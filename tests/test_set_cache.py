@@ -21,7 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from bad_input import last_line, tree
+import pytest
+from bad_input import Corpus, job_with, last_line, tree, write_config
+from bad_input import transferset as installed_transferset
 from cache_jobs import as_indexed, config, forward_passes, generate, start_generate, the_set, transferset
 from conftest import kill_session
 
@@ -30,6 +32,8 @@ from core.sets import index as sx
 from pipeline.generate.plan import finish, plan_set, resume, start
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
+
+pytestmark = pytest.mark.e2e
 
 # The lease's modules are imported in the tests that use them, so that the rest of this file runs
 # (and fails for what it shows) on a version without them.
@@ -246,3 +250,47 @@ def test_a_set_made_before_counted_names_is_read_and_grown(teachers, tmp_path) -
     assert names[4:] == ["shard-000004-000064.tar", "shard-000005.tar", "shard-000006.tar", "shard-000007-000052.tar"]
     assert transferset("verify", set_dir, "--index", tmp_path / "index-300.json").returncode == 0
     assert transferset("verify", set_dir).returncode == 0
+
+
+# Issue 13: a cached set asked for fewer samples, and a student of a grown set (on the corpus job).
+
+
+def test_a_smaller_request_for_a_cached_set_keeps_every_shard(corpus: Corpus, tmp_path: Path) -> None:
+    """``out: auto`` ignores the sample count; a smaller request deleted the shards another job
+    made (and asking for the larger count again ran the teachers again)."""
+    cache = tmp_path / "cache"
+
+    def generate(samples: int):
+        raw = job_with(cache_root=str(cache), teachers__checkpoints=[str(corpus.teacher())], students={},
+                       sets={"mix": {"sampler": {"kind": "mix"}, "samples": samples, "samples_per_shard": 512,
+                                     "out": "auto"}})
+        return installed_transferset("generate", write_config(tmp_path / f"job-{samples}.yaml", raw),
+                                     "--out", tmp_path / "out", cwd=tmp_path)
+
+    assert generate(1024).returncode == 0
+    made = tree(cache)
+    (set_dir,) = cache.iterdir()
+    assert len(list((set_dir / "shards").iterdir())) == 2
+    smaller = generate(512)
+    assert smaller.returncode == 2 and "Traceback" not in smaller.stderr
+    assert "already holds 1024 samples" in last_line(smaller.stderr) and "a set only grows" in last_line(smaller.stderr)
+    assert tree(cache) == made, "the cached set lost or changed a shard"
+    larger = generate(1536)
+    assert larger.returncode == 0, larger.stderr[-2000:]
+    assert '"teacher_forward_samples": 512' in larger.stdout  # only the new shard was labelled
+    grown = tree(cache)
+    for name in ("shards/shard-000000.tar", "shards/shard-000001.tar"):
+        key = f"{set_dir.name}/{name}"
+        assert grown[key] == made[key], f"{name} changed while the set grew"
+    assert f"{set_dir.name}/shards/shard-000002.tar" in grown
+
+
+def test_a_student_of_a_grown_set_is_trained_again(corpus: Corpus, tmp_path: Path) -> None:
+    """The reuse spec recorded set fingerprints, which a grown set keeps: the student was reused."""
+    job = corpus.copy_job(tmp_path / "job")
+    config = write_config(tmp_path / "grown.yaml", job_with(sets__mix__samples=1536))
+    result = installed_transferset("run", config, "--out", job, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "student kd/seed-0: training" in result.stderr  # reads mix, which grew
+    assert "student erm/seed-0: reused" in result.stderr  # reads the real split only
+    assert "teacher 0: reused" in result.stderr

@@ -17,6 +17,8 @@ from PIL import Image
 
 from core.sets import index as sx
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -167,6 +167,7 @@ def test_the_format1_set_is_the_old_layout_with_the_same_views(made) -> None:
         np.testing.assert_array_equal(r["logp"], twin["logp"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("which", ["old", "new"])
 def test_verify_and_inspect_read_both_formats(made, which) -> None:
     set_dir = made[which]
@@ -211,6 +212,7 @@ def job_file(path: Path, teachers: list[Path], out: str) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_a_format1_directory_is_refused_not_grown_or_replaced(made, teachers, tmp_path) -> None:
     old = shutil.copytree(made["old"], tmp_path / "old")
     fingerprint = sx.read_index(old).fingerprint
@@ -251,6 +253,7 @@ def test_a_grown_capped_views_set_keeps_its_shards(made, teachers, tmp_path) -> 
     assert snapshot(tmp_path / "grown") == snapshot(made["new"])
 
 
+@pytest.mark.e2e
 def test_unknown_format_versions_are_refused_with_one_line(made, tmp_path) -> None:
     for found in (3, "2"):
         set_dir = shutil.copytree(made["new"], tmp_path / f"v{found}")

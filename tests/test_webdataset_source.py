@@ -15,7 +15,8 @@ import fsspec
 import numpy as np
 import pytest
 import webdataset as wds
-from bad_input import assert_one_error_line, transferset, tree, write_config
+from bad_input import assert_one_error_line, tree, write_config
+from cli_runner import transferset_in_process
 from PIL import Image
 from pydantic import ValidationError
 
@@ -227,7 +228,8 @@ def job_on(source: dict[str, object], directory: Path) -> Path:
 
 
 def test_a_views_set_of_the_tar_images_holds_each_image_and_its_label(tmp_path: Path) -> None:
-    """The stages on a webdataset source (no Ray: ``transferset run`` on tars is tests/test_your_data.py)."""
+    """The stages on a webdataset source (no Ray: ``transferset run`` on tars is
+    tests/test_jpeg_folders_and_tars_chain.py)."""
     from conftest import draw_spec
 
     from core.config import SetConfig, sampler_config
@@ -297,7 +299,7 @@ def test_bad_shards_get_one_line_and_nothing_is_written(kind: str, needles: tupl
         urls = [str(broken_tar(kind, tmp_path))]
     config_path = job_on({"urls": urls, "test_urls": [str(test_tar)]}, tmp_path)
     before = tree(tmp_path)
-    result = transferset("run", config_path, "--out", tmp_path / "out", cwd=tmp_path)
+    result = transferset_in_process("run", config_path, "--out", tmp_path / "out", cwd=tmp_path)
     assert_one_error_line(result, needles)
     assert tree(tmp_path) == before, "the command wrote or changed files"
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from bad_input import last_line, transferset, tree, write_config
+from cli_runner import transferset_in_process
 from PIL import Image
 
 from core.config import ImageConfig
@@ -26,6 +27,8 @@ from core.options.image_contract import eval_image, resized_box
 from core.records import format as fmt
 from core.sets import index as sx
 from core.tasks import decode_fields
+
+pytestmark = pytest.mark.e2e
 
 timm = pytest.importorskip("timm")
 
@@ -224,8 +227,8 @@ def test_the_test_split_is_evaluated_through_resize_and_centre_crop(runs) -> Non
 
 def bad_run(runs, tmp_path: Path, raw: dict) -> tuple[str, dict]:
     before = tree(runs["root"])
-    done = transferset("run", str(write_config(tmp_path / "bad.yaml", raw)), "--out", str(tmp_path / "out"),
-                       cwd=tmp_path)
+    done = transferset_in_process("run", str(write_config(tmp_path / "bad.yaml", raw)), "--out", str(tmp_path / "out"),
+                                  cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "out").exists()

@@ -1,4 +1,6 @@
-"""The CLI end to end on digits: the whole chain on a tiny budget, reruns, and bad input."""
+"""examples/quickstart.yaml end to end through the command on digits: the whole chain on a tiny
+budget, reruns, and bad input (the bad input through ``pipeline.cli:main`` in this process,
+tests/cli_runner.py; the chain and its reruns in a process of their own)."""
 
 import json
 import os
@@ -8,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import transferset_in_process
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
@@ -29,6 +34,11 @@ def transferset(*args, check=True):
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-3000:]}")
     return result
+
+
+def in_process(*args):
+    """The same command (``pipeline.cli:main``) in this process: bad input that stops before any work."""
+    return transferset_in_process(*args, cwd=ROOT)
 
 
 def with_overrides(overrides):
@@ -116,7 +126,7 @@ def assert_one_line_error(result, *needles):
 def test_bad_config_exits_2_and_leaves_sets_untouched(finished_run, overrides, needles):
     out, _ = finished_run
     before = {p: p.read_bytes() for p in sorted((out / "sets").rglob("*")) if p.is_file()}
-    result = transferset("generate", QUICKSTART, "--out", out, *with_overrides(TINY + overrides), check=False)
+    result = in_process("generate", QUICKSTART, "--out", out, *with_overrides(TINY + overrides))
     assert_one_line_error(result, *needles)
     after = {p: p.read_bytes() for p in sorted((out / "sets").rglob("*")) if p.is_file()}
     assert before == after
@@ -134,8 +144,7 @@ def test_bad_config_exits_2_and_leaves_sets_untouched(finished_run, overrides, n
 )
 def test_bad_training_config_exits_2(finished_run, overrides, needles):
     out, _ = finished_run
-    result = transferset("train", QUICKSTART, "--out", out, "--student", "kd",
-                         *with_overrides(TINY + overrides), check=False)
+    result = in_process("train", QUICKSTART, "--out", out, "--student", "kd", *with_overrides(TINY + overrides))
     assert_one_line_error(result, *needles)
 
 
@@ -148,8 +157,7 @@ def test_a_set_of_another_task_is_refused_before_training(finished_run, tmp_path
     index = json.loads(index_path.read_text())
     index["task"] = "regress"
     index_path.write_text(json.dumps(index))
-    result = transferset("train", QUICKSTART, "--out", tmp_path, "--student", "kd", *with_overrides(TINY),
-                         check=False)
+    result = in_process("train", QUICKSTART, "--out", tmp_path, "--student", "kd", *with_overrides(TINY))
     assert_one_line_error(result, "task 'regress'", "'classify'")
     assert not (tmp_path / "students").exists()
 
@@ -163,15 +171,15 @@ def test_teacher_of_the_wrong_task_exits_2(finished_run, tmp_path):
                     arch_kwargs={"width": 4}, num_classes=10, input=input_spec(8, 8, 1, [0.0], [1.0]),
                     task="regress", head={"out_dim": 9, "logvar_dim": 1})
     before = {p: p.read_bytes() for p in sorted((out / "sets").rglob("*")) if p.is_file()}
-    result = transferset("generate", QUICKSTART, "--out", out,
-                         *with_overrides(TINY + [f"teachers.checkpoints=[{wrong}]"]), check=False)
+    result = in_process("generate", QUICKSTART, "--out", out,
+                        *with_overrides(TINY + [f"teachers.checkpoints=[{wrong}]"]))
     assert_one_line_error(result, str(wrong), "regress")
     after = {p: p.read_bytes() for p in sorted((out / "sets").rglob("*")) if p.is_file()}
     assert before == after
 
 
 def test_missing_config_file_exits_2(tmp_path):
-    assert_one_line_error(transferset("run", tmp_path / "none.yaml", check=False), "file not found")
+    assert_one_line_error(in_process("run", tmp_path / "none.yaml"), "file not found")
 
 
 def test_train_ray_runs_ddp_through_ray_train(finished_run, tmp_path):
@@ -222,6 +230,6 @@ def test_more_seeds_reuse_the_runs_already_made(finished_run, tmp_path):
     fresh = json.loads((tmp_path / "students" / "erm" / "seed-2" / "result.json").read_text())
     assert printed[2] == {**fresh, "seed_index": 2}
     assert len({row["checkpoint_sha256"] for row in printed}) == 3  # three seeds, three different students
-    one = transferset("train", QUICKSTART, "--out", tmp_path, "--student", "erm", "--seed", "3",
-                      *with_overrides(TINY + ["students.erm.seeds=[0, 1, 2]"]), check=False)
+    one = in_process("train", QUICKSTART, "--out", tmp_path, "--student", "erm", "--seed", "3",
+                     *with_overrides(TINY + ["students.erm.seeds=[0, 1, 2]"]))
     assert_one_line_error(one, "--seed 3", "[0, 1, 2]")
