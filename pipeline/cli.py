@@ -287,6 +287,7 @@ def main() -> None:
     RAY_AUTH_MODE is left alone here: the driver disables token auth only for the embedded
     local Ray it starts itself, never for a cluster the user connects to.
     """
+    ray_was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # a caller's: left running
     try:
         # Without standalone mode click *returns* the code of a ``typer.Exit`` (verify's 1)
         # instead of raising it: pass it on, or a damaged set would exit 0.
@@ -307,7 +308,7 @@ def main() -> None:
         print(f"error: {err.format_message()}", file=sys.stderr)
         sys.exit(err.exit_code)
     finally:
-        if "ray" in sys.modules:
+        if "ray" in sys.modules and not ray_was_running:
             from pipeline.generate.driver import shutdown_ray
 
             shutdown_ray()
