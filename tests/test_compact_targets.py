@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 from conftest import plan_in
+from set_files import local_shard, write_index
 from transfer_fixtures import log_softmax
 
 from core.config import SelectConfig, SetConfig, SourceConfig, TargetConfig, sampler_config
@@ -74,7 +75,7 @@ def test_writer_records_the_kl_it_costs(teachers, tmp_path) -> None:
     images, drawn, labels = make_shard(spec, 0)
     output = Ensemble(teachers, 10, device="cpu").predict(images)
     write_shard(spec, 0, images, drawn, labels, output)
-    records = [decode_fields(f) for _, f in fmt.iter_tar(sx.shard_path(tmp_path, 0))]
+    records = [decode_fields(f) for _, f in fmt.iter_tar(local_shard(tmp_path, 0))]
     for record, full in zip(records, output.logp, strict=True):
         assert record["meta"]["target_kl"] == pytest.approx(float(fmt.kl_divergence(full, record["logp"])),
                                                             rel=1e-3, abs=1e-7)
@@ -89,7 +90,7 @@ def test_select_keeps_the_most_uncertain_candidates(teachers, tmp_path) -> None:
     output = Ensemble(teachers, 10, device="cpu").predict(images)
     summary = write_shard(spec, 0, images, drawn, labels, output, count=40)
     assert (summary.samples, summary.rejected, summary.planned) == (40, 0, 40)
-    records = [decode_fields(f) for _, f in fmt.iter_tar(sx.shard_path(tmp_path, 0))]
+    records = [decode_fields(f) for _, f in fmt.iter_tar(local_shard(tmp_path, 0))]
     kept = [r["meta"]["candidate"] for r in records]
     assert kept == sorted(kept) and [r["meta"]["index"] for r in records] == list(range(40))
     dropped = np.setdiff1d(np.arange(160), kept)
@@ -108,7 +109,7 @@ def test_select_keeps_the_most_uncertain_candidates(teachers, tmp_path) -> None:
 
 
 def json_rows(set_dir) -> list[dict]:
-    return [decode_fields(f)["meta"] for _, f in fmt.iter_tar(sx.shard_path(set_dir, 0))]
+    return [decode_fields(f)["meta"] for _, f in fmt.iter_tar(local_shard(set_dir, 0))]
 
 
 def test_student_loader_reads_topk_sets_unchanged(tmp_path) -> None:
@@ -120,7 +121,7 @@ def test_student_loader_reads_topk_sets_unchanged(tmp_path) -> None:
                                logp[i], targets=TargetConfig(kind="topk", k=4)) for i in range(48)]
     data = fmt.tar_bytes(samples)
     storage.atomic_write(sx.shard_url(tmp_path, 0), data)
-    sx.write_index(tmp_path, sx.SetIndex(num_classes=20, classes=[str(c) for c in range(20)], shards=[
+    write_index(tmp_path, sx.SetIndex(num_classes=20, classes=[str(c) for c in range(20)], shards=[
         sx.ShardEntry(name=sx.shard_name(0), samples=48, bytes=len(data), sha256=fmt.sha256_bytes(data))]))
     batch = next(iter(transfer_loader([(str(tmp_path), 1.0)], 16, seed=0, num_workers=0, shuffle_window=1)))
     assert batch["target"].shape == (16, 20)

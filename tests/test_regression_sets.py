@@ -18,6 +18,7 @@ import pytest
 import torch
 from conftest import generate_set_in, plan_in
 from regression_fixtures import build_regression_teachers, gaze_config
+from set_files import local_shard
 
 from core.config import (
     KDConfig,
@@ -135,7 +136,7 @@ def test_a_shard_made_again_without_ray_has_the_same_bytes(made) -> None:
     assert np.isnan(real).all()  # mixes carry no real target
     output = Ensemble(made["teachers"], 2, device="cpu", threads=1, batch_size=64, task="regress").predict(images)
     summary = write_shard(spec, 1, images, drawn, real, output)
-    assert sx.shard_path(again, 1).read_bytes() == sx.shard_path(set_dir, 1).read_bytes()
+    assert local_shard(again, 1).read_bytes() == local_shard(set_dir, 1).read_bytes()
     assert summary.sha256 == sx.read_index(set_dir).shards[1].sha256
 
 
@@ -144,7 +145,7 @@ def test_verify_names_a_record_whose_sigma_does_not_fit_its_logvar(made, tmp_pat
 
     copy = tmp_path / "mix"
     shutil.copytree(made["root"] / "mix", copy)
-    path = sx.shard_path(copy, 0)
+    path = local_shard(copy, 0)
     samples = []
     for key, fields in fmt.iter_tar(path):
         record = decode_fields(fields)

@@ -18,7 +18,7 @@ from core.sources import load_source
 from core.sources.gaze import RENDER_VERSION
 from core.tasks import REGRESS, decode_fields
 from core.tasks.regression import split_gaussian
-from pipeline.report.regression import error_gap_reduction
+from pipeline.report.aggregate import gap_reduction
 from student.losses import gaussian_kl, gaussian_nll, mse_loss
 from student.regression_eval import chi2_cdf, regression_metrics, sigma_of
 
@@ -199,7 +199,8 @@ def test_calibration_of_sigma_is_measured_against_the_chi_square_law() -> None:
 
 
 def test_gap_reduction_is_measured_on_errors() -> None:
-    """Lower is better: teacher 5°, KD 6°, a method at 5.5° closes half the gap, at 6.5° widens it."""
-    assert error_gap_reduction(5.0, 6.0, 5.5) == pytest.approx(0.5)
-    assert error_gap_reduction(5.0, 6.0, 6.5) == pytest.approx(-0.5)
-    assert error_gap_reduction(5.0, 4.9, 4.0) is None  # KD already beats the teacher: nothing to reduce
+    """Lower is better, so the regression report hands gap_reduction negated errors: teacher 5°,
+    KD 6°, a method at 5.5° closes half the gap, at 6.5° widens it."""
+    assert gap_reduction(-5.0, -6.0, -5.5) == pytest.approx(0.5)
+    assert gap_reduction(-5.0, -6.0, -6.5) == pytest.approx(-0.5)
+    assert gap_reduction(-5.0, -4.9, -4.0) is None  # KD already beats the teacher: nothing to reduce

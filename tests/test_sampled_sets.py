@@ -13,12 +13,12 @@ import pytest
 import torch
 import yaml
 from bad_input import STUDENT, transferset, tree, write_config
+from set_files import local_shard
 
 from core.config import SourceConfig
 from core.errors import UserError
 from core.models import build_model
 from core.records import format as fmt
-from core.sets import index as sx
 from core.sources import load_source
 from core.tasks import decode_fields
 from student.build import source_input_spec
@@ -58,7 +58,7 @@ def job(tmp_path_factory) -> Path:
 
 
 def records(set_dir: Path) -> list[dict]:
-    return [decode_fields(fields) for _, fields in fmt.iter_tar(sx.shard_path(set_dir, 0))]
+    return [decode_fields(fields) for _, fields in fmt.iter_tar(local_shard(set_dir, 0))]
 
 
 def test_the_set_stores_sampled_records_and_verifies(job) -> None:
@@ -83,7 +83,7 @@ def test_verify_finds_a_tampered_weight(job, tmp_path) -> None:
 
     copy_dir = tmp_path / "mix"
     shutil.copytree(job / "sets" / "mix", copy_dir)
-    shard = sx.shard_path(copy_dir, 0)
+    shard = local_shard(copy_dir, 0)
     member = dict(fmt.iter_tar(shard))[fmt.sample_key(0, 3)]["sampled.npy"]
     raw = fmt.decode_npy(member)
     raw["weight"][0] = raw["weight"][0] * 2
@@ -100,7 +100,7 @@ def test_inspect_reports_bytes_and_the_estimate_kl(job) -> None:
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)
     assert stats["target_bytes_per_sample"] == 57 and stats["dense_float16_bytes_per_sample"] == 20
-    member = next(fmt.iter_tar(sx.shard_path(set_dir, 0)))[1]["sampled.npy"]
+    member = next(fmt.iter_tar(local_shard(set_dir, 0)))[1]["sampled.npy"]
     assert stats["target_npy_bytes_per_sample"] == len(member) > 57  # with its .npy header
     assert 1 <= stats["sampled_classes_mean"] <= 10
     assert stats["sampled_weight_sum_mean"] == pytest.approx(1.0, abs=2e-3)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import plan_in
+from set_files import local_shard
 from transfer_fixtures import log_softmax
 
 from core.config import SetConfig, sampler_config
@@ -19,8 +20,7 @@ from core.errors import FormatError
 from core.records import format as fmt
 from core.records import sampled_target as st
 from core.records.target_codec import compress_topk, reconstruct_logp
-from core.records.targets import STORED_TARGETS
-from core.sets import index as sx
+from core.records.targets import STORED_TARGETS, stored_kind
 from core.tasks import CLASSIFY, decode_fields
 from stages.teachers import Ensemble
 from stages.writer import make_shard, write_shard
@@ -77,7 +77,7 @@ def test_expected_gradient_is_the_dense_kd_gradient(temperature, uniform) -> Non
 def test_record_is_small_deterministic_and_plain_numpy() -> None:
     logp = flat_mix(seed=2)
     record = st.sample_target(logp, 10, 4.0, 0.0, st.target_rng(0, 1, 2))
-    assert record.dtype.itemsize == st.sampled_payload_bytes(10, 100) == 57  # 10 + 20 + 20 + 2 + 1 + 4 bytes
+    assert record.dtype.itemsize == stored_kind("sampled").payload_bytes(10, 100) == 57  # 10+20+20+2+1+4 bytes
     again = st.sample_target(logp, 10, 4.0, 0.0, st.target_rng(0, 1, 2))
     assert fmt.encode_npy(record) == fmt.encode_npy(again)  # same identity, same bytes
     other = st.sample_target(logp, 10, 4.0, 0.0, st.target_rng(0, 1, 3))
@@ -152,7 +152,7 @@ def test_writer_draws_from_the_sample_identity(teachers, tmp_path) -> None:
     reseeded = write_shard(spec.model_copy(update={"out_dir": str(tmp_path / "c"), "seed": 1}), 0, images, drawn,
                            labels, output)
     assert reseeded.sha256 != first.sha256
-    records = [decode_fields(f) for _, f in fmt.iter_tar(sx.shard_path(tmp_path / "a", 0))]
+    records = [decode_fields(f) for _, f in fmt.iter_tar(local_shard(tmp_path / "a", 0))]
     for n, record in enumerate(records):
         expected = st.sample_target(output.logp[n], 10, 4.0, 0.0, st.target_rng(spec.seed, 0, n))
         np.testing.assert_array_equal(record["weights"], st.dense_weights(expected))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import plan_in
+from set_files import local_shard
 
 from core.config import SetConfig, SourceConfig, sampler_config
 from core.errors import UserError
@@ -13,7 +14,6 @@ from core.options.image_contract import pad_crop
 from core.records import format as fmt
 from core.samplers import SAMPLERS, SamplerOptions, apply_params, sample_rng
 from core.samplers.autoaugment import _policy
-from core.sets import index as sx
 from core.sources import load_source
 from core.tasks import decode_fields
 from stages.samplers import draw_shard
@@ -143,7 +143,7 @@ def test_every_sampler_replays_from_stored_shards(source, teachers, tmp_path) ->
     images, drawn, labels = make_shard(spec, 0)
     ensemble = Ensemble(teachers, 10, device="cpu")
     write_shard(spec, 0, images, drawn, labels, ensemble.predict(images))
-    records = [decode_fields(fields) for _, fields in fmt.iter_tar(sx.shard_path(tmp_path, 0))]
+    records = [decode_fields(fields) for _, fields in fmt.iter_tar(local_shard(tmp_path, 0))]
     assert {r["meta"]["sampler"] for r in records} == {c.kind for c in ALL}
     for record in records:
         meta = record["meta"]

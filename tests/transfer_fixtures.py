@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from set_files import local_shard, write_index
 
 from core.records import format as fmt
 from core.sets import index as sx
@@ -32,13 +33,13 @@ def write_set(
                 meta.update(sampler="views", params={"image": int(made_from[position])})
             samples.append(CLASSIFY.sample(key, images[position], meta, logp[position], labels[position]))
         data = fmt.tar_bytes(samples)
-        path = sx.shard_path(set_dir, shard)
+        path = local_shard(set_dir, shard)
         storage.atomic_write(path, data)
         paths.append(path)
         entries.append(sx.ShardEntry(name=sx.shard_name(shard), samples=len(samples), bytes=len(data),
                                      sha256=fmt.sha256_bytes(data)))
     classes = logp.shape[1]
-    sx.write_index(set_dir, sx.SetIndex(shards=entries, num_classes=classes, classes=[str(c) for c in range(classes)],
+    write_index(set_dir, sx.SetIndex(shards=entries, num_classes=classes, classes=[str(c) for c in range(classes)],
                                         config={"set": set_config} if set_config is not None else None))
     return paths
 

@@ -45,11 +45,6 @@ def sampled_dtype(k: int, num_classes: int) -> np.dtype:
                      ("count", np.dtype(count).newbyteorder("<")), ("classes", "<u4")])
 
 
-def sampled_payload_bytes(k: int, num_classes: int) -> int:
-    """Bytes of one record, without the .npy header and tar framing."""
-    return sampled_dtype(k, num_classes).itemsize
-
-
 def target_rng(seed: int, shard: int, candidate: int) -> np.random.Generator:
     """The stream of one sample's class draw (independent of its sampler's stream)."""
     return np.random.default_rng([seed, shard, candidate, TARGET_STREAM])

@@ -70,11 +70,6 @@ def parse_shard_name(name: str) -> int | None:
     return None if parsed is None else parsed[0]
 
 
-def shard_path(set_dir: str | Path, shard: int) -> Path:
-    """A full tar shard's path in a local set (see :func:`shard_url` for any set)."""
-    return storage.local_path(set_dir) / SHARDS_DIR / shard_name(shard)
-
-
 def shard_url(set_dir: str | Path, shard: int) -> str:
     return storage.join(set_dir, SHARDS_DIR, shard_name(shard))
 
@@ -293,10 +288,6 @@ def index_bytes(index: SetIndex) -> bytes:
     return json.dumps(index.to_dict(), indent=1, sort_keys=True).encode()
 
 
-def write_index(set_dir: str | Path, index: SetIndex) -> None:
-    storage.atomic_write(storage.join(set_dir, INDEX_NAME), index_bytes(index))
-
-
 def commit_index(set_dir: str | Path, rows: Sequence[dict[str, Any]], task: str | Task, index: SetIndex) -> None:
     """The manifest, then ``index.json`` (readers trust the index), renamed back to back."""
     storage.atomic_write_all([(storage.join(set_dir, MANIFEST_NAME), manifest_bytes(rows, task)),
@@ -374,10 +365,6 @@ def manifest_bytes(rows: Sequence[dict[str, Any]], task: str | Task) -> bytes:
     out = io.BytesIO()
     pq.write_table(table, out)
     return out.getvalue()
-
-
-def write_manifest(set_dir: str | Path, rows: Sequence[dict[str, Any]], task: str | Task) -> None:
-    storage.atomic_write(storage.join(set_dir, MANIFEST_NAME), manifest_bytes(rows, task))
 
 
 def read_manifest(set_dir: str | Path):

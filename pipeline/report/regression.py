@@ -22,18 +22,12 @@ from core.models import load_model
 from core.sources import Source
 from core.tasks import REGRESS
 from pipeline.inspect.regression import plot_sigma_by_lambda, sigma_by_lambda
-from pipeline.report.aggregate import gap_reduction, gap_reduction_spread, summarize_runs
+from pipeline.report.aggregate import gap_reduction_spread, summarize_runs
 from pipeline.train.runs import locate_set, student_dir
 from student.regression_eval import evaluate_ensemble
 
 MIXING = ("mix", "mixup", "cutmix")
 SHOWN = REGRESS.report_keys
-
-
-def error_gap_reduction(teacher: float, baseline: float, method: float) -> float | None:
-    """1 − gap(method) / gap(baseline) with gap = error − teacher error (None: no baseline gap).
-    :func:`pipeline.report.aggregate.gap_reduction` is written for accuracies; negated errors fit it."""
-    return gap_reduction(-teacher, -baseline, -method)
 
 
 # The losses that train a head's σ (the others leave its σ output untrained noise).
