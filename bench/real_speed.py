@@ -78,8 +78,9 @@ class TrainerMode:
         from student.build import ObjectiveInputs, build_objective
 
         run = self.run
-        run.step_fn = build_objective(ObjectiveInputs(run.request, run.task, run.train_source, run.spec, run.ctx,
-                                                      self.step, [], []))
+        inputs = ObjectiveInputs(run.request, run.task, run.train_source, run.input_contract, run.ctx, self.step,
+                                 [], [])
+        run.step_fn = build_objective(inputs)
         self.waiting = run.step_fn.stream = Waiting(run.step_fn.stream)
 
     def fetch(self) -> None:
@@ -121,8 +122,8 @@ class PlainMode:
         self.model = build_model(MODEL["arch"], 3, 10, MODEL["arch_kwargs"]).to(memory_format=torch.channels_last)
         self.model.train()
         self.optimizer = make_optimizer(self.model, run.train_cfg)
-        self.mean = torch.tensor(run.spec["mean"]).view(1, -1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(run.spec["std"]).view(1, -1, 1, 1)
+        self.mean = torch.tensor(run.input_contract["mean"]).view(1, -1, 1, 1)
+        self.inv_std = 1.0 / torch.tensor(run.input_contract["std"]).view(1, -1, 1, 1)
         self.batches: Iterator[Any] = iter(())
         self.waiting = Waiting(iter(()))
 

@@ -54,7 +54,7 @@ def make_shard(spec: SetSpec, shard: int, generate: Generate | None = None) -> t
     store = spec.set_cfg.store
     images = fmt.as_stored(shard_images(drawn, source, generate), store.image, store.quality)
     shown = [params["image"] if SAMPLERS[kind].keeps_label else None for kind, params in drawn]
-    return images, drawn, spec.kind.real_labels(shown, source)
+    return images, drawn, spec.task.real_labels(shown, source)
 
 
 def choose(task: Task, output: Any, count: int, select: SelectConfig | None) -> np.ndarray:
@@ -79,7 +79,7 @@ def write_shard(spec: SetSpec, shard: int, images: np.ndarray, drawn: Drawn, lab
     teacher outputs) are never written and count as rejected. ``name`` is the file to commit
     (default: the name of the shard's planned count, :meth:`core.sets.spec.SetSpec.shard_name`).
     """
-    task, select, candidates = spec.kind, spec.set_cfg.select, len(drawn)
+    task, select, candidates = spec.task, spec.set_cfg.select, len(drawn)
     count = candidates if count is None else count
     if not (len(images) == len(labels) == len(output) == candidates):
         raise ValueError(f"shard {shard}: {len(images)} images, {candidates} params, {len(labels)} labels, "

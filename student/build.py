@@ -52,13 +52,13 @@ class Run:
     test_source: Source
     opened: list[SetShards]  # the transfer sets (kd)
     head: dict[str, int]  # what the model predicts (its checkpoint's head)
-    spec: dict[str, Any]  # the model's input contract
+    input_contract: dict[str, Any]  # what the model takes: size, channels, mean, std
     plain: nn.Module  # the model itself
     model: nn.Module  # what the step runs: plain, or Self-Guidance's pair, in DDP when distributed
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None  # mixed precision on CUDA
     step_fn: Objective
-    run_spec: str  # the hash a resumable state must carry
+    state_hash: str  # what a resumable state must carry to be this run's
     start_step: int
     epoch: int  # steps per epoch
     tensorboard: TensorBoard | None
@@ -195,7 +195,7 @@ class ObjectiveInputs:
     request: TrainRequest
     task: Task
     source: Source
-    spec: dict[str, Any]
+    input_contract: dict[str, Any]
     ctx: distributed.Dist
     start_step: int
     opened: list[SetShards]
@@ -211,8 +211,8 @@ class ObjectiveInputs:
 
     @property
     def common(self) -> tuple[Any, ...]:
-        """The arguments every objective ends with: ``(train_cfg, input spec, device, seed, rank)``."""
-        return self.request.train, self.spec, self.ctx.device, self.request.seed, self.ctx.rank
+        """The arguments every objective ends with: ``(train_cfg, input contract, device, seed, rank)``."""
+        return self.request.train, self.input_contract, self.ctx.device, self.request.seed, self.ctx.rank
 
 
 def _erm(factory: Callable[..., Objective], inputs: ObjectiveInputs) -> Objective:
@@ -269,7 +269,7 @@ def on_device(model: nn.Module, train_cfg: TrainConfig, ctx: Any) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if train_cfg.channels_last else model
 
 
-def run_spec(request: TrainRequest, opened: list[SetShards], source: Source, world_size: int) -> str:
+def state_hash(request: TrainRequest, opened: list[SetShards], source: Source, world_size: int) -> str:
     """The hash a resumable state of this run must carry: everything its weights depend on."""
     kind, shaping = request.objective_kind, request.shaping
     return spec_hash({
@@ -322,21 +322,21 @@ def build_run(request: TrainRequest, train_source: Source, test_source: Source, 
     epoch = epoch_steps(cfg, kind.epoch_samples(len(train_source), [sum(s.samples) for s in opened]))
     plain, head, shaper = start_plain(request, task, train_source, ctx)
     tensorboard = TensorBoard(out_dir / "tensorboard") if cfg.tensorboard and ctx.is_main else None
-    spec = source_input_spec(train_source)
+    contract = source_input_spec(train_source)
     optimizer = make_optimizer(plain, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and ctx.device.type == "cuda" else None
-    spec_of_run = run_spec(request, opened, train_source, ctx.world_size)
-    payload = load_state(out_dir / STATE_NAME, spec_of_run) if resume else None
+    run_hash = state_hash(request, opened, train_source, ctx.world_size)
+    payload = load_state(out_dir / STATE_NAME, run_hash) if resume else None
     start_step = 0 if payload is None else restore(payload, plain, optimizer, scaler)
     if payload is not None and progress is not None and ctx.is_main:
         progress(f"{request.name}: resuming at step {start_step} from {out_dir / STATE_NAME}")
     guided = SelfGuided(plain) if cfg.self_guidance is not None else plain
     unused = bool(stochastic_blocks(plain)) and cfg.self_guidance is None  # dropped blocks get no gradient
     model = distributed.wrap(guided, ctx, find_unused=unused)
-    step_fn = build_objective(ObjectiveInputs(request, task, train_source, spec, ctx, start_step, opened, online))
+    step_fn = build_objective(ObjectiveInputs(request, task, train_source, contract, ctx, start_step, opened, online))
     if payload is not None:
         restore_counts(step_fn, payload, ctx)
     return Run(request=request, task=task, progress=progress, ctx=ctx, train_source=train_source,
-               test_source=test_source, opened=opened, head=head, spec=spec, plain=plain, model=model,
-               optimizer=optimizer, scaler=scaler, step_fn=step_fn, run_spec=spec_of_run, start_step=start_step,
+               test_source=test_source, opened=opened, head=head, input_contract=contract, plain=plain, model=model,
+               optimizer=optimizer, scaler=scaler, step_fn=step_fn, state_hash=run_hash, start_step=start_step,
                epoch=epoch, tensorboard=tensorboard, shaper=shaper)

@@ -4,7 +4,7 @@
 takes ``(real, plan, *common)``, ``kd`` ``(sets, real or None, kd_cfg, plan, expected_shape,
 coverage, *common)``, ``kd_online`` ``(teachers, real, plan, kd_cfg, *common)``, where ``real`` is
 the real split as a stream member (:class:`student.stream.RealPart`), ``plan`` the run's stream
-and ``common`` is ``(train_cfg, input spec, device, seed, rank)``. ``EVALUATE[task]`` gives the
+and ``common`` is ``(train_cfg, input contract, device, seed, rank)``. ``EVALUATE[task]`` gives the
 metrics of a model (or an ensemble) on a held-out split. A task without an entry does not offer that objective.
 """
 

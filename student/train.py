@@ -72,7 +72,7 @@ def train_model(request: TrainRequest, train_source: Source, test_source: Source
 
 def evaluate(run: Run) -> dict[str, Any]:
     """The model's metrics on the held-out split (its task's :data:`student.tasks.EVALUATE`)."""
-    return EVALUATE[run.task.name]([run.plain], [run.spec], run.test_source)
+    return EVALUATE[run.task.name]([run.plain], [run.input_contract], run.test_source)
 
 
 def step_once(run: Run, step: int) -> tuple[float, torch.Tensor, dict[str, float], float]:
@@ -109,7 +109,7 @@ def save_train_state(run: Run, step: int) -> None:
     counts = summed_counts(run.step_fn, run.ctx)
     coverage = merged_coverage(run.step_fn, run.ctx)
     if run.ctx.is_main:
-        save_state(run.state_path, spec=run.run_spec, step=step, model=run.plain, optimizer=run.optimizer,
+        save_state(run.state_path, spec=run.state_hash, step=step, model=run.plain, optimizer=run.optimizer,
                    scaler=run.scaler, counts=counts, coverage=None if coverage is None else coverage.state())
     distributed.barrier(run.ctx)
 
@@ -175,7 +175,7 @@ def finish(run: Run, final: dict[str, Any], train_seconds: float, seconds: float
         kd = request.objective_kind.kd_record(request.kd)
         result["checkpoint_sha256"] = save_checkpoint(
             request.out_dir / "model.pt", run.plain, arch=request.model.arch, arch_kwargs=request.model.arch_kwargs,
-            num_classes=run.train_source.num_classes, input=run.spec, task=task.name, head=run.head,
+            num_classes=run.train_source.num_classes, input=run.input_contract, task=task.name, head=run.head,
             train={**cfg.model_dump(), "objective": request.objective, "seed": request.seed,
                    **({"kd": kd} if kd is not None else {})},
             pruned=run.shaper.record(run.plain) if run.shaper is not None else None,

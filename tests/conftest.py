@@ -86,7 +86,7 @@ def draw_spec(set_cfg: Any, source_cfg: Any = None, seed: int = 0, out_dir: str 
     source_cfg = source_cfg or SourceConfig(kind="digits")
     source = load_source(source_cfg, "train")
     return SetSpec(name="draw", out_dir=str(out_dir), set_cfg=set_cfg, source_cfg=source_cfg, seed=seed,
-                   task=source.task.name, classes=tuple(source.classes), outputs=source.task.outputs(source),
+                   task_name=source.task.name, classes=tuple(source.classes), outputs=source.task.outputs(source),
                    image_shape=source.shape, total=set_size(set_cfg, source), fingerprint="", teachers=(),
                    teacher_stage=TeacherStageConfig(), generator_stage=GeneratorStageConfig())
 

@@ -75,7 +75,7 @@ def write_format1_set(out: Path, set_cfg: SetConfig, teachers: list[Path], seed:
     plan = SetPlan(spec=plan.spec.model_copy(update={"fingerprint": format1_fingerprint(plan)}), index=None)
     spec, stage = plan.spec, plan.spec.teacher_stage
     start(plan)
-    ensemble = Ensemble(teachers, spec.outputs, task=spec.task, device="cpu", threads=stage.torch_threads(),
+    ensemble = Ensemble(teachers, spec.outputs, task=spec.task_name, device="cpu", threads=stage.torch_threads(),
                         batch_size=stage.batch_size)
     state = resume(plan, lambda _: None)
     with format1_order():

@@ -120,6 +120,6 @@ def test_writer_skips_invalid_samples_and_summary_round_trips(tmp_path, teachers
     shard = tmp_path / sx.SHARDS_DIR / summary.name
     keys = [key for key, _ in fmt.iter_tar(shard)]
     assert keys == [fmt.sample_key(2, i) for i in range(8) if i != 5]
-    rebuilt = summary_from_shard(shard, spec.kind, planned=8)
+    rebuilt = summary_from_shard(shard, spec.task, planned=8)
     assert rebuilt.to_json() == summary.to_json()
     assert not [p for p in (tmp_path / sx.SHARDS_DIR).iterdir() if storage.TMP_MARKER in p.name]

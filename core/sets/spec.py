@@ -32,7 +32,7 @@ class SetSpec(BaseModel):
     set_cfg: SetConfig
     source_cfg: SourceConfig
     seed: int
-    task: str  # classify | regress
+    task_name: str  # classify | regress (the Task itself is ``task``)
     classes: tuple[str, ...]
     outputs: int  # what the teachers predict: classes, or the regression target's dimension
     image_shape: tuple[int, int, int]
@@ -45,8 +45,8 @@ class SetSpec(BaseModel):
     records: RecordLayout | None = None  # a replay set's record layout, computed once by the plan
 
     @property
-    def kind(self) -> Task:
-        return task_named(self.task)
+    def task(self) -> Task:
+        return task_named(self.task_name)
 
     @property
     def shard_format(self) -> ShardFormat:

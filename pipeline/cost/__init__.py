@@ -74,7 +74,7 @@ def probe_shard(spec: SetSpec, scratch: Path, timed: bool) -> tuple[dict[str, An
     made_s = time.perf_counter() - began
     if timed:  # the first call was the warm-up (a generator fitted or loaded): time warm ones
         made_s = median_seconds(lambda: make_shard(spec, 0), min_calls=1, warm_up=False)
-    task = spec.kind
+    task = spec.task
     uniform = task.combine(torch.zeros((len(spec.teachers), len(images), task.width(spec.outputs))), spec.outputs)
     began = time.perf_counter()
     summary = write_shard(spec.model_copy(update={"out_dir": str(scratch / "sets" / spec.name)}), 0, images, drawn,

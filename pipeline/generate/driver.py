@@ -102,7 +102,7 @@ class ShardActor:
     def __init__(self, spec: SetSpec) -> None:
         stage = spec.teacher_stage
         torch.set_num_threads(stage.torch_threads())  # fixed for the process: calls never change it
-        self.ensemble = Ensemble(spec.teacher_paths, spec.outputs, task=spec.task, device=stage.device,
+        self.ensemble = Ensemble(spec.teacher_paths, spec.outputs, task=spec.task_name, device=stage.device,
                                  threads=stage.torch_threads(), batch_size=stage.batch_size, autocast=stage.autocast,
                                  channels_last=stage.channels_last, pin_memory=stage.pin_memory,
                                  allowed_factories=spec.factories)

@@ -200,7 +200,7 @@ def resolve_set(cfg: Config, name: str, out: str | Path, teachers: Sequence[str 
     fingerprint = set_fingerprint(resolved, source, [t.sha256 for t in entries], cfg.seed, stage.autocast)
     location = set_location(cfg.sets[name], name, out, fingerprint, cfg.cache_root)
     spec = SetSpec(
-        name=name, out_dir=location, set_cfg=resolved, source_cfg=cfg.source, seed=cfg.seed, task=task.name,
+        name=name, out_dir=location, set_cfg=resolved, source_cfg=cfg.source, seed=cfg.seed, task_name=task.name,
         classes=tuple(source.classes), outputs=task.outputs(source), image_shape=source.shape,
         total=set_size(resolved, source), fingerprint=fingerprint, teachers=entries, teacher_stage=stage,
         generator_stage=cfg.generator_stage, factories=cfg.factories, records=records,
@@ -260,7 +260,7 @@ def resume(plan: SetPlan, progress: Progress) -> SetProgress:
         if name not in present:
             continue
         try:
-            summary = summary_from_shard(present[name], spec.kind, spec.planned(shard), shard_format)
+            summary = summary_from_shard(present[name], spec.task, spec.planned(shard), shard_format)
         except FormatError as err:
             progress(f"{name}: damaged ({err}); remaking it")
             continue
@@ -298,20 +298,20 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
     unused["store"] = True if store == StoreConfig() else store.unused_keys()
     source_unused = {name for name in ("samples", "test_samples", "metric")
                      if getattr(spec.source_cfg, name) is None} | spec.source_cfg.unused_keys() or None
-    sx.commit_index(spec.out_dir, rows, spec.kind, SetIndex(
+    sx.commit_index(spec.out_dir, rows, spec.task, SetIndex(
         format=content_version(spec.set_cfg),  # 1 for every set whose bytes format 2 left alone
         fingerprint=spec.fingerprint,
         name=spec.name,
-        **spec.kind.index_outputs(spec.classes, spec.outputs),
+        **spec.task.index_outputs(spec.classes, spec.outputs),
         image=sx.ImageSpec(height=height, width=width, channels=channels,
                            encoding=shard_format.encoding),
-        target=sx.TargetSpec(**spec.kind.target_spec(spec.set_cfg.targets, spec.outputs)),
+        target=sx.TargetSpec(**spec.task.target_spec(spec.set_cfg.targets, spec.outputs)),
         teachers=list(spec.teachers),
         config={"set": spec.set_cfg.model_dump(mode="json", exclude=unused or None),
                 "source": spec.source_cfg.model_dump(mode="json", exclude=source_unused), "seed": spec.seed},
         shards=[summary.entry() for summary in ordered],
         totals=sx.Totals(**totals),
-        statistics=spec.kind.statistics(rows),
+        statistics=spec.task.statistics(rows),
         replay=shard_format.index_entry(spec.source_cfg),
     ))
     return totals
