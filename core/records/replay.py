@@ -7,7 +7,7 @@ with ``np.load(path)`` (no pickle, no project code). A row holds, in this order:
   ``candidate`` too when the set keeps the most uncertain candidates (``select``);
 - the parameter columns of :mod:`core.records.replay_params`;
 - ``label`` (int8/int16/int32, −1 where none), present when a sampler keeps real labels;
-- the target column, named by its kind (:mod:`core.records.replay_targets`, a class each):
+- the target column, named by its kind (:mod:`core.records.targets`, a class each):
   ``logp`` float16 (C,), or the ``topk`` / ``sampled`` record of :mod:`core.records.target_codec`
   / :mod:`core.records.sampled_target` without its constant ``classes`` field (the index has the
   class count), so each row holds only what varies;
@@ -33,7 +33,7 @@ import numpy as np
 from core.records.format import Sample, decode_npy, encode_npy, sample_key
 from core.records.replay_checks import first_problem
 from core.records.replay_params import ParamLayout, dtype_of, index_dtype, layout_of
-from core.records.replay_targets import COLUMNS_BY_NAME, TARGET_COLUMNS, TargetColumn
+from core.records.targets import StoredTarget, stored_kind, stored_target
 from core.samplers import SAMPLERS, record_sources
 
 LABEL_MEMBER = "cls"
@@ -51,7 +51,7 @@ class RecordLayout:
 
     params: ParamLayout
     num_classes: int
-    target: str  # the target column's name: logp | topk | sampled (core.records.replay_targets)
+    target: str  # the target column's name, its kind: logp | topk | sampled (core.records.targets)
     k: int = 0  # top-k or sampled slots
     index: str = "u2"
     candidate: bool = False  # the set selects candidates: their positions are kept too
@@ -61,13 +61,13 @@ class RecordLayout:
         return any(SAMPLERS[kind].keeps_label for kind in self.params.kinds)  # a real label to keep
 
     @property
-    def column(self) -> TargetColumn:
-        return COLUMNS_BY_NAME[self.target]
+    def stored(self) -> StoredTarget:
+        return stored_kind(self.target)
 
     @property
     def member_dtype(self) -> np.dtype:
         """The dtype of the target member a pixel set's tar holds (a 0-d record or a vector)."""
-        return self.column.member_dtype(self.k, self.num_classes)
+        return self.stored.record_dtype(self.k, self.num_classes)
 
     def fields(self) -> list[tuple[str, Any, tuple[int, ...]]]:
         out: list[tuple[str, Any, tuple[int, ...]]] = [("index", self.index, ())]
@@ -76,10 +76,10 @@ class RecordLayout:
         out += self.params.fields()
         if self.labels:
             out.append(("label", label_dtype(self.num_classes), ()))
-        out.append(self.column.field(self.k, self.num_classes))
+        out.append(self.stored.column_field(self.k, self.num_classes))
         argmax = "u1" if self.num_classes <= 256 else index_dtype(self.num_classes)
         out += [("entropy", "u1", ()), ("disagreement", "u1", ()), ("teacher_argmax", argmax, ())]
-        if self.column.keeps_kl:
+        if self.stored.compact:  # a compact record keeps its KL to the teachers' p̄
             out.append(("target_kl", "<f2", ()))
         return out
 
@@ -90,9 +90,9 @@ class RecordLayout:
 
 def record_layout(set_cfg: Any, source: Any, num_classes: int) -> RecordLayout:
     """The record layout of a classification set (``SetConfig``) made from ``source``."""
-    column = TARGET_COLUMNS[set_cfg.targets.kind]
-    return RecordLayout(params=layout_of(set_cfg, source), num_classes=num_classes, target=column.name,
-                        k=column.slots(set_cfg.targets.k, num_classes),
+    stored = stored_target(set_cfg.targets)
+    return RecordLayout(params=layout_of(set_cfg, source), num_classes=num_classes, target=stored.kind,
+                        k=stored.slots(set_cfg.targets, num_classes),
                         index=index_dtype(set_cfg.candidates(set_cfg.samples_per_shard)),
                         candidate=set_cfg.select is not None)
 
@@ -113,7 +113,7 @@ def _stat(value: float) -> int:
 def encode_records(layout: RecordLayout, samples: list[Sample]) -> np.ndarray:
     """The records of a shard's samples (by key), from the samples a pixel set would write."""
     out = np.zeros(len(samples), dtype=layout.dtype)
-    column = layout.column
+    stored = layout.stored
     rows, targets = [], []
     for sample in sorted(samples, key=lambda s: s.key):
         meta = sample.meta
@@ -121,19 +121,19 @@ def encode_records(layout: RecordLayout, samples: list[Sample]) -> np.ndarray:
                                   "entropy": _stat(meta["entropy"]), "disagreement": _stat(meta["disagreement"]),
                                   "teacher_argmax": meta["teacher_argmax"]}
         values.update({name: meta[name] for name in OPTIONAL_META if name in out.dtype.names})
-        target = decode_npy(sample.members[column.member_name])
-        column.check(sample.key, target, layout.k, layout.num_classes)
+        target = decode_npy(sample.members[stored.member])
+        stored.check_member(sample.key, target, layout.k, layout.num_classes)
         rows.append(values)
         targets.append(target)
     if not rows:
         return out
     for name in out.dtype.names:
-        if name == column.name:
+        if name == stored.kind:
             continue
         field = out.dtype[name]  # columns a sample's kind does not use stay zero
         out[name] = np.stack([np.asarray(row.get(name, 0), dtype=field.base) * np.ones(field.shape, field.base)
                               for row in rows])
-    column.store(out, targets)
+    stored.store_column(out, targets)
     return out
 
 
@@ -147,12 +147,12 @@ def decode_record(layout: RecordLayout, shard: int, row: Any) -> tuple[dict[str,
                             "entropy": float(row["entropy"]) / STAT_STEPS,
                             "disagreement": float(row["disagreement"]) / STAT_STEPS,
                             "teacher_argmax": int(row["teacher_argmax"])}
-    column = layout.column
+    stored = layout.stored
     if layout.candidate:
         meta["candidate"] = int(row["candidate"])
-    if column.keeps_kl:
+    if stored.compact:
         meta["target_kl"] = float(row["target_kl"])
-    members = {column.member_name: encode_npy(column.member(row, layout.k, layout.num_classes))}
+    members = {stored.member: encode_npy(stored.member_of_row(row, layout.k, layout.num_classes))}
     if meta["label"] >= 0:
         members[LABEL_MEMBER] = str(meta["label"]).encode("ascii")
     return meta, members
@@ -176,7 +176,7 @@ def decode_columns(layout: RecordLayout, records: np.ndarray) -> RecordColumns:
     classes, kinds = layout.num_classes, layout.params.kinds
     first_problem(layout.params, records, classes)  # verify's range checks: a bad record stops here
     codes = records["sampler"].astype(np.int64) if len(kinds) > 1 else np.zeros(len(records), np.int64)
-    target, weights = layout.column.dense(records[layout.target], classes)
+    target, weights = layout.stored.column_targets(records[layout.target], classes)
     labels = records["label"].astype(np.int64) if layout.labels else np.full(len(records), -1, np.int64)
     columns = {name: records[name] for name in ("image", "i", "j") if name in records.dtype.names}
     sources = record_sources(kinds, codes, columns)

@@ -3,8 +3,10 @@
 
 Each kind says, in one place, what a set with it stores: the tar member and the index's
 ``target`` entry, how a record is made from the ensemble's log p̄ and read back, what the
-fingerprint holds of its options, and what ``verify`` checks in a record. Callers look the kind
-up (:func:`stored_target` by the config's ``targets.kind``, :func:`stored_kind` by the index's
+fingerprint holds of its options, what ``verify`` checks in a record, and how a replay record
+holds it as one column of its row (``column_*``: a pixel set's member becomes the column, a row
+gives the member back, a shard's column becomes the dense targets a trainer learns from). Callers
+look the kind up (:func:`stored_target` by the config's ``targets.kind``, :func:`stored_kind` by the index's
 ``target.kind``) instead of branching on its name. The numerics are in
 :mod:`core.records.target_codec` and :mod:`core.records.sampled_target`.
 """
@@ -21,6 +23,8 @@ from core.records import sampled_target as sampled
 from core.records import target_codec as codec
 
 INDEX_DTYPE = "float16"  # log-probabilities are stored as float16 whatever the kind
+CONSTANT = "classes"  # the field of a compact record that every row shares (a replay row leaves it out)
+Dense = tuple[np.ndarray, np.ndarray | None]  # float32 (N, C) targets and, for sampled classes, weights
 
 
 class StoredTarget:
@@ -80,6 +84,30 @@ class StoredTarget:
         """What is wrong with a decoded record of a set whose index gives ``k`` and ``uniform``."""
         return []
 
+    # ---- as a replay record's column (core.records.replay), named by ``kind``
+
+    def column_field(self, slots: int, classes: int) -> tuple[str, Any, tuple[int, ...]]:
+        """The column's (name, dtype, shape) in a replay record."""
+        return self.kind, "<f2", (classes,)
+
+    def check_member(self, key: str, member: np.ndarray, slots: int, classes: int) -> None:
+        """A sample's member must fit the set's records."""
+        if member.dtype != self.record_dtype(slots, classes) or member.shape != (classes,):
+            raise FormatError(f"sample {key}: target {member.dtype} {member.shape} does not fit the set's "
+                              f"{self.kind} records")
+
+    def store_column(self, out: np.ndarray, members: list[np.ndarray]) -> None:
+        """Fill the column of ``out`` from each sample's member, in order."""
+        out[self.kind] = np.stack(members)
+
+    def member_of_row(self, row: Any, slots: int, classes: int) -> np.ndarray:
+        """The member a pixel set's tar holds for the replay record ``row``."""
+        return np.asarray(row[self.kind], dtype="<f2")
+
+    def column_targets(self, column: np.ndarray, classes: int) -> Dense:
+        """A shard's column as the dense targets (and weights) a trainer learns from."""
+        return column.astype(np.float32), None
+
 
 class _Compact(StoredTarget):
     """A structured record of k slots and the log of the remaining mass."""
@@ -97,6 +125,29 @@ class _Compact(StoredTarget):
         if raw.dtype != self.record_dtype(k, classes):
             return [f"{self.member} is not a {self.noun} record of k={k} for {classes} classes"]
         return []
+
+    def column_field(self, slots: int, classes: int) -> tuple[str, Any, tuple[int, ...]]:
+        dtype = self.record_dtype(slots, classes)
+        return self.kind, np.dtype([(n, dtype.fields[n][0]) for n in dtype.names if n != CONSTANT]), ()
+
+    def check_member(self, key: str, member: np.ndarray, slots: int, classes: int) -> None:
+        if member.dtype != self.record_dtype(slots, classes):
+            raise FormatError(f"sample {key}: target {member.dtype} {member.shape} does not fit the set's "
+                              f"{self.kind} records")
+
+    def store_column(self, out: np.ndarray, members: list[np.ndarray]) -> None:
+        stacked = np.concatenate([member.reshape(-1) for member in members])
+        if len(stacked) != len(out):
+            raise FormatError(f"{self.kind} targets hold {len(stacked)} records for {len(out)} samples")
+        for name in out[self.kind].dtype.names:
+            out[self.kind][name] = stacked[name]
+
+    def member_of_row(self, row: Any, slots: int, classes: int) -> np.ndarray:
+        member = np.zeros(1, dtype=self.record_dtype(slots, classes))  # a tar's member holds a one-record array
+        for name in row[self.kind].dtype.names:
+            member[name] = row[self.kind][name]
+        member[CONSTANT] = classes
+        return member
 
 
 class TopK(_Compact):
@@ -128,6 +179,9 @@ class TopK(_Compact):
         if record.dtype.names is None or set(record.dtype.names) != set(codec.topk_dtype(1, 2).names):
             raise FormatError(f"{self.member} has dtype {record.dtype}, not a top-k record")
         return codec.reconstruct_logp(record)
+
+    def column_targets(self, column: np.ndarray, classes: int) -> Dense:
+        return codec.reconstruct_logp_rows(column, classes), None
 
 
 class Sampled(_Compact):
@@ -162,6 +216,9 @@ class Sampled(_Compact):
 
     def weights(self, record: np.ndarray) -> np.ndarray | None:
         return sampled.dense_weights(record)
+
+    def column_targets(self, column: np.ndarray, classes: int) -> Dense:
+        return sampled.reconstruct_sampled_rows(column, classes), sampled.dense_weights_rows(column, classes)
 
     def problems(self, raw: np.ndarray, k: int, uniform: float, classes: int) -> list[str]:
         return super().problems(raw, k, uniform, classes) or [
