@@ -40,7 +40,8 @@ def main() -> None:
     cfg = parse_config(yaml.safe_load(args.config.read_text()), origin=str(args.config))
 
     from pipeline.train.job import load_splits
-    from pipeline.train.runs import set_dir, teacher_paths
+    from pipeline.train.members import teacher_paths
+    from pipeline.train.runs import set_dir
     from student.build import online_teachers
     from student.online import ensemble_log_probs
     from student.stream import transfer_loader

@@ -102,7 +102,7 @@ def generate(config: Path, out: OutOption = None, set_: SetOption = None, addres
     if unknown:
         raise UserError(f"--only {unknown[0]!r}: not one of the config's sets {sorted(cfg.sets)}")
     from pipeline.chain import generate_sets
-    from pipeline.train.runs import require_teachers
+    from pipeline.train.members import require_teachers
 
     results = generate_sets(cfg, out_dir, require_teachers(cfg, out_dir), progress, names=only or None)
     for name, result in results.items():

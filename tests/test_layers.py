@@ -33,8 +33,8 @@ FLOORS = ("core", "stages", "student", "pipeline")
 FUNCTION_LEVEL = frozenset(("pipeline/cli.py", module) for module in (
     "pipeline.chain", "pipeline.cost", "pipeline.cost.report", "pipeline.generate.driver",
     "pipeline.generate.set_gc", "pipeline.generate.teacher_import", "pipeline.inspect", "pipeline.inspect.verify",
-    "pipeline.report", "pipeline.train.job", "pipeline.train.ray_train", "pipeline.train.runs",
-    "pipeline.train.teachers"))
+    "pipeline.report", "pipeline.train.job", "pipeline.train.members", "pipeline.train.ray_train",
+    "pipeline.train.runs", "pipeline.train.teachers"))
 
 
 def project_files() -> list[Path]:

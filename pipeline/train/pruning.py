@@ -34,16 +34,8 @@ from pipeline.generate.plan import AUTO, plan_set
 from pipeline.generate.supervisor import supervise
 from pipeline.train.job import Job
 from pipeline.train.ray_train import train_runs
-from pipeline.train.runs import (
-    StudentRun,
-    mark_done,
-    read_back,
-    reusable,
-    set_dir,
-    set_identity,
-    student_dir,
-    student_sets,
-)
+from pipeline.train.runs import StudentRun, read_back, set_dir, set_identity, student_dir, student_sets
+from pipeline.train.step_spec import mark_done, reusable
 from student.pruning.measure import compare
 from student.pruning.recipe import check_recipe, example_input, prune_model
 from student.pruning.shaping import Shaping

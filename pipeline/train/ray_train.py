@@ -26,14 +26,9 @@ from core.progress import Progress
 from core.tasks import score
 from pipeline.generate.driver import ensure_ray
 from pipeline.train.job import Job, load_splits, open_job
-from pipeline.train.runs import (
-    StudentRun,
-    reusable,
-    student_dir,
-    student_runs,
-    train_member,
-    train_student_run,
-)
+from pipeline.train.members import train_member
+from pipeline.train.runs import StudentRun, student_dir, student_runs, train_student_run
+from pipeline.train.step_spec import reusable
 
 ERROR_KEY = "__error__"
 

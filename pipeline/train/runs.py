@@ -1,11 +1,11 @@
-"""What a job trains and where it lives: teacher checkpoints, sets, student runs, their specs.
+"""Where a job's sets and students live, and the runs a student is trained in.
 
 Output layout under ``OUT``::
 
     teachers/member-<m>/model.pt     sets/<name>/     students/<name>/seed-<s>/     report.json
 
-A finished step leaves a ``spec.json`` describing what it was made from; a rerun whose spec is
-unchanged reuses the step's output instead of redoing it. :mod:`pipeline.chain` runs the steps
+The teachers' checkpoints are :mod:`pipeline.train.members`'; each finished run leaves a
+``spec.json`` (:mod:`pipeline.train.step_spec`) that a rerun is reused by. :mod:`pipeline.chain` runs the steps
 in order; :mod:`pipeline.train.ray_train` trains the same runs as Ray tasks; the reports find the
 students' models here.
 """
@@ -21,117 +21,16 @@ from typing import Any
 from core.config import SOURCE_SET, Config, KDConfig, StudentConfig, TrainConfig, recipes_of
 from core.errors import UserError
 from core.options.objective import objective_named
-from core.progress import Progress
 from core.seeds import part_seed
 from core.sets.index import read_index
-from core.sources import Source
 from core.store import storage
 from core.tasks import Task, score
 from pipeline.generate.plan import plan_set
-from pipeline.generate.teacher_import import import_spec
 from pipeline.train.job import Job
+from pipeline.train.members import require_teachers
+from pipeline.train.step_spec import mark_done
 from student.pruning.shaping import Shaping
 from student.train import TrainRequest, train_model
-
-SPEC_NAME = "spec.json"
-
-
-def reusable(out_dir: Path, spec: dict[str, Any], artifact: str) -> bool:
-    spec_path = out_dir / SPEC_NAME
-    return (out_dir / artifact).is_file() and spec_path.is_file() and json.loads(spec_path.read_text()) == spec
-
-
-def mark_done(out_dir: Path, spec: dict[str, Any]) -> None:
-    storage.atomic_write(out_dir / SPEC_NAME, json.dumps(spec, sort_keys=True, indent=1).encode())
-
-
-
-
-# ---------------------------------------------------------------- teachers
-
-
-def teacher_paths(cfg: Config, out: str | Path) -> list[str | Path]:
-    """Checkpoints of the ensemble: the config's own files (paths or fsspec URLs, kept as given),
-    or the members this job trains (under ``out``, a path or, for ``generate``, a URL)."""
-    if cfg.teachers.checkpoints:
-        return list(cfg.teachers.checkpoints)
-    count = len(cfg.teachers.models) if cfg.teachers.models else cfg.teachers.members
-    parts = [("teachers", f"member-{m}", "model.pt") for m in range(count)]
-    if storage.is_local(out):
-        return [storage.local_path(out).joinpath(*p) for p in parts]
-    return [storage.join(out, *p) for p in parts]
-
-
-def require_teachers(cfg: Config, out: str | Path) -> list[str | Path]:
-    """The ensemble's checkpoints, which must exist; the job's own members also must have been
-    trained (or imported) from this config's ``teachers`` section (their ``spec.json``), never
-    silently older ones."""
-    paths = teacher_paths(cfg, out)
-    missing = [str(p) for p in paths if not storage.is_file(p)]
-    if missing:
-        verb = "import" if cfg.teachers.models else "train"
-        raise UserError(
-            f"teachers: {len(missing)} checkpoint(s) missing ({missing[0]}); "
-            f"{verb} them with `transferset train CONFIG --teachers` or set teachers.checkpoints"
-        )
-    if not cfg.teachers.checkpoints:
-        for member, path in enumerate(paths):
-            check_member_spec(cfg, member, path)
-    return paths
-
-
-def check_member_spec(cfg: Config, member: int, path: str | Path) -> None:
-    """Refuse a member checkpoint that the config's ``teachers`` section did not make."""
-    spec_path = path.parent / SPEC_NAME if isinstance(path, Path) else str(path).rsplit("/", 1)[0] + "/" + SPEC_NAME
-    wanted = json.loads(json.dumps(wanted_member_spec(cfg, member)))
-    verb = "import them again" if cfg.teachers.models else "retrain them"
-    how = (f"{verb} with `transferset train CONFIG --teachers` (or `run`), use another --out, "
-           "or name the old files in teachers.checkpoints")
-    if not storage.is_file(spec_path):
-        raise UserError(f"teachers: {path} has no {SPEC_NAME} saying what it was trained from; {how}")
-    try:
-        found = json.loads(storage.read_bytes(spec_path))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"teachers: {spec_path} is not valid JSON ({err}); {how}") from err
-    if found != wanted:
-        raise UserError(f"teachers: {path} was made with {first_difference(found, wanted)}; {how}")
-
-
-def first_difference(found: Any, wanted: Any, where: str = "") -> str:
-    """``key.path = recorded, the config says wanted`` for the first value that differs."""
-    if isinstance(found, dict) and isinstance(wanted, dict):
-        for key in sorted(set(found) | set(wanted)):
-            if found.get(key) != wanted.get(key):
-                return first_difference(found.get(key), wanted.get(key), f"{where}.{key}".lstrip("."))
-    return f"{where} = {json.dumps(found)}, the config says {json.dumps(wanted)}"
-
-
-def member_seed(cfg: Config, member: int) -> int:
-    return part_seed(cfg.seed, "teacher", member)
-
-
-def member_spec(cfg: Config, seed: int) -> dict[str, Any]:
-    """What a trained member is made from."""
-    assert cfg.teachers.model is not None and cfg.teachers.train is not None, "the config validated a training setup"
-    return {"model": cfg.teachers.model.model_dump(), "train": cfg.teachers.train.model_dump(),
-            "source": cfg.source.model_dump(exclude=cfg.source.unused_keys()), "seed": seed}
-
-
-def wanted_member_spec(cfg: Config, member: int) -> dict[str, Any]:
-    """The spec member ``member`` of this config must have been made from: imported or trained."""
-    if cfg.teachers.models:
-        return import_spec(cfg.teachers.models[member])
-    return member_spec(cfg, member_seed(cfg, member))
-
-
-def train_member(cfg: Config, member: int, member_dir: Path, seed: int, train: Source, test: Source,
-                 progress: Progress | None = None) -> dict[str, Any]:
-    """Train teacher member ``member`` (ERM, in this process)."""
-    assert cfg.teachers.model is not None and cfg.teachers.train is not None, "the config validated a training setup"
-    request = TrainRequest(name=f"teacher-{member}", model=cfg.teachers.model, train=cfg.teachers.train,
-                           out_dir=member_dir, seed=seed)
-    return train_model(request, train, test, progress)
-
 
 # ---------------------------------------------------------------- sets
 

@@ -26,17 +26,16 @@ from core.store import storage
 from core.tasks import CLASSIFY, score
 from pipeline.generate.teacher_import import import_spec, prepare_teacher
 from pipeline.train.job import Job
-from pipeline.train.ray_train import train_members, use_ray_for_members
-from pipeline.train.runs import (
+from pipeline.train.members import (
     check_member_spec,
-    mark_done,
     member_seed,
     member_spec,
     require_teachers,
-    reusable,
     teacher_paths,
     train_member,
 )
+from pipeline.train.ray_train import train_members, use_ray_for_members
+from pipeline.train.step_spec import mark_done, reusable
 
 STATS_IMAGES = 4096  # images a stand-in teacher's mean/std are computed from (evenly spaced)
 
