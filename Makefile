@@ -16,17 +16,22 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/transferset run $(CONFIG)
 
+# Two pytest workers, a test file at a time (its module fixtures are built once), the files of the
+# slowest tiers first (tests/conftest.py). TEST_WORKERS=0 runs every test in this process.
+TEST_WORKERS ?= 2
+PYTEST := RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 # Every tier (docs/TESTING.md): what CI runs (.ci/run).
 test: $(STAMP)
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests
+	$(PYTEST) tests
 
 # The fast tier: unit and value tests, bad input in process, the one shared finished job.
 test-fast: $(STAMP)
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -m "not e2e and not cluster and not concurrency"
+	$(PYTEST) tests -m "not e2e and not cluster and not concurrency"
 
 # The other tiers: the installed command as a process, the multi-node cluster, the concurrency suite.
 test-e2e: $(STAMP)
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest tests -m "e2e or cluster or concurrency"
+	$(PYTEST) tests -m "e2e or cluster or concurrency"
 
 # docs/CONFIG.md's key reference, generated from the config models (a test keeps it current).
 docs: $(STAMP)

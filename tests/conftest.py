@@ -134,6 +134,27 @@ def ray_session() -> Iterator[None]:
     shutdown_ray()
 
 
+# ---------------------------------------------------------------- two workers (`make test`: pytest -n 2)
+
+TIER_RANK = {"concurrency": 0, "cluster": 0, "e2e": 1}  # files holding these tests go first (docs/TESTING.md)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the suite file by file, the files of the slowest tiers first, each file's tests in
+    their own order. Under ``pytest -n 2 --dist loadfile --no-loadscope-reorder`` a file is one
+    unit of work (its module fixtures are built once) and the workers take the files in this
+    order, so the long ones start first instead of keeping one worker busy at the end."""
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+    def rank(tests: list[pytest.Item]) -> int:
+        return min((TIER_RANK[m.name] for item in tests for m in item.iter_markers() if m.name in TIER_RANK),
+                   default=len(set(TIER_RANK.values())))
+
+    items[:] = [item for tests in sorted(files.values(), key=rank) for item in tests]
+
+
 # ---------------------------------------------------------------- killing whole process sessions
 
 

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,15 +40,30 @@ pytestmark = pytest.mark.e2e
 # (and fails for what it shows) on a version without them.
 
 
-def made(cache: Path, teachers: list[Path], samples: int, where: Path) -> Path:
-    result = generate(config(where, cache, teachers, samples))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return the_set(cache)
+@pytest.fixture(scope="session")
+def made(teachers: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path, int, Path], Path]:
+    """``made(cache, samples, where)``: the cached mix set of ``samples`` samples in ``cache``, as
+    ``transferset generate`` (a job in ``where``) makes it. The first request of a size runs the
+    installed command; later ones get a copy of that cache — the same bytes, since a set is a
+    pure function of its config and teachers (the golden-bytes test), without a run of ~17 s."""
+    made_once: dict[int, Path] = {}
+
+    def make(cache: Path, samples: int, where: Path) -> Path:
+        if samples not in made_once:
+            first = tmp_path_factory.mktemp(f"cache-{samples}")
+            result = generate(config(where, first, teachers, samples))
+            assert result.returncode == 0, result.stderr[-3000:]
+            made_once[samples] = first
+        shutil.copytree(made_once[samples], cache)
+        return the_set(cache)
+
+    return make
 
 
-def test_growth_completes_a_short_shard_under_its_full_name_and_changes_no_listed_file(teachers, tmp_path) -> None:
+def test_growth_completes_a_short_shard_under_its_full_name_and_changes_no_listed_file(made, teachers,
+                                                                                        tmp_path) -> None:
     cache = tmp_path / "cache"
-    set_dir = made(cache, teachers, 300, tmp_path / "small")
+    set_dir = made(cache, 300, tmp_path / "small")
     shutil.copy(set_dir / sx.INDEX_NAME, tmp_path / "index-300.json")
     old = sx.read_index(set_dir)
     before = {e.name: (set_dir / "shards" / str(e.name)).read_bytes() for e in old.listed()}
@@ -64,7 +80,7 @@ def test_growth_completes_a_short_shard_under_its_full_name_and_changes_no_liste
     assert now.returncode == 0 and "shard-000004-000044.tar" in now.stdout and "transferset gc" in now.stdout
 
     clean_cache = tmp_path / "clean"
-    clean = made(clean_cache, teachers, 500, tmp_path / "clean-job")
+    clean = made(clean_cache, 500, tmp_path / "clean-job")
     assert clean.name == set_dir.name
     grown_tree, clean_tree = tree(set_dir), tree(clean)
     assert {k: v for k, v in grown_tree.items() if k != "shards/shard-000004-000044.tar"} == clean_tree
@@ -74,11 +90,11 @@ def test_growth_completes_a_short_shard_under_its_full_name_and_changes_no_liste
     assert tree(set_dir) == clean_tree  # the grown set is the clean set, byte for byte
 
 
-def test_a_run_killed_while_growing_leaves_a_set_that_verifies(teachers, tmp_path) -> None:
+def test_a_run_killed_while_growing_leaves_a_set_that_verifies(made, teachers, tmp_path) -> None:
     """The short shard used to be rewritten in place: a kill after that left an index listing
     a shard whose size and sha256 it did not know."""
     cache = tmp_path / "cache"
-    set_dir = made(cache, teachers, 300, tmp_path / "small")
+    set_dir = made(cache, 300, tmp_path / "small")
     index = sx.read_index(set_dir)
     listed_bytes = {e.name: e.bytes for e in index.listed()}
     full = set_dir / "shards" / "shard-000004.tar"  # shard 4 in full (before the fix: rewritten in place)
@@ -127,14 +143,14 @@ def _grow_in_process(cache: Path, teachers: list[Path], samples: int) -> None:
     finish(plan, state)
 
 
-def test_a_waiting_smaller_request_is_refused_once_the_set_grew_and_the_index_keeps_the_larger(teachers,
+def test_a_waiting_smaller_request_is_refused_once_the_set_grew_and_the_index_keeps_the_larger(made, teachers,
                                                                                                tmp_path) -> None:
     """``check_not_smaller`` ran only at plan time and each job's finish wrote its own index: a
     smaller request planned before a larger one finished put the index back to the smaller count."""
     from core.store.lease import SetLease
 
     cache = tmp_path / "cache"
-    set_dir = made(cache, teachers, 128, tmp_path / "first")
+    set_dir = made(cache, 128, tmp_path / "first")
     lease = SetLease(set_dir, "test: 320 samples").acquire()
     log = tmp_path / "smaller.log"
     proc = start_generate(config(tmp_path / "smaller", cache, teachers, 192), log)
@@ -155,11 +171,11 @@ def test_a_waiting_smaller_request_is_refused_once_the_set_grew_and_the_index_ke
     assert transferset("verify", set_dir).returncode == 0
 
 
-def test_a_killed_holder_is_taken_over_at_once_and_a_silent_one_after_its_ttl(teachers, tmp_path) -> None:
+def test_a_killed_holder_is_taken_over_at_once_and_a_silent_one_after_its_ttl(made, teachers, tmp_path) -> None:
     from core.store.lease import LeaseRecord
 
     cache = tmp_path / "cache"
-    set_dir = made(cache, teachers, 128, tmp_path / "first")
+    set_dir = made(cache, 128, tmp_path / "first")
     proc = start_generate(config(tmp_path / "killed", cache, teachers, 320), tmp_path / "killed.log")
     try:
         deadline = time.monotonic() + 300
@@ -186,12 +202,12 @@ def test_a_killed_holder_is_taken_over_at_once_and_a_silent_one_after_its_ttl(te
     assert transferset("verify", set_dir).returncode == 0
 
 
-def test_a_live_writers_temp_file_is_never_deleted(teachers, tmp_path) -> None:
+def test_a_live_writers_temp_file_is_never_deleted(made, teachers, tmp_path) -> None:
     """``remove_stale_temps`` deleted every temp file at start and finish, another writer's too."""
     from core.store.liveness import writer_tag
 
     cache = tmp_path / "cache"
-    set_dir = made(cache, teachers, 128, tmp_path / "first")
+    set_dir = made(cache, 128, tmp_path / "first")
     live = set_dir / "shards" / f"shard-000009.tar.tmp-{writer_tag()}-0123456789ab"  # this test process: alive
     live.write_bytes(b"half a shard")
     os.utime(live, (time.time() - 3600, time.time() - 3600))  # however old: its writer lives
@@ -206,11 +222,11 @@ def test_a_live_writers_temp_file_is_never_deleted(teachers, tmp_path) -> None:
     assert json.loads(swept.stdout)["temp_files_removed"] == 0 and live.exists()
 
 
-def test_gc_refuses_while_a_writer_holds_the_lease(teachers, tmp_path) -> None:
+def test_gc_refuses_while_a_writer_holds_the_lease(made, teachers, tmp_path) -> None:
     from core.store.lease import SetLease
 
     cache = tmp_path / "cache"
-    set_dir = made(cache, teachers, 128, tmp_path / "first")
+    set_dir = made(cache, 128, tmp_path / "first")
     (set_dir / "shards" / "shard-000005.tar").write_bytes((set_dir / "shards" / "shard-000001.tar").read_bytes())
     lease = SetLease(set_dir, "mix: 999 samples").acquire()
 
