@@ -137,6 +137,7 @@ def ray_session() -> Iterator[None]:
 # ---------------------------------------------------------------- two workers (`make test`: pytest -n 2)
 
 TIER_RANK = {"concurrency": 0, "cluster": 0, "e2e": 1}  # files holding these tests go first (docs/TESTING.md)
+OTHER_RANK = 2  # files of the fast tier only
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -150,7 +151,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     def rank(tests: list[pytest.Item]) -> int:
         return min((TIER_RANK[m.name] for item in tests for m in item.iter_markers() if m.name in TIER_RANK),
-                   default=len(set(TIER_RANK.values())))
+                   default=OTHER_RANK)
 
     items[:] = [item for tests in sorted(files.values(), key=rank) for item in tests]
 

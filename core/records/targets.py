@@ -5,9 +5,9 @@ Each kind says, in one place, what a set with it stores: the tar member and the 
 ``target`` entry, how a record is made from the ensemble's log p̄ and read back, what the
 fingerprint holds of its options, what ``verify`` checks in a record, and how a replay record
 holds it as one column of its row (``column_*``: a pixel set's member becomes the column, a row
-gives the member back, a shard's column becomes the dense targets a trainer learns from). Callers
-look the kind up (:func:`stored_target` by the config's ``targets.kind``, :func:`stored_kind` by the index's
-``target.kind``) instead of branching on its name. The numerics are in
+gives the member back, a shard's column becomes the dense targets a trainer learns from).
+Callers look the kind up (:func:`stored_target` by the config's ``targets.kind``,
+:func:`stored_kind` by the index's ``target.kind``) instead of branching on its name. The numerics are in
 :mod:`core.records.target_codec` and :mod:`core.records.sampled_target`.
 """
 

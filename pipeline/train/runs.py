@@ -4,10 +4,10 @@ Output layout under ``OUT``::
 
     teachers/member-<m>/model.pt     sets/<name>/     students/<name>/seed-<s>/     report.json
 
-The teachers' checkpoints are :mod:`pipeline.train.members`'; each finished run leaves a
-``spec.json`` (:mod:`pipeline.train.step_spec`) that a rerun is reused by. :mod:`pipeline.chain` runs the steps
-in order; :mod:`pipeline.train.ray_train` trains the same runs as Ray tasks; the reports find the
-students' models here.
+The teachers' checkpoints are in :mod:`pipeline.train.members`. Each finished run leaves a
+``spec.json`` (:mod:`pipeline.train.step_spec`) that a rerun is reused by. :mod:`pipeline.chain`
+runs the steps in order; :mod:`pipeline.train.ray_train` trains the same runs as Ray tasks; the
+reports find the students' models here.
 """
 
 from __future__ import annotations
