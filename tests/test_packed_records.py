@@ -1,0 +1,93 @@
+"""Packed replay records, value by value: bit fields round-trip, and quantised top-k targets keep
+every stored log-probability within half a grid step of the truth (issue 26)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from core.errors import FormatError
+from core.records.bitpack import BitField, BitLayout, bits_for
+from core.records.packed_target import PackedTopk
+from core.records.target_codec import compress_topk, kl_divergence, reconstruct_logp
+
+
+def test_bits_for_is_the_smallest_width_that_holds_every_value() -> None:
+    assert [bits_for(n) for n in (1, 2, 3, 4, 5, 256, 257, 1000, 1024, 1025)] == [1, 1, 2, 2, 3, 8, 9, 10, 10, 11]
+
+
+def test_fields_round_trip_and_rows_are_as_wide_as_their_bits() -> None:
+    rng = np.random.default_rng(0)
+    layout = BitLayout((BitField("class", 10, 10), BitField("flip", 1), BitField("lam", 8), BitField("image", 17)))
+    assert layout.row_bits == 100 + 1 + 8 + 17 and layout.row_bytes == 16
+    columns = {"class": rng.integers(0, 1000, (500, 10)), "flip": rng.integers(0, 2, 500),
+               "lam": rng.integers(0, 256, 500), "image": rng.integers(0, 1 << 17, 500)}
+    packed = layout.pack(columns)
+    assert packed.shape == (500, 16) and packed.dtype == np.uint8
+    back = layout.unpack(packed)
+    for name, values in columns.items():
+        np.testing.assert_array_equal(back[name], values)
+    # the first field's lowest bit is the first row byte's lowest bit
+    one = layout.pack({"class": np.array([[1] + [0] * 9]), "flip": [0], "lam": [0], "image": [0]})
+    assert one[0, 0] == 1 and not one[0, 1:].any()
+    assert BitLayout.described(layout.describe()) == layout
+
+
+def test_a_value_outside_its_bits_is_refused() -> None:
+    layout = BitLayout((BitField("flip", 1),))
+    with pytest.raises(FormatError, match="outside its 1 bits"):
+        layout.pack({"flip": np.array([0, 2])})
+    with pytest.raises(FormatError, match="expected"):
+        layout.unpack(np.zeros((3, 2), dtype=np.uint8))
+
+
+def peaked(rng: np.random.Generator, rows: int, classes: int, sharpness: float) -> np.ndarray:
+    logits = rng.normal(size=(rows, classes)) * sharpness
+    return logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(
+        1, keepdims=True)
+
+
+@pytest.mark.parametrize("sharpness", [0.5, 3.0, 8.0])
+def test_each_stored_value_lies_within_half_a_step_of_the_truth(sharpness: float) -> None:
+    rng = np.random.default_rng(1)
+    logp = peaked(rng, 300, 1000, sharpness)
+    codec = PackedTopk(classes=1000, k=10, bits=8)
+    fields = codec.encode(logp)
+    back = codec.decode(fields)
+    top = np.argsort(-logp, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(fields["class"], top)
+    truth = np.take_along_axis(logp, top, 1)
+    got = np.take_along_axis(back.astype(np.float64), top, 1)
+    rel_truth, rel_got = truth[:, 1:] - truth[:, :1], got[:, 1:] - got[:, :1]
+    inside = rel_truth > -codec.span
+    assert np.all(np.abs(rel_got - rel_truth)[inside] <= codec.step / 2 + 1e-4)
+    # the tail: the mass outside the top 10, relative to the first, within half its grid step
+    rest = np.log(np.clip(1 - np.exp(truth).sum(1), 1e-300, None))
+    low, high = codec.tail_range
+    tail_step = (high - low) / 255
+    got_rest = np.log(np.clip(1 - np.exp(got).sum(1), 1e-300, None))
+    ok = (rest - truth[:, 0] > low) & (rest > -30)
+    assert np.all(np.abs((got_rest - got[:, 0]) - (rest - truth[:, 0]))[ok] <= tail_step / 2 + 1e-3)
+
+
+def test_packed_top10_costs_little_kl_beyond_the_float16_top10() -> None:
+    rng = np.random.default_rng(2)
+    logp = peaked(rng, 400, 1000, 3.0)
+    half = np.stack([reconstruct_logp(compress_topk(row, 10)) for row in logp])
+    packed = PackedTopk(classes=1000, k=10, bits=8).decode(PackedTopk(classes=1000, k=10, bits=8).encode(logp))
+    kl_half, kl_packed = kl_divergence(logp, half).mean(), kl_divergence(logp, packed).mean()
+    assert kl_half > 0.05  # the truncation dominates both
+    assert kl_packed <= 1.02 * kl_half
+
+
+def test_every_class_kept_needs_no_tail_and_rows_sum_to_one() -> None:
+    rng = np.random.default_rng(3)
+    logp = peaked(rng, 50, 10, 2.0)
+    codec = PackedTopk(classes=10, k=10, bits=8)
+    assert [f.name for f in codec.fields()] == ["class", "rel"]
+    back = codec.decode(codec.encode(logp)).astype(np.float64)
+    np.testing.assert_allclose(np.exp(back).sum(1), 1.0, atol=1e-5)
+    assert np.abs(back - logp).max() <= codec.step  # half a step each side of the renormalisation
+    assert math.isclose(codec.step, 16 / 255)
