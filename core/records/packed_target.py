@@ -75,17 +75,27 @@ class PackedTopk:
             out["tail"] = np.clip(np.rint(scaled), 0, levels).astype(np.uint32)
         return out
 
-    def decode(self, fields: dict[str, np.ndarray]) -> np.ndarray:
-        """Dense float32 log p̄ ``(N, C)`` of N rows."""
-        index = np.asarray(fields["class"], dtype=np.int64).reshape(-1, self.slots)
-        rows = len(index)
-        known = np.zeros((rows, self.slots), dtype=np.float64)
+    def quantised(self, logp: np.ndarray) -> dict[str, np.ndarray]:
+        """N top-k records (``index``, ``logp``, ``log_tail``, as a float16 top-k record's fields)
+        whose values are the grid's: the first log-probability 0, the others and the tail
+        relative to it. What a packed set stores, and what its trainer learns from."""
+        return self.quantised_of(self.encode(logp))
+
+    def quantised_of(self, fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`quantised` of rows already encoded (their grid indices)."""
+        rows = len(fields["class"])
+        values = np.zeros((rows, self.slots), dtype=np.float64)
         if self.slots > 1:
-            known[:, 1:] = -np.asarray(fields["rel"], dtype=np.float64).reshape(rows, -1) * self.step
-        if self.slots < self.classes:
-            low, high = self.tail_range
-            log_tail = low + np.asarray(fields["tail"], dtype=np.float64) / ((1 << self.bits) - 1) * (high - low)
-        else:
-            log_tail = np.full(rows, LOGP_FLOOR)
-        return complete_logp_rows(self.classes, index, known, log_tail, np.ones(index.shape, dtype=bool),
-                                  "packed top-k")
+            values[:, 1:] = -fields["rel"].astype(np.float64) * self.step
+        low, high = self.tail_range
+        tail = (low + fields["tail"].astype(np.float64) / ((1 << self.bits) - 1) * (high - low)
+                if "tail" in fields else np.full(rows, LOGP_FLOOR))
+        return {"index": np.asarray(fields["class"]).reshape(rows, self.slots), "logp": values, "log_tail": tail}
+
+    def decode(self, fields: dict[str, np.ndarray]) -> np.ndarray:
+        """Dense float32 log p̄ ``(N, C)`` of N rows: the grid's values as a float16 top-k record
+        holds them (:meth:`quantised`), completed and renormalised as one is read."""
+        record = self.quantised_of(fields)
+        known, tail = record["logp"].astype(np.float16), record["log_tail"].astype(np.float16)
+        return complete_logp_rows(self.classes, record["index"].astype(np.int64), known, tail,
+                                  np.ones(record["index"].shape, dtype=bool), "packed top-k")

@@ -1,0 +1,127 @@
+"""A replay shard's records in bits: the columns of :class:`core.records.replay.RecordLayout`,
+each in the bits its range needs, a row padded to whole bytes.
+
+Packing is a codec between the structured records every reader already understands and a
+``(N, row_bytes)`` uint8 array: :meth:`PackedRecords.pack` refuses what it cannot give back
+exactly, :meth:`PackedRecords.unpack` gives back the structured records, so decoding, range
+checks, ``verify`` and the trainer read a packed shard with the code they read any replay shard
+with. Exact means: integer columns within their ranges, λ on the grid (a packed set draws it
+there), top-k targets already quantised (their log-probabilities relative to the first on the
+:class:`core.records.packed_target.PackedTopk` grid, the first 0), and the statistics on their
+1/255 steps. ``target_kl`` keeps its float16 bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.errors import FormatError
+from core.records.bitpack import BitField, BitLayout, bits_for
+from core.records.packed_params import PackedParams
+from core.records.packed_target import PackedTopk
+from core.records.replay import RecordLayout
+
+
+@dataclass(frozen=True)
+class PackedRecords:
+    """The bit layout of one set's records: its record layout, the most candidates a shard
+    draws, the largest side of a real image, and the bits of a target value."""
+
+    layout: RecordLayout
+    candidates: int
+    side: int
+    value_bits: int = 8
+
+    def __post_init__(self) -> None:
+        if self.layout.target != "topk":
+            raise FormatError(f"packed records hold top-k targets, not {self.layout.target!r} ones; "
+                              f"use targets: {{kind: topk}} or an unpacked replay set")
+
+    @property
+    def params(self) -> PackedParams:
+        return PackedParams(self.layout.params, self.side)
+
+    @property
+    def target(self) -> PackedTopk:
+        return PackedTopk(self.layout.num_classes, self.layout.k, self.value_bits)
+
+    def bits(self) -> BitLayout:
+        classes = self.layout.num_classes
+        out = [BitField("index", bits_for(self.candidates))]
+        if self.layout.candidate:
+            out.append(BitField("candidate", bits_for(self.candidates)))
+        out += self.params.fields()
+        if self.layout.labels:
+            out.append(BitField("label", bits_for(classes + 1)))  # label + 1: 0 is "none"
+        out += self.target.fields()
+        out += [BitField("entropy", 8), BitField("disagreement", 8), BitField("target_kl", 16)]
+        return BitLayout(tuple(out))
+
+    def pack(self, records: np.ndarray) -> np.ndarray:
+        """``(N, row_bytes)`` uint8 rows of structured ``records`` (``layout.dtype``)."""
+        fields: dict[str, np.ndarray] = {"index": records["index"].astype(np.int64)}
+        if self.layout.candidate:
+            fields["candidate"] = records["candidate"].astype(np.int64)
+        fields.update(self.params.pack(records))
+        if self.layout.labels:
+            fields["label"] = records["label"].astype(np.int64) + 1
+        fields.update(self._target_fields(records["topk"]))
+        first = records["topk"]["index"][:, 0].astype(np.int64)
+        if len(records) and np.any(records["teacher_argmax"].astype(np.int64) != first):
+            raise FormatError("a packed record's teacher_argmax must be its first top-k class")
+        fields["entropy"] = records["entropy"].astype(np.int64)
+        fields["disagreement"] = records["disagreement"].astype(np.int64)
+        fields["target_kl"] = records["target_kl"].view(np.uint16).astype(np.int64)
+        return self.bits().pack(fields)
+
+    def unpack(self, packed: np.ndarray) -> np.ndarray:
+        """The structured records of ``(N, row_bytes)`` packed rows."""
+        fields = self.bits().unpack(packed)
+        out = self.params.unpack(fields, self.layout.dtype)
+        out["index"] = fields["index"]
+        if self.layout.candidate:
+            out["candidate"] = fields["candidate"]
+        if self.layout.labels:
+            out["label"] = fields["label"].astype(np.int64) - 1
+        codec, topk = self.target, out["topk"]
+        topk["index"] = fields["class"].reshape(len(out), -1)
+        values = np.zeros((len(out), codec.slots), dtype=np.float64)
+        if codec.slots > 1:
+            values[:, 1:] = -fields["rel"].astype(np.float64).reshape(len(out), -1) * codec.step
+        topk["logp"] = values
+        if "tail" in fields:
+            low, high = codec.tail_range
+            topk["log_tail"] = low + fields["tail"] / ((1 << codec.bits) - 1) * (high - low)
+        out["teacher_argmax"] = topk["index"][:, 0]
+        out["entropy"], out["disagreement"] = fields["entropy"], fields["disagreement"]
+        out["target_kl"] = fields["target_kl"].astype(np.uint16).view(np.float16)
+        return out
+
+    def _target_fields(self, topk: np.ndarray) -> dict[str, np.ndarray]:
+        """The grid indices of quantised top-k records, refused unless they lie on the grid."""
+        codec = self.target
+        logp = topk["logp"].astype(np.float64).reshape(len(topk), -1)
+        out = {"class": topk["index"].astype(np.int64).reshape(len(topk), -1)}
+        if len(topk) and np.any(logp[:, 0] != 0):
+            raise FormatError("a packed top-k record holds its log-probabilities relative to the first (0)")
+        if codec.slots > 1:
+            rel = np.rint(-logp[:, 1:] / codec.step)
+            self._on_grid("top-k log-probability", -rel * codec.step, logp[:, 1:])
+            out["rel"] = rel.astype(np.int64)
+        if codec.slots < codec.classes:
+            low, high = codec.tail_range
+            levels = (1 << codec.bits) - 1
+            tail = topk["log_tail"].astype(np.float64)
+            steps = np.rint((tail - low) / (high - low) * levels)
+            self._on_grid("top-k tail", low + steps / levels * (high - low), tail)
+            out["tail"] = steps.astype(np.int64)
+        return out
+
+    @staticmethod
+    def _on_grid(what: str, expected: np.ndarray, found: np.ndarray) -> None:
+        off = np.argwhere(expected.astype(np.float16) != found.astype(np.float16))
+        if len(off):
+            row = int(off[0][0])
+            raise FormatError(f"record {row}: its {what} {float(found[tuple(off[0])])!r} is not on the packed grid")
