@@ -214,3 +214,23 @@ def test_a_record_off_the_grid_is_refused_not_rounded() -> None:
         PackedRecords(layout, candidates=64, side=8).pack(records)
     with pytest.raises(FormatError, match="top-k targets"):
         PackedRecords(RecordLayout(params=params, num_classes=100, target="logp"), candidates=64, side=8)
+
+
+def test_a_topk_set_with_bits_stores_the_grids_record_and_a_reader_gets_the_quantisers_targets() -> None:
+    from core.config import TargetConfig
+    from core.records.targets import stored_target
+
+    rng = np.random.default_rng(6)
+    logp = peaked(rng, 20, 1000, 3.0)
+    plain, gridded = TargetConfig(kind="topk", k=10), TargetConfig(kind="topk", k=10, bits=8)
+    kind = stored_target(gridded)
+    assert kind.identity(plain) == {"kind": "topk", "k": 10}  # today's sets keep their fingerprints
+    assert kind.identity(gridded) == {"kind": "topk", "k": 10, "bits": 8}
+    codec = PackedTopk(classes=1000, k=10, bits=8)
+    expected = codec.decode(codec.encode(logp))
+    for row, want in zip(logp, expected, strict=True):
+        record = kind.encode(row, gridded, (0, 0, 0))
+        assert record.dtype == kind.record_dtype(10, 1000) and float(record["logp"][0]) == 0.0
+        np.testing.assert_array_equal(kind.estimate(record), want)
+    with pytest.raises(ValueError, match="only for kind 'topk'"):
+        TargetConfig(kind="dense", bits=8)

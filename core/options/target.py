@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from core.options.train import DEFAULT_KD_TEMPERATURE, Strict
 
 # The options that only some kinds of stored target take, by kind (the others refuse them).
-KIND_OPTIONS: dict[str, tuple[str, ...]] = {"dense": (), "topk": (), "sampled": ("temperature", "uniform")}
+KIND_OPTIONS: dict[str, tuple[str, ...]] = {"dense": (), "topk": ("bits",), "sampled": ("temperature", "uniform")}
 
 
 class TargetConfig(Strict):
@@ -30,6 +30,10 @@ class TargetConfig(Strict):
     uniform: float | None = Field(
         None, ge=0, lt=1, description="sampled: share of the uniform distribution in the proposal the classes "
                                       "are drawn from (default 0: from the teacher alone)")
+    bits: int | None = Field(
+        None, ge=4, le=12, description="topk: each log-probability below the first on a grid of 2^bits steps "
+                                       "over 16 nats, the tail on its own (default: float16 values); what a "
+                                       "packed record stores (core/records/packed_target.py)")
     dtype: Literal["float16", "float32"] | None = Field(
         None, description="regression sets: dtype of the stored μ and log σ² (default float32); "
                           "classification log-probabilities are always float16")

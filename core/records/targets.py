@@ -21,6 +21,7 @@ from core.errors import FormatError
 from core.options.target import TargetConfig
 from core.records import sampled_target as sampled
 from core.records import target_codec as codec
+from core.records.packed_target import PackedTopk
 
 INDEX_DTYPE = "float16"  # log-probabilities are stored as float16 whatever the kind
 CONSTANT = "classes"  # the field of a compact record that every row shares (a replay row leaves it out)
@@ -164,7 +165,7 @@ class TopK(_Compact):
         return codec.topk_dtype(slots, classes)
 
     def identity(self, targets: TargetConfig) -> Any:
-        return {"kind": self.kind, "k": targets.k}
+        return {"kind": self.kind, "k": targets.k, **({"bits": targets.bits} if targets.bits else {})}
 
     def spec(self, targets: TargetConfig, classes: int) -> dict[str, Any]:
         k = self.slots(targets, classes)
@@ -173,7 +174,15 @@ class TopK(_Compact):
                 "payload_bytes": self.payload_bytes(k, classes)}
 
     def encode(self, logp: np.ndarray, targets: TargetConfig, identity: tuple[int, int, int]) -> np.ndarray:
-        return codec.compress_topk(logp, targets.k)
+        if not targets.bits:
+            return codec.compress_topk(logp, targets.k)
+        classes = int(np.size(logp))
+        grid = PackedTopk(classes, targets.k, targets.bits).quantised(np.reshape(logp, (1, classes)))
+        record = np.zeros((), dtype=codec.topk_dtype(min(targets.k, classes), classes))
+        for name, values in grid.items():
+            record[name] = values[0]
+        record["classes"] = classes
+        return record
 
     def estimate(self, record: np.ndarray) -> np.ndarray:
         if record.dtype.names is None or set(record.dtype.names) != set(codec.topk_dtype(1, 2).names):
