@@ -234,3 +234,27 @@ def test_a_topk_set_with_bits_stores_the_grids_record_and_a_reader_gets_the_quan
         np.testing.assert_array_equal(kind.estimate(record), want)
     with pytest.raises(ValueError, match="only for kind 'topk'"):
         TargetConfig(kind="dense", bits=8)
+
+
+def test_lambda_moved_to_the_grid_packs_and_rebuilds_the_same_blend() -> None:
+    from core.config import SourceConfig
+    from core.records.packed_params import LAM_STEPS, PackedParams
+    from core.records.replay_params import ParamLayout
+    from core.samplers import SAMPLERS
+    from core.sources import load_source
+
+    source = load_source(SourceConfig(kind="digits"), "train")
+    drawn = {"i": 3, "j": 7, "lam": 0.123456789, "aug_i": {"dx": 1, "dy": 2, "flip": 0},
+             "aug_j": {"dx": 0, "dy": 0, "flip": 1}}
+    snapped = PackedParams.on_grid(drawn)
+    assert snapped["lam"] == 31 / LAM_STEPS and drawn["lam"] == 0.123456789  # the nearest step; a copy
+    layout = ParamLayout(kinds=("mix",), images=len(source), box_views=False, pad=int(source.pad),
+                         shape=(int(source.shape[0]), int(source.shape[1])))
+    records = structured(layout, [layout.encode("mix", snapped)])
+    packer = PackedParams(layout, side=max(source.shape[:2]))
+    bits = BitLayout(tuple(packer.fields()))
+    back = packer.unpack(bits.unpack(bits.pack(packer.pack(records))), records.dtype)
+    kind, params = layout.decode(back[0])
+    mix = SAMPLERS["mix"]
+    np.testing.assert_array_equal(mix.apply(params, source), mix.apply(snapped, source))
+    assert not np.array_equal(mix.apply(drawn, source), mix.apply(snapped, source))  # the grid moves the blend

@@ -74,6 +74,15 @@ class PackedParams:
             out.append(BitField(name, bits_for(column_values(name, self.layout, self.side) or 1), count))
         return out
 
+    @staticmethod
+    def on_grid(params: dict) -> dict:
+        """``params`` with λ moved to the nearest point of the 1/255 grid: what a packed set makes
+        its image from (its shard format's ``recorded``), so the teachers label the image a reader
+        rebuilds from the stored byte."""
+        if "lam" not in params:
+            return params
+        return {**params, "lam": float(np.rint(float(params["lam"]) * LAM_STEPS)) / LAM_STEPS}
+
     def pack(self, records: np.ndarray) -> dict[str, np.ndarray]:
         """The fields of a shard's structured parameter columns (``layout.fields()``), as integers."""
         out = {}
