@@ -15,6 +15,7 @@ Every image is still made by :func:`core.samplers.apply_params`, generation's ow
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,12 +45,17 @@ class ReadShard:
         return sample_key(self.shard, int(self.index[row]))
 
 
-def read_replay_shard(url: str, expected_samples: int, width: int, layout: RecordLayout) -> ReadShard:
-    """A replay shard's records with their columns decoded; :class:`ShardDamage` names the shard
-    (and the sample, when one record is bad)."""
+ReadRecords = Callable[[str], np.ndarray]  # a shard's structured records (the format's ``read_records``)
+
+
+def read_replay_shard(url: str, expected_samples: int, width: int, layout: RecordLayout,
+                      read: ReadRecords | None = None) -> ReadShard:
+    """A replay shard's records (``read``: how the set's format reads them; default one
+    structured ``.npy``) with their columns decoded; :class:`ShardDamage` names the shard (and
+    the sample, when one record is bad)."""
     shard = int(parse_shard_name(storage.name_of(url)) or 0)
     try:
-        records = read_records(url, layout.dtype)
+        records = read(url) if read is not None else read_records(url, layout.dtype)
     except FileNotFoundError as err:
         raise ShardDamage(url, "file missing") from err
     except Exception as err:  # numpy and the storage layer raise their own types
@@ -131,11 +137,12 @@ def rebuild_images(shards: list[ReadShard], source: Source) -> list[np.ndarray]:
 
 
 def decode_replay_shards(shards: list[tuple[str, int]], width: int, layout: RecordLayout,
-                         source: Source) -> list[ShardArrays]:
+                         source: Source, read: ReadRecords | None = None) -> list[ShardArrays]:
     """Replay shards ``(url, expected samples)`` decoded together: one :class:`ShardArrays` each, in
     order. A damaged shard raises :class:`ShardDamage` naming it (the others are not returned:
     a caller that skips bad shards decodes them again without it)."""
-    read = [read_replay_shard(url, count, width, layout) for url, count in shards]
-    images = rebuild_images(read, source)
+    read_shards = [read_replay_shard(url, count, width, layout, read) for url, count in shards]
+    images = rebuild_images(read_shards, source)
     return [ShardArrays(shard.url, made, shard.columns.target, shard.columns.labels, shard.columns.weights,
-                        shard.columns.sources.astype(np.int32)) for shard, made in zip(read, images, strict=True)]
+                        shard.columns.sources.astype(np.int32))
+            for shard, made in zip(read_shards, images, strict=True)]

@@ -116,10 +116,15 @@ class ReplayShards(ShardFormat):
         records = encode_records(self.layout, samples)
         return fmt.encode_npy(records), [decode_record(self.layout, shard, row)[0] for row in records]
 
+    def read_records(self, url: str) -> np.ndarray:
+        """A shard's structured records (:mod:`core.records.replay`): every reader reads them here,
+        so another record encoding (packed bits) needs only this and :meth:`encode`."""
+        return fmt.read_records(url, self.layout.dtype)
+
     def metas(self, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(key, metadata)`` of every record of a committed shard, decoded."""
         shard = int(sx.parse_shard_name(storage.name_of(path)) or 0)
-        for row in fmt.read_records(path, self.layout.dtype):
+        for row in self.read_records(path):
             meta, _ = decode_record(self.layout, shard, row)
             yield meta["key"], meta
 
@@ -127,7 +132,7 @@ class ReplayShards(ShardFormat):
         """Each record's key and how to decode it: range-checked, the image rebuilt, the targets as
         the task's decoder reads a tar's (a problem raises :class:`FormatError`)."""
         shard = int(sx.parse_shard_name(storage.name_of(url)) or 0)
-        records = fmt.read_records(url, self.layout.dtype)
+        records = self.read_records(url)
         layout, source = self.layout, self.source
         for position, row in enumerate(records):
             def decode(row: Any = row, position: int = position) -> dict[str, Any]:
@@ -143,14 +148,14 @@ class ReplayShards(ShardFormat):
 
     def decode_shards(self, shards: list[tuple[str, int]], width: int) -> list[ShardArrays]:
         """Shards decoded together, column-wise, each source image decoded once (:mod:`core.sets.replay_read`)."""
-        return decode_replay_shards(shards, width, self.layout, self.source)
+        return decode_replay_shards(shards, width, self.layout, self.source, self.read_records)
 
     def check_shard(self, path: str, name: str, shard: int, seen: dict[str, str],
                     check: RecordCheck) -> tuple[int | None, list[str]]:
         """``(records read, problems)``: every record in range (each view box against its image's
         header), decoded and its image rebuilt."""
         try:
-            records = fmt.read_records(path, self.layout.dtype)
+            records = self.read_records(path)
         except FormatError as err:
             return None, [f"{name}: {err}"]
         out_of_range: dict[int, list[str]] = {}
