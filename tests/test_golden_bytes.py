@@ -220,8 +220,8 @@ def recorded(made: Path, tables: dict[str, dict[str, str]], part: str) -> dict[s
     return want
 
 
-def test_format_version_is_2_and_1_is_still_read() -> None:
-    assert FORMAT_VERSION == 2 and READABLE_FORMATS == (1, 2)
+def test_format_version_is_3_and_1_and_2_are_still_read() -> None:
+    assert FORMAT_VERSION == 3 and READABLE_FORMATS == (1, 2, 3)
 
 
 @pytest.mark.parametrize("part", ["teachers", "cls/mix", "cls/views", "reg/gaze-", "reg/mix", "reg/real"])

@@ -158,7 +158,10 @@ class SetConfig(Strict):
         generated = [kind for kind in kinds if SAMPLERS[kind].generated]
         if not self.store.stores_images and generated:
             raise ValueError(f"{generated[0]} samples are made by a generator, so they are stored as pixels only; "
-                             f"drop store: replay or give the {generated[0]} sampler a set of its own")
+                             f"drop store: {self.store.kind} or give the {generated[0]} sampler a set of its own")
+        if self.store.kind == "packed" and (self.targets.kind != "topk" or self.targets.bits is None):
+            raise ValueError("store: packed holds quantised top-k targets; give the set targets: {kind: topk, k: 10, "
+                             "bits: 8} (or use store: replay)")
         return self
 
     def sampler_list(self) -> list[SamplerOptions]:

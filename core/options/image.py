@@ -51,7 +51,7 @@ class ImageConfig(Strict):
         return 0.875 if self.views == "random_resized_crop" else 1.0
 
 
-UNUSED_KEYS = {"pixels": ("kind",), "replay": ("image", "quality")}
+UNUSED_KEYS = {"pixels": ("kind",), "replay": ("image", "quality"), "packed": ("image", "quality")}
 
 
 class StoreConfig(Strict):
@@ -59,10 +59,14 @@ class StoreConfig(Strict):
     or JPEG at a fixed ``quality`` (the teachers label the decoded JPEG, so what is stored is what
     was labelled). ``kind: replay``: no pixels, only each sample's parameters and targets in one
     structured ``.npy`` per shard (``core.records.replay``, tens of bytes a sample); the trainer
-    rebuilds the images from the source. ``store: replay`` is short for ``store: {kind: replay}``."""
+    rebuilds the images from the source. ``kind: packed``: the replay records in bits
+    (``core.records.packed``: class indices in ⌈log2 C⌉ bits, quantised top-k values, parameters in
+    the bits their ranges need); it needs ``targets: {kind: topk, bits: N}``. ``store: replay`` is
+    short for ``store: {kind: replay}``."""
 
-    kind: Literal["pixels", "replay"] = Field(
-        "pixels", description="pixels: images in the tars; replay: parameters rebuilt by the trainer")
+    kind: Literal["pixels", "replay", "packed"] = Field(
+        "pixels", description="pixels: images in the tars; replay: parameters rebuilt by the trainer; "
+                              "packed: replay records in bits (needs targets: {kind: topk, bits: N})")
     image: Literal["png", "jpeg"] = Field("png", description="pixels: the image encoding")
     quality: int = Field(90, ge=1, le=100, description="jpeg quality")
 

@@ -39,12 +39,14 @@ from core.records.target_codec import (  # noqa: F401  (part of the contract's n
 from core.store import storage
 
 # The newest format. Format 2 changed one thing: a views-only set is written view-major, each view
-# in its own seeded image order (docs/FORMAT.md, "Versions"). A set's index.json says its content
-# version (core.sets.fingerprint.content_version): 2 for a views-only set, 1 for every set whose bytes
-# format 2 left alone. Records of both name their image and view, so readers read both alike.
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+# in its own seeded image order (docs/FORMAT.md, "Versions"). Format 3 added packed sets (store:
+# packed, replay records in bits). A set's index.json says its content version
+# (core.sets.fingerprint.content_version): 3 for a packed set, 2 for any other views-only set, 1 for
+# every set whose bytes formats 2 and 3 left alone; a reader of formats 1–2 refuses a packed set.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 VIEWS_ORDER_FORMAT = 2  # the version in which a views-only set's bytes last changed
+PACKED_FORMAT = 3  # the version that added packed records
 
 
 def sample_key(shard: int, index: int) -> str:
@@ -139,14 +141,28 @@ def decode_npy(data: bytes) -> np.ndarray:
 def read_records(path: str | Path, dtype: np.dtype) -> np.ndarray:
     """A replay shard: one structured ``.npy`` of records (:mod:`core.records.replay`) of exactly
     ``dtype``. Raises FormatError for anything else (a damaged or foreign file)."""
-    try:
-        with storage.open_read(path) as handle:
-            records = np.lib.format.read_array(handle, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise FormatError(f"damaged records: {err}") from err
+    records = _read_npy(path)
     if records.ndim != 1 or records.dtype != dtype:
         raise FormatError(f"records of dtype {records.dtype} and shape {records.shape}, the set's are {dtype} (1-d)")
     return records
+
+
+def read_packed(path: str | Path, row_bytes: int) -> np.ndarray:
+    """A packed replay shard: one ``.npy`` of ``(N, row_bytes)`` uint8 rows
+    (:mod:`core.records.packed`). Raises FormatError for anything else."""
+    rows = _read_npy(path)
+    if rows.ndim != 2 or rows.dtype != np.uint8 or rows.shape[1] != row_bytes:
+        raise FormatError(f"packed rows of dtype {rows.dtype} and shape {rows.shape}, the set's are uint8 "
+                          f"(N, {row_bytes})")
+    return rows
+
+
+def _read_npy(path: str | Path) -> np.ndarray:
+    try:
+        with storage.open_read(path) as handle:
+            return np.lib.format.read_array(handle, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise FormatError(f"damaged records: {err}") from err
 
 
 def encode_json(obj: Any) -> bytes:

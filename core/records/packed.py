@@ -56,7 +56,8 @@ class PackedRecords:
         if self.layout.labels:
             out.append(BitField("label", bits_for(classes + 1)))  # label + 1: 0 is "none"
         out += self.target.fields()
-        out += [BitField("entropy", 8), BitField("disagreement", 8), BitField("target_kl", 16)]
+        out += [BitField("argmax", bits_for(classes)), BitField("entropy", 8), BitField("disagreement", 8),
+                BitField("target_kl", 16)]
         return BitLayout(tuple(out))
 
     def pack(self, records: np.ndarray) -> np.ndarray:
@@ -68,9 +69,7 @@ class PackedRecords:
         if self.layout.labels:
             fields["label"] = records["label"].astype(np.int64) + 1
         fields.update(self._target_fields(records["topk"]))
-        first = records["topk"]["index"][:, 0].astype(np.int64)
-        if len(records) and np.any(records["teacher_argmax"].astype(np.int64) != first):
-            raise FormatError("a packed record's teacher_argmax must be its first top-k class")
+        fields["argmax"] = records["teacher_argmax"].astype(np.int64)
         fields["entropy"] = records["entropy"].astype(np.int64)
         fields["disagreement"] = records["disagreement"].astype(np.int64)
         fields["target_kl"] = records["target_kl"].view(np.uint16).astype(np.int64)
@@ -94,7 +93,7 @@ class PackedRecords:
         if "tail" in fields:
             low, high = codec.tail_range
             topk["log_tail"] = low + fields["tail"] / ((1 << codec.bits) - 1) * (high - low)
-        out["teacher_argmax"] = topk["index"][:, 0]
+        out["teacher_argmax"] = fields["argmax"]
         out["entropy"], out["disagreement"] = fields["entropy"], fields["disagreement"]
         out["target_kl"] = fields["target_kl"].astype(np.uint16).view(np.float16)
         return out

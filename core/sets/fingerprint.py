@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.config import SetConfig, StoreConfig
-from core.records.format import VIEWS_ORDER_FORMAT
+from core.records.format import PACKED_FORMAT, VIEWS_ORDER_FORMAT
 from core.records.targets import stored_target
 
 TARGET_PRECISION = "float16"
@@ -35,8 +35,11 @@ PREFIX_CHARS = 12
 
 
 def content_version(set_cfg: SetConfig) -> int:
-    """The format version in which a set like ``set_cfg`` last changed its bytes: 2 for a
-    views-only set (format 2's order), 1 for the rest (format 2 left them alone)."""
+    """The format version in which a set like ``set_cfg`` last changed its bytes: 3 for a packed
+    set (format 3 added them), 2 for another views-only set (format 2's order), 1 for the rest
+    (formats 2 and 3 left them alone)."""
+    if set_cfg.store.kind == "packed":
+        return PACKED_FORMAT
     return VIEWS_ORDER_FORMAT if set_cfg.enumerates_source() else 1
 
 

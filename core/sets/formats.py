@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from core.sets.index import SetIndex
+from core.sets.packed_shards import PackedShards
 from core.sets.replay_shards import ReplayShards
 from core.sets.shard_format import PixelShards, ShardFormat
 
-FORMATS: dict[str, type[ShardFormat]] = {cls.kind: cls for cls in (PixelShards, ReplayShards)}
+FORMATS: dict[str, type[ShardFormat]] = {cls.kind: cls for cls in (PixelShards, ReplayShards, PackedShards)}
 BY_ENCODING: dict[str, type[ShardFormat]] = {encoding: cls for cls in FORMATS.values() for encoding in cls.encodings}
 PIXELS = PixelShards()
 

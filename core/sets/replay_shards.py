@@ -73,7 +73,10 @@ class ReplayShards(ShardFormat):
             return (f"replay source: {source.name} is not the source the records were made from (fingerprint "
                     f"{source_fingerprint(source)[:12]}…, index says {made_from[:12]}…); "
                     f"its images would rebuild differently")
-        return cls(record_layout(set_cfg, source, index.outputs), source)
+        try:
+            return cls.made(record_layout(set_cfg, source, index.outputs), source, index)
+        except FormatError as err:
+            return str(err)
 
     @classmethod
     def opened(cls, set_dir: str, index: SetIndex, source: Source | None) -> ReplayShards:
@@ -96,7 +99,16 @@ class ReplayShards(ShardFormat):
             raise UserError(f"transfer set {set_dir}: its records have another layout than this version reads; "
                             f"regenerate the set")
         fits = len(source) * int(np.prod(source.shape)) <= IN_MEMORY_BYTES
-        return cls(layout, load_in_memory(source) if source.contract is None and fits else source)
+        try:
+            return cls.made(layout, load_in_memory(source) if source.contract is None and fits else source, index)
+        except FormatError as err:
+            raise UserError(f"transfer set {set_dir}: {err}") from err
+
+    @classmethod
+    def made(cls, layout: RecordLayout, source: Source, index: SetIndex) -> ReplayShards:
+        """The format of an indexed set of ``layout`` over ``source`` (raises :class:`FormatError`
+        where the index pins what this code cannot read)."""
+        return cls(layout, source)
 
     @property
     def encoding(self) -> str:
@@ -114,11 +126,16 @@ class ReplayShards(ShardFormat):
 
     def encode(self, shard: int, samples: list[fmt.Sample]) -> tuple[bytes, list[dict[str, Any]]]:
         records = encode_records(self.layout, samples)
-        return fmt.encode_npy(records), [decode_record(self.layout, shard, row)[0] for row in records]
+        return self.records_bytes(records), [decode_record(self.layout, shard, row)[0] for row in records]
+
+    def records_bytes(self, records: np.ndarray) -> bytes:
+        """A shard file of structured ``records``."""
+        return fmt.encode_npy(records)
 
     def read_records(self, url: str) -> np.ndarray:
         """A shard's structured records (:mod:`core.records.replay`): every reader reads them here,
-        so another record encoding (packed bits) needs only this and :meth:`encode`."""
+        so another record encoding (:mod:`core.sets.packed_shards`) needs only this and
+        :meth:`records_bytes`."""
         return fmt.read_records(url, self.layout.dtype)
 
     def metas(self, path: str) -> Iterator[tuple[str, dict[str, Any]]]:

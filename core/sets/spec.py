@@ -14,6 +14,7 @@ import math
 from pydantic import BaseModel, ConfigDict
 
 from core.config import GeneratorStageConfig, SetConfig, SourceConfig, TeacherStageConfig
+from core.records.packed import PackedRecords
 from core.records.replay import RecordLayout
 from core.sets.formats import FORMATS
 from core.sets.index import TeacherEntry
@@ -42,7 +43,7 @@ class SetSpec(BaseModel):
     teacher_stage: TeacherStageConfig
     generator_stage: GeneratorStageConfig
     factories: tuple[str, ...] = ()  # the module:factory archs the config names (teachers may use them)
-    records: RecordLayout | None = None  # a replay set's record layout, computed once by the plan
+    records: RecordLayout | PackedRecords | None = None  # a replay set's records (in bits: packed), from the plan
 
     @property
     def task(self) -> Task:

@@ -291,7 +291,8 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
     sx.remove_stale_temps(spec.out_dir, lease_ttl())
     check_not_smaller(spec, sx.read_index(spec.out_dir))  # under the lease; never list less than is listed
     # Keys a classification set never uses stay out of its index (its bytes predate them).
-    targets_unused = {key for key in ("dtype", "temperature", "uniform") if getattr(spec.set_cfg.targets, key) is None}
+    targets_unused = {key for key in ("dtype", "temperature", "uniform", "bits")
+                      if getattr(spec.set_cfg.targets, key) is None}
     unused: dict[str, Any] = {"targets": targets_unused} if targets_unused else {}
     store = spec.set_cfg.store
     # a PNG set's index predates the store option; any other leaves out the keys its kind does not read
