@@ -59,6 +59,10 @@ def set_config(sampler: dict, targets: dict, store: str, samples: int | None) ->
     return cfg
 
 
+def file_bytes(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
 def sizes(set_dir: Path) -> dict[str, Any]:
     """What a set holds on disk, per stored view: shard files (their bytes and the blocks the file
     system allocates for them), index.json, manifest.parquet."""
@@ -71,7 +75,7 @@ def sizes(set_dir: Path) -> dict[str, Any]:
         "views": views, "shards": len(shards), "shard_bytes": shard_bytes,
         "shard_B": shard_bytes / views, "allocated_B": sum(s.st_blocks * 512 for s in stats) / views,
         "index_B": (set_dir / sx.INDEX_NAME).stat().st_size / views,
-        "manifest_B": (set_dir / sx.MANIFEST_NAME).stat().st_size / views,
+        "manifest_B": file_bytes(set_dir / sx.MANIFEST_NAME) / views,  # a packed set writes none
     }
     found["total_B"] = found["shard_B"] + found["index_B"] + found["manifest_B"]
     replay = index.get("replay")

@@ -1,6 +1,7 @@
 """Packed sets (``store: packed``): the replay records in bits. A packed set gives the trainer the
 arrays of the same set stored as replay records with the same quantised targets, bit for bit, in
-fewer bytes; its images are the ones its teachers labelled (λ drawn on the grid the bits hold);
+fewer bytes, with no manifest.parquet beside them (the records are the manifest); its images are
+the ones its teachers labelled (λ drawn on the grid the bits hold);
 the same config gives the same bytes; ``verify`` and ``inspect`` read it through the installed
 command and a damaged record is found; what cannot be packed stops with one line."""
 
@@ -78,8 +79,15 @@ def test_a_packed_set_gives_the_trainer_the_replay_sets_arrays_in_fewer_bytes(ma
     sizes = {store: sum(p.stat().st_size for p in (made["views", store] / sx.SHARDS_DIR).iterdir())
              for store in ("replay", "packed")}
     assert sizes["packed"] == 2 * (128 + 200 * packing["row_bytes"])  # two .npy files: header and rows only
-    manifests = [(made["views", store] / sx.MANIFEST_NAME).read_bytes() for store in ("replay", "packed")]
-    assert manifests[0] == manifests[1]
+    # no manifest.parquet: the records are the manifest, and they give the replay set's, column for column
+    assert not (made["views", "packed"] / sx.MANIFEST_NAME).exists()
+    assert sorted(p.name for p in made["views", "packed"].iterdir()) == ["_fingerprint", "index.json", "shards"]
+    replay_manifest = sx.read_manifest(made["views", "replay"]).to_pydict()
+    rebuilt = opened(made["views", "packed"], "views").shard_format.manifest(str(made["views", "packed"]),
+                                                                             sx.read_index(made["views", "packed"]))
+    assert list(rebuilt) == list(replay_manifest) and len(rebuilt["key"]) == 400
+    for name, column in replay_manifest.items():
+        np.testing.assert_array_equal(np.asarray(rebuilt[name]), np.asarray(column), err_msg=name)  # NaN λ equal
 
 
 def test_a_packed_mix_sets_rebuilt_images_are_the_ones_its_teachers_labelled(made, teachers, tmp_path) -> None:
@@ -100,6 +108,22 @@ def test_a_packed_mix_sets_rebuilt_images_are_the_ones_its_teachers_labelled(mad
 def test_packed_shards_are_deterministic(made, teachers, tmp_path) -> None:
     again = make(tmp_path, teachers, "mix", "packed")
     assert snapshot(again) == snapshot(made["mix", "packed"])
+
+
+def test_a_resumed_packed_set_keeps_its_committed_shard_and_ends_in_the_same_bytes(made, teachers, tmp_path) -> None:
+    """A killed run left shard 0 and nothing else: the next run reads its records back (the
+    index's statistics come from them), keeps it, makes shard 1 — the bytes of an unbroken run."""
+    import shutil
+
+    whole = made["mix", "packed"]
+    broken = tmp_path / "mix-packed"
+    shutil.copytree(whole, broken)
+    for name in (sx.INDEX_NAME, "shards/shard-000001.npy"):
+        (broken / name).unlink()
+    kept = (broken / "shards" / "shard-000000.npy").stat().st_mtime_ns
+    generate_set_in(broken, set_config("mix", "packed"), teachers, name="mix", source=CASES["mix"][1])
+    assert (broken / "shards" / "shard-000000.npy").stat().st_mtime_ns == kept  # reused, not remade
+    assert snapshot(broken) == snapshot(whole)
 
 
 def test_verify_and_inspect_read_a_packed_set_and_verify_finds_a_damaged_record(made, tmp_path) -> None:

@@ -288,10 +288,12 @@ def index_bytes(index: SetIndex) -> bytes:
     return json.dumps(index.to_dict(), indent=1, sort_keys=True).encode()
 
 
-def commit_index(set_dir: str | Path, rows: Sequence[dict[str, Any]], task: str | Task, index: SetIndex) -> None:
-    """The manifest, then ``index.json`` (readers trust the index), renamed back to back."""
-    storage.atomic_write_all([(storage.join(set_dir, MANIFEST_NAME), manifest_bytes(rows, task)),
-                              (storage.join(set_dir, INDEX_NAME), index_bytes(index))])
+def commit_index(set_dir: str | Path, rows: Sequence[dict[str, Any]], task: str | Task, index: SetIndex,
+                 manifest: bool = True) -> None:
+    """The manifest, then ``index.json`` (readers trust the index), renamed back to back
+    (``manifest``: False for a format whose records are the manifest: only the index)."""
+    files = [(storage.join(set_dir, MANIFEST_NAME), manifest_bytes(rows, task))] if manifest else []
+    storage.atomic_write_all([*files, (storage.join(set_dir, INDEX_NAME), index_bytes(index))])
 
 
 def read_index(set_dir: str | Path) -> SetIndex | None:

@@ -12,6 +12,11 @@ the largest side of a real image (a random-resized-crop box lies in the raw imag
 a target value — is fixed when the set is planned and pinned in ``index.json`` (``replay.packing``),
 with the bit layout itself: a reader whose code would lay the bits out otherwise refuses the set
 with one line instead of reading other numbers.
+
+A packed set writes no ``manifest.parquet``: its per-sample columns (key, sampler, λ, label,
+Ĥ, disagreement, argmax, KL, parameters) are what its records decode to, so ``inspect`` rebuilds
+them from the shards (:meth:`~core.sets.shard_format.ShardFormat.manifest`) instead of a second
+copy costing more bytes a view than the records themselves.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class PackedShards(ReplayShards):
 
     kind = "packed"
     encodings = ("packed",)
+    writes_manifest = False  # the records hold every manifest column: a per-sample table would double the set
     packing: PackedRecords | None = None
 
     @staticmethod

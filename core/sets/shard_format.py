@@ -42,6 +42,7 @@ class ShardFormat:
     suffix: ClassVar[str]
     encodings: ClassVar[tuple[str, ...]]
     rebuilds: ClassVar[bool] = False  # images are made from the source when read, not stored
+    writes_manifest: ClassVar[bool] = True  # manifest.parquet holds a row per sample (else: the records do)
 
     @staticmethod
     def plan_layout(name: str, set_cfg: Any, source: Source, outputs: int) -> RecordLayout | None:
@@ -105,6 +106,15 @@ class ShardFormat:
     def target_bytes(cls, urls: list[str], index: SetIndex, members: tuple[str, ...]) -> float:
         """Bytes a sample's target takes as stored (``inspect``; ``members``: the task's target members)."""
         raise NotImplementedError
+
+    def manifest(self, set_dir: str, index: SetIndex) -> dict[str, list[Any]]:
+        """The manifest's columns (the task's ``manifest_columns``, one row per sample, by key)
+        rebuilt from the listed shards: what ``manifest.parquet`` holds, for a format that
+        writes none."""
+        task = index.kind
+        rows = [task.manifest_row(meta) for url in sx.shard_urls(set_dir, index) for _, meta in self.metas(url)]
+        rows.sort(key=lambda row: row["key"])
+        return {name: [row[name] for row in rows] for name in task.manifest_columns}
 
     @classmethod
     def stats(cls, index: SetIndex) -> dict[str, Any]:

@@ -276,7 +276,7 @@ def resume(plan: SetPlan, progress: Progress) -> SetProgress:
 
 
 def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
-    """Write the manifest, then ``index.json`` last; returns the totals."""
+    """Write the manifest (where the format keeps one), then ``index.json`` last; returns the totals."""
     spec = plan.spec
     shard_format = spec.shard_format
     if state.missing(spec):
@@ -314,5 +314,5 @@ def finish(plan: SetPlan, state: SetProgress) -> dict[str, int]:
         totals=sx.Totals(**totals),
         statistics=spec.task.statistics(rows),
         replay=shard_format.index_entry(spec.source_cfg),
-    ))
+    ), manifest=shard_format.writes_manifest)
     return totals

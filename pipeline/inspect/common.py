@@ -28,7 +28,6 @@ def open_set(set_dir: str) -> tuple[SetIndex, dict[str, list[Any]]]:
         index = sx.read_index(set_dir)
         if index is None:
             raise UserError(f"inspect: {set_dir} has no {sx.INDEX_NAME}; it is not a finished transfer set")
-        table = sx.read_manifest(set_dir).to_pydict()
         urls = sx.shard_urls(set_dir, index)
     except (FormatError, OSError) as err:
         raise UserError(f"inspect: {set_dir}: {err}") from err
@@ -37,6 +36,11 @@ def open_set(set_dir: str) -> tuple[SetIndex, dict[str, list[Any]]]:
         if entry.bytes is not None and size != entry.bytes:
             found = "missing" if size is None else f"{size} bytes, the index says {entry.bytes}"
             raise UserError(f"inspect: shard {url} is {found}; run `transferset verify {set_dir}`")
+    try:  # manifest.parquet, or a packed set's records decoded
+        table = sx.read_manifest(set_dir).to_pydict() if format_of(index).writes_manifest \
+            else shard_format(index).manifest(set_dir, index)
+    except (FormatError, OSError) as err:
+        raise UserError(f"inspect: {set_dir}: {err}") from err
     return index, table
 
 
