@@ -18,8 +18,12 @@ teachers' quality does not change a byte: every column is fixed-width and stored
 
     RAY_AUTH_MODE=disabled .venv/bin/python bench/storage.py [--out DIR]    # ~7 min on 2 cores
 
+The first three cases are also made packed (``store: packed``: the same records in bits, top-10 on
+an 8-bit grid, no ``manifest.parquet``); their goal is today's replay record alone, now with every
+file of the set counted (``<case>_packed_B``). The 1 000-class measurement is bench/storage_1000.py.
+
 The last line is JSON: ``<case>_B`` (shard bytes per view of each replay set, the goal's figure),
-``<case>_total_B``, ``<case>_pixels_B``, the records' widths and the goals.
+``<case>_total_B``, ``<case>_pixels_B``, ``<case>_packed_B``, the records' widths and the goals.
 """
 
 from __future__ import annotations
@@ -52,6 +56,12 @@ CASES: dict[str, tuple[str, dict, dict, tuple[dict, int | None], float]] = {
 }
 
 
+# case → today's record-only figure, the goal of the same set packed (store: packed, top-10 on an
+# 8-bit grid) with every file counted (issue 26); the sampled set has no packed form
+PACKED_GOALS = {"dense10_views": 32.31, "topk100_views": 46.44, "mix_topk100": 57.50}
+PACKED_TARGETS = {"kind": "topk", "k": 10, "bits": 8}
+
+
 def set_config(sampler: dict, targets: dict, store: str, samples: int | None) -> dict[str, Any]:
     cfg: dict[str, Any] = {"sampler": sampler, "store": store, **({"targets": targets} if targets else {})}
     if samples is not None:
@@ -78,12 +88,13 @@ def sizes(set_dir: Path) -> dict[str, Any]:
         "manifest_B": file_bytes(set_dir / sx.MANIFEST_NAME) / views,  # a packed set writes none
     }
     found["total_B"] = found["shard_B"] + found["index_B"] + found["manifest_B"]
+    found["all_files_B"] = sum(p.stat().st_size for p in set_dir.rglob("*") if p.is_file()) / views
     replay = index.get("replay")
     if replay is not None:
         record = int(replay["record_bytes"])
         dtype = np.load(shards[0], mmap_mode="r").dtype  # numpy alone reads a replay shard
         found.update(record_B=record, header_B=(shard_bytes - views * record) / views,
-                     columns={name: dtype[name].itemsize for name in dtype.names})
+                     columns={name: dtype[name].itemsize for name in dtype.names or ()})
     return found
 
 
@@ -105,8 +116,11 @@ def main() -> None:
                 for name, source in sources.items()}
     measured: dict[str, dict[str, Any]] = {}
     for case, (source, sampler, targets, (pixel_sampler, pixel_samples), _) in CASES.items():
-        sets = {"replay": set_config(sampler, targets, "replay", MIX_SAMPLES if sampler["kind"] == "mix" else None),
+        samples = MIX_SAMPLES if sampler["kind"] == "mix" else None
+        sets = {"replay": set_config(sampler, targets, "replay", samples),
                 "pixels": set_config(pixel_sampler, targets, "pixels", pixel_samples)}
+        if case in PACKED_GOALS:
+            sets["packed"] = set_config(sampler, PACKED_TARGETS, "packed", samples)
         cfg = job(sources[source], sets)
         for store in sets:
             out = args.out / "sets" / f"{case}-{store}"
@@ -140,6 +154,14 @@ def report(measured: dict[str, dict[str, Any]]) -> None:
                         f"{case}_record_B": r["record_B"], f"{case}_views": r["views"],
                         f"{case}_pixels_B": round(p["shard_B"], 1), f"{case}_pixels_total_B": round(p["total_B"], 1),
                         f"{case}_pixel_views": p["views"], f"{case}_goal_B": goal, f"{case}_met": met})
+    print("\npacked (top-10, 8-bit values; no manifest.parquet): bytes per view, every file of the set counted")
+    for case, goal in PACKED_GOALS.items():
+        q = measured[f"{case}/packed"]
+        met = q["all_files_B"] <= goal
+        print(f"{case:16} {q['views']:>7} record {q['record_B']:>3} shards {q['shard_B']:>6.2f} all files "
+              f"{q['all_files_B']:>6.2f} | ≤ {goal} (the replay record alone today) {'met' if met else 'MISSED'}")
+        figures.update({f"{case}_packed_B": round(q["all_files_B"], 2), f"{case}_packed_record_B": q["record_B"],
+                        f"{case}_packed_goal_B": goal, f"{case}_packed_met": met})
     print("\nrecord columns (bytes):")
     for case in CASES:
         r = measured[f"{case}/replay"]

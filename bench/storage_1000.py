@@ -54,7 +54,8 @@ STORES = {  # set suffix → store and targets
     "dense": ("replay", {}),
 }
 GOALS = {"views_packed": 32, "views_packed6": 32, "mix_packed": 40}  # B/view with stored parameters
-STUDENT = {"arch": "tiny_cnn", "arch_kwargs": {"width": 32, "hidden": 512}}
+TEACHER = {"arch": "tiny_cnn", "arch_kwargs": {"width": 32, "hidden": 512}}
+STUDENT = {"arch": "tiny_cnn", "arch_kwargs": {"width": 16, "hidden": 256}}
 
 
 def set_names() -> list[str]:
@@ -62,8 +63,9 @@ def set_names() -> list[str]:
 
 
 def config(data: Path, seeds: list[int], teacher_steps: int, student_steps: int) -> dict[str, Any]:
-    source = {"kind": "npz", "path": str(data),
-              "image": {"size": [8, 24], "views": "random_resized_crop", "scale": [0.35, 1.0]}}
+    # the crops keep a number's 3:1 aspect and are never flipped (a mirrored number is another class)
+    source = {"kind": "npz", "path": str(data), "flip": False,
+              "image": {"size": [8, 24], "views": "random_resized_crop", "scale": [0.7, 1.0], "ratio": [2.25, 4.0]}}
     sets = {}
     for name in set_names():
         case, store = name.split("_")
@@ -75,7 +77,7 @@ def config(data: Path, seeds: list[int], teacher_steps: int, student_steps: int)
                                "train": {"steps": student_steps, "batch_size": 256, "num_workers": 0}}
                 for name in set_names() if not name.endswith("packed6")}
     return {"name": "storage1000", "seed": 0, "source": source,
-            "teachers": {"model": STUDENT, "members": 2,
+            "teachers": {"model": TEACHER, "members": 2,
                          "train": {"steps": teacher_steps, "batch_size": 128, "lr": 0.05, "num_workers": 0}},
             "teacher_stage": {"batch_size": 1024, "actors": 1, "num_cpus": 0.5, "threads": 1},
             "student_stage": {"parallel": "off"}, "sets": sets, "students": students}

@@ -183,16 +183,26 @@ def test_a_shards_records_pack_to_their_bits_and_unpack_to_the_same_bytes() -> N
     records["aug_i_flip"], records["aug_j_flip"] = rng.integers(0, 2, rows), rng.integers(0, 2, rows)
     for name, values in quantised.items():
         records["topk"][name] = values
-    # p̄'s argmax, mostly the first stored class; an ensemble at a temperature may rank another first
+    # p̄'s float64 argmax: the first stored class but for float32 ties (made here more often than real)
     records["teacher_argmax"] = np.where(rng.random(rows) < 0.9, quantised["index"][:, 0], rng.integers(0, 1000, rows))
     records["entropy"], records["disagreement"] = rng.integers(0, 256, rows), rng.integers(0, 256, rows)
-    records["target_kl"] = rng.uniform(0, 2, rows).astype(np.float16)
+    kl = rng.uniform(0, 2, rows)
+    kl[:5] = [0.0, 1e-7, 3e-5, 0.25, 500.0]  # zero, below and above the grid's range
+    records["target_kl"] = kl.astype(np.float16)
 
     packer = PackedRecords(layout, candidates=1024, side=8)
+    with pytest.raises(FormatError, match="first top-k class"):
+        packer.pack(records)
+    records = packer.snapped(records)
+    np.testing.assert_array_equal(records["teacher_argmax"], quantised["index"][:, 0])
+    stored_kl = records["target_kl"].astype(np.float64)
+    assert stored_kl[0] == 0 and stored_kl[1] == pytest.approx(1e-6, rel=0.02) and stored_kl[4] == pytest.approx(100)
+    inside = (kl >= 1e-5) & (kl <= 100)  # (float16 holds smaller ones with less than 4 % precision)
+    assert np.all(np.abs(stored_kl[inside] / kl[inside] - 1) <= 0.04)  # half a step of 10^(8/254) and float16
     packed = packer.pack(records)
-    # index 10, i/j 15+15, λ 8, offsets 4×3, flips 2, classes 100, values 72, tail 8, argmax 10, statistics 32
-    assert packer.bits().row_bits == 10 + 30 + 8 + 12 + 2 + 100 + 72 + 8 + 10 + 32 == 284
-    assert packed.shape == (rows, 36) and layout.dtype.itemsize == 68  # 36 bytes against 68
+    # index 10, i/j 15+15, λ 8, offsets 4×3, flips 2, classes 100, values 72, tail 8, Ĥ/disagreement/KL 24
+    assert packer.bits().row_bits == 10 + 30 + 8 + 12 + 2 + 100 + 72 + 8 + 24 == 266
+    assert packed.shape == (rows, 34) and layout.dtype.itemsize == 68  # 34 bytes against 68
     back = packer.unpack(packed)
     assert back.tobytes() == records.tobytes()
     # the targets a trainer learns from are the quantiser's, read the way a float16 top-k set is read
@@ -210,6 +220,7 @@ def test_a_record_off_the_grid_is_refused_not_rounded() -> None:
     records = np.zeros(1, dtype=layout.dtype)
     records["topk"]["index"] = [[3, 1, 2, 0, 4]]
     records["teacher_argmax"] = 3
+    records["target_kl"] = 0.5  # not on the KL grid either: the first problem found is the values'
     records["topk"]["logp"] = [[0.0, -0.01, -1, -2, -3]]  # -0.01 lies between two steps of 16/255
     with pytest.raises(FormatError, match="not on the packed grid"):
         PackedRecords(layout, candidates=64, side=8).pack(records)

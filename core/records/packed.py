@@ -8,7 +8,8 @@ checks, ``verify`` and the trainer read a packed shard with the code they read a
 with. Exact means: integer columns within their ranges, λ on the grid (a packed set draws it
 there), top-k targets already quantised (their log-probabilities relative to the first on the
 :class:`core.records.packed_target.PackedTopk` grid, the first 0), and the statistics on their
-1/255 steps. ``target_kl`` keeps its float16 bits.
+1/255 steps, ``target_kl`` on an 8-bit log grid, ``teacher_argmax`` the first top-k class (the
+last two as :meth:`PackedRecords.snapped` records them before packing).
 """
 
 from __future__ import annotations
@@ -22,6 +23,23 @@ from core.records.bitpack import BitField, BitLayout, bits_for
 from core.records.packed_params import PackedParams
 from core.records.packed_target import PackedTopk
 from core.records.replay import RecordLayout
+
+# target_kl on a log grid: step 0 is 0, steps 1..255 span 10^KL_LOW..10^KL_HIGH nats (±4 % a step)
+KL_LOW, KL_HIGH, KL_STEPS = -6.0, 2.0, 255
+
+
+def kl_step(kl: np.ndarray) -> np.ndarray:
+    """The grid step of each KL (nats; 0 stays 0, the rest clipped into the grid's range)."""
+    values = np.asarray(kl, dtype=np.float64)
+    scaled = (np.log10(np.maximum(values, 10.0 ** KL_LOW)) - KL_LOW) / (KL_HIGH - KL_LOW) * (KL_STEPS - 1) + 1
+    return np.where(values > 0, np.clip(np.rint(scaled), 1, KL_STEPS), 0).astype(np.int64)
+
+
+def kl_of_step(steps: np.ndarray) -> np.ndarray:
+    """The float16 KL of each grid step (what a packed record's ``target_kl`` reads back as)."""
+    steps = np.asarray(steps, dtype=np.float64)
+    values = 10.0 ** (KL_LOW + (steps - 1) / (KL_STEPS - 1) * (KL_HIGH - KL_LOW))
+    return np.where(steps > 0, values, 0.0).astype(np.float16)
 
 
 @dataclass(frozen=True)
@@ -56,9 +74,18 @@ class PackedRecords:
         if self.layout.labels:
             out.append(BitField("label", bits_for(classes + 1)))  # label + 1: 0 is "none"
         out += self.target.fields()
-        out += [BitField("argmax", bits_for(classes)), BitField("entropy", 8), BitField("disagreement", 8),
-                BitField("target_kl", 16)]
+        out += [BitField("entropy", 8), BitField("disagreement", 8), BitField("target_kl", 8)]
         return BitLayout(tuple(out))
+
+    def snapped(self, records: np.ndarray) -> np.ndarray:
+        """``records`` with the two statistics a packed record stores coarser, as a reader will
+        find them: ``teacher_argmax`` the first top-k class (p̄'s argmax up to float32 ties) and
+        ``target_kl`` on its 8-bit grid. The writer records these before any metadata is taken
+        from the records, so a resumed set and an unbroken one agree."""
+        out = records.copy()
+        out["teacher_argmax"] = out["topk"]["index"][:, 0]
+        out["target_kl"] = kl_of_step(kl_step(out["target_kl"]))
+        return out
 
     def pack(self, records: np.ndarray) -> np.ndarray:
         """``(N, row_bytes)`` uint8 rows of structured ``records`` (``layout.dtype``)."""
@@ -69,10 +96,14 @@ class PackedRecords:
         if self.layout.labels:
             fields["label"] = records["label"].astype(np.int64) + 1
         fields.update(self._target_fields(records["topk"]))
-        fields["argmax"] = records["teacher_argmax"].astype(np.int64)
+        first = records["topk"]["index"][:, 0].astype(np.int64)
+        if len(records) and np.any(records["teacher_argmax"].astype(np.int64) != first):
+            raise FormatError("a packed record's teacher_argmax is its first top-k class (snapped: see snapped)")
         fields["entropy"] = records["entropy"].astype(np.int64)
         fields["disagreement"] = records["disagreement"].astype(np.int64)
-        fields["target_kl"] = records["target_kl"].view(np.uint16).astype(np.int64)
+        steps = kl_step(records["target_kl"])
+        self._on_grid("target_kl", kl_of_step(steps), records["target_kl"])
+        fields["target_kl"] = steps
         return self.bits().pack(fields)
 
     def unpack(self, packed: np.ndarray) -> np.ndarray:
@@ -93,9 +124,9 @@ class PackedRecords:
         if "tail" in fields:
             low, high = codec.tail_range
             topk["log_tail"] = low + fields["tail"] / ((1 << codec.bits) - 1) * (high - low)
-        out["teacher_argmax"] = fields["argmax"]
+        out["teacher_argmax"] = topk["index"][:, 0]
         out["entropy"], out["disagreement"] = fields["entropy"], fields["disagreement"]
-        out["target_kl"] = fields["target_kl"].astype(np.uint16).view(np.float16)
+        out["target_kl"] = kl_of_step(fields["target_kl"])
         return out
 
     def _target_fields(self, topk: np.ndarray) -> dict[str, np.ndarray]:

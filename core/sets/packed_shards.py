@@ -30,6 +30,7 @@ from core.config import SourceConfig
 from core.errors import FormatError, UserError
 from core.records import format as fmt
 from core.records.packed import PackedRecords
+from core.records.packed_params import PackedParams
 from core.records.replay import RecordLayout
 from core.sets.index import SetIndex
 from core.sets.replay_shards import ReplayShards
@@ -109,7 +110,11 @@ class PackedShards(ReplayShards):
 
     def recorded(self, drawn: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
         """λ on the grid the bits hold, then as the records give it back: the image is made from that."""
-        return super().recorded([(kind, self.packer.params.on_grid(params)) for kind, params in drawn])
+        return super().recorded([(kind, PackedParams.on_grid(params)) for kind, params in drawn])
+
+    def stored(self, records: np.ndarray) -> np.ndarray:
+        """The argmax and KL statistics as the bits hold them (:meth:`PackedRecords.snapped`)."""
+        return self.packer.snapped(records)
 
     def records_bytes(self, records: np.ndarray) -> bytes:
         """The rows in bits (refused, never rounded, where a value is off its range or grid)."""

@@ -125,8 +125,12 @@ class ReplayShards(ShardFormat):
         return [params.decode(params.encode(kind, p)) for kind, p in drawn]
 
     def encode(self, shard: int, samples: list[fmt.Sample]) -> tuple[bytes, list[dict[str, Any]]]:
-        records = encode_records(self.layout, samples)
+        records = self.stored(encode_records(self.layout, samples))
         return self.records_bytes(records), [decode_record(self.layout, shard, row)[0] for row in records]
+
+    def stored(self, records: np.ndarray) -> np.ndarray:
+        """The records as this format stores them (the metadata is taken from these)."""
+        return records
 
     def records_bytes(self, records: np.ndarray) -> bytes:
         """A shard file of structured ``records``."""
