@@ -9,7 +9,7 @@ One ``transferset run`` (embedded 2-CPU Ray) on three-digit numbers (bench/digit
   random-resized crop; ≥ 100 000 views), and ``mix_*``: XCL-Mix of random pairs, 100 000 samples;
 * each stored ``packed`` (top-10, 8-bit values; ``views_packed6``: 6-bit) and ``dense`` (a replay
   set of float16 log p̄ over all 1 000 classes: the reference);
-* a KD student on each packed and each dense set alone, three seeds.
+* KD students on the mixes alone (dense, float16 top-10, packed), at τ = 1 and τ = 4, three seeds.
 
 Reported per set: bytes per view of every file of the set directory (shards, ``index.json``,
 ``manifest.parquet`` where there is one, ``_fingerprint``) and of the record alone. KL(p̄ ‖ stored)
@@ -52,14 +52,27 @@ STORES = {  # set suffix → store and targets
     "packed": ("packed", {"kind": "topk", "k": K, "bits": 8}),
     "packed6": ("packed", {"kind": "topk", "k": K, "bits": 6}),
     "dense": ("replay", {}),
+    "topk16": ("replay", {"kind": "topk", "k": K}),  # today's float16 top-10: the students' control
 }
+# The students (KD, α = 1, on the mixes alone): dense, float16 top-10 and packed targets at τ = 1,
+# and at the default τ = 4, where a top-10 record's tail, spread evenly over 990 classes and
+# raised to 1/τ, outweighs its ten classes (the tempered target is nearly uniform).
+STUDENT_SETS = {"dense": (1.0, 4.0), "topk16": (1.0, 4.0), "packed": (1.0, 4.0)}
 GOALS = {"views_packed": 32, "views_packed6": 32, "mix_packed": 40}  # B/view with stored parameters
 TEACHER = {"arch": "tiny_cnn", "arch_kwargs": {"width": 32, "hidden": 512}}
 STUDENT = {"arch": "tiny_cnn", "arch_kwargs": {"width": 16, "hidden": 256}}
 
 
 def set_names() -> list[str]:
-    return [f"{case}_{store}" for case in CASES for store in STORES if not (case == "mix" and store == "packed6")]
+    """Every case in every store but the two controls: 6-bit mixes and float16 top-10 views."""
+    skipped = {"mix_packed6", "views_topk16"}
+    return [name for case in CASES for store in STORES if (name := f"{case}_{store}") not in skipped]
+
+
+def student_names() -> dict[str, tuple[str, float]]:
+    """Student name → (its set, τ); the τ = 4 students keep the plain name."""
+    return {f"kd_mix_{store}" + ("" if tau == 4.0 else f"_t{tau:g}"): (f"mix_{store}", tau)
+            for store, taus in STUDENT_SETS.items() for tau in taus}
 
 
 def config(data: Path, seeds: list[int], teacher_steps: int, student_steps: int) -> dict[str, Any]:
@@ -73,9 +86,10 @@ def config(data: Path, seeds: list[int], teacher_steps: int, student_steps: int)
         sets[name] = {"sampler": CASES[case], "store": kind, "samples_per_shard": 1024,
                       **({"targets": targets} if targets else {}),
                       **({"samples": MIX_SAMPLES} if case == "mix" else {})}
-    students = {f"kd_{name}": {"model": STUDENT, "objective": "kd", "sets": {name: 1.0}, "seeds": seeds,
-                               "train": {"steps": student_steps, "batch_size": 256, "num_workers": 0}}
-                for name in set_names() if not name.endswith("packed6")}
+    students = {name: {"model": STUDENT, "objective": "kd", "sets": {set_name: 1.0}, "seeds": seeds,
+                       "kd": {"temperature": tau, "alpha": 1.0},
+                       "train": {"steps": student_steps, "batch_size": 256, "num_workers": 0}}
+                for name, (set_name, tau) in student_names().items()}
     return {"name": "storage1000", "seed": 0, "source": source,
             "teachers": {"model": TEACHER, "members": 2,
                          "train": {"steps": teacher_steps, "batch_size": 128, "lr": 0.05, "num_workers": 0}},
@@ -151,9 +165,9 @@ def report(run: Path, cfg: dict[str, Any], seeds: list[int]) -> None:
     sizes = {name: set_bytes(run / "sets" / name) for name in set_names()}
     kls = {case: quantisers_kl(dense_logp(run / "sets" / f"{case}_dense", cfg["source"])) for case in CASES}
     written = {name: _target_kl(run / "sets" / name, cfg) for name in set_names() if "packed" in name}
-    students = {name: summary([json.loads((run / "students" / f"kd_{name}" / f"seed-{s}" / "result.json")
+    students = {name: summary([json.loads((run / "students" / name / f"seed-{s}" / "result.json")
                                           .read_text())["accuracy"] for s in seeds])
-                for name in set_names() if not name.endswith("packed6")}
+                for name in student_names()}
     figures: dict[str, Any] = {"classes": 1000, "k": K, "teacher_accuracy": teachers, "seeds": seeds}
     print(f"teachers' test accuracy on 1 000 classes: {', '.join(f'{a:.3f}' for a in teachers)}")
     print(f"\n{'set':15} {'views':>7} {'record':>6} {'shards':>7} {'all files':>9} | goal")
@@ -179,10 +193,11 @@ def report(run: Path, cfg: dict[str, Any], seeds: list[int]) -> None:
         p99 = np.quantile(values, 0.99)
         print(f"  {name}: target_kl as written (float32 p̄) mean {values.mean():.4g} p99 {p99:.4g}")
         figures[f"{name}_written_kl_mean"] = float(values.mean())
-    print("\nKD students (tiny_cnn), test accuracy over seeds:")
+    print("\nKD students (tiny_cnn width 16, α = 1, on the mixes alone), test accuracy over seeds:")
     for name, found in students.items():
-        print(f"  kd on {name:12} {found['mean']:.4f} ± {found['std']:.4f}")
-        figures[f"kd_{name}_accuracy"] = found
+        set_name, tau = student_names()[name]
+        print(f"  {set_name:12} τ = {tau:g}: {found['mean']:.4f} ± {found['std']:.4f}")
+        figures[f"{name}_accuracy"] = found
     print(json.dumps(figures))
 
 

@@ -16,8 +16,12 @@ SPEC_NAME = "spec.json"
 
 
 def reusable(out_dir: Path, spec: dict[str, Any], artifact: str) -> bool:
+    """The step in ``out_dir`` finished (``artifact`` is there) from ``spec``, compared as the JSON
+    :func:`mark_done` wrote: a tuple in the spec (an image contract's ``scale``) reads back as a
+    list and is the same value."""
     spec_path = out_dir / SPEC_NAME
-    return (out_dir / artifact).is_file() and spec_path.is_file() and json.loads(spec_path.read_text()) == spec
+    return (out_dir / artifact).is_file() and spec_path.is_file() \
+        and json.loads(spec_path.read_text()) == json.loads(json.dumps(spec))
 
 
 def mark_done(out_dir: Path, spec: dict[str, Any]) -> None:
