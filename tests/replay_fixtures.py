@@ -20,6 +20,22 @@ from core.tasks.classification import EnsembleOutput
 from stages.samplers import draw_shard, sample_label, set_size
 
 
+def mix_job(name: str, store: str, targets: dict[str, Any], student: dict[str, Any]) -> dict[str, Any]:
+    """A whole job around one 512-sample digits mix set stored as ``store``: one tiny teacher, a KD
+    ``student`` on the set and the real split (``transferset run`` makes it in about 40 s)."""
+    return {
+        "name": name, "seed": 0, "source": {"kind": "digits"},
+        "teachers": {"model": {"arch": "tiny_cnn", "arch_kwargs": {"width": 4}}, "members": 1,
+                     "train": {"steps": 30, "batch_size": 128}},
+        "teacher_stage": {"batch_size": 512, "actors": 1, "num_cpus": 0.5, "threads": 1},
+        "student_stage": {"parallel": "off"},
+        "sets": {"mix": {"sampler": {"kind": "mix"}, "samples": 512, "samples_per_shard": 256, "store": store,
+                         "targets": targets}},
+        "students": {"kd": {"model": student, "objective": "kd", "sets": {"mix": 1.0, "source": 0.5},
+                            "kd": {"alpha": 0.5}, "train": {"steps": 20, "batch_size": 64, "num_workers": 1}}},
+    }
+
+
 def ensemble_output(rng: np.random.Generator, count: int, classes: int) -> EnsembleOutput:
     """Peaked random log p̄ rows (some classes far below the float16 floor, as real teachers give)."""
     logits = rng.normal(size=(count, classes)) * rng.uniform(1, 12, size=(count, 1))

@@ -15,6 +15,7 @@ import pytest
 from bad_input import STUDENT, assert_one_error_line, transferset, tree, write_config
 from cli_runner import transferset_in_process
 from conftest import generate_set_in, plan_in, snapshot
+from replay_fixtures import mix_job
 
 from core.config import SetConfig, SourceConfig
 from core.records.packed_params import LAM_STEPS
@@ -164,17 +165,7 @@ def test_a_packed_index_whose_bits_this_code_lays_out_otherwise_is_refused(made,
     assert isinstance(found, str) and "other bits than this version reads" in found
 
 
-JOB = {
-    "name": "packed", "seed": 0, "source": {"kind": "digits"},
-    "teachers": {"model": {"arch": "tiny_cnn", "arch_kwargs": {"width": 4}}, "members": 1,
-                 "train": {"steps": 30, "batch_size": 128}},
-    "teacher_stage": {"batch_size": 512, "actors": 1, "num_cpus": 0.5, "threads": 1},
-    "student_stage": {"parallel": "off"},
-    "sets": {"mix": {"sampler": {"kind": "mix"}, "samples": 512, "samples_per_shard": 256, "store": "packed",
-                     "targets": TOPK}},
-    "students": {"kd": {"model": STUDENT, "objective": "kd", "sets": {"mix": 1.0, "source": 0.5},
-                        "kd": {"alpha": 0.5}, "train": {"steps": 20, "batch_size": 64, "num_workers": 1}}},
-}
+JOB = mix_job("packed", "packed", TOPK, STUDENT)
 
 
 @pytest.mark.e2e

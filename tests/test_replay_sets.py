@@ -14,6 +14,7 @@ import pytest
 from bad_input import STUDENT, assert_one_error_line, transferset, tree, write_config
 from cli_runner import transferset_in_process
 from conftest import generate_set_in, snapshot
+from replay_fixtures import mix_job
 
 from core.config import SetConfig, SourceConfig
 from core.errors import UserError
@@ -119,17 +120,7 @@ def test_a_trainer_with_another_source_is_refused(made) -> None:
 
 # ---------------------------------------------------------------- through the installed command
 
-JOB = {
-    "name": "replay", "seed": 0, "source": {"kind": "digits"},
-    "teachers": {"model": {"arch": "tiny_cnn", "arch_kwargs": {"width": 4}}, "members": 1,
-                 "train": {"steps": 30, "batch_size": 128}},
-    "teacher_stage": {"batch_size": 512, "actors": 1, "num_cpus": 0.5, "threads": 1},
-    "student_stage": {"parallel": "off"},
-    "sets": {"mix": {"sampler": {"kind": "mix"}, "samples": 512, "samples_per_shard": 256, "store": "replay",
-                     "targets": {"kind": "topk", "k": 3}}},
-    "students": {"kd": {"model": STUDENT, "objective": "kd", "sets": {"mix": 1.0, "source": 0.5},
-                        "kd": {"alpha": 0.5}, "train": {"steps": 20, "batch_size": 64, "num_workers": 1}}},
-}
+JOB = mix_job("replay", "replay", {"kind": "topk", "k": 3}, STUDENT)
 
 
 def run_job(root: Path, store: str) -> Path:
