@@ -57,9 +57,11 @@ bench-topk: $(STAMP)
 bench-student: $(STAMP)
 	$(BIN)/python bench/student_speed.py
 
-# Bytes per stored view of replay sets (>= 100 000 views each) beside the same sets as pixels (~5 min).
+# Bytes per stored view of replay and packed sets (>= 100 000 views each) beside the same sets as
+# pixels (~20 min), then at 1 000 classes with KL and students (~35 min).
 bench-storage: $(STAMP)
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/storage.py
+	RAY_AUTH_MODE=disabled $(BIN)/python bench/storage_1000.py
 
 # The stream beside webdataset's recipe and mosaicml-streaming on one 80 000-view set (~15 min; makes the set
 # in /tmp/bench-peers once). mosaicml-streaming is installed without its declared dependencies (constraints.txt).

@@ -16,7 +16,7 @@ are large, so the pixel figure is measured on a smaller set of the same config: 
 samples of the same draw for the mixes, fewer views per image for the views sets (listed). The
 teachers' quality does not change a byte: every column is fixed-width and stored uncompressed.
 
-    RAY_AUTH_MODE=disabled .venv/bin/python bench/storage.py [--out DIR]    # ~7 min on 2 cores
+    RAY_AUTH_MODE=disabled .venv/bin/python bench/storage.py [--out DIR]    # ~20 min on 2 cores
 
 The first three cases are also made packed (``store: packed``: the same records in bits, top-10 on
 an 8-bit grid, no ``manifest.parquet``); their goal is today's replay record alone, now with every
