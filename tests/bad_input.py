@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock
 
 STUDENT = {"arch": "tiny_cnn", "arch_kwargs": {"width": 4}}
 STUDENT_TRAIN = {"steps": 10, "batch_size": 64, "num_workers": 0}
@@ -123,17 +124,37 @@ class Corpus:
         2 shards) and a student of it: made by the installed command on first use."""
         job = self.root / "replay-job"
         config = self.root / "replay.yaml"
+        with FileLock(f"{self.root}.replay.lock"):  # the corpus is shared by the pytest workers
+            self._make_replay(config, job)
+        return config, job
+
+    def _make_replay(self, config: Path, job: Path) -> None:
         if not (job / "sets" / "rmix" / "index.json").is_file():
             write_config(config, job_with(teachers__checkpoints=[str(self.teacher())], sets=REPLAY_SETS,
                                           students={"kd": {**JOB["students"]["kd"], "sets": {"rmix": 1.0}}}))
             result = transferset("generate", config, "--out", job, cwd=self.root)
             if result.returncode != 0:
                 raise AssertionError(f"the replay set failed: exit {result.returncode}\n{result.stderr[-3000:]}")
-        return config, job
 
 
 REPLAY_SETS = {"rmix": {"samplers": [{"kind": "mix", "share": 0.5}, {"kind": "cutmix", "share": 0.5}],
                         "samples": 256, "samples_per_shard": 128, "store": "replay"}}
+
+
+def shared_corpus(root: Path) -> Corpus:
+    """The corpus in ``root``, made once for the whole test run: the first pytest worker to ask
+    makes it (a file lock beside ``root``), the others wait and read it (the job takes ~45 s and
+    every case only reads it or copies it; ``Corpus.changed`` restores it should a case break it)."""
+    with FileLock(f"{root}.lock"):
+        made = root / "made.json"
+        if made.is_file():
+            return Corpus(root=root, job=root / "job", config=root / "corpus.yaml",
+                          run_stderr=json.loads(made.read_text())["run_stderr"], snapshot=tree(root / "job"))
+        shutil.rmtree(root, ignore_errors=True)  # a worker that failed half-way left this
+        root.mkdir(parents=True)
+        corpus = make_corpus(root)
+        made.write_text(json.dumps({"run_stderr": corpus.run_stderr}))
+        return corpus
 
 
 def make_corpus(root: Path) -> Corpus:

@@ -115,12 +115,14 @@ def teachers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def corpus(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Any:
     """A tiny job finished by the installed ``transferset run`` (tests/bad_input.py): what the
-    bad-input corpus and the boundary tests break copies of, and must leave unchanged."""
-    from bad_input import make_corpus
+    bad-input corpus and the boundary tests break copies of, and must leave unchanged. Made once
+    per test run: under ``pytest -n`` the workers share it (the parent of their temp roots)."""
+    from bad_input import shared_corpus
 
-    return make_corpus(tmp_path_factory.mktemp("corpus"))
+    base = tmp_path_factory.getbasetemp()
+    return shared_corpus((base if worker_id == "master" else base.parent) / "corpus")
 
 
 @pytest.fixture(scope="session")

@@ -74,6 +74,34 @@ def test_npz_source_with_and_without_test_arrays(tmp_path) -> None:
         load_source(SourceConfig(kind="npz", path=str(tmp_path / "nolabels.npz")), "train")
 
 
+def test_the_stratified_split_is_scikit_learns_index_for_index() -> None:
+    """core.sources.split reproduces train_test_split(stratify=...) without importing scikit-learn
+    (2 s a process): the same indices for digits and for random label arrays, fractions and seeds."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    from core.sources.split import load_digits, stratified_split
+
+    images, labels = load_digits()
+    reference = sklearn_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
+    rng = np.random.default_rng(5)
+    for seed in range(12):
+        for fraction in (0.2, 0.07, 0.33, 0.5):
+            y = labels if seed % 3 == 0 else rng.integers(0, 7, size=int(rng.integers(80, 400)))
+            expected = train_test_split(np.arange(len(y)), test_size=fraction, random_state=seed, stratify=y)
+            got = stratified_split(y, fraction, seed, "labels")
+            assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True)), (seed, fraction)
+
+
+def test_a_class_of_one_image_is_one_error_line_for_a_stratified_split(tmp_path) -> None:
+    images = np.zeros((21, 4, 4, 1), np.uint8)
+    labels = np.array([0] * 10 + [1] * 10 + [2])
+    np.savez(tmp_path / "one.npz", images=images, labels=labels)
+    with pytest.raises(UserError, match=r"one\.npz: classes \[2\] have one image each"):
+        load_source(SourceConfig(kind="npz", path=str(tmp_path / "one.npz")), "train")
+
+
 def test_class_subset_relabels_both_splits() -> None:
     source = digits(classes=["7", "2"])
     full = digits()

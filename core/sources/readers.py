@@ -22,6 +22,7 @@ from core.errors import UserError
 from core.options.image_contract import eval_image
 from core.sources.gaze import RENDER_VERSION, render_split
 from core.sources.image_files import image_size, open_pil, read_image
+from core.sources.split import load_digits, stratified_split
 from core.sources.webdataset import TarMember, read_split
 from core.store import storage
 from core.tasks import CLASSIFY, REGRESS, Task
@@ -123,22 +124,17 @@ def content_hash(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _stratified(labels: np.ndarray, cfg: SourceConfig, split: Split) -> np.ndarray:
-    from sklearn.model_selection import train_test_split
-
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=cfg.test_fraction,
-                                           random_state=cfg.split_seed, stratify=labels)
+def _stratified(labels: np.ndarray, cfg: SourceConfig, split: Split, where: str = "source") -> np.ndarray:
+    train_idx, test_idx = stratified_split(labels, cfg.test_fraction, cfg.split_seed, where)
     return np.sort(train_idx if split == "train" else test_idx)
 
 
 def read_digits(cfg: SourceConfig, split: Split) -> Source:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    images = np.rint(data.images * (255.0 / 16.0)).astype(np.uint8)[:, :, :, None]
-    chosen = _stratified(data.target, cfg, split)
+    pixels, target = load_digits()
+    images = np.rint(pixels * (255.0 / 16.0)).astype(np.uint8)[:, :, :, None]
+    chosen = _stratified(target, cfg, split)
     return Source(
-        name="digits", classes=[str(c) for c in range(10)], labels=data.target[chosen].astype(np.int64),
+        name="digits", classes=[str(c) for c in range(10)], labels=target[chosen],
         identity={"kind": "digits", "split": split, "test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed},
         pad=1, flip=False, _images=np.ascontiguousarray(images[chosen]), shape=(8, 8, 1),
     )
@@ -232,7 +228,7 @@ def read_npz(cfg: SourceConfig, split: Split) -> Source:
                                              f"{path} test_images/test_labels")
         split_rule: dict[str, Any] = {"test": "test_images"}
     else:
-        chosen = _stratified(labels, cfg, split)
+        chosen = _stratified(labels, cfg, split, f"source.path: {path}")
         images, labels = images[chosen], labels[chosen]
         split_rule = {"test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed}
     count = int(max(labels.max(initial=0), arrays["labels"].max(initial=0))) + 1
