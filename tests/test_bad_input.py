@@ -214,6 +214,14 @@ WRONG_VALUES = [
     Case("class-balanced-no-source", train("students.kd.train.class_balanced=true"),
          ("students.kd", "class_balanced", "sets.source")),
     Case("online-with-sets", train("students.kd.objective=kd_online"), ("students.kd", "drop its sets")),
+    Case("kd-label-smoothing", train("students.kd.train.label_smoothing=0.1"),
+         ("students.kd", "train.label_smoothing", "objective 'kd' does not have", "objective 'erm'")),
+    Case("kd-cutmix-mixup", train("students.kd.train.cutmix=0.5", "students.kd.train.mixup=0.5"),
+         ("students.kd", "train.cutmix, train.mixup", "real-label loss")),
+    Case("kd-randaugment-no-source", train("students.kd.train.randaugment={}"),
+         ("students.kd", "train.randaugment", "sets.source")),
+    Case("erm-with-kd-section", train("students.erm.kd.temperature=2", student="erm"),
+         ("students.erm", "kd: an 'erm' student learns the real labels only")),
 ]
 COMMAND_LINE = [
     Case("set-without-equals", gen("teachers.members"), ("--set 'teachers.members'", "key=value")),

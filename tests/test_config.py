@@ -69,3 +69,38 @@ def test_teachers_parallel_off_reads_as_written_in_yaml():
     assert cfg.teachers.parallel == "off"
     with pytest.raises(UserError, match="teachers.parallel"):
         load_config(QUICKSTART, ["teachers.parallel=true"])
+
+
+PRUNING = QUICKSTART.with_name("pruning.yaml")
+
+
+@pytest.mark.parametrize(("config", "overrides", "needles"), [
+    (QUICKSTART, ["students.kd.train.label_smoothing=0.1"],
+     ("students.kd", "train.label_smoothing shapes ERM's real-label loss", "objective 'kd'", "use objective 'erm'")),
+    (QUICKSTART, ["students.xcl_mix.train.mixup=0.3", "students.xcl_mix.train.mix_alpha=0.4"],
+     ("students.xcl_mix", "train.mixup, train.mix_alpha shape", "remove them")),
+    (QUICKSTART, ["students.kd.objective=kd_online", "students.kd.sets={}", "students.kd.train.regression_loss=mse"],
+     ("students.kd", "train.regression_loss", "objective 'kd_online'")),
+    (QUICKSTART, ["students.kd.train.randaugment={}"], ("students.kd", "train.randaugment", "sets.source")),
+    (QUICKSTART, ["students.erm.kd.temperature=2"], ("students.erm", "kd: an 'erm' student", "remove it")),
+    (QUICKSTART, ["students.erm.sets={mix: 1}"], ("students.erm", "sets: an 'erm' student", "objective 'kd'")),
+    (PRUNING, ["students.slim_distilled.prune.then.objective=[kd]",
+                "students.slim_distilled.prune.then.train.cutmix=0.5"],
+     ("prune", "then.train.cutmix", "phase kd does not have", "add the phase erm")),
+])
+def test_an_erm_loss_option_on_a_run_without_that_loss_is_refused(config, overrides, needles):
+    """cutmix, mixup, mix_alpha, label_smoothing and regression_loss shape ERM's loss only: given to
+    a distilling student (or to pruning phases without erm) they used to do nothing, silently; so
+    did a kd section or sets on an ERM student whose pruning recipes (if any) do not distil."""
+    with pytest.raises(UserError) as info:
+        load_config(config, overrides)
+    message = str(info.value)
+    assert all(needle in message for needle in needles), message
+    assert "\n" not in message
+
+
+def test_erm_loss_options_stay_allowed_where_they_act():
+    cfg = load_config(QUICKSTART, ["students.erm.train.label_smoothing=0.1", "students.erm.train.cutmix=0.5",
+                                   "students.kd.sets.source=0.2", "students.kd.kd.alpha=0.9",
+                                   "students.kd.train.randaugment={}", "students.kd.train.cutmix=0.0"])
+    assert cfg.students["erm"].train.label_smoothing == 0.1 and cfg.students["kd"].train.randaugment is not None

@@ -25,6 +25,7 @@ class TrainingObjective:
     reads_sets: ClassVar[bool] = False  # the run trains on stored transfer sets
     teachers_in_loop: ClassVar[bool] = False  # the run loads the ensemble's checkpoints and labels each batch
     distils: ClassVar[bool] = False  # the run learns the teachers' targets, its loss set by the kd section
+    label_loss: ClassVar[bool] = True  # the run's loss is CE (or ERM's regression loss) on real labels
 
     def reads_real(self, real_weight: float) -> bool:
         """Whether the run reads the real training split (``real_weight``: the weight of set ``source``)."""
@@ -74,6 +75,7 @@ class KD(TrainingObjective):
     name = "kd"
     reads_sets = True
     distils = True
+    label_loss = False  # (1 − alpha)·CE on labelled rows, plain: no smoothing, no mixing
 
     def reads_real(self, real_weight: float) -> bool:
         return real_weight > 0

@@ -16,6 +16,7 @@ from core.options.train import (
     Strict,
     TrainConfig,
     check_recipes,
+    no_label_loss,
     recipes_of,
 )
 
@@ -54,6 +55,18 @@ class StudentConfig(Strict):
         objective.check(self)
         objective.check_recipes(recipes)
         check_recipes(recipes, self.sets, SOURCE_SET)
+        given = [name for name in ("kd", "sets") if getattr(self, name) != type(self).model_fields[name].default]
+        if given and not objective.distils and not any(p != "erm" for r in recipes for p in r.then.objective):
+            raise ValueError(f"{' and '.join(given)}: an {self.objective!r} student learns the real labels only, so "
+                             f"{'they do' if len(given) > 1 else 'it does'} nothing; remove "
+                             f"{'them' if len(given) > 1 else 'it'}, or use objective 'kd'")
+        if not objective.label_loss and (why := no_label_loss(self.train, f"objective {self.objective!r}",
+                                                              "use objective 'erm'")):
+            raise ValueError(why)
+        if self.train.randaugment is not None and not objective.reads_real(self.sets.get(SOURCE_SET, 0)):
+            raise ValueError(f"train.randaugment augments the real images of the set {SOURCE_SET!r}, which this "
+                             f"{self.objective!r} student does not read; add sets.{SOURCE_SET} with a weight or "
+                             "drop it")
         if self.train.class_balanced and not objective.draws_labelled_real(self.sets.get(SOURCE_SET, 0)):
             raise ValueError(f"train.class_balanced draws the real images of the set {SOURCE_SET!r}, which this "
                              f"{self.objective!r} student does not read; add sets.{SOURCE_SET} with a weight "

@@ -154,6 +154,26 @@ class TrainConfig(Strict):
         return self
 
 
+# Options that shape ERM's real-label loss (augmenting the labelled batch, smoothing its labels, the
+# regression ERM loss). A distilling objective's loss is its kd section: there they would do nothing.
+LABEL_LOSS_OPTIONS = ("cutmix", "mixup", "mix_alpha", "label_smoothing", "regression_loss")
+
+
+def label_loss_options(train: TrainConfig) -> list[str]:
+    """``train.NAME`` for each ERM-loss option ``train`` sets away from its default."""
+    return [f"train.{name}" for name in LABEL_LOSS_OPTIONS
+            if getattr(train, name) != TrainConfig.model_fields[name].default]
+
+
+def no_label_loss(train: TrainConfig, what: str, hint: str) -> str | None:
+    """Why ``train`` cannot be given to ``what`` (a run with no real-label loss), or None."""
+    used = label_loss_options(train)
+    if not used:
+        return None
+    return (f"{', '.join(used)} shape{'s' if len(used) == 1 else ''} ERM's real-label loss, which {what} does not "
+            f"have (its loss is the kd section); remove {'it' if len(used) == 1 else 'them'} or {hint}")
+
+
 class PickConfig(Strict):
     """TLCutMix+pick (seed 004 §3.2): train on the B hardest of ratio×B candidates."""
 
@@ -301,4 +321,7 @@ def check_recipes(recipes: list[PruneConfig], sets: dict[str, float], transfer: 
         given = recipe.then.sets or sets
         if any(p != "erm" for p in recipe.then.objective) and not any(n != transfer for n in given):
             raise ValueError(f"prune {recipe.label}: phases kd and self_distill need a transfer set: give then.sets")
+        if "erm" not in recipe.then.objective and (why := no_label_loss(
+                recipe.then.train, f"phase {' / '.join(recipe.then.objective)}", "add the phase erm")):
+            raise ValueError(f"prune {recipe.label}: then.{why}")
     return penalties.pop() if penalties else 0.0
