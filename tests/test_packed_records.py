@@ -57,7 +57,14 @@ def test_each_stored_value_lies_within_half_a_step_of_the_truth(sharpness: float
     fields = codec.encode(logp)
     back = codec.decode(fields)
     top = np.argsort(-logp, axis=1, kind="stable")[:, :10]
-    np.testing.assert_array_equal(fields["class"], top)
+    # the top 10, the most probable first, the rest in the canonical order a reader finds them in:
+    # by grid value, ties (equal steps below the first) by class
+    np.testing.assert_array_equal(fields["class"][:, 0], top[:, 0])
+    np.testing.assert_array_equal(np.sort(fields["class"], axis=1), np.sort(top, axis=1))
+    rel, rest = fields["rel"].astype(np.int64), fields["class"][:, 1:].astype(np.int64)
+    assert np.all((np.diff(rel, axis=1) > 0) | ((np.diff(rel, axis=1) == 0) & (np.diff(rest, axis=1) > 0)))
+    assert np.any(np.diff(rel, axis=1) == 0)  # ties occur, so the order is the codec's, not argsort's
+    top = fields["class"].astype(np.int64)
     truth = np.take_along_axis(logp, top, 1)
     got = np.take_along_axis(back.astype(np.float64), top, 1)
     rel_truth, rel_got = truth[:, 1:] - truth[:, :1], got[:, 1:] - got[:, :1]
@@ -88,7 +95,8 @@ def test_every_class_kept_needs_no_tail_and_rows_sum_to_one() -> None:
     rng = np.random.default_rng(3)
     logp = peaked(rng, 50, 10, 2.0)
     codec = PackedTopk(classes=10, k=10, bits=8)
-    assert [f.name for f in codec.fields()] == ["class", "rel"]
+    # all 10 of 10: the class set is one (1 bit), the first's position 4 bits, against 40 bits of indices
+    assert [(f.name, f.bits, f.count) for f in codec.fields()] == [("classes", 1, 1), ("first", 4, 1), ("values", 8, 9)]
     back = codec.decode(codec.encode(logp)).astype(np.float64)
     np.testing.assert_allclose(np.exp(back).sum(1), 1.0, atol=1e-5)
     assert np.abs(back - logp).max() <= codec.step  # half a step each side of the renormalisation
@@ -200,14 +208,46 @@ def test_a_shards_records_pack_to_their_bits_and_unpack_to_the_same_bytes() -> N
     inside = (kl >= 1e-5) & (kl <= 100)  # (float16 holds smaller ones with less than 4 % precision)
     assert np.all(np.abs(stored_kl[inside] / kl[inside] - 1) <= 0.04)  # half a step of 10^(8/254) and float16
     packed = packer.pack(records)
-    # index 10, i/j 15+15, λ 8, offsets 4×3, flips 2, classes 100, values 72, tail 8, Ĥ/disagreement/KL 24
-    assert packer.bits().row_bits == 10 + 30 + 8 + 12 + 2 + 100 + 72 + 8 + 24 == 266
-    assert packed.shape == (rows, 34) and layout.dtype.itemsize == 68  # 34 bytes against 68
+    # index 10, i/j 15+15, λ 8, offsets 4×3, flips 2, the class set 78 (log2 C(1000, 10) = 77.4) and
+    # the first's position 4, values 72, tail 8, Ĥ/disagreement/KL 24
+    assert packer.bits().row_bits == 10 + 30 + 8 + 12 + 2 + 78 + 4 + 72 + 8 + 24 == 248
+    assert packed.shape == (rows, 31) and layout.dtype.itemsize == 68  # 31 bytes against 68
     back = packer.unpack(packed)
     assert back.tobytes() == records.tobytes()
     # the targets a trainer learns from are the quantiser's, read the way a float16 top-k set is read
     from core.records.replay import decode_columns
     np.testing.assert_array_equal(decode_columns(layout, back).target, codec.decode(codec.encode(logp)))
+
+
+@pytest.mark.parametrize(("classes", "k"), [(1000, 10), (100, 10), (10, 10), (1000, 1), (10, 3)])
+def test_the_class_set_and_first_position_give_back_every_row_exactly(classes: int, k: int) -> None:
+    """The combination code (rank of the sorted classes, the first's position, values in class
+    order) reads back the rows encode wrote, flat rows with every value tied included."""
+    rng = np.random.default_rng(7)
+    logp = peaked(rng, 400, classes, 3.0)
+    logp[:20] = -math.log(classes)  # flat: every value on one grid step, the order all ties
+    codec = PackedTopk(classes=classes, k=k, bits=8)
+    fields = codec.encode(logp)
+    back = codec.from_bits(codec.to_bits(fields))
+    assert set(back) == set(fields)
+    for name, values in fields.items():
+        np.testing.assert_array_equal(np.asarray(back[name], dtype=np.int64), np.asarray(values, dtype=np.int64))
+    rank_bits = sum(f.width for f in codec.fields() if f.name == "classes")
+    assert rank_bits == max(math.comb(classes, min(k, classes)) - 1, 1).bit_length()
+
+
+def test_a_damaged_class_set_or_order_is_refused() -> None:
+    codec = PackedTopk(classes=1000, k=10, bits=8)
+    fields = codec.encode(peaked(np.random.default_rng(8), 5, 1000, 3.0))
+    columns = codec.to_bits(fields)
+    columns["classes"] = np.full_like(columns["classes"], (1 << 26) - 1)  # a rank past C(1000, 10)
+    with pytest.raises(FormatError, match=r"not one of the C\(1000, 10\) sets"):
+        codec.from_bits(columns)
+    assert np.all(fields["rel"][:, 0] < fields["rel"][:, -1])
+    swapped = {**fields, "class": fields["class"][:, [0, 9, 2, 3, 4, 5, 6, 7, 8, 1]],
+               "rel": fields["rel"][:, [8, 1, 2, 3, 4, 5, 6, 7, 0]]}  # the same values, listed out of order
+    with pytest.raises(FormatError, match="canonical order"):
+        codec.to_bits(swapped)
 
 
 def test_a_record_off_the_grid_is_refused_not_rounded() -> None:

@@ -60,8 +60,8 @@ class StoreConfig(Strict):
     was labelled). ``kind: replay``: no pixels, only each sample's parameters and targets in one
     structured ``.npy`` per shard (``core.records.replay``, tens of bytes a sample); the trainer
     rebuilds the images from the source. ``kind: packed``: the replay records in bits
-    (``core.records.packed``: class indices in ⌈log2 C⌉ bits, quantised top-k values, parameters in
-    the bits their ranges need); it needs ``targets: {kind: topk, bits: N}``. ``store: replay`` is
+    (``core.records.packed``: the top-k classes as one combination of the C, quantised top-k values,
+    parameters in the bits their ranges need); it needs ``targets: {kind: topk, bits: N}``. ``store: replay`` is
     short for ``store: {kind: replay}``."""
 
     kind: Literal["pixels", "replay", "packed"] = Field(

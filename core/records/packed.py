@@ -15,6 +15,7 @@ last two as :meth:`PackedRecords.snapped` records them before packing).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -57,15 +58,20 @@ class PackedRecords:
             raise FormatError(f"packed records hold top-k targets, not {self.layout.target!r} ones; "
                               f"use targets: {{kind: topk}} or an unpacked replay set")
 
-    @property
+    # Derived once per instance (every pack, unpack and read_records call asks for them).
+    @cached_property
     def params(self) -> PackedParams:
         return PackedParams(self.layout.params, self.side)
 
-    @property
+    @cached_property
     def target(self) -> PackedTopk:
         return PackedTopk(self.layout.num_classes, self.layout.k, self.value_bits)
 
     def bits(self) -> BitLayout:
+        return self._bits
+
+    @cached_property
+    def _bits(self) -> BitLayout:
         classes = self.layout.num_classes
         out = [BitField("index", bits_for(self.candidates))]
         if self.layout.candidate:
@@ -116,21 +122,23 @@ class PackedRecords:
         if self.layout.labels:
             out["label"] = fields["label"].astype(np.int64) - 1
         codec, topk = self.target, out["topk"]
-        topk["index"] = fields["class"].reshape(len(out), -1)
+        target = codec.from_bits(fields)
+        topk["index"] = target["class"].reshape(len(out), -1)
         values = np.zeros((len(out), codec.slots), dtype=np.float64)
         if codec.slots > 1:
-            values[:, 1:] = -fields["rel"].astype(np.float64).reshape(len(out), -1) * codec.step
+            values[:, 1:] = -target["rel"].astype(np.float64).reshape(len(out), -1) * codec.step
         topk["logp"] = values
-        if "tail" in fields:
+        if "tail" in target:
             low, high = codec.tail_range
-            topk["log_tail"] = low + fields["tail"] / ((1 << codec.bits) - 1) * (high - low)
+            topk["log_tail"] = low + target["tail"] / ((1 << codec.bits) - 1) * (high - low)
         out["teacher_argmax"] = topk["index"][:, 0]
         out["entropy"], out["disagreement"] = fields["entropy"], fields["disagreement"]
         out["target_kl"] = kl_of_step(fields["target_kl"])
         return out
 
     def _target_fields(self, topk: np.ndarray) -> dict[str, np.ndarray]:
-        """The grid indices of quantised top-k records, refused unless they lie on the grid."""
+        """The bit columns of quantised top-k records, refused unless they lie on the grid (and in
+        the canonical order a reader finds them in: :class:`PackedTopk`)."""
         codec = self.target
         logp = topk["logp"].astype(np.float64).reshape(len(topk), -1)
         out = {"class": topk["index"].astype(np.int64).reshape(len(topk), -1)}
@@ -147,7 +155,7 @@ class PackedRecords:
             steps = np.rint((tail - low) / (high - low) * levels)
             self._on_grid("top-k tail", low + steps / levels * (high - low), tail)
             out["tail"] = steps.astype(np.int64)
-        return out
+        return codec.to_bits(out)
 
     @staticmethod
     def _on_grid(what: str, expected: np.ndarray, found: np.ndarray) -> None:
