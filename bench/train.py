@@ -21,6 +21,8 @@
    the trainer's rule then gives a shuffle window of one shard), and ``*_main_small_cache`` also
    moves the stream into the training process, so every rebuild is inside the timed window (a
    DataLoader worker prefetches up to 4 items of batches ahead).
+   ``packed_vs_replay``: the same views stored packed (``store: packed``, top-10 of the 10
+   classes on an 8-bit grid) ÷ the replay set, cached and not (issue 26: ≥ today's replay).
 5. ``rebuild_*``: views/s of rebuilding the replay set's shards in this process, on the same
    shards: record by record (``decode_per_record``, the path before column-wise decoding),
    column-wise one shard at a time (``decode_shard``, what the stream's cache calls) and all
@@ -87,6 +89,7 @@ STORE_MODES: dict[str, tuple[str, int | None, int | None]] = {
     "pixels": ("pixels", None, None), "replay": ("replay", None, None),
     "pixels_small": ("pixels", None, SMALL_CACHE), "replay_small": ("replay", None, SMALL_CACHE),
     "pixels_main_small": ("pixels", 0, SMALL_CACHE), "replay_main_small": ("replay", 0, SMALL_CACHE),
+    "packed": ("packed", None, None), "packed_small": ("packed", None, SMALL_CACHE),
 }
 # figure → (mode a, mode b: the figure is seconds[a] / seconds[b] = steps/s of b ÷ steps/s of a), text, goal
 RATIOS: dict[str, tuple[str, str, str, str]] = {
@@ -102,6 +105,8 @@ RATIOS: dict[str, tuple[str, str, str, str]] = {
                                           "replay ÷ pixels, no shard cached, stream in the training process", ""),
     "replay_vs_plain_main_small_cache": ("plain", "replay_main_small",
                                          "replay ÷ plain ERM, no shard cached, stream in the training process", ""),
+    "packed_vs_replay": ("replay", "packed", "packed ÷ replay steps/s (the trainer's defaults)", "≥ 1.00"),
+    "packed_vs_replay_small_cache": ("replay_small", "packed_small", "packed ÷ replay, no shard cached", "≥ 1.00"),
 }
 
 
