@@ -121,16 +121,11 @@ class PackedRecords:
             out["candidate"] = fields["candidate"]
         if self.layout.labels:
             out["label"] = fields["label"].astype(np.int64) - 1
-        codec, topk = self.target, out["topk"]
-        target = codec.from_bits(fields)
-        topk["index"] = target["class"].reshape(len(out), -1)
-        values = np.zeros((len(out), codec.slots), dtype=np.float64)
-        if codec.slots > 1:
-            values[:, 1:] = -target["rel"].astype(np.float64).reshape(len(out), -1) * codec.step
-        topk["logp"] = values
-        if "tail" in target:
-            low, high = codec.tail_range
-            topk["log_tail"] = low + target["tail"] / ((1 << codec.bits) - 1) * (high - low)
+        topk, target = out["topk"], self.target.from_bits(fields)
+        quantised = self.target.quantised_of(target)
+        topk["index"], topk["logp"] = quantised["index"], quantised["logp"]
+        if "tail" in target:  # k = C: no tail, the field stays 0
+            topk["log_tail"] = quantised["log_tail"]
         out["teacher_argmax"] = topk["index"][:, 0]
         out["entropy"], out["disagreement"] = fields["entropy"], fields["disagreement"]
         out["target_kl"] = kl_of_step(fields["target_kl"])

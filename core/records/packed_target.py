@@ -114,9 +114,8 @@ class PackedTopk:
             rel[keep] = np.asarray(columns["values"], dtype=np.int64).reshape(-1)
             # the first class to slot 0, then the canonical order of the rest
             lead = np.where(keep, 1, 0)
-            start = np.lexsort((ranked, rel, lead), axis=1)
-            index, rel = self._canonical(np.take_along_axis(ranked, start, 1), np.take_along_axis(rel, start, 1))
-            out["class"], out["rel"] = index, rel[:, 1:]
+            order = np.lexsort((ranked, rel, lead), axis=1)  # already the canonical order
+            out["class"], out["rel"] = np.take_along_axis(ranked, order, 1), np.take_along_axis(rel, order, 1)[:, 1:]
         if "tail" in columns:
             out["tail"] = np.asarray(columns["tail"])
         return out
