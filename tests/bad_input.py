@@ -43,10 +43,13 @@ def command() -> str:
 
 
 def transferset(*args: Any, cwd: Path, extra_path: Path | None = None, timeout: float = 600,
-                memory: int | None = None) -> subprocess.CompletedProcess[str]:
+                memory: int | None = None, own_ray: bool = False) -> subprocess.CompletedProcess[str]:
     """Run the installed command; ``memory``: an address-space limit in bytes (for inputs that
-    would make an unguarded loader eat the machine's memory)."""
+    would make an unguarded loader eat the machine's memory); ``own_ray``: with an embedded Ray
+    of its own, not the session's (tests/conftest.py, ``attached_runs``)."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    if own_ray:
+        env["RAY_ADDRESS"] = ""
     if extra_path is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(extra_path), env.get("PYTHONPATH", "")) if p)
 
@@ -160,7 +163,8 @@ def shared_corpus(root: Path) -> Corpus:
 def make_corpus(root: Path) -> Corpus:
     config = write_config(root / "corpus.yaml", JOB)
     job = root / "job"
-    result = transferset("run", config, "--out", job, cwd=root)
+    # an embedded Ray, as `make run` starts one: the run's stderr is checked (test_command_output)
+    result = transferset("run", config, "--out", job, cwd=root, own_ray=True)
     if result.returncode != 0:
         raise AssertionError(f"the corpus job failed: exit {result.returncode}\n{result.stderr[-3000:]}")
     shutil.copytree(job, root / "pristine")

@@ -41,7 +41,7 @@ from core.sets import index as sx
 from core.store import storage
 from pipeline.inspect.verify import verify_set
 
-pytestmark = pytest.mark.concurrency
+pytestmark = [pytest.mark.concurrency, pytest.mark.own_ray]  # runs killed with their Ray, two at once
 ROUNDS = int(os.environ.get("TRANSFERSET_CONCURRENCY_ROUNDS", "2"))
 GROWTH = (0, 20, 44, 100)  # a round asks for base + one of these: short last shards of other counts
 STEP = 110  # above the largest GROWTH: each round asks for more than the last one made, so it grows the set

@@ -34,7 +34,13 @@ FUNCTION_LEVEL = frozenset(("pipeline/cli.py", module) for module in (
     "pipeline.chain", "pipeline.cost", "pipeline.cost.report", "pipeline.generate.driver",
     "pipeline.generate.set_gc", "pipeline.generate.teacher_import", "pipeline.inspect", "pipeline.inspect.verify",
     "pipeline.report", "pipeline.train.job", "pipeline.train.members", "pipeline.train.ray_train",
-    "pipeline.train.runs", "pipeline.train.teachers"))
+    "pipeline.train.runs", "pipeline.train.teachers")) | {
+    # inspect runs models (torch: ~1.3 s) only where it has teachers or checkpoints to ask; verify
+    # and gc, which import its package, never do: they answer in 0.5-0.9 s instead of 2-3 s
+    ("pipeline/inspect/classification.py", "stages.teachers"),
+    ("pipeline/inspect/regression.py", "core.models"),
+    ("pipeline/inspect/regression.py", "student.regression_eval"),
+}
 
 
 def project_files() -> list[Path]:

@@ -45,6 +45,7 @@ def clean(ray_session, teachers, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.own_ray  # killed with its Ray
 @pytest.mark.e2e
 def test_killed_run_resumes_exactly_once(clean, teachers, tmp_path) -> None:
     out = tmp_path / "set"

@@ -18,7 +18,7 @@ from conftest import kill_session
 
 from core.models import read_checkpoint
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.own_ray]  # a run killed with its Ray
 
 STEPS = 400
 # KD from two sets and the real split, with a loader worker and items of 3 batches; a state every

@@ -90,6 +90,7 @@ def test_growth_completes_a_short_shard_under_its_full_name_and_changes_no_liste
     assert tree(set_dir) == clean_tree  # the grown set is the clean set, byte for byte
 
 
+@pytest.mark.own_ray  # killed with its Ray
 def test_a_run_killed_while_growing_leaves_a_set_that_verifies(made, teachers, tmp_path) -> None:
     """The short shard used to be rewritten in place: a kill after that left an index listing
     a shard whose size and sha256 it did not know."""
@@ -112,6 +113,7 @@ def test_a_run_killed_while_growing_leaves_a_set_that_verifies(made, teachers, t
     assert left.returncode == 0, left.stdout + left.stderr
 
 
+@pytest.mark.own_ray  # two runs at once, each with a Ray of its own
 def test_identical_concurrent_requests_make_each_shard_once(teachers, tmp_path) -> None:
     cache = tmp_path / "cache"
     configs = [config(tmp_path / f"job-{n}", cache, teachers, 300) for n in range(2)]
@@ -171,6 +173,7 @@ def test_a_waiting_smaller_request_is_refused_once_the_set_grew_and_the_index_ke
     assert transferset("verify", set_dir).returncode == 0
 
 
+@pytest.mark.own_ray  # killed with its Ray
 def test_a_killed_holder_is_taken_over_at_once_and_a_silent_one_after_its_ttl(made, teachers, tmp_path) -> None:
     from core.store.lease import LeaseRecord
 

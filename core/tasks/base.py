@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: reading a set (verify, gc, inspect) needs none
+    import torch
 
 from core.config import KDConfig, ModelConfig, SetConfig, TargetConfig, TrainConfig
 from core.options.objective import TrainingObjective

@@ -16,17 +16,18 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
 from core.config import ModelConfig, SetConfig, TargetConfig
 from core.errors import FormatError, UserError
 from core.records.format import Sample, decode_npy, decode_record_image, encode_npy, image_member
 from core.records.targets import STORED_TARGETS, stored_in, stored_target
 from core.tasks.base import Record, Task, per_sampler, row_start, significant
+
+if TYPE_CHECKING:
+    import torch
 
 DENSE_TARGETS = TargetConfig()
 LABEL_FIELD = "cls"
@@ -74,6 +75,9 @@ def ensemble_targets(member_logits: torch.Tensor) -> EnsembleOutput:
     members, _, classes = member_logits.shape
     if members < 1 or classes < 2:
         raise ValueError(f"need at least 1 member and 2 classes, got M={members}, C={classes}")
+    import torch
+    from torch.nn import functional as F
+
     z = member_logits.detach().to("cpu", torch.float64)
     valid = torch.isfinite(z).all(dim=2).all(dim=0)
     z = torch.where(valid[None, :, None], z, torch.zeros((), dtype=z.dtype))

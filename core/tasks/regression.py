@@ -18,10 +18,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from core.config import SOURCE_SET, KDConfig, ModelConfig, SetConfig, TargetConfig, TrainConfig
 from core.errors import FormatError, UserError
@@ -29,6 +28,9 @@ from core.options.objective import TrainingObjective
 from core.records.format import Sample, decode_npy, decode_record_image, encode_npy, image_member
 from core.records.targets import stored_target
 from core.tasks.base import Record, Task, per_sampler, row_start, significant
+
+if TYPE_CHECKING:
+    import torch
 
 MU_FIELD = "mu.npy"
 LOGVAR_FIELD = "logvar.npy"
@@ -62,6 +64,8 @@ def gaussian_ensemble_targets(member_mu: torch.Tensor, member_logvar: torch.Tens
                          f"{tuple(member_logvar.shape)}")
     if member_logvar.shape[:2] != member_mu.shape[:2] or member_logvar.shape[2] not in (1, member_mu.shape[2]):
         raise ValueError(f"log-variance {tuple(member_logvar.shape)} does not fit means {tuple(member_mu.shape)}")
+    import torch
+
     mu = member_mu.detach().to("cpu", torch.float64)
     logvar = member_logvar.detach().to("cpu", torch.float64).expand_as(mu)
     valid = torch.isfinite(mu).all(2).all(0) & torch.isfinite(logvar).all(2).all(0)
@@ -150,6 +154,8 @@ class RegressionTask(Task):
     def member_row(self, output: torch.Tensor, outputs: int) -> torch.Tensor:
         """``[μ, s]`` with one s per dimension, so isotropic and diagonal members stack."""
         mu, logvar = split_gaussian(output, outputs)
+        import torch
+
         return torch.cat([mu, logvar.expand_as(mu)], dim=1)
 
     def combine(self, member_outputs: torch.Tensor, outputs: int) -> GaussianOutput:

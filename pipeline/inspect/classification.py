@@ -25,7 +25,6 @@ from core.sets.formats import format_of, inspect_lines
 from core.sets.index import SetIndex
 from core.tasks import Record
 from pipeline.inspect import common as common
-from stages.teachers import Ensemble
 
 
 def _target_bytes(set_dir: str, index: SetIndex) -> dict[str, float]:
@@ -48,6 +47,8 @@ def _teacher_kl(index: SetIndex, found: list[Record]) -> np.ndarray | None:
     for teacher in teachers:
         if not Path(teacher.path).is_file() or sha256_file(teacher.path) != teacher.sha256:
             return None
+    from stages.teachers import Ensemble  # torch: only when the teachers are there to ask
+
     ensemble = Ensemble([t.path for t in teachers], index.outputs, device="cpu")
     full = ensemble.predict(np.stack([r["image"] for r in found])).logp
     stored = np.stack([r["logp"] for r in found]).astype(np.float64)

@@ -18,13 +18,11 @@ from typing import Any
 import numpy as np
 
 from core.errors import UserError
-from core.models import load_model
 from core.sets import index as sx
 from core.sets.index import SetIndex
 from core.tasks import REGRESS
 from core.tasks.regression import LOGVAR_FIELD, MU_FIELD
 from pipeline.inspect import common as common
-from student.regression_eval import errors, predict_gaussians, sigma_of
 
 # Stored mixes a σ-vs-λ curve is measured on (teacher σ from the records, models run on them).
 CURVE_SAMPLES = 2000
@@ -57,6 +55,8 @@ def inspect_regression(set_dir: str, index: SetIndex, table: dict[str, list[Any]
     metric = metric_of(index)
     teacher_error = None
     if real:
+        from student.regression_eval import errors  # torch: only for a set with real targets to score
+
         teacher_error = float(errors(np.stack([r["mu"] for r in real]), np.stack([r["real_target"] for r in real]),
                                      metric).mean())
     total = values["aleatoric"].sum() + values["epistemic"].sum()
@@ -114,6 +114,9 @@ def sigma_by_lambda(set_dir: str, models: dict[str, str | Path], limit: int = CU
                     factories: Sequence[str] = ()) -> dict[str, Any]:
     """Mean σ per λ bin on the stored mixes of a set: the teachers' (stored: total and
     aleatoric) and each named model checkpoint's (run on the stored images)."""
+    from core.models import load_model  # torch, as every model run
+    from student.regression_eval import predict_gaussians, sigma_of
+
     mixes = mixed_records(set_dir, limit)
     if not mixes:
         return {"set": set_dir, "samples": 0, "curves": {}}
