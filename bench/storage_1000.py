@@ -7,7 +7,8 @@ One ``transferset run`` (embedded 2-CPU Ray) on three-digit numbers (bench/digit
 * two teachers (tiny_cnn) trained by the job, their ensemble's p̄ the targets;
 * ``views_*``: every training image × 2 views (view 0 the evaluation image, view 1 a
   random-resized crop; ≥ 100 000 views), and ``mix_*``: XCL-Mix of random pairs, 100 000 samples;
-* each stored ``packed`` (top-10, 8-bit values; ``views_packed6``: 6-bit) and ``dense`` (a replay
+* each stored ``packed`` (top-10, 8-bit values; ``views_packed6``: 6-bit), ``derived`` /
+  ``derived6`` (the same, ``params: derived``: no parameter bits) and ``dense`` (a replay
   set of float16 log p̄ over all 1 000 classes: the reference), and the mixes as ``topk16``
   (today's float16 top-10 replay records: the students' control);
 * KD students on the mixes alone (dense, float16 top-10, packed), at τ = 1 and τ = 4, three seeds.
@@ -51,9 +52,12 @@ from core.sets.formats import format_of
 K = 10
 CASES = {"views": {"kind": "views", "views": 2}, "mix": {"kind": "mix"}}
 MIX_SAMPLES = 100_000
+DERIVED = {"kind": "packed", "params": "derived"}
 STORES = {  # set suffix → store and targets
     "packed": ("packed", {"kind": "topk", "k": K, "bits": 8}),
     "packed6": ("packed", {"kind": "topk", "k": K, "bits": 6}),
+    "derived": (DERIVED, {"kind": "topk", "k": K, "bits": 8}),  # parameters re-derived from (seed, shard, index)
+    "derived6": (DERIVED, {"kind": "topk", "k": K, "bits": 6}),
     "dense": ("replay", {}),
     "topk16": ("replay", {"kind": "topk", "k": K}),  # today's float16 top-10: the students' control
 }
@@ -61,7 +65,8 @@ STORES = {  # set suffix → store and targets
 # and at the default τ = 4, where a top-10 record's tail, spread evenly over 990 classes and
 # raised to 1/τ, outweighs its ten classes (the tempered target is nearly uniform).
 STUDENT_SETS = {"dense": (1.0, 4.0), "topk16": (1.0, 4.0), "packed": (1.0, 4.0)}
-GOALS = {"views_packed": 32, "views_packed6": 32, "mix_packed": 40}  # B/view with stored parameters
+GOALS = {"views_packed": 32, "views_packed6": 32, "mix_packed": 40,  # B/view with stored parameters
+         "views_derived": 24, "views_derived6": 24, "mix_derived": 24, "mix_derived6": 24}  # derived
 TEACHER = {"arch": "tiny_cnn", "arch_kwargs": {"width": 32, "hidden": 512}}
 STUDENT = {"arch": "tiny_cnn", "arch_kwargs": {"width": 16, "hidden": 256}}
 
@@ -167,7 +172,8 @@ def report(run: Path, cfg: dict[str, Any], seeds: list[int]) -> None:
                 for m in range(cfg["teachers"]["members"])]
     sizes = {name: set_bytes(run / "sets" / name) for name in set_names()}
     kls = {case: quantisers_kl(dense_logp(run / "sets" / f"{case}_dense", cfg["source"])) for case in CASES}
-    written = {name: _target_kl(run / "sets" / name, cfg) for name in set_names() if "packed" in name}
+    written = {name: _target_kl(run / "sets" / name, cfg) for name in set_names() if "dense" not in name
+               and "topk16" not in name}
     students = {name: summary([json.loads((run / "students" / name / f"seed-{s}" / "result.json")
                                           .read_text())["accuracy"] for s in seeds])
                 for name in student_names()}

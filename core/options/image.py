@@ -51,7 +51,7 @@ class ImageConfig(Strict):
         return 0.875 if self.views == "random_resized_crop" else 1.0
 
 
-UNUSED_KEYS = {"pixels": ("kind",), "replay": ("image", "quality"), "packed": ("image", "quality")}
+UNUSED_KEYS = {"pixels": ("kind", "params"), "replay": ("image", "quality", "params"), "packed": ("image", "quality")}
 
 
 class StoreConfig(Strict):
@@ -61,19 +61,31 @@ class StoreConfig(Strict):
     structured ``.npy`` per shard (``core.records.replay``, tens of bytes a sample); the trainer
     rebuilds the images from the source. ``kind: packed``: the replay records in bits
     (``core.records.packed``: the top-k classes as one combination of the C, quantised top-k values,
-    parameters in the bits their ranges need); it needs ``targets: {kind: topk, bits: N}``. ``store: replay`` is
-    short for ``store: {kind: replay}``."""
+    parameters in the bits their ranges need); it needs ``targets: {kind: topk, bits: N}``; with
+    ``params: derived`` its records hold no parameters at all: a reader draws each sample's again
+    from ``(seed, shard, index)`` with the sampler code that made it (``core.sets.packed_shards``).
+    ``store: replay`` is short for ``store: {kind: replay}``."""
 
     kind: Literal["pixels", "replay", "packed"] = Field(
         "pixels", description="pixels: images in the tars; replay: parameters rebuilt by the trainer; "
                               "packed: replay records in bits (needs targets: {kind: topk, bits: N})")
     image: Literal["png", "jpeg"] = Field("png", description="pixels: the image encoding")
     quality: int = Field(90, ge=1, le=100, description="jpeg quality")
+    params: Literal["stored", "derived"] = Field(
+        "stored", description="packed: stored (each record holds its sampler parameters) or derived (a reader "
+                              "draws them again from (seed, shard, index); the index pins a check of that code)")
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _derived_is_packed(self) -> StoreConfig:
+        if self.params == "derived" and self.kind != "packed":
+            raise ValueError(f"store: params: derived re-derives a packed set's parameters; a {self.kind} set "
+                             f"stores them (use kind: packed, or drop params)")
+        return self
 
     @model_validator(mode="after")
     def _replay_has_no_image(self) -> StoreConfig:
@@ -86,7 +98,7 @@ class StoreConfig(Strict):
     def unused_keys(self) -> set[str]:
         """The keys this kind of store does not read, left out of its fingerprint and index (a
         replay set stores no image; a pixel set's kind is implied, as it was before replay sets)."""
-        return set(UNUSED_KEYS[self.kind])
+        return set(UNUSED_KEYS[self.kind]) | ({"params"} if self.params == "stored" else set())
 
     @property
     def stores_images(self) -> bool:

@@ -14,6 +14,7 @@ last two as :meth:`PackedRecords.snapped` records them before packing).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -24,6 +25,10 @@ from core.records.bitpack import BitField, BitLayout, bits_for
 from core.records.packed_params import PackedParams
 from core.records.packed_target import PackedTopk
 from core.records.replay import RecordLayout
+
+# A derived set's reader: candidate positions of a shard's rows → records (``RecordLayout.dtype``)
+# with their parameter and label columns filled, as the sampler code draws them again.
+Derive = Callable[[np.ndarray], np.ndarray]
 
 # target_kl on a log grid: step 0 is 0, steps 1..255 span 10^KL_LOW..10^KL_HIGH nats (±4 % a step)
 KL_LOW, KL_HIGH, KL_STEPS = -6.0, 2.0, 255
@@ -52,6 +57,7 @@ class PackedRecords:
     candidates: int
     side: int
     value_bits: int = 8
+    derived: bool = False  # parameters re-derived by the reader: no parameter or label bits
 
     def __post_init__(self) -> None:
         if self.layout.target != "topk":
@@ -76,9 +82,10 @@ class PackedRecords:
         out = [BitField("index", bits_for(self.candidates))]
         if self.layout.candidate:
             out.append(BitField("candidate", bits_for(self.candidates)))
-        out += self.params.fields()
-        if self.layout.labels:
-            out.append(BitField("label", bits_for(classes + 1)))  # label + 1: 0 is "none"
+        if not self.derived:
+            out += self.params.fields()
+            if self.layout.labels:
+                out.append(BitField("label", bits_for(classes + 1)))  # label + 1: 0 is "none"
         out += self.target.fields()
         out += [BitField("entropy", 8), BitField("disagreement", 8), BitField("target_kl", 8)]
         return BitLayout(tuple(out))
@@ -98,9 +105,10 @@ class PackedRecords:
         fields: dict[str, np.ndarray] = {"index": records["index"].astype(np.int64)}
         if self.layout.candidate:
             fields["candidate"] = records["candidate"].astype(np.int64)
-        fields.update(self.params.pack(records))
-        if self.layout.labels:
-            fields["label"] = records["label"].astype(np.int64) + 1
+        if not self.derived:
+            fields.update(self.params.pack(records))
+            if self.layout.labels:
+                fields["label"] = records["label"].astype(np.int64) + 1
         fields.update(self._target_fields(records["topk"]))
         first = records["topk"]["index"][:, 0].astype(np.int64)
         if len(records) and np.any(records["teacher_argmax"].astype(np.int64) != first):
@@ -112,15 +120,22 @@ class PackedRecords:
         fields["target_kl"] = steps
         return self.bits().pack(fields)
 
-    def unpack(self, packed: np.ndarray) -> np.ndarray:
-        """The structured records of ``(N, row_bytes)`` packed rows."""
+    def unpack(self, packed: np.ndarray, derive: Derive | None = None) -> np.ndarray:
+        """The structured records of ``(N, row_bytes)`` packed rows; a derived set's parameter
+        and label columns from ``derive`` (the candidate position of each row → those columns)."""
         fields = self.bits().unpack(packed)
-        out = self.params.unpack(fields, self.layout.dtype)
+        if self.derived:
+            if derive is None:
+                raise FormatError("a set of derived parameters is read with the sampler code that re-derives them")
+            positions = fields["candidate"] if self.layout.candidate else fields["index"]
+            out = derive(np.asarray(positions, dtype=np.int64))
+        else:
+            out = self.params.unpack(fields, self.layout.dtype)
+            if self.layout.labels:
+                out["label"] = fields["label"].astype(np.int64) - 1
         out["index"] = fields["index"]
         if self.layout.candidate:
             out["candidate"] = fields["candidate"]
-        if self.layout.labels:
-            out["label"] = fields["label"].astype(np.int64) - 1
         topk, target = out["topk"], self.target.from_bits(fields)
         quantised = self.target.quantised_of(target)
         topk["index"], topk["logp"] = quantised["index"], quantised["logp"]

@@ -137,6 +137,22 @@ def encode_records(layout: RecordLayout, samples: list[Sample]) -> np.ndarray:
     return out
 
 
+def parameter_records(layout: RecordLayout, drawn: list[tuple[str, dict[str, Any]]], labels: np.ndarray) -> np.ndarray:
+    """Records of ``layout`` with only the parameter and label columns filled, one per
+    ``(sampler kind, parameters)`` of ``drawn`` (``labels``: each one's real label, −1 none):
+    what a derived packed set's reader puts beside the bits it read."""
+    out = np.zeros(len(drawn), dtype=layout.dtype)
+    rows = [layout.params.encode(kind, params) for kind, params in drawn]
+    for name, _, _ in layout.params.fields():
+        field = out.dtype[name]  # columns a sample's kind does not use stay zero
+        if rows:
+            out[name] = np.stack([np.asarray(row.get(name, 0), dtype=field.base) * np.ones(field.shape, field.base)
+                                  for row in rows])
+    if layout.labels:
+        out["label"] = labels
+    return out
+
+
 def decode_record(layout: RecordLayout, shard: int, row: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
     """A record's metadata (as a pixel set's JSON has it, statistics at the stored resolution)
     and its target members (the bytes a pixel set's tar holds)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from core.sets.shard_format import Drawn, RecordCheck, ShardFormat
 from core.sources import IN_MEMORY_BYTES, Source, load_in_memory, load_source, load_source_cached
 from core.store import storage
 from core.tasks import CLASSIFY, Task
+
+if TYPE_CHECKING:
+    from core.sets.spec import SetSpec
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,10 @@ class ReplayShards(ShardFormat):
         return record_layout(set_cfg, source, outputs)
 
     @classmethod
-    def planned(cls, set_cfg: Any, layout: RecordLayout | None) -> ReplayShards:
-        return cls(layout)
+    def planned(cls, spec: SetSpec) -> ReplayShards:
+        if not isinstance(spec.records, RecordLayout):
+            raise TypeError(f"a replay set is planned with a RecordLayout, not {type(spec.records).__name__}")
+        return cls(spec.records)
 
     @classmethod
     def checked(cls, index: SetIndex) -> ReplayShards | str:
@@ -126,7 +131,12 @@ class ReplayShards(ShardFormat):
 
     def encode(self, shard: int, samples: list[fmt.Sample]) -> tuple[bytes, list[dict[str, Any]]]:
         records = self.stored(encode_records(self.layout, samples))
+        self.check_records(shard, records)
         return self.records_bytes(records), [decode_record(self.layout, shard, row)[0] for row in records]
+
+    def check_records(self, shard: int, records: np.ndarray) -> None:
+        """Raise :class:`FormatError` where a reader would not get ``records`` back (a format
+        that stores less than the records hold checks here that the rest re-derives)."""
 
     def stored(self, records: np.ndarray) -> np.ndarray:
         """The records as this format stores them (the metadata is taken from these)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from core.sets.arrays import Records, ShardArrays, decode_records
 from core.sets.index import SetIndex
 from core.sources import Source
 from core.tasks import Task, decode_fields
+
+if TYPE_CHECKING:
+    from core.sets.spec import SetSpec
 
 Drawn = list[tuple[str, dict[str, Any]]]  # (sampler kind, parameters) of each candidate
 # verify's checks of one decoded record beyond its format's: (where, record, target members) → problems
@@ -61,8 +64,8 @@ class ShardFormat:
         return drawn
 
     @classmethod
-    def planned(cls, set_cfg: Any, layout: RecordLayout | None) -> ShardFormat:
-        """The format a planned set is written in (``layout``: what :meth:`plan_layout` gave)."""
+    def planned(cls, spec: SetSpec) -> ShardFormat:
+        """The format a planned set is written in (``spec.records``: what :meth:`plan_layout` gave)."""
         raise NotImplementedError
 
     @classmethod
@@ -139,8 +142,8 @@ class PixelShards(ShardFormat):
     quality: int = 90
 
     @classmethod
-    def planned(cls, set_cfg: Any, layout: RecordLayout | None) -> PixelShards:
-        return cls(set_cfg.store.image, set_cfg.store.quality)
+    def planned(cls, spec: SetSpec) -> PixelShards:
+        return cls(spec.set_cfg.store.image, spec.set_cfg.store.quality)
 
     @classmethod
     def checked(cls, index: SetIndex) -> PixelShards:

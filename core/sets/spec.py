@@ -52,7 +52,7 @@ class SetSpec(BaseModel):
     @property
     def shard_format(self) -> ShardFormat:
         """How the set's shards hold its samples (the config's ``store``)."""
-        return FORMATS[self.set_cfg.store.kind].planned(self.set_cfg, self.records)
+        return FORMATS[self.set_cfg.store.kind].planned(self)
 
     def shard_name(self, shard: int) -> str:
         """The file of ``shard`` at its planned count: ``shard-N.tar`` full, ``shard-N-C.tar`` short."""
