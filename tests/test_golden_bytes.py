@@ -52,9 +52,9 @@ REGRESSION = {
 REFERENCE = "4bdc755640f56650f3803049e71b6245eb2d261ce819ef9be2440137ef700d8d"
 EPYC_AVX2 = "451717d2e076043cc15de868315b0a2d6bb8b5ead68e0522db2dcf345388a21f"
 GOLDEN = {
-    # Recorded at 775edc7. Its views sets (cls/views, reg/real) are format 1's: their bytes are in
-    # FORMAT1_VIEWS; format 2's are not recorded on this platform yet (their parts skip here). Its
-    # index.json entries predate counted shard names: see BEFORE_COUNTED_NAMES.
+    # Recorded at 775edc7. Its views sets (cls/views, reg/real) were format 1's there (their bytes
+    # are in FORMAT1_VIEWS); format 2's were recorded on 2026-12-08 (817213c), on a machine of this
+    # platform again. Its other index.json entries predate counted shard names: see BEFORE_COUNTED_NAMES.
     REFERENCE: {
         "cls/mix/_fingerprint": "055f30812fb6144dea600c4c1d3bdba8ca59bd344c426b1dcc834aa836c28806",
         "cls/mix/index.json": "beb6dd8d64716c040e5b5d4798442281bb9e638a0bc0baf01725551156412036",
@@ -64,6 +64,13 @@ GOLDEN = {
         "cls/mix/shards/shard-000002.tar": "daaac176e0b69141915059ed9e622f6684fcdbeb2cc65e44bcf22ab20fd048ae",
         "cls/mix/shards/shard-000003.tar": "54d0999c65b8ba05de21f82f7e11761183fe9f0766209ebe9f870b2b3791c779",
         "cls/mix/shards/shard-000004-000044.tar": "188ab9b1a0e41a37b9bc70a8c1e00d0feb99520fb1e1c4094c145ee28189429d",
+        "cls/views/_fingerprint": "efee4b86bd8ce2e09779434b6a2adca0c12d5d617190796e8407597b3da89ee3",
+        "cls/views/index.json": "8164a7a4ddc4a3e4ad5fc8ba49e0aefb12e461b7db61a8e1b88af5cfe34dd61e",
+        "cls/views/manifest.parquet": "89b01ac5f74e40acbebb02b2edfddc3c6998ba7578577ff80ea7de117bc4da91",
+        "cls/views/shards/shard-000000.tar": "4c9716092cd1fe1d81ba052c6aa6462f0e6798b7ac8de0c7ccd2ad9895548367",
+        "cls/views/shards/shard-000001.tar": "76048ae07fa0836ad545733555452f6bce5d24a253617f0e9d81f78e51c20e63",
+        "cls/views/shards/shard-000002.tar": "33f3a904327aae41eaca17d8ba3210c378461d814fbc5690ba0520efb4ea38c4",
+        "cls/views/shards/shard-000003-000008.tar": "7940b8c19ff8c30640987cc97013ba60a858222683c45e88ca42ea48002cb819",
         "reg/gaze-0.pt": "f34334d7d97f15aef89eaff4f2d440b1329008055d9d3a58a3f421f1a18299b9",
         "reg/gaze-1.pt": "d2c5cf37188638dfb55f503bd014235e36c5b1040b54e2c4001eca2322030c4d",
         "reg/mix/_fingerprint": "117fb77be91c7c26ae52ef1a20931ccd0eabd0eb1821787d3e29d7244463be2a",
@@ -72,6 +79,12 @@ GOLDEN = {
         "reg/mix/shards/shard-000000.tar": "c74ae34df760661c23e5270ed10a1e72d9bf720357619f09b6629431e1a19529",
         "reg/mix/shards/shard-000001.tar": "e30511dba650be0c302d24d123305caa2bf6740ce275bc93b11f186ed9f6ec34",
         "reg/mix/shards/shard-000002-000020.tar": "79b066f04080c539d02ca38aae7f34f199ced9384186fa9e57747c8cde231eba",
+        "reg/real/_fingerprint": "18d28bbe4eaa708112ce75fcc08f6b2b32fb8c5da5939a06b5483a3e5840c0d9",
+        "reg/real/index.json": "46e575597bf395b48eee4b9d207696e699ab93e101c43c24ddcf02b726e9cc80",
+        "reg/real/manifest.parquet": "7768d5e25bade45fa45776d4ddc2a8c51f3c29f236f6bee69b4e4ca3991c9846",
+        "reg/real/shards/shard-000000.tar": "4d9b5a6ffac208db3701ca723ad61e3ec3ad6f75b348f5a9bc3eb84b9d2a9fef",
+        "reg/real/shards/shard-000001.tar": "d75ab80fddcf7497c7b4b970ea76bae417002afcde5399cd0f52d9fa1d89e3cb",
+        "reg/real/shards/shard-000002-000032.tar": "236ee9e603fe9338c1a361691f86be2a6fd60e3d1eacda9ee9b43ba7c143cd63",
         "teachers/classify-0.pt": "4bdc755640f56650f3803049e71b6245eb2d261ce819ef9be2440137ef700d8d",
         "teachers/classify-1.pt": "0b8296273b7baa3d4b8430f7e69b1a5f78bc7c4391afdc13cb012f3e34d89546",
     },

@@ -9,7 +9,9 @@ with. Exact means: integer columns within their ranges, λ on the grid (a packed
 there), top-k targets already quantised (their log-probabilities relative to the first on the
 :class:`core.records.packed_target.PackedTopk` grid, the first 0), and the statistics on their
 1/255 steps, ``target_kl`` on an 8-bit log grid, ``teacher_argmax`` the first top-k class (the
-last two as :meth:`PackedRecords.snapped` records them before packing).
+last two as :meth:`PackedRecords.snapped` records them before packing). A ``derived`` set's rows
+hold no parameter or label bits: :meth:`PackedRecords.unpack` takes those columns from the
+reader's ``derive`` (:class:`core.sets.packed_shards.Derivation`).
 """
 
 from __future__ import annotations
