@@ -69,3 +69,23 @@ def write_replay_shards(out: Path, set_cfg: dict[str, Any], source: Source, clas
         np.save(path, encode_records(layout, samples), allow_pickle=False)
         written.append((str(path), len(samples)))
     return written, ReplayShards(layout, source)
+
+
+def opened_set(set_dir: Path, source_cfg: dict[str, Any]) -> Any:
+    """The trainer's view of one set (``student.shards.open_transfer_sets``) over the split of ``source_cfg``."""
+    from core.config import SourceConfig
+    from core.sources import load_source
+    from student.shards import open_transfer_sets
+
+    source = load_source(SourceConfig.model_validate(source_cfg), "train")
+    (found,) = open_transfer_sets([(str(set_dir), 1.0)], source=source)
+    return found
+
+
+def trainer_arrays(set_dir: Path, source_cfg: dict[str, Any]) -> list:
+    """Every shard of a set decoded as the trainer decodes it (images, targets, labels)."""
+    from student.shards import decode_shard
+
+    found = opened_set(set_dir, source_cfg)
+    return [decode_shard(url, n, found.width, found.shard_format) for url, n in zip(found.urls, found.samples,
+                                                                                      strict=True)]

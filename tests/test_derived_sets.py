@@ -15,13 +15,12 @@ import pytest
 from cli_runner import transferset_in_process
 from conftest import generate_set_in, plan_in, snapshot
 from pydantic import ValidationError
+from replay_fixtures import opened_set, trainer_arrays
 
 import core.sets.packed_shards as packed_shards
-from core.config import SetConfig, SourceConfig
+from core.config import SetConfig
 from core.errors import FormatError, UserError
 from core.sets import index as sx
-from core.sources import load_source
-from student.shards import decode_shard, open_transfer_sets
 
 TOPK = {"kind": "topk", "k": 3, "bits": 8}
 CONTRACT = {"kind": "digits", "image": {"size": 8, "views": "random_resized_crop", "scale": [0.3, 1.0]}}
@@ -53,15 +52,11 @@ def made(ray_session, teachers, tmp_path_factory) -> dict[tuple[str, str], Path]
 
 
 def opened(set_dir: Path, case: str):
-    source = load_source(SourceConfig.model_validate(CASES[case][1]), "train")
-    (found,) = open_transfer_sets([(str(set_dir), 1.0)], source=source)
-    return found
+    return opened_set(set_dir, CASES[case][1])
 
 
 def arrays(set_dir: Path, case: str) -> list:
-    found = opened(set_dir, case)
-    return [decode_shard(url, n, found.width, found.shard_format) for url, n in zip(found.urls, found.samples,
-                                                                                      strict=True)]
+    return trainer_arrays(set_dir, CASES[case][1])
 
 
 def names_of_params(names: list[str]) -> set[str]:

@@ -15,15 +15,13 @@ import pytest
 from bad_input import STUDENT, assert_one_error_line, transferset, tree, write_config
 from cli_runner import transferset_in_process
 from conftest import generate_set_in, plan_in, snapshot
-from replay_fixtures import mix_job
+from replay_fixtures import mix_job, opened_set, trainer_arrays
 
-from core.config import SetConfig, SourceConfig
+from core.config import SetConfig
 from core.records.packed_params import LAM_STEPS
 from core.sets import index as sx
 from core.sets.formats import format_of
-from core.sources import load_source
 from stages.writer import make_shard
-from student.shards import decode_shard, open_transfer_sets
 
 TOPK = {"kind": "topk", "k": 3, "bits": 8}
 CONTRACT = {"kind": "digits", "image": {"size": 8, "views": "random_resized_crop", "scale": [0.3, 1.0]}}
@@ -51,15 +49,11 @@ def made(ray_session, teachers, tmp_path_factory) -> dict[tuple[str, str], Path]
 
 
 def opened(set_dir: Path, case: str):
-    source = load_source(SourceConfig.model_validate(CASES[case][1]), "train")
-    (found,) = open_transfer_sets([(str(set_dir), 1.0)], source=source)
-    return found
+    return opened_set(set_dir, CASES[case][1])
 
 
 def arrays(set_dir: Path, case: str) -> list:
-    found = opened(set_dir, case)
-    return [decode_shard(url, n, found.width, found.shard_format) for url, n in zip(found.urls, found.samples,
-                                                                                      strict=True)]
+    return trainer_arrays(set_dir, CASES[case][1])
 
 
 def test_a_packed_set_gives_the_trainer_the_replay_sets_arrays_in_fewer_bytes(made) -> None:
