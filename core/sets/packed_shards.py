@@ -55,6 +55,7 @@ __all__ = ["Derivation", "PackedShards", "largest_side"]
 
 PROBE = 256  # candidates of shard 0 the check digest covers
 
+
 def largest_side(source: Source) -> int:
     """The largest side, in pixels, of any real image as stored: the source's own size, or (an
     image contract resizes images of any size) the largest a header of its images gives."""
@@ -148,9 +149,10 @@ class PackedShards(ReplayShards):
         if packing.bits().describe() != pinned.get("bits"):
             raise FormatError("its packed records are laid out in other bits than this version reads (index.json "
                               "replay.packing.bits); regenerate the set")
-        if derivation is not None and derivation.check(layout) != pinned.get("check"):
+        drawn_check = derivation.check(layout) if derivation is not None else None
+        if derivation is not None and drawn_check != pinned.get("check"):
             raise FormatError(f"its parameters are re-derived from (seed, shard, index), but this version's samplers "
-                              f"draw other ones (check {derivation.check(layout)}, index.json replay.packing.check "
+                              f"draw other ones (check {drawn_check}, index.json replay.packing.check "
                               f"{pinned.get('check')}); read it with the version that made it, or regenerate the set")
         return cls(layout, source, packing, derivation)
 
