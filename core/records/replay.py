@@ -127,14 +127,20 @@ def encode_records(layout: RecordLayout, samples: list[Sample]) -> np.ndarray:
         targets.append(target)
     if not rows:
         return out
-    for name in out.dtype.names:
-        if name == stored.kind:
-            continue
-        field = out.dtype[name]  # columns a sample's kind does not use stay zero
-        out[name] = np.stack([np.asarray(row.get(name, 0), dtype=field.base) * np.ones(field.shape, field.base)
-                              for row in rows])
+    _fill_columns(out, rows, [name for name in out.dtype.names if name != stored.kind])
     stored.store_column(out, targets)
     return out
+
+
+def _fill_columns(out: np.ndarray, rows: list[dict[str, Any]], names: list[str]) -> None:
+    """Columns ``names`` of ``out`` from one value dict a row; a column a row's sampler kind does
+    not use stays zero."""
+    if not rows:
+        return
+    for name in names:
+        field = out.dtype[name]
+        out[name] = np.stack([np.asarray(row.get(name, 0), dtype=field.base) * np.ones(field.shape, field.base)
+                              for row in rows])
 
 
 def parameter_records(layout: RecordLayout, drawn: list[tuple[str, dict[str, Any]]], labels: np.ndarray) -> np.ndarray:
@@ -142,12 +148,8 @@ def parameter_records(layout: RecordLayout, drawn: list[tuple[str, dict[str, Any
     ``(sampler kind, parameters)`` of ``drawn`` (``labels``: each one's real label, −1 none):
     what a derived packed set's reader puts beside the bits it read."""
     out = np.zeros(len(drawn), dtype=layout.dtype)
-    rows = [layout.params.encode(kind, params) for kind, params in drawn]
-    for name, _, _ in layout.params.fields():
-        field = out.dtype[name]  # columns a sample's kind does not use stay zero
-        if rows:
-            out[name] = np.stack([np.asarray(row.get(name, 0), dtype=field.base) * np.ones(field.shape, field.base)
-                                  for row in rows])
+    _fill_columns(out, [layout.params.encode(kind, params) for kind, params in drawn],
+                  [name for name, _, _ in layout.params.fields()])
     if layout.labels:
         out["label"] = labels
     return out
